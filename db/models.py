@@ -1,0 +1,321 @@
+"""SQLAlchemy 2 typed models of the six seed tables (docs/schema-deviations.md lists
+where and why they differ from the seed spec).
+
+Constraints are enforced by PostgreSQL itself; the @validates hooks only give a clearer
+error earlier. The vocabulary and enums come from domain.vocabulary.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+
+from domain.vocabulary import (
+    EMOTIONS,
+    EntrySource,
+    VisualizationStatus,
+    VisualizationStyle,
+    invalid_emotions,
+    sql_text_array,
+)
+
+EMAIL_REGEX = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"
+
+UUID_PK = dict(primary_key=True, server_default=text("gen_random_uuid()"), default=uuid.uuid4)
+
+
+def _values(enum: type[Any]) -> str:
+    return ", ".join(f"'{member.value}'" for member in enum)
+
+
+# PostgreSQL's own default names, so the catalog reads the same however a table was made.
+NAMING_CONVENTION = {
+    "pk": "%(table_name)s_pkey",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "fk": "%(table_name)s_%(column_0_name)s_fkey",
+    "ix": "idx_%(table_name)s_%(column_0_N_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )
+    # A trigger (set_updated_at) also bumps this for writers that bypass the ORM.
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("now()"),
+        onupdate=text("now()"),
+    )
+
+
+class User(TimestampMixin, Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(f"email ~* '{EMAIL_REGEX}'", name="users_email_check"),
+        Index("idx_users_created_at", text("created_at DESC")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), **UUID_PK)  # type: ignore[arg-type]
+    email: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    hashed_password: Mapped[str] = mapped_column(String(255), nullable=False)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    is_verified: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    emotion_entries: Mapped[list[EmotionEntry]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+    intake_sessions: Mapped[list[IntakeSession]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class IntakeSession(TimestampMixin, Base):
+    __tablename__ = "intake_sessions"
+    __table_args__ = (
+        CheckConstraint("current_step >= 1", name="intake_sessions_current_step_check"),
+        CheckConstraint(
+            "jsonb_typeof(conversation_history) = 'array'",
+            name="intake_sessions_history_is_array",
+        ),
+        CheckConstraint(
+            "NOT is_complete OR completed_at IS NOT NULL",
+            name="intake_sessions_completed_at_check",
+        ),
+        Index("idx_intake_sessions_user_id", "user_id"),
+        Index("idx_intake_sessions_created_at", text("created_at DESC")),
+        Index("idx_intake_sessions_is_complete", "is_complete"),
+        Index(
+            "idx_intake_sessions_incomplete",
+            "user_id",
+            text("updated_at DESC"),
+            postgresql_where=text("is_complete = false"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), **UUID_PK)  # type: ignore[arg-type]
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    initial_situation: Mapped[str] = mapped_column(Text, nullable=False)
+    conversation_history: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb"), default=list
+    )
+    current_step: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    is_complete: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    ai_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    final_summary: Mapped[str | None] = mapped_column(Text)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship(back_populates="intake_sessions")
+    emotion_entry: Mapped[EmotionEntry | None] = relationship(back_populates="intake_session")
+
+
+class EmotionEntry(TimestampMixin, Base):
+    __tablename__ = "emotion_entries"
+    __table_args__ = (
+        CheckConstraint(
+            "intensity >= 0 AND intensity <= 1", name="emotion_entries_intensity_check"
+        ),
+        # cardinality(), not array_length(): array_length('{}', 1) is NULL and a NULL
+        # CHECK passes, so the spec's version would accept an empty array.
+        CheckConstraint("cardinality(emotions) > 0", name="emotions_not_empty"),
+        CheckConstraint(
+            f"emotions <@ {sql_text_array(EMOTIONS)}", name="emotion_entries_emotions_vocabulary"
+        ),
+        CheckConstraint(f"source IN ({_values(EntrySource)})", name="emotion_entries_source_check"),
+        UniqueConstraint("intake_session_id", name="emotion_entries_intake_session_id_key"),
+        Index("idx_emotion_entries_user_id", "user_id"),
+        Index("idx_emotion_entries_created_at", text("created_at DESC")),
+        Index("idx_emotion_entries_emotions", "emotions", postgresql_using="gin"),
+        Index("idx_emotion_entries_user_created", "user_id", text("created_at DESC")),
+        # The spec's predicate (created_at >= NOW() - 90 days) cannot be indexed: NOW()
+        # is not immutable. A covering index serves the same per-user range scans.
+        Index(
+            "idx_emotion_entries_user_date_range",
+            "user_id",
+            "created_at",
+            postgresql_include=["intensity", "emotions"],
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), **UUID_PK)  # type: ignore[arg-type]
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    situation: Mapped[str] = mapped_column(Text, nullable=False)
+    emotions: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    intensity: Mapped[Decimal] = mapped_column(Numeric(3, 2), nullable=False)
+    notes: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(50), nullable=False, server_default=text("'manual'"))
+    # Deleting a session must not delete what the person wrote: SET NULL, not CASCADE.
+    intake_session_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("intake_sessions.id", ondelete="SET NULL")
+    )
+
+    user: Mapped[User] = relationship(back_populates="emotion_entries")
+    visualization: Mapped[Visualization | None] = relationship(
+        back_populates="emotion_entry", cascade="all, delete-orphan", passive_deletes=True
+    )
+    intake_session: Mapped[IntakeSession | None] = relationship(back_populates="emotion_entry")
+
+    @validates("intensity")
+    def _validate_intensity(self, _key: str, value: Decimal) -> Decimal:
+        if not (0 <= Decimal(value) <= 1):
+            raise ValueError("Intensity must be between 0 and 1")
+        return value
+
+    @validates("emotions")
+    def _validate_emotions(self, _key: str, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("At least one emotion must be specified")
+        unknown = invalid_emotions(value)
+        if unknown:
+            raise ValueError(f"Invalid emotion: {', '.join(unknown)}")
+        return value
+
+    @validates("source")
+    def _validate_source(self, _key: str, value: str) -> str:
+        return EntrySource(value).value
+
+
+class Visualization(TimestampMixin, Base):
+    __tablename__ = "visualizations"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_values(VisualizationStatus)})", name="status_check"),
+        CheckConstraint(
+            f"style IN ({_values(VisualizationStyle)})", name="visualizations_style_check"
+        ),
+        Index("idx_visualizations_user_id", "user_id"),
+        Index("idx_visualizations_status", "status"),
+        Index("idx_visualizations_created_at", text("created_at DESC")),
+        Index("idx_visualizations_user_status", "user_id", "status"),
+        Index(
+            "idx_visualizations_active",
+            "user_id",
+            text("created_at DESC"),
+            postgresql_where=text("status IN ('pending', 'processing')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), **UUID_PK)  # type: ignore[arg-type]
+    entry_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("emotion_entries.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    status: Mapped[str] = mapped_column(
+        String(50), nullable=False, server_default=text("'pending'")
+    )
+    style: Mapped[str] = mapped_column(
+        String(50), nullable=False, server_default=text("'abstract'")
+    )
+    image_url: Mapped[str | None] = mapped_column(Text)
+    thumbnail_url: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(Text)
+    insights: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    visual_elements: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    gemini_analysis: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    nanobanana_response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    processing_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    processing_completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    emotion_entry: Mapped[EmotionEntry] = relationship(back_populates="visualization")
+    user: Mapped[User] = relationship()
+
+    @validates("status")
+    def _validate_status(self, _key: str, value: str) -> str:
+        return VisualizationStatus(value).value
+
+    @validates("style")
+    def _validate_style(self, _key: str, value: str) -> str:
+        return VisualizationStyle(value).value
+
+
+class EmotionAnalytics(Base):
+    __tablename__ = "emotion_analytics"
+    __table_args__ = (
+        UniqueConstraint("user_id", "period_start", "period_end"),
+        CheckConstraint("period_end >= period_start", name="emotion_analytics_period_check"),
+        CheckConstraint(
+            "average_intensity IS NULL OR (average_intensity >= 0 AND average_intensity <= 1)",
+            name="emotion_analytics_average_intensity_check",
+        ),
+        CheckConstraint(
+            "total_entries IS NULL OR total_entries >= 0",
+            name="emotion_analytics_total_entries_check",
+        ),
+        Index("idx_emotion_analytics_user_id", "user_id"),
+        Index("idx_emotion_analytics_period", "period_start", "period_end"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), **UUID_PK)  # type: ignore[arg-type]
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    period_start: Mapped[date] = mapped_column(Date, nullable=False)
+    period_end: Mapped[date] = mapped_column(Date, nullable=False)
+    emotion_counts: Mapped[dict[str, int]] = mapped_column(JSONB, nullable=False)
+    average_intensity: Mapped[Decimal | None] = mapped_column(Numeric(3, 2))
+    total_entries: Mapped[int | None] = mapped_column(Integer)
+    most_common_emotions: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    insights: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    computed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("idx_api_keys_user_id", "user_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), **UUID_PK)  # type: ignore[arg-type]
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    key_hash: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    scopes: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), nullable=False, server_default=text("ARRAY['read'::text, 'write'::text]")
+    )
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )
+
+
+TABLES_WITH_UPDATED_AT = ("users", "emotion_entries", "visualizations", "intake_sessions")

@@ -1,0 +1,68 @@
+"""The one error hierarchy of the project.
+
+Every error we raise on purpose derives from EmotionVizError. The split that matters
+operationally is Permanent (fail fast, dead-letter, tell a person why) versus Transient
+(retry with backoff, honouring a server-given delay).
+"""
+
+from __future__ import annotations
+
+
+class EmotionVizError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigurationError(EmotionVizError):
+    """A setting is missing or invalid; the process cannot start."""
+
+
+class PermanentError(EmotionVizError):
+    """Retrying cannot help: the input, the row or the model's answer is unusable."""
+
+
+class TransientError(EmotionVizError):
+    """Retrying later may help. ``retry_after_s`` is a server-given wait, if any."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidMessageError(PermanentError):
+    """A broker message does not match its schema."""
+
+
+class NotFoundError(PermanentError):
+    """A row the message names does not exist."""
+
+
+class OwnershipError(PermanentError):
+    """A row the message names belongs to another user."""
+
+
+class ProviderError(PermanentError):
+    """A model API refused the request for good (400/401/403/404, blocked, unusable)."""
+
+
+class ContentBlockedError(ProviderError):
+    """The model's safety system blocked the prompt or the output."""
+
+
+class InvalidModelOutputError(ProviderError):
+    """The model answered, but not with something we can use."""
+
+
+class InvalidImageError(ProviderError):
+    """The image bytes are not a decodable PNG, JPEG or WebP within the limits."""
+
+
+class ProviderUnavailableError(TransientError):
+    """The model API is overloaded, down, slow, or rate-limited us (429/5xx/timeout)."""
+
+
+class LeaseHeldError(TransientError):
+    """Another worker holds a live lease on this row; try again after it expires."""
+
+
+class DatabaseUnavailableError(TransientError):
+    """The database connection failed or the server restarted."""

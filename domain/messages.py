@@ -1,0 +1,101 @@
+"""Versioned broker message contracts.
+
+Messages carry ids, never data: the database is the source of truth. Each model is
+strict (unknown fields and wrong types are rejected) so a bad producer gets a clear,
+permanent error instead of a half-processed job. Their JSON Schemas are generated into
+docs/messages/ by ``emotionviz schemas``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from domain.errors import InvalidMessageError
+from domain.vocabulary import VisualizationStyle
+
+
+class MessageV1(BaseModel):
+    """Base of every message body: version 1, strict, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    actor_name: ClassVar[str]
+    queue_name: ClassVar[str]
+    version: Literal[1] = 1
+
+    def to_payload(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class EntryCreated(MessageV1):
+    """An emotion entry was written; draw and analyse it."""
+
+    actor_name: ClassVar[str] = "entry.created"
+    queue_name: ClassVar[str] = "visualizations"
+
+    entry_id: uuid.UUID = Field(description="emotion_entries.id")
+    user_id: uuid.UUID = Field(description="users.id, must own the entry")
+    style: VisualizationStyle | None = Field(
+        default=None, description="abstract, diagram or metaphor; default abstract"
+    )
+
+
+class IntakeStep(MessageV1):
+    """The person answered step ``step`` of an intake session."""
+
+    actor_name: ClassVar[str] = "intake.step"
+    queue_name: ClassVar[str] = "intake"
+
+    session_id: uuid.UUID
+    user_id: uuid.UUID
+    step: int = Field(ge=1, le=100)
+
+
+class AnalyticsRecompute(MessageV1):
+    """Recompute emotion_analytics for a period kind over a range, optionally for users."""
+
+    actor_name: ClassVar[str] = "analytics.recompute"
+    queue_name: ClassVar[str] = "analytics"
+
+    period: Literal["day", "week", "month"]
+    period_start: date
+    period_end: date | None = None
+    user_ids: list[uuid.UUID] | None = None
+
+    @field_validator("user_ids")
+    @classmethod
+    def _not_empty(cls, value: list[uuid.UUID] | None) -> list[uuid.UUID] | None:
+        if value is not None and not value:
+            raise ValueError("user_ids, when given, must not be empty")
+        return value
+
+
+ALL_MESSAGES: tuple[type[MessageV1], ...] = (EntryCreated, IntakeStep, AnalyticsRecompute)
+
+
+M = TypeVar("M", bound=MessageV1)
+
+
+def parse_message(model: type[M], payload: object) -> M:
+    """Validate a raw payload (as it came off the broker) into ``model``.
+
+    JSON has no UUID or date type, so the strict models accept them as strings here
+    (``strict=False`` at parse time) while still rejecting numbers-for-strings,
+    unknown fields and missing ones.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidMessageError(
+            f"{model.actor_name} payload must be a JSON object, got {type(payload).__name__}"
+        )
+    try:
+        return model.model_validate(payload, strict=False)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidMessageError(f"invalid {model.actor_name} v1 message: {problems}") from None

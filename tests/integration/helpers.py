@@ -1,0 +1,56 @@
+"""Small SQL helpers for integration tests (raw SQL, so the database itself judges)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+
+def insert_user(conn: Connection, email: str | None = None) -> uuid.UUID:
+    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+    return conn.execute(
+        text(
+            "INSERT INTO users (email, hashed_password, name) VALUES (:e, 'x', 'Person') "
+            "RETURNING id"
+        ),
+        {"e": email},
+    ).scalar_one()
+
+
+def insert_entry(
+    conn: Connection,
+    user_id: uuid.UUID,
+    *,
+    emotions: list[str] | None = None,
+    intensity: Any = "0.50",
+    situation: str = "A situation",
+    created_at: Any = None,
+    **extra: Any,
+) -> uuid.UUID:
+    params: dict[str, Any] = {
+        "u": user_id,
+        "s": situation,
+        "em": emotions if emotions is not None else ["joy"],
+        "i": intensity,
+    }
+    cols = "user_id, situation, emotions, intensity"
+    vals = ":u, :s, CAST(:em AS text[]), CAST(:i AS numeric)"
+    if created_at is not None:
+        cols += ", created_at"
+        vals += ", :c"
+        params["c"] = created_at
+    for key, value in extra.items():
+        cols += f", {key}"
+        vals += f", :{key}"
+        params[key] = value
+    return conn.execute(
+        text(f"INSERT INTO emotion_entries ({cols}) VALUES ({vals}) RETURNING id"), params
+    ).scalar_one()
+
+
+def count(conn: Connection, table: str, where: str = "true", **params: Any) -> int:
+    return int(
+        conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one()
+    )

@@ -1,0 +1,1 @@
+"""The composition root: settings, broker, actors, services, providers, CLI."""

@@ -1,0 +1,178 @@
+"""``emotionviz``: the operator's command line. Each subcommand is a small function;
+names are a contract (operators script against them), so add, never rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from domain.errors import ConfigurationError, EmotionVizError
+from workers.logging import configure_logging, get_logger, register_secret
+from workers.settings import Settings, get_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+log = get_logger("emotionviz.cli")
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# --- services, migrate, seed ---------------------------------------------------------
+
+
+def cmd_services(args: argparse.Namespace, settings: Settings) -> int:
+    from db import embedded
+    from workers import runtime
+
+    if args.action == "start":
+        runtime.database_url(settings)
+        runtime.redis_url(settings)
+        for service in embedded.status(settings.data_dir):
+            _out(
+                f"{service.name:9} {'running' if service.running else 'STOPPED'}  {service.detail}"
+            )
+        if settings.database_url or settings.redis_url:
+            _out("note: an explicit DATABASE_URL/REDIS_URL is set; that service is not embedded")
+        return 0
+    if args.action == "stop":
+        pg = embedded.stop_postgres(settings.data_dir)
+        rd = embedded.stop_redis(settings.data_dir)
+        _out(f"postgres  {'stopped' if pg else 'was not running'}")
+        _out(f"redis     {'stopped' if rd else 'was not running'}")
+        return 0
+    states = embedded.status(settings.data_dir)
+    for service in states:
+        _out(f"{service.name:9} {'running' if service.running else 'stopped'}  {service.detail}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from db import migrate
+    from workers.runtime import database_url
+
+    url = database_url(settings)
+    if args.downgrade:
+        migrate.downgrade(url, args.downgrade)
+        _out(f"downgraded to {args.downgrade}")
+    else:
+        migrate.upgrade(url, args.revision)
+        _out(f"database at {args.revision}")
+    if args.check:
+        migrate.check(url)
+        _out("models and database schema match")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    from db import migrate
+    from db.seed import seed_dev_data
+    from workers.runtime import database_url, unit_of_work
+
+    migrate.upgrade(database_url(settings))
+    report = seed_dev_data(unit_of_work())
+    _out(f"seed: {report.users_created} users and {report.entries_created} entries created")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from db.backup import backup
+    from workers.runtime import database_url
+
+    path = backup(database_url(settings), Path(args.output))
+    _out(f"backup written: {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from db.backup import restore
+    from workers.runtime import database_url
+
+    restore(database_url(settings), Path(args.input))
+    _out(f"restored from {args.input}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.schemas_export import write_schemas
+
+    written = write_schemas(Path(args.output))
+    for path in written:
+        _out(f"wrote {path}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emotionviz",
+        description=(
+            "EmotionVisualizer background workers. With DATABASE_URL / REDIS_URL unset, "
+            "commands start an embedded PostgreSQL and Redis in DATA_DIR (default .data)."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("services", cmd_services, "start, stop or show the embedded PostgreSQL and Redis")
+    p.add_argument("action", choices=["start", "stop", "status"])
+
+    p = add("migrate", cmd_migrate, "apply database migrations (alembic upgrade head)")
+    p.add_argument("--revision", default="head", help="target revision (default head)")
+    p.add_argument("--downgrade", metavar="REV", help="downgrade to REV instead (e.g. base)")
+    p.add_argument("--check", action="store_true", help="then verify models == schema")
+
+    add("seed", cmd_seed, "migrate, then create the development users and entries (idempotent)")
+
+    p = add("backup", cmd_backup, "pg_dump the database: FILE.dump (custom) or FILE.sql.gz")
+    p.add_argument("output", help="target file; .sql.gz for gzipped SQL, else custom format")
+
+    p = add("restore", cmd_restore, "restore a .dump or .sql.gz backup into the database")
+    p.add_argument("input", help="backup file written by 'emotionviz backup'")
+
+    p = add("schemas", cmd_schemas, "write the messages' JSON Schemas (docs/messages)")
+    p.add_argument("--output", default="docs/messages", help="directory (default docs/messages)")
+
+    from workers import commands
+
+    commands.register(add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except ConfigurationError as exc:
+        sys.stderr.write(f"emotionviz: {exc}\n")
+        return 2
+    for secret in (settings.gemini_api_key, settings.database_url, settings.redis_url):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return int(args.handler(args, settings))
+    except ConfigurationError as exc:
+        sys.stderr.write(f"emotionviz: {exc}\n")
+        return 2
+    except EmotionVizError as exc:
+        log.error("command failed", command=args.command, error=str(exc))
+        sys.stderr.write(f"emotionviz {args.command}: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

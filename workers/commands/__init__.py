@@ -1,0 +1,12 @@
+"""Subcommands added by the pipeline, intake and analytics work (kept out of cli.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def register(add: Callable[..., Any]) -> None:
+    from workers.commands import demo
+
+    demo.register(add)

@@ -1,0 +1,129 @@
+"""All configuration, from the environment (and an optional .env file), in one class.
+
+No other module reads os.environ. An invalid value stops start-up with one line that
+names the setting (see ``load_settings``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.errors import ConfigurationError
+
+ProviderChoice = Literal["auto", "local", "gemini"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Services. Unset URLs mean: start the embedded PostgreSQL / Redis in data_dir.
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    broker_url: SecretStr | None = Field(
+        default=None, description="amqp://... selects RabbitMQ; default: REDIS_URL"
+    )
+    redis_namespace: str = Field(default="emotionviz", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    data_dir: Path = Path(".data")
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    # Model providers.
+    provider: ProviderChoice = "auto"
+    gemini_api_key: SecretStr | None = None
+    gemini_base_url: str | None = None
+    gemini_api_version: Literal["v1", "v1beta"] = "v1beta"
+    analysis_model: str = "gemini-3.5-flash"
+    image_model: str = "gemini-3.1-flash-image"
+    request_timeout_s: float = Field(default=120.0, gt=0, le=600)
+    image_aspect_ratio: str = "1:1"
+    image_size: Literal["1K", "2K", "4K"] = "1K"
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
+
+    # Rate limits, enforced across all worker processes through Redis.
+    analysis_rpm: int = Field(default=600, ge=1)
+    image_rpm: int = Field(default=120, ge=1)
+    analysis_max_concurrent: int = Field(default=64, ge=1)
+    image_max_concurrent: int = Field(default=64, ge=1)
+    rate_limit_wait_s: float = Field(default=120.0, gt=0)
+
+    # Media.
+    media_dir: Path = Path(".data/media")
+    media_base_url: str = "http://localhost:8000/media"
+    thumbnail_px: int = Field(default=256, ge=32, le=1024)
+
+    # Worker runtime.
+    worker_processes: int = Field(default=2, ge=1, le=64)
+    worker_threads: int = Field(default=32, ge=1, le=1024)
+    max_retries: int = Field(default=5, ge=0, le=100)
+    min_backoff_ms: int = Field(default=2_000, ge=1)
+    max_backoff_ms: int = Field(default=300_000, ge=1)
+    lease_s: int = Field(default=600, ge=10)
+    message_max_age_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
+    prometheus: bool = False
+
+    # Logging.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "broker_url",
+        "gemini_api_key",
+        "gemini_base_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # "DATABASE_URL=" in a .env file means "not set", not "connect to ''".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("media_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.max_backoff_ms < self.min_backoff_ms:
+            raise ValueError("MAX_BACKOFF_MS must be >= MIN_BACKOFF_MS")
+        return self
+
+    def resolved_provider(self) -> Literal["local", "gemini"]:
+        """``auto`` means gemini when a key is set, else the offline local providers."""
+        if self.provider == "auto":
+            return "gemini" if self.gemini_api_key else "local"
+        return self.provider
+
+    @property
+    def job_time_limit_ms(self) -> int:
+        # A job must end before its lease can be reclaimed by another worker.
+        return int(self.lease_s * 1000 * 0.9)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+        parts.append(f"{name}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning pydantic's report into one clear ConfigurationError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid configuration: {_describe(exc)}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
