@@ -8,6 +8,7 @@ docs/messages/ by ``emotionviz schemas``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import date
 from typing import Any, ClassVar, Literal, TypeVar
@@ -21,7 +22,7 @@ from domain.vocabulary import VisualizationStyle
 class MessageV1(BaseModel):
     """Base of every message body: version 1, strict, immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     actor_name: ClassVar[str]
     queue_name: ClassVar[str]
@@ -83,16 +84,15 @@ M = TypeVar("M", bound=MessageV1)
 def parse_message(model: type[M], payload: object) -> M:
     """Validate a raw payload (as it came off the broker) into ``model``.
 
-    JSON has no UUID or date type, so the strict models accept them as strings here
-    (``strict=False`` at parse time) while still rejecting numbers-for-strings,
-    unknown fields and missing ones.
+    Validated in pydantic's strict JSON mode: ids and dates as JSON strings are fine,
+    but a string for a number, a number for an id, unknown or missing fields are not.
     """
     if not isinstance(payload, dict):
         raise InvalidMessageError(
             f"{model.actor_name} payload must be a JSON object, got {type(payload).__name__}"
         )
     try:
-        return model.model_validate(payload, strict=False)
+        return model.model_validate_json(json.dumps(payload), strict=True)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"

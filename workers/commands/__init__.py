@@ -7,6 +7,7 @@ from typing import Any
 
 
 def register(add: Callable[..., Any]) -> None:
-    from workers.commands import demo
+    from workers.commands import demo, ops
 
+    ops.register(add)
     demo.register(add)

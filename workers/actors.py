@@ -1,0 +1,125 @@
+"""Thin actors: validate the message, call one application service, classify failures.
+
+Import this module to register the actors; it builds the broker first. Worker
+processes load it with ``emotionviz worker`` (Dramatiq's CLI underneath).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from domain.errors import (
+    InvalidMessageError,
+    LeaseHeldError,
+    NotFoundError,
+    OwnershipError,
+    PermanentError,
+    TransientError,
+)
+from domain.messages import AnalyticsRecompute, EntryCreated, MessageV1, parse_message
+from workers import app, stats
+from workers.logging import get_logger
+from workers.settings import get_settings
+
+broker = app.broker()
+settings = get_settings()
+log = get_logger("emotionviz.actors")
+
+# Errors that mean "this message is wrong": dead-letter it, change no row.
+REJECTED = (InvalidMessageError, NotFoundError, OwnershipError)
+
+
+def _payload(model: type[MessageV1], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The body is one JSON object, as args[0] (our producer) or as kwargs (tolerated)."""
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    if not args and kwargs:
+        return kwargs
+    raise InvalidMessageError(
+        f"{model.actor_name} expects one JSON object argument, got {len(args)} args "
+        f"and {len(kwargs)} kwargs"
+    )
+
+
+def _attempt() -> tuple[int, int]:
+    """(retries so far, max retries) of the message being processed."""
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message else 0
+    return retries, settings.max_retries
+
+
+def _retry_after(exc: TransientError) -> Exception:
+    """Honour a server-given delay (plus jitter); otherwise Dramatiq's backoff applies."""
+    if exc.retry_after_s is None:
+        return exc
+    delay_ms = int(exc.retry_after_s * 1000 + random.uniform(0, 250))
+    return dramatiq.Retry(str(exc), delay=delay_ms)
+
+
+@dramatiq.actor(
+    actor_name=EntryCreated.actor_name,
+    queue_name=EntryCreated.queue_name,
+    throws=(PermanentError,),
+    max_retries=settings.max_retries,
+)
+def entry_created(*args: Any, **kwargs: Any) -> None:
+    try:
+        message = parse_message(EntryCreated, _payload(EntryCreated, args, kwargs))
+    except InvalidMessageError as exc:
+        log.error("message rejected", reason=str(exc))
+        stats.incr("rejected")
+        raise
+    service = app.visualization_service()
+    try:
+        outcome = service.process(message)
+        log.info("entry processed", outcome=outcome.value)
+    except LeaseHeldError as exc:
+        # Another worker is on it. Look again when its lease would expire; this does
+        # not spend a retry (the other worker may simply be slow).
+        delay_ms = int((exc.retry_after_s or 30) * 1000 + random.uniform(0, 1000))
+        entry_created.send_with_options(args=(message.to_payload(),), delay=delay_ms)
+        log.info("lease held elsewhere, deferred", delay_ms=delay_ms)
+    except REJECTED as exc:
+        log.error("message rejected", reason=str(exc))
+        stats.incr("rejected")
+        raise
+    except PermanentError as exc:
+        service.mark_failed(message.entry_id, str(exc))
+        raise
+    except TransientError as exc:
+        retries, max_retries = _attempt()
+        if retries >= max_retries:
+            reason = f"gave up after {retries + 1} attempts; last error: {exc}"
+            service.mark_failed(message.entry_id, reason)
+            raise PermanentError(reason) from exc
+        log.warning(
+            "transient failure, will retry", reason=str(exc), retry_after_s=exc.retry_after_s
+        )
+        stats.incr("retries")
+        raise _retry_after(exc) from exc
+
+
+@dramatiq.actor(
+    actor_name=AnalyticsRecompute.actor_name,
+    queue_name=AnalyticsRecompute.queue_name,
+    throws=(PermanentError,),
+    max_retries=settings.max_retries,
+)
+def analytics_recompute(*args: Any, **kwargs: Any) -> None:
+    from workers.services.analytics import recompute
+
+    message = parse_message(AnalyticsRecompute, _payload(AnalyticsRecompute, args, kwargs))
+    summary = recompute(message)
+    log.info("analytics recomputed", **summary.as_log())
+
+
+@dramatiq.actor(actor_name="maintenance.reconcile", queue_name="maintenance", max_retries=3)
+def reconcile() -> None:
+    from workers.services.reconcile import reconcile as run_reconcile
+
+    report = run_reconcile()
+    log.info("reconciled", **report.as_log())

@@ -1,0 +1,95 @@
+"""Builds the one broker of this process, before any actor is imported.
+
+Redis by default (REDIS_URL, or the embedded server); RabbitMQ when BROKER_URL is
+amqp://. Middleware: Dramatiq's defaults (age limit, time limit, shutdown, callbacks,
+pipelines, retries, current message) with our settings, plus structured logging
+context, and Prometheus when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.encoder import Encoder
+from dramatiq.errors import DecodeError
+from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware.callbacks import Callbacks
+from dramatiq.middleware.pipelines import Pipelines
+
+from workers.logging import get_logger
+from workers.middleware import LogContext
+from workers.settings import Settings
+
+log = get_logger("emotionviz.broker")
+
+
+class LoggingJSONEncoder(Encoder):
+    """Dramatiq's JSON encoding, with a clear log line for a body that is not JSON.
+
+    Dramatiq then logs the DecodeError and its consumer carries on with the next
+    message, so a bad publisher never stops a worker.
+    """
+
+    def encode(self, data: dict[str, Any]) -> bytes:
+        return json.dumps(data, separators=(",", ":")).encode("utf-8")
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        try:
+            decoded = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            log.error(
+                "message rejected: body is not valid JSON",
+                reason=str(exc),
+                body_start=data[:80].decode("utf-8", errors="replace"),
+            )
+            raise DecodeError("message body is not valid JSON", data, exc) from exc
+        if not isinstance(decoded, dict) or "actor_name" not in decoded:
+            log.error(
+                "message rejected: not a Dramatiq message envelope",
+                reason="expected an object with queue_name, actor_name, args, kwargs, options",
+                body_start=data[:80].decode("utf-8", errors="replace"),
+            )
+            raise DecodeError("message is not a Dramatiq envelope", data, ValueError("envelope"))
+        return decoded
+
+
+def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
+    middleware = [
+        AgeLimit(max_age=settings.message_max_age_ms),
+        TimeLimit(time_limit=settings.job_time_limit_ms),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        Retries(
+            max_retries=settings.max_retries,
+            min_backoff=settings.min_backoff_ms,
+            max_backoff=settings.max_backoff_ms,
+        ),
+        CurrentMessage(),
+        LogContext(),
+    ]
+    if settings.prometheus:
+        from dramatiq.middleware.prometheus import Prometheus
+
+        middleware.append(Prometheus())
+    broker: dramatiq.Broker
+    broker_url = settings.broker_url.get_secret_value() if settings.broker_url else None
+    if broker_url and broker_url.startswith("amqp"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=broker_url, middleware=middleware)
+    else:
+        broker = RedisBroker(
+            url=broker_url or redis_url,
+            namespace=settings.redis_namespace,
+            middleware=middleware,
+            # A worker that stops heart-beating for this long is dead: its unacked
+            # messages go back to the queue.
+            heartbeat_timeout=60_000,
+        )
+    dramatiq.set_encoder(LoggingJSONEncoder())
+    dramatiq.set_broker(broker)
+    return broker

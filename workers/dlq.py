@@ -1,0 +1,73 @@
+"""Dead letters of the Redis broker: list, replay, purge.
+
+Dramatiq keeps a queue's dead messages in ``{ns}:{queue}.XQ`` (a sorted set of ids by
+time) and their bodies in ``{ns}:{queue}.XQ.msgs`` for DEAD_MESSAGE_TTL (7 days).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+
+class DeadLetters:
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+
+    def _keys(self, queue: str) -> tuple[str, str, str]:
+        base = f"{self.namespace}:{queue}"
+        return base, f"{base}.XQ", f"{base}.XQ.msgs"
+
+    def entries(self, queue: str, limit: int = 50) -> list[dict[str, Any]]:
+        _, xq, msgs = self._keys(queue)
+        items = []
+        ranked: Any = self.client.zrevrange(xq, 0, limit - 1, withscores=True)
+        for redis_id, score in ranked:
+            body: Any = self.client.hget(msgs, redis_id)
+            data = json.loads(body) if body else {}
+            options = data.get("options", {})
+            items.append(
+                {
+                    "redis_id": redis_id.decode(),
+                    "message_id": data.get("message_id"),
+                    "actor": data.get("actor_name"),
+                    "args": data.get("args"),
+                    "dead_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(score / 1000)),
+                    "retries": options.get("retries", 0),
+                    "error": (options.get("traceback") or "").strip().splitlines()[-1:] or None,
+                }
+            )
+        return items
+
+    def replay(self, queue: str, ids: list[str] | None = None) -> int:
+        """Move dead messages back to the queue, their retry count reset."""
+        base, xq, msgs = self._keys(queue)
+        moved = 0
+        members: Any = self.client.zrange(xq, 0, -1)
+        for redis_id in [m.decode() for m in members]:
+            body: Any = self.client.hget(msgs, redis_id)
+            if body is None:
+                continue
+            data = json.loads(body)
+            if ids and data.get("message_id") not in ids:
+                continue
+            data.setdefault("options", {})["retries"] = 0
+            data["options"].pop("traceback", None)
+            with self.client.pipeline() as pipe:
+                pipe.zrem(xq, redis_id)
+                pipe.hdel(msgs, redis_id)
+                pipe.hset(f"{base}.msgs", redis_id, json.dumps(data))
+                pipe.rpush(base, redis_id)
+                pipe.execute()
+            moved += 1
+        return moved
+
+    def purge(self, queue: str) -> int:
+        _, xq, msgs = self._keys(queue)
+        count: Any = self.client.zcard(xq)
+        self.client.delete(xq, msgs)
+        return int(count)

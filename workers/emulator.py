@@ -1,0 +1,452 @@
+"""A local emulator of the two Gemini endpoints we use, speaking their wire format.
+
+POST /{v1,v1beta}/models/{model}:generateContent with x-goog-api-key (or ?key=).
+A model whose id contains "image" answers with an inline PNG; any other answers JSON
+text built from the request's responseJsonSchema. Configurable latency per kind, a
+per-minute quota answering 429 with QuotaFailure and RetryInfo, retired models (404),
+and faults on demand, queued through the control API:
+
+  POST /_emulator/faults  {"faults": [{"kind": "503", "target": "image",
+                                       "contains": "some prompt text", "times": 1}]}
+  POST /_emulator/config  {"latency_analysis_s": 1, "latency_image_s": 4, ...}
+  POST /_emulator/reset   GET /_emulator/stats[?contains=TEXT]
+
+Fault kinds: 400, 403, 404, 429, 500, 503, 504, 502html, timeout, slow, block_prompt,
+safety, image_safety, max_tokens, text_only, malformed_json, bad_image.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from PIL import Image, ImageDraw
+
+QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_requests"
+_ROUTE = re.compile(r"^/(v1|v1beta)/models/([A-Za-z0-9._-]+):generateContent$")
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str = "any"  # analysis | image | any
+    contains: str | None = None
+    times: int = 1
+    seconds: float = 0.0  # for slow / timeout
+
+
+@dataclass
+class EmulatorState:
+    api_key: str = "emulator-key"
+    latency_analysis_s: float = 0.0
+    latency_image_s: float = 0.0
+    quota_per_minute: int = 0  # 0 = unlimited
+    retry_delay_s: float = 1.0
+    retired_models: set[str] = field(default_factory=lambda: {"gemini-2.5-flash-image"})
+    image_px: int = 256
+    faults: list[Fault] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    window: deque[float] = field(default_factory=deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_fault(self, kind: str, text: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.target not in ("any", kind):
+                    continue
+                if fault.contains and fault.contains not in text:
+                    continue
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def over_quota(self) -> bool:
+        if self.quota_per_minute <= 0:
+            return False
+        now = time.monotonic()
+        with self.lock:
+            while self.window and now - self.window[0] > 60:
+                self.window.popleft()
+            if len(self.window) >= self.quota_per_minute:
+                return True
+            self.window.append(now)
+            return False
+
+
+def example_from_schema(schema: dict[str, Any], hint: str, path: str = "") -> Any:
+    """A valid instance of a (plain JSON or Google OpenAPI-subset) schema."""
+    kind = str(schema.get("type", "object")).lower()
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "anyOf" in schema:
+        return example_from_schema(schema["anyOf"][0], hint, path)
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {
+            name: example_from_schema(sub, hint, f"{path}.{name}") for name, sub in props.items()
+        }
+    if kind == "array":
+        count = max(int(schema.get("minItems", 1)), 2)
+        count = min(count, int(schema.get("maxItems", count)))
+        return [
+            example_from_schema(schema.get("items", {}), hint, f"{path}[{i}]") for i in range(count)
+        ]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return False
+    text = f"emulated {path.strip('.') or 'value'} for: {hint}"
+    return text[: int(schema.get("maxLength", 200))]
+
+
+_PNG_CACHE: dict[tuple[int, int], bytes] = {}
+
+
+def emulated_png(prompt: str, size: int) -> bytes:
+    """A small real PNG whose colours depend on the prompt (cached per colour)."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    key = (digest[0] % 16, size)
+    if key not in _PNG_CACHE:
+        hue = key[0] * 16
+        image = Image.new("RGB", (size, size), (hue, 90, 200 - hue // 2))
+        draw = ImageDraw.Draw(image)
+        for i in range(8):
+            r = size * (8 - i) / 16
+            draw.ellipse(
+                (size / 2 - r, size / 2 - r, size / 2 + r, size / 2 + r),
+                fill=((hue + i * 20) % 256, 120 + i * 10, 230 - i * 15),
+            )
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        _PNG_CACHE[key] = out.getvalue()
+    return _PNG_CACHE[key]
+
+
+def _error(
+    code: int, status: str, message: str, details: list[Any] | None = None
+) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "status": status, "details": details or []}}
+
+
+def _request_text(body: dict[str, Any]) -> str:
+    contents = body.get("contents", [])
+    if isinstance(contents, dict):
+        contents = [contents]
+    texts = [
+        part.get("text", "")
+        for c in contents
+        for part in c.get("parts", [])
+        if isinstance(part, dict)
+    ]
+    return "\n".join(texts)
+
+
+class EmulatorHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: EmulatorServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # quiet; stats are available at /_emulator/stats
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _send(self, code: int, payload: Any, content_type: str = "application/json") -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b"{}"
+        return json.loads(raw or b"{}")
+
+    # --- control API ----------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        state = self.server.state
+        if url.path == "/_emulator/stats":
+            contains = parse_qs(url.query).get("contains", [None])[0]
+            with state.lock:
+                calls = [c for c in state.calls if not contains or contains in c["text"]]
+            counts: dict[str, int] = {}
+            for call in calls:
+                counts[call["kind"]] = counts.get(call["kind"], 0) + 1
+            self._send(
+                200,
+                {
+                    "counts": counts,
+                    "total": len(calls),
+                    "calls": [{k: v for k, v in c.items() if k != "text"} for c in calls[-200:]],
+                },
+            )
+        elif url.path == "/_emulator/health":
+            self._send(200, {"ok": True})
+        else:
+            self._send(404, _error(404, "NOT_FOUND", f"no route {url.path}"))
+
+    def do_POST(self) -> None:
+        url = urlparse(self.path)
+        state = self.server.state
+        try:
+            body = self._body()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._send(400, _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received."))
+            return
+        if url.path == "/_emulator/faults":
+            with state.lock:
+                state.faults.extend(Fault(**f) for f in body.get("faults", []))
+            self._send(200, {"queued": len(state.faults)})
+            return
+        if url.path == "/_emulator/config":
+            with state.lock:
+                for key, value in body.items():
+                    if key == "retired_models":
+                        value = set(value)
+                    setattr(state, key, value)
+            self._send(200, {"ok": True})
+            return
+        if url.path == "/_emulator/reset":
+            with state.lock:
+                state.faults.clear()
+                state.calls.clear()
+                state.window.clear()
+            self._send(200, {"ok": True})
+            return
+        match = _ROUTE.match(url.path)
+        if not match:
+            self._send(
+                404, _error(404, "NOT_FOUND", f"The requested URL {url.path} was not found.")
+            )
+            return
+        self._generate(match.group(2), url, body)
+
+    # --- generateContent ------------------------------------------------------------
+
+    def _generate(self, model: str, url: Any, body: dict[str, Any]) -> None:
+        state = self.server.state
+        key = self.headers.get("x-goog-api-key") or parse_qs(url.query).get("key", [None])[0]
+        if not key:
+            self._send(
+                403, _error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.")
+            )
+            return
+        if key != state.api_key:
+            self._send(
+                400,
+                _error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "API key not valid. Please pass a valid API key.",
+                    [
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": "API_KEY_INVALID",
+                            "domain": "googleapis.com",
+                        }
+                    ],
+                ),
+            )
+            return
+        if model in state.retired_models:
+            self._send(
+                404,
+                _error(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta."),
+            )
+            return
+        kind = "image" if "image" in model else "analysis"
+        text = _request_text(body)
+        with state.lock:
+            state.calls.append({"kind": kind, "model": model, "at": time.time(), "text": text})
+        fault = state.take_fault(kind, text)
+        if state.over_quota() and fault is None:
+            fault = Fault(kind="429")
+        time.sleep(state.latency_image_s if kind == "image" else state.latency_analysis_s)
+        if fault is not None and self._fault(fault, kind, model):
+            return
+        if kind == "image":
+            self._send(
+                200,
+                self._image_answer(
+                    model, text, bad=fault is not None and fault.kind == "bad_image"
+                ),
+            )
+        else:
+            self._send(200, self._analysis_answer(model, text, body))
+
+    def _fault(self, fault: Fault, kind: str, model: str) -> bool:
+        """Answer with the fault; False when the fault only delays (slow)."""
+        simple = {
+            "400": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+            "403": (403, "PERMISSION_DENIED", "Permission denied."),
+            "404": (404, "NOT_FOUND", f"models/{model} is not found."),
+            "500": (500, "INTERNAL", "An internal error has occurred."),
+            "503": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+            "504": (504, "DEADLINE_EXCEEDED", "The request timed out."),
+        }
+        state = self.server.state
+        if fault.kind in simple:
+            code, status, message = simple[fault.kind]
+            self._send(code, _error(code, status, message))
+        elif fault.kind == "429":
+            self._send(
+                429,
+                _error(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "You exceeded your current quota.",
+                    [
+                        {
+                            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                            "violations": [
+                                {
+                                    "quotaMetric": QUOTA_METRIC,
+                                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+                                }
+                            ],
+                        },
+                        {
+                            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                            "retryDelay": f"{fault.seconds or state.retry_delay_s:g}s",
+                        },
+                    ],
+                ),
+            )
+        elif fault.kind == "502html":
+            self._send(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
+        elif fault.kind in ("timeout", "slow"):
+            time.sleep(fault.seconds or 5.0)
+            if fault.kind == "timeout":
+                self._send(504, _error(504, "DEADLINE_EXCEEDED", "late answer"))
+                return True
+            return False
+        elif fault.kind == "block_prompt":
+            self._send(
+                200,
+                {
+                    "promptFeedback": {"blockReason": "SAFETY"},
+                    "usageMetadata": {"promptTokenCount": 12},
+                },
+            )
+        elif fault.kind in ("safety", "image_safety"):
+            reason = "SAFETY" if fault.kind == "safety" else "IMAGE_SAFETY"
+            self._send(
+                200, {"candidates": [{"finishReason": reason, "index": 0}], "modelVersion": model}
+            )
+        elif fault.kind == "max_tokens":
+            self._send(
+                200, self._text_candidate(model, '{"summary": "cut off in the mid', "MAX_TOKENS")
+            )
+        elif fault.kind == "malformed_json":
+            self._send(
+                200, self._text_candidate(model, "Sure! Here is the analysis: {not json", "STOP")
+            )
+        elif fault.kind == "text_only":
+            self._send(
+                200,
+                self._text_candidate(
+                    model, "I can't draw that, but here is a description.", "STOP"
+                ),
+            )
+        else:
+            return False  # bad_image is handled by the normal image answer
+        return True
+
+    @staticmethod
+    def _text_candidate(model: str, text: str, finish: str) -> dict[str, Any]:
+        return {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": [{"text": text}]},
+                    "finishReason": finish,
+                    "index": 0,
+                }
+            ],
+            "usageMetadata": {
+                "promptTokenCount": 100,
+                "candidatesTokenCount": 50,
+                "totalTokenCount": 150,
+            },
+            "modelVersion": model,
+            "responseId": uuid.uuid4().hex[:20],
+        }
+
+    def _analysis_answer(self, model: str, text: str, body: dict[str, Any]) -> dict[str, Any]:
+        config = body.get("generationConfig", {})
+        schema = config.get("responseJsonSchema") or config.get("responseSchema")
+        hint = " ".join(text.split())[:60]
+        answer = (
+            json.dumps(example_from_schema(schema, hint))
+            if schema
+            else f"Emulated answer to: {hint}"
+        )
+        return self._text_candidate(model, answer, "STOP")
+
+    def _image_answer(self, model: str, text: str, *, bad: bool) -> dict[str, Any]:
+        data = (
+            b"\x89PNG\r\n\x1a\nnot really a png"
+            if bad
+            else emulated_png(text, self.server.state.image_px)
+        )
+        return {
+            "candidates": [
+                {
+                    "content": {
+                        "role": "model",
+                        "parts": [
+                            {
+                                "inlineData": {
+                                    "mimeType": "image/png",
+                                    "data": base64.b64encode(data).decode(),
+                                }
+                            }
+                        ],
+                    },
+                    "finishReason": "STOP",
+                    "index": 0,
+                }
+            ],
+            "usageMetadata": {
+                "promptTokenCount": 300,
+                "candidatesTokenCount": 1290,
+                "totalTokenCount": 1590,
+            },
+            "modelVersion": model,
+            "responseId": uuid.uuid4().hex[:20],
+        }
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+
+    def __init__(self, address: tuple[str, int], state: EmulatorState) -> None:
+        super().__init__(address, EmulatorHandler)
+        self.state = state
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+def start_in_thread(state: EmulatorState | None = None, port: int = 0) -> EmulatorServer:
+    server = EmulatorServer(("127.0.0.1", port), state or EmulatorState())
+    threading.Thread(target=server.serve_forever, name="gemini-emulator", daemon=True).start()
+    return server

@@ -1,0 +1,1 @@
+"""Provider adapters: local (offline), gemini (google-genai SDK), storage, rate limits."""

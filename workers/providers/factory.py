@@ -1,0 +1,68 @@
+"""Build the providers, store and rate gates a worker process uses, from settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dramatiq.rate_limits.backends import RedisBackend
+
+from domain.errors import ConfigurationError
+from domain.providers import AnalysisProvider, ImageProvider
+from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
+from workers.providers.ratelimit import RateGate
+from workers.providers.storage import LocalImageStore
+from workers.settings import Settings
+
+
+@dataclass(frozen=True)
+class Providers:
+    analysis: AnalysisProvider
+    images: ImageProvider
+    store: LocalImageStore
+
+
+def build_providers(settings: Settings, redis_url: str) -> Providers:
+    store = LocalImageStore(settings.media_dir, settings.media_base_url)
+    if settings.resolved_provider() == "local":
+        return Providers(LocalAnalysisProvider(), LocalImageProvider(), store)
+
+    from workers.providers.gemini import GeminiAnalysisProvider, GeminiClient, GeminiImageProvider
+
+    if settings.gemini_api_key is None:
+        raise ConfigurationError("PROVIDER=gemini needs GEMINI_API_KEY")
+    backend = RedisBackend(url=redis_url)
+    slot_ttl_ms = int(settings.request_timeout_s * 1000 * 3)
+    prefix = f"{settings.redis_namespace}:ratelimit"
+    analysis_gate = RateGate(
+        backend,
+        f"{prefix}:{settings.analysis_model}",
+        per_minute=settings.analysis_rpm,
+        max_concurrent=settings.analysis_max_concurrent,
+        max_wait_s=settings.rate_limit_wait_s,
+        slot_ttl_ms=slot_ttl_ms,
+    )
+    image_gate = RateGate(
+        backend,
+        f"{prefix}:{settings.image_model}",
+        per_minute=settings.image_rpm,
+        max_concurrent=settings.image_max_concurrent,
+        max_wait_s=settings.rate_limit_wait_s,
+        slot_ttl_ms=slot_ttl_ms,
+    )
+    client = GeminiClient(
+        api_key=settings.gemini_api_key.get_secret_value(),
+        base_url=settings.gemini_base_url,
+        api_version=settings.gemini_api_version,
+        timeout_s=settings.request_timeout_s,
+    )
+    return Providers(
+        GeminiAnalysisProvider(client, settings.analysis_model, analysis_gate),
+        GeminiImageProvider(
+            client,
+            settings.image_model,
+            image_gate,
+            aspect_ratio=settings.image_aspect_ratio,
+            image_size=settings.image_size,
+        ),
+        store,
+    )

@@ -1,0 +1,312 @@
+"""Gemini providers through the official google-genai SDK (sync client; our workers are
+threads). The SDK makes one attempt; classification and waiting are ours:
+
+- 429 -> transient, waiting RetryInfo.retryDelay (a PerDay quota waits an hour);
+- 500/502/503/504, timeouts, connection errors, a non-JSON 200 -> transient;
+- 400/401/403/404, blocked prompts, SAFETY-type finish reasons, unusable output after
+  one repair attempt -> permanent, with a message that says what to do.
+
+The API key is only ever handed to the SDK; error messages are built by us from the
+status and the server's message, never from request objects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from domain.analysis import (
+    SYSTEM_INSTRUCTION,
+    Analysis,
+    AnalysisResult,
+    EntrySnapshot,
+    ImageResult,
+    analysis_json_schema,
+    analysis_prompt,
+    image_prompt,
+    parse_analysis_text,
+)
+from domain.errors import (
+    ContentBlockedError,
+    InvalidModelOutputError,
+    ProviderError,
+    ProviderUnavailableError,
+)
+from domain.vocabulary import VisualizationStyle
+from workers.logging import get_logger
+from workers.providers.ratelimit import RateGate
+
+log = get_logger("emotionviz.gemini")
+
+TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
+BLOCKING_FINISH = {
+    "SAFETY",
+    "RECITATION",
+    "PROHIBITED_CONTENT",
+    "SPII",
+    "BLOCKLIST",
+    "OTHER",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "IMAGE_OTHER",
+    "NO_IMAGE",
+    "IMAGE_RECITATION",
+}
+PER_DAY_WAIT_S = 3600.0
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)s\s*$")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Timeouts and connection errors surface as the HTTP library's own exceptions."""
+    found: list[type[BaseException]] = [TimeoutError, ConnectionError]
+    for module_name in ("httpx2", "httpx"):
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            continue
+        found.append(module.TransportError)
+    return tuple(found)
+
+
+TRANSPORT_ERRORS = _transport_errors()
+
+
+def retry_delay_s(details: Any) -> float | None:
+    """RetryInfo.retryDelay ("26s", "47.43s") from an error body, if present."""
+    error = details.get("error", details) if isinstance(details, dict) else {}
+    for detail in error.get("details", []) or []:
+        if isinstance(detail, dict) and detail.get("@type", "").endswith("google.rpc.RetryInfo"):
+            match = _DURATION.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def _is_per_day_quota(details: Any) -> bool:
+    return "PerDay" in json.dumps(details) if details else False
+
+
+def classify_api_error(exc: genai_errors.APIError, *, model: str, setting: str) -> Exception:
+    """Map an SDK APIError to our hierarchy, with an operator-facing message."""
+    code = int(exc.code or 0)
+    status = exc.status or ""
+    server_message = (exc.message or "")[:300]
+    if code == 429:
+        delay = retry_delay_s(exc.details)
+        if _is_per_day_quota(exc.details):
+            delay = max(delay or 0.0, PER_DAY_WAIT_S)
+            return ProviderUnavailableError(
+                f"{model}: daily quota exhausted (429 {status}); waiting for the reset",
+                retry_after_s=delay,
+            )
+        return ProviderUnavailableError(
+            f"{model}: rate limited (429 {status}){f', retry in {delay:g}s' if delay else ''}",
+            retry_after_s=delay,
+        )
+    if code in TRANSIENT_HTTP or code >= 500:
+        return ProviderUnavailableError(f"{model}: server error {code} {status}: {server_message}")
+    if code == 404:
+        return ProviderError(
+            f"model '{model}' was not found (404): it may be retired; "
+            f"set {setting} to a current model id"
+        )
+    if code in (401, 403) or "API_KEY" in json.dumps(exc.details or {}):
+        return ProviderError(
+            f"{model}: the API key was rejected ({code} {status}): check GEMINI_API_KEY"
+        )
+    return ProviderError(f"{model}: request rejected ({code} {status}): {server_message}")
+
+
+def _raw(response: types.GenerateContentResponse) -> dict[str, Any]:
+    """The response as JSON, image bytes replaced by their size (never stored)."""
+    data = response.model_dump(mode="json", exclude_none=True)
+    data.pop("sdk_http_response", None)
+    for candidate in data.get("candidates", []) or []:
+        for part in (candidate.get("content") or {}).get("parts", []) or []:
+            inline = part.get("inline_data")
+            if inline and "data" in inline:
+                inline["data"] = f"<{len(inline['data'])} base64 chars omitted>"
+    return data
+
+
+def _check_blocked(response: types.GenerateContentResponse, model: str) -> None:
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        reason = getattr(feedback.block_reason, "value", str(feedback.block_reason))
+        raise ContentBlockedError(
+            f"{model}: the prompt was blocked by the safety filter ({reason})"
+        )
+    if not response.candidates:
+        raise InvalidModelOutputError(f"{model}: the response has no candidates")
+    finish = response.candidates[0].finish_reason
+    finish_name = getattr(finish, "value", str(finish)) if finish is not None else "STOP"
+    if finish_name in BLOCKING_FINISH:
+        raise ContentBlockedError(f"{model}: the output was blocked (finish reason {finish_name})")
+
+
+class GeminiClient:
+    """One SDK client and one rate gate per model, shared by all threads of a process."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None,
+        api_version: str,
+        timeout_s: float,
+    ) -> None:
+        options = types.HttpOptions(api_version=api_version, timeout=int(timeout_s * 1000))
+        if base_url:
+            options.base_url = base_url
+        self._client = genai.Client(api_key=api_key, http_options=options)
+
+    def generate(
+        self,
+        *,
+        model: str,
+        setting: str,
+        gate: RateGate,
+        contents: Any,
+        config: types.GenerateContentConfig,
+    ) -> types.GenerateContentResponse:
+        try:
+            with gate.slot():
+                return self._client.models.generate_content(
+                    model=model, contents=contents, config=config
+                )
+        except genai_errors.APIError as exc:
+            raise classify_api_error(exc, model=model, setting=setting) from None
+        except TRANSPORT_ERRORS as exc:
+            raise ProviderUnavailableError(
+                f"{model}: {type(exc).__name__} talking to the API (timeout or connection)"
+            ) from None
+        except json.JSONDecodeError:
+            raise ProviderUnavailableError(
+                f"{model}: the API answered with a non-JSON body"
+            ) from None
+
+
+class GeminiAnalysisProvider:
+    name = "gemini"
+
+    def __init__(self, client: GeminiClient, model: str, gate: RateGate) -> None:
+        self.client, self.model, self.gate = client, model, gate
+
+    def _config(self, max_tokens: int) -> types.GenerateContentConfig:
+        return types.GenerateContentConfig(
+            system_instruction=SYSTEM_INSTRUCTION,
+            temperature=0.7,
+            max_output_tokens=max_tokens,
+            response_mime_type="application/json",
+            response_json_schema=analysis_json_schema(),
+        )
+
+    def analyse(self, entry: EntrySnapshot, style: VisualizationStyle) -> AnalysisResult:
+        prompt = analysis_prompt(entry, style)
+        contents: list[Any] = [types.Content(role="user", parts=[types.Part(text=prompt)])]
+        response = self.client.generate(
+            model=self.model,
+            setting="ANALYSIS_MODEL",
+            gate=self.gate,
+            contents=contents,
+            config=self._config(2048),
+        )
+        try:
+            return self._parse(response)
+        except InvalidModelOutputError as first_problem:
+            # One repair attempt: show the model its answer and what was wrong with it.
+            log.warning(
+                "analysis output unusable, asking once for a repair", reason=str(first_problem)
+            )
+            contents += [
+                types.Content(role="model", parts=[types.Part(text=response.text or "")]),
+                types.Content(
+                    role="user",
+                    parts=[
+                        types.Part(
+                            text=(
+                                f"That answer was unusable ({first_problem}). Reply again with "
+                                "complete, valid JSON matching the schema, nothing else."
+                            )
+                        )
+                    ],
+                ),
+            ]
+            repaired = self.client.generate(
+                model=self.model,
+                setting="ANALYSIS_MODEL",
+                gate=self.gate,
+                contents=contents,
+                config=self._config(4096),
+            )
+            try:
+                return self._parse(repaired)
+            except InvalidModelOutputError as exc:
+                raise InvalidModelOutputError(f"{exc} (after one repair attempt)") from None
+
+    def _parse(self, response: types.GenerateContentResponse) -> AnalysisResult:
+        finish = response.candidates[0].finish_reason if response.candidates else None
+        if finish is not None and getattr(finish, "value", "") == "MAX_TOKENS":
+            raise InvalidModelOutputError(
+                f"{self.model}: the answer was cut off at the token limit (MAX_TOKENS)"
+            )
+        _check_blocked(response, self.model)
+        analysis: Analysis = parse_analysis_text(response.text)
+        raw = {"provider": self.name, "model": self.model, "response": _raw(response)}
+        return AnalysisResult(analysis=analysis, raw_response=raw)
+
+
+class GeminiImageProvider:
+    name = "gemini"
+
+    def __init__(
+        self,
+        client: GeminiClient,
+        model: str,
+        gate: RateGate,
+        *,
+        aspect_ratio: str,
+        image_size: str,
+    ) -> None:
+        self.client, self.model, self.gate = client, model, gate
+        self.aspect_ratio, self.image_size = aspect_ratio, image_size
+
+    def draw(
+        self, entry: EntrySnapshot, analysis: Analysis, style: VisualizationStyle
+    ) -> ImageResult:
+        # No response schema for an image model: it rejects one.
+        config = types.GenerateContentConfig(
+            response_modalities=["IMAGE"],
+            image_config=types.ImageConfig(
+                aspect_ratio=self.aspect_ratio, image_size=self.image_size
+            ),
+        )
+        response = self.client.generate(
+            model=self.model,
+            setting="IMAGE_MODEL",
+            gate=self.gate,
+            contents=image_prompt(analysis, style),
+            config=config,
+        )
+        _check_blocked(response, self.model)
+        content = response.candidates[0].content if response.candidates else None
+        for part in (content.parts or []) if content else []:
+            if part.inline_data is not None and part.inline_data.data:
+                return ImageResult(
+                    data=part.inline_data.data,
+                    mime_type=part.inline_data.mime_type or "application/octet-stream",
+                    raw_response={
+                        "provider": self.name,
+                        "model": self.model,
+                        "response": _raw(response),
+                    },
+                )
+        said = (response.text or "").strip()[:200]
+        raise InvalidModelOutputError(
+            f"{self.model}: no image in the answer (text only{f': {said!r}' if said else ''})"
+        )

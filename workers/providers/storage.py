@@ -1,0 +1,50 @@
+"""ImageStore on a local directory with a public base URL.
+
+Keys are derived from row ids only (never from user text), checked again here so no
+key can climb out of the media directory. Writes are atomic (temp file + rename), so a
+reader never sees half an image and a retried job simply overwrites.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from domain.errors import PermanentError
+
+_SAFE_KEY = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_-]+)*\.(png|jpg|webp)$")
+
+
+class LocalImageStore:
+    def __init__(self, root: Path, base_url: str) -> None:
+        self.root = root.resolve()
+        self.base_url = base_url.rstrip("/")
+
+    def _path(self, key: str) -> Path:
+        if not _SAFE_KEY.match(key):
+            raise PermanentError(f"unsafe media key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes, content_type: str) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return f"{self.base_url}/{key}"
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def path_for_url(self, url: str) -> Path:
+        """The file behind a URL this store returned (for the gallery and tests)."""
+        if not url.startswith(self.base_url + "/"):
+            raise PermanentError(f"{url} is not in this store")
+        return self._path(url[len(self.base_url) + 1 :])

@@ -1,0 +1,35 @@
+"""The reconciler: PostgreSQL is the source of truth, messages are nudges. If the broker
+lost messages, or a worker died holding a lease, this finds the work in the database
+and publishes it again (duplicates are harmless: handlers are idempotent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domain.messages import EntryCreated
+from workers import runtime
+from workers.producer import Producer
+from workers.settings import get_settings
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    unfinished: int
+    stuck: int
+
+    def as_log(self) -> dict[str, object]:
+        return {"republished_unfinished": self.unfinished, "republished_stuck": self.stuck}
+
+
+def reconcile(producer: Producer | None = None, limit: int = 5000) -> ReconcileReport:
+    from workers import app
+
+    producer = producer or Producer(app.broker())
+    settings = get_settings()
+    with runtime.unit_of_work() as uow:
+        unfinished = uow.entries.ids_without_finished_visualization(limit)
+        stuck = uow.visualizations.stuck(settings.lease_s, limit)
+    messages = [EntryCreated(entry_id=e, user_id=u) for e, u in unfinished + stuck]
+    producer.publish_many(messages)
+    return ReconcileReport(len(unfinished), len(stuck))

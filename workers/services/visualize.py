@@ -1,0 +1,186 @@
+"""The entry.created use case: validate, claim, analyse, draw, complete.
+
+Each step is one unit of work. Finished steps are checkpoints in the row
+(``gemini_analysis``, ``image_url``), so a retry after the image failed does not ask
+for the analysis again, and a duplicate delivery of a finished entry calls nothing.
+The lease token (``processing_started_at``) guards every write: a worker whose lease
+was reclaimed can no longer change the row.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from db.repositories import ClaimedVisualization, EntryRow
+from db.uow import UnitOfWork
+from domain.analysis import Analysis
+from domain.errors import LeaseHeldError, NotFoundError, OwnershipError
+from domain.messages import EntryCreated
+from domain.periods import periods_containing
+from domain.vocabulary import VisualizationStatus, VisualizationStyle
+from workers.logging import get_logger
+from workers.providers.factory import Providers
+from workers.services.imaging import check_image, thumbnail
+
+log = get_logger("emotionviz.visualize")
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    ALREADY_COMPLETED = "already_completed"
+    ALREADY_FAILED = "already_failed"
+    LEASE_LOST = "lease_lost"
+
+
+@dataclass(frozen=True)
+class VisualizeLimits:
+    lease_s: int
+    thumbnail_px: int
+    max_image_bytes: int
+    max_image_pixels: int
+
+
+class VisualizationService:
+    def __init__(
+        self,
+        uow_factory: Callable[[], UnitOfWork],
+        providers: Providers,
+        limits: VisualizeLimits,
+    ) -> None:
+        self.uow_factory = uow_factory
+        self.providers = providers
+        self.limits = limits
+
+    def process(self, message: EntryCreated) -> Outcome:
+        entry, claim = self._claim(message)
+        if claim is None:
+            return self._not_claimed(message.entry_id)
+        style = VisualizationStyle(claim.style)
+        started = time.monotonic()
+        try:
+            analysis = self._analysis_step(entry, claim, style)
+            if analysis is None:
+                return Outcome.LEASE_LOST
+            if claim.image_url is None and not self._image_step(entry, claim, analysis, style):
+                return Outcome.LEASE_LOST
+            with self.uow_factory() as uow:
+                if not uow.visualizations.complete(claim):
+                    return Outcome.LEASE_LOST
+                uow.analytics.refresh_periods(entry.user_id, periods_containing(entry.created_at))
+                uow.commit()
+        except Exception as exc:
+            self._release(claim, exc)
+            raise
+        log.info("visualization completed", seconds=round(time.monotonic() - started, 3))
+        return Outcome.COMPLETED
+
+    # --- steps ---------------------------------------------------------------------
+
+    def _claim(self, message: EntryCreated) -> tuple[EntryRow, ClaimedVisualization | None]:
+        with self.uow_factory() as uow:
+            entry = uow.entries.get(message.entry_id)
+            if entry is None:
+                raise NotFoundError(f"entry {message.entry_id} does not exist")
+            if entry.user_id != message.user_id:
+                raise OwnershipError(
+                    f"entry {message.entry_id} does not belong to user {message.user_id}"
+                )
+            style = message.style.value if message.style else None
+            uow.visualizations.ensure_row(message.entry_id, message.user_id, style)
+            claim = uow.visualizations.claim(message.entry_id, self.limits.lease_s)
+            uow.commit()
+        return entry, claim
+
+    def _not_claimed(self, entry_id: uuid.UUID) -> Outcome:
+        with self.uow_factory() as uow:
+            row = uow.visualizations.get_by_entry(entry_id)
+        assert row is not None  # ensure_row just made sure it exists
+        if row.status == VisualizationStatus.COMPLETED:
+            log.info("duplicate message: visualization already completed")
+            return Outcome.ALREADY_COMPLETED
+        if row.status == VisualizationStatus.FAILED:
+            log.info(
+                "visualization already failed; 'emotionviz replay' retries it",
+                error=row.error_message,
+            )
+            return Outcome.ALREADY_FAILED
+        held_for = 0.0
+        if row.processing_started_at is not None:
+            held_for = (datetime.now(UTC) - row.processing_started_at).total_seconds()
+        remaining = max(1.0, self.limits.lease_s - held_for)
+        raise LeaseHeldError(
+            f"another worker holds the lease on entry {entry_id}", retry_after_s=remaining
+        )
+
+    def _analysis_step(
+        self, entry: EntryRow, claim: ClaimedVisualization, style: VisualizationStyle
+    ) -> Analysis | None:
+        if claim.gemini_analysis is not None:
+            log.info("analysis checkpoint found, not asking again")
+            return Analysis.model_validate(claim.gemini_analysis["analysis"])
+        result = self.providers.analysis.analyse(entry.snapshot, style)
+        analysis = result.analysis
+        with self.uow_factory() as uow:
+            saved = uow.visualizations.save_analysis(
+                claim,
+                summary=analysis.summary,
+                insights=analysis.insights,
+                visual_elements=analysis.visual_elements.model_dump(),
+                raw={**result.raw_response, "analysis": analysis.model_dump()},
+            )
+            uow.commit()
+        return analysis if saved else None
+
+    def _image_step(
+        self,
+        entry: EntryRow,
+        claim: ClaimedVisualization,
+        analysis: Analysis,
+        style: VisualizationStyle,
+    ) -> bool:
+        drawn = self.providers.images.draw(entry.snapshot, analysis, style)
+        image = check_image(
+            drawn.data,
+            max_bytes=self.limits.max_image_bytes,
+            max_pixels=self.limits.max_image_pixels,
+        )
+        store = self.providers.store
+        key = f"visualizations/{claim.id}"
+        image_url = store.put(f"{key}.{image.extension}", image.data, image.mime_type)
+        thumb_url = store.put(
+            f"{key}_thumb.webp", thumbnail(image.data, self.limits.thumbnail_px), "image/webp"
+        )
+        raw = {
+            **drawn.raw_response,
+            "width": image.width,
+            "height": image.height,
+            "bytes": len(image.data),
+            "mime_type": image.mime_type,
+        }
+        with self.uow_factory() as uow:
+            saved = uow.visualizations.save_image(
+                claim, image_url=image_url, thumbnail_url=thumb_url, raw=raw
+            )
+            uow.commit()
+        return saved
+
+    def _release(self, claim: ClaimedVisualization, exc: BaseException) -> None:
+        try:
+            with self.uow_factory() as uow:
+                uow.visualizations.release(claim, str(exc)[:1000])
+                uow.commit()
+        except Exception:
+            log.warning("could not release the lease", exc_info=True)
+
+    # --- failure bookkeeping (called by the actor) ---------------------------------
+
+    def mark_failed(self, entry_id: uuid.UUID, reason: str) -> None:
+        with self.uow_factory() as uow:
+            if uow.visualizations.fail(entry_id, reason[:2000]):
+                log.warning("visualization failed", reason=reason)
+            uow.commit()
