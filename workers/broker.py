@@ -9,10 +9,11 @@ context, and Prometheus when asked for.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
 from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
@@ -29,8 +30,7 @@ log = get_logger("emotionviz.broker")
 class LoggingJSONEncoder(Encoder):
     """Dramatiq's JSON encoding, with a clear log line for a body that is not JSON.
 
-    Dramatiq then logs the DecodeError and its consumer carries on with the next
-    message, so a bad publisher never stops a worker.
+    The consumer below then moves the body to the dead-letter queue.
     """
 
     def encode(self, data: dict[str, Any]) -> bytes:
@@ -54,6 +54,52 @@ class LoggingJSONEncoder(Encoder):
             )
             raise DecodeError("message is not a Dramatiq envelope", data, ValueError("envelope"))
         return decoded
+
+
+class QuarantiningConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, except that an undecodable body is dead-lettered and
+    the consumer goes on with the next message. (Dramatiq's own behaviour is to crash
+    and restart the consumer, stranding the messages it had prefetched unacked until
+    the worker process dies.)"""
+
+    def __next__(self) -> Any:
+        while True:
+            try:
+                return super().__next__()
+            except DecodeError as exc:
+                self.broker.quarantine(self.queue_name, exc.data)
+
+
+class SafeRedisBroker(RedisBroker):
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return QuarantiningConsumer
+
+    def quarantine(self, queue_name: str, data: bytes) -> None:
+        """Move a body we cannot decode into the queue's dead letters.
+
+        Only the body is known here (not its id), so it is found by value in the
+        queue's hash: a scan, acceptable for the rare poison message.
+        """
+        queue = f"{self.namespace}:{queue_name}"
+        canonical = queue_name.removesuffix(".DQ")
+        dead = f"{self.namespace}:{canonical}.XQ"
+        acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+        for key, value in self.client.hscan_iter(f"{queue}.msgs", count=1000):
+            if value == data:
+                with self.client.pipeline() as pipe:
+                    pipe.zadd(dead, {key: int(time.time() * 1000)})
+                    pipe.hset(f"{dead}.msgs", key, data)
+                    pipe.hdel(f"{queue}.msgs", key)
+                    pipe.srem(acks, key)
+                    pipe.execute()
+                log.error(
+                    "undecodable message moved to the dead-letter queue",
+                    queue=canonical,
+                    redis_id=key.decode(errors="replace"),
+                )
+                return
+        log.error("undecodable message dropped: not found in the queue hash", queue=canonical)
 
 
 def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
@@ -82,7 +128,7 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
 
         broker = RabbitmqBroker(url=broker_url, middleware=middleware)
     else:
-        broker = RedisBroker(
+        broker = SafeRedisBroker(
             url=broker_url or redis_url,
             namespace=settings.redis_namespace,
             middleware=middleware,

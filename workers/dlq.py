@@ -28,7 +28,7 @@ class DeadLetters:
         ranked: Any = self.client.zrevrange(xq, 0, limit - 1, withscores=True)
         for redis_id, score in ranked:
             body: Any = self.client.hget(msgs, redis_id)
-            data = json.loads(body) if body else {}
+            data = _decode(body)
             options = data.get("options", {})
             items.append(
                 {
@@ -50,9 +50,9 @@ class DeadLetters:
         members: Any = self.client.zrange(xq, 0, -1)
         for redis_id in [m.decode() for m in members]:
             body: Any = self.client.hget(msgs, redis_id)
-            if body is None:
-                continue
-            data = json.loads(body)
+            data = _decode(body)
+            if "actor_name" not in data:
+                continue  # an undecodable body cannot be replayed; 'purge' removes it
             if ids and data.get("message_id") not in ids:
                 continue
             data.setdefault("options", {})["retries"] = 0
@@ -71,3 +71,13 @@ class DeadLetters:
         count: Any = self.client.zcard(xq)
         self.client.delete(xq, msgs)
         return int(count)
+
+
+def _decode(body: bytes | None) -> dict[str, Any]:
+    if not body:
+        return {}
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {"undecodable_body": body[:120].decode("utf-8", errors="replace")}
+    return data if isinstance(data, dict) else {"undecodable_body": str(data)[:120]}

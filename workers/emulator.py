@@ -390,7 +390,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     def _analysis_answer(self, model: str, text: str, body: dict[str, Any]) -> dict[str, Any]:
         config = body.get("generationConfig", {})
         schema = config.get("responseJsonSchema") or config.get("responseSchema")
-        hint = " ".join(text.split())[:60]
+        # Echo the end of the request (where the caller's own text usually is), so the
+        # answer, and any prompt built from it, is traceable to the request.
+        hint = " ".join(text.split())[-120:]
         answer = (
             json.dumps(example_from_schema(schema, hint))
             if schema

@@ -78,7 +78,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level))
-    for noisy in ("httpx", "httpx2", "httpcore", "google_genai", "urllib3", "pgserver"):
+    for noisy in ("httpx", "httpx2", "httpcore", "google_genai", "urllib3", "pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

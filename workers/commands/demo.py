@@ -1,49 +1,230 @@
-"""``emotionviz demo``: the main job. (Foundation version: migrate, seed, show.)"""
+"""``emotionviz demo``: the main job, end to end, on real parts.
+
+Starts the embedded services (unless URLs are given), migrates, seeds sample people and
+entries, publishes entry.created for each, runs real worker processes until every
+entry is completed or failed (with a progress bar), prints a summary, and writes an
+HTML gallery. ``--provider emulator`` runs the real Gemini provider (google-genai SDK)
+against the local emulator, with a few injected faults to show the retries.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import subprocess
+import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from db import migrate
-from db.models import EmotionEntry, User
+from db.models import EmotionAnalytics, EmotionEntry, Visualization
 from db.seed import seed_dev_data
-from workers.runtime import database_url, redact_url, unit_of_work
+from domain.messages import EntryCreated
+from domain.vocabulary import VisualizationStyle
+from workers import runtime, stats
+from workers.commands.ops import worker_command, worker_env
+from workers.gallery import write_gallery
+from workers.providers.storage import LocalImageStore
 from workers.settings import Settings
+
+STYLES = list(VisualizationStyle)
+EMULATOR_FAULTS = [
+    {"kind": "503", "target": "image", "times": 2},
+    {"kind": "429", "target": "analysis", "times": 1, "seconds": 1},
+    {"kind": "500", "target": "analysis", "times": 1},
+]
+
+
+def _post(url: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+
+
+def _reset_demo_rows() -> None:
+    with runtime.unit_of_work() as uow:
+        uow.session.execute(delete(Visualization))
+        uow.session.execute(delete(EmotionAnalytics))
+        uow.commit()
+
+
+def _entries() -> list[tuple[Any, Any]]:
+    with runtime.unit_of_work() as uow:
+        rows = uow.session.execute(
+            select(EmotionEntry.id, EmotionEntry.user_id).order_by(EmotionEntry.created_at)
+        ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def _counts() -> dict[str, int]:
+    with runtime.unit_of_work() as uow:
+        return uow.visualizations.status_counts()
+
+
+def _timings() -> tuple[float, float]:
+    with runtime.unit_of_work() as uow:
+        seconds = func.extract(
+            "epoch", Visualization.processing_completed_at - Visualization.created_at
+        )
+        row = uow.session.execute(
+            select(func.avg(seconds), func.percentile_cont(0.95).within_group(seconds)).where(
+                Visualization.status == "completed"
+            )
+        ).one()
+    return float(row[0] or 0), float(row[1] or 0)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     console = Console()
-    url = database_url(settings)
-    console.print(f"database: {redact_url(url)}")
-    migrate.upgrade(url)
-    report = seed_dev_data(unit_of_work())
-    console.print(f"seeded {report.users_created} users, {report.entries_created} entries")
-    table = Table(title="What is in the database")
-    for column in ("user", "entries", "first entry", "last entry"):
-        table.add_column(column)
-    with unit_of_work() as uow:
-        rows = uow.session.execute(
-            select(
-                User.email,
-                func.count(EmotionEntry.id),
-                func.min(EmotionEntry.created_at),
-                func.max(EmotionEntry.created_at),
-            )
-            .join(EmotionEntry, EmotionEntry.user_id == User.id, isouter=True)
-            .group_by(User.email)
-            .order_by(User.email)
+    output = Path(args.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    env = worker_env(settings)  # starts the embedded services when no URLs are set
+    console.print(f"[bold]database[/] {runtime.redact_url(env['DATABASE_URL'])}")
+    console.print(f"[bold]broker[/]   {runtime.redact_url(env['REDIS_URL'])}")
+    migrate.upgrade(env["DATABASE_URL"])
+    report = seed_dev_data(runtime.unit_of_work())
+    console.print(f"seeded {report.users_created} people and {report.entries_created} entries")
+    if not args.keep:
+        _reset_demo_rows()
+
+    emulator = None
+    env.update(
+        {
+            "MIN_BACKOFF_MS": env.get("MIN_BACKOFF_MS", "300"),
+            "MAX_BACKOFF_MS": env.get("MAX_BACKOFF_MS", "3000"),
+        }
+    )
+    if args.provider == "emulator":
+        from workers.emulator import EmulatorState, start_in_thread
+
+        emulator = start_in_thread(
+            EmulatorState(api_key="emulator-key", latency_analysis_s=0.2, latency_image_s=0.6)
         )
-        for email, count, first, last in rows:
-            table.add_row(email, str(count), f"{first:%Y-%m-%d}", f"{last:%Y-%m-%d}")
+        _post(f"{emulator.url}/_emulator/faults", {"faults": EMULATOR_FAULTS})
+        env.update(
+            {
+                "PROVIDER": "gemini",
+                "GEMINI_API_KEY": "emulator-key",
+                "GEMINI_BASE_URL": emulator.url,
+            }
+        )
+        console.print(
+            f"provider gemini (google-genai SDK) -> emulator at {emulator.url}, "
+            f"{len(EMULATOR_FAULTS)} transient faults injected"
+        )
+    else:
+        env["PROVIDER"] = "local"
+        console.print("provider local (offline analysis and Pillow renderer)")
+    env["MEDIA_DIR"] = str(settings.media_dir.resolve())
+
+    stats.reset(["retries", "rejected"])
+    entries = _entries()
+    from workers.app import broker
+    from workers.producer import Producer
+
+    Producer(broker()).publish_many(
+        EntryCreated(entry_id=e, user_id=u, style=STYLES[i % len(STYLES)])
+        for i, (e, u) in enumerate(entries)
+    )
+    console.print(f"published {len(entries)} entry.created messages")
+
+    log_path = output / "worker.log"
+    with log_path.open("w") as log_file:
+        worker = subprocess.Popen(
+            worker_command(settings, processes=args.processes, threads=args.threads, queues=None),
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            finished = _wait(console, len(entries), worker, args.timeout)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    if emulator is not None:
+        emulator.shutdown()
+
+    counts = _counts()
+    average, p95 = _timings()
+    wall = time.monotonic() - started
+    table = Table(title="demo summary")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for status in ("completed", "failed", "pending", "processing"):
+        table.add_row(f"visualizations {status}", str(counts.get(status, 0)))
+    table.add_row("retries (transient failures)", str(stats.read(["retries"])["retries"]))
+    table.add_row("seconds per entry, publish to done (avg / p95)", f"{average:.2f} / {p95:.2f}")
+    table.add_row("wall time, whole demo (s)", f"{wall:.1f}")
     console.print(table)
+
+    index = write_gallery(
+        runtime.unit_of_work(),
+        LocalImageStore(settings.media_dir, settings.media_base_url),
+        output / "gallery",
+    )
+    console.print(f"gallery written: [bold]{index}[/]")
+    console.print(f"worker log: {log_path}")
+    if not finished:
+        console.print("[red]not every entry finished before the timeout[/]")
+        return 1
     return 0
 
 
-def register(add: Callable[..., Any]) -> None:
-    add("demo", run, "the main job: services, migrations, sample data, pipeline, gallery")
+def _wait(console: Console, total: int, worker: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    columns = (
+        TextColumn("visualizing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("entries", total=total, failed=0)
+        while time.monotonic() < deadline:
+            counts = _counts()
+            done = counts.get("completed", 0) + counts.get("failed", 0)
+            progress.update(task, completed=done, failed=counts.get("failed", 0))
+            if done >= total:
+                return True
+            if worker.poll() is not None:
+                console.print(f"[red]worker exited with code {worker.returncode}[/]")
+                return False
+            time.sleep(0.25)
+    return False
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("demo", run, "the main job: services, migrations, sample data, pipeline, gallery")
+    p.add_argument(
+        "--provider",
+        choices=["local", "emulator"],
+        default="local",
+        help="local (offline, default) or the real gemini provider against the emulator",
+    )
+    p.add_argument("--output", default="demo-output", help="folder for the gallery and logs")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the workers")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep earlier visualizations (default: redraw every entry)",
+    )

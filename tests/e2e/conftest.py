@@ -1,0 +1,257 @@
+"""End-to-end harness: real worker processes (Dramatiq CLI), real PostgreSQL and Redis,
+the real gemini provider (google-genai SDK) talking HTTP to the emulator.
+
+One database, Redis namespace, emulator and worker per test module; tests use their
+own users, entries and a unique marker in the situation text, so emulator faults and
+call counts apply to one test only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, text
+
+from db.engine import make_engine
+from domain.messages import EntryCreated
+from tests.conftest import RUN_ID, DatabaseFactory
+from workers.emulator import EmulatorServer, EmulatorState, start_in_thread
+
+API_KEY = "e2e-secret-key-" + uuid.uuid4().hex[:12]
+
+
+@dataclass
+class Harness:
+    db_url: str
+    redis_url: str
+    namespace: str
+    emulator: EmulatorServer
+    media_dir: Path
+    log_path: Path
+    engine: Engine
+    env: dict[str, str]
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    # --- processes ------------------------------------------------------------------
+
+    def start_worker(self, threads: int = 8) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dramatiq",
+                    "workers.actors",
+                    "--processes",
+                    "1",
+                    "--threads",
+                    str(threads),
+                    "--skip-logging",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.workers.append(proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "Worker process is ready" in self.log_path.read_text(errors="replace"):
+                return proc
+            assert proc.poll() is None, self.log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        raise AssertionError("worker did not start")
+
+    def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self.workers.remove(proc)
+
+    def stop_workers(self) -> None:
+        for proc in list(self.workers):
+            self.stop_worker(proc)
+
+    # --- data -----------------------------------------------------------------------
+
+    def make_entry(
+        self, marker: str, emotions: list[str] | None = None, intensity: str = "0.60"
+    ) -> tuple[uuid.UUID, uuid.UUID]:
+        with self.engine.begin() as conn:
+            user_id = conn.execute(
+                text(
+                    "INSERT INTO users (email, hashed_password, name) VALUES (:e, 'x', 'E2E') RETURNING id"
+                ),
+                {"e": f"{marker}-{uuid.uuid4().hex[:6]}@example.com"},
+            ).scalar_one()
+            entry_id = conn.execute(
+                text(
+                    "INSERT INTO emotion_entries (user_id, situation, emotions, intensity) "
+                    "VALUES (:u, :s, CAST(:em AS text[]), :i) RETURNING id"
+                ),
+                {
+                    "u": user_id,
+                    "s": f"Situation {marker}: a long day at work",
+                    "em": emotions or ["anxiety", "joy"],
+                    "i": intensity,
+                },
+            ).scalar_one()
+        return entry_id, user_id
+
+    def visualization(self, entry_id: uuid.UUID) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    text("SELECT * FROM visualizations WHERE entry_id = :e"), {"e": entry_id}
+                )
+                .mappings()
+                .one_or_none()
+            )
+        return dict(row) if row else None
+
+    def wait_for(
+        self,
+        entry_id: uuid.UUID,
+        statuses: tuple[str, ...] = ("completed", "failed"),
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.visualization(entry_id)
+            if row and row["status"] in statuses:
+                return row
+            time.sleep(0.1)
+        raise AssertionError(
+            f"entry {entry_id} not in {statuses}: {self.visualization(entry_id)}"
+            f"\n{self.log_path.read_text(errors='replace')[-3000:]}"
+        )
+
+    # --- broker ---------------------------------------------------------------------
+
+    @functools.cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    def publish_raw(self, body: bytes | str, queue: str = "visualizations") -> str:
+        """Write a message exactly as a non-Python producer would (docs/messages.md)."""
+        redis_id = str(uuid.uuid4())
+        client = self.redis
+        client.hset(f"{self.namespace}:{queue}.msgs", redis_id, body)
+        client.rpush(f"{self.namespace}:{queue}", redis_id)
+        return redis_id
+
+    def publish(self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None = None) -> str:
+        message = EntryCreated(entry_id=entry_id, user_id=user_id, style=style)
+        envelope = {
+            "queue_name": "visualizations",
+            "actor_name": "entry.created",
+            "args": [message.to_payload()],
+            "kwargs": {},
+            "options": {},
+            "message_id": str(uuid.uuid4()),
+            "message_timestamp": int(time.time() * 1000),
+        }
+        redis_id = str(uuid.uuid4())
+        envelope["options"]["redis_message_id"] = redis_id
+        client = self.redis
+        client.hset(f"{self.namespace}:visualizations.msgs", redis_id, json.dumps(envelope))
+        client.rpush(f"{self.namespace}:visualizations", redis_id)
+        return str(envelope["message_id"])
+
+    def dead_letters(self, queue: str = "visualizations") -> list[dict[str, Any]]:
+        client = self.redis
+        bodies = client.hvals(f"{self.namespace}:{queue}.XQ.msgs")
+        return [json.loads(b) for b in bodies]
+
+    # --- emulator -------------------------------------------------------------------
+
+    def fault(self, **fault: Any) -> None:
+        _post(f"{self.emulator.url}/_emulator/faults", {"faults": [fault]})
+
+    def calls(self, marker: str) -> dict[str, int]:
+        with urllib.request.urlopen(f"{self.emulator.url}/_emulator/stats?contains={marker}") as r:
+            return dict(json.loads(r.read())["counts"])
+
+    def call_times(self, marker: str, kind: str) -> list[float]:
+        with self.emulator.state.lock:
+            return [
+                c["at"]
+                for c in self.emulator.state.calls
+                if c["kind"] == kind and marker in c["text"]
+            ]
+
+
+def _post(url: str, payload: dict[str, Any]) -> None:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST")
+    with urllib.request.urlopen(request) as response:
+        response.read()
+
+
+@pytest.fixture(scope="module")
+def harness(
+    database_factory: DatabaseFactory,
+    redis_server_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Harness]:
+    name, db_url = database_factory.create()
+    namespace = f"evt:{RUN_ID}:e2e:{uuid.uuid4().hex[:6]}"
+    emulator = start_in_thread(EmulatorState(api_key=API_KEY))
+    folder = tmp_path_factory.mktemp("e2e")
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_server_url,
+        "REDIS_NAMESPACE": namespace,
+        "PROVIDER": "gemini",
+        "GEMINI_API_KEY": API_KEY,
+        "GEMINI_BASE_URL": emulator.url,
+        "MEDIA_DIR": str(folder / "media"),
+        "MEDIA_BASE_URL": "http://media.test/m",
+        "MAX_RETRIES": "3",
+        "MIN_BACKOFF_MS": "100",
+        "MAX_BACKOFF_MS": "400",
+        "LEASE_S": "20",
+        "REQUEST_TIMEOUT_S": "2",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "DB_POOL_SIZE": "4",
+    }
+    engine = make_engine(db_url, pool_size=2)
+    h = Harness(
+        db_url,
+        redis_server_url,
+        namespace,
+        emulator,
+        folder / "media",
+        folder / "worker.log",
+        engine,
+        env,
+    )
+    h.log_path.touch()
+    h.start_worker()
+    yield h
+    h.stop_workers()
+    emulator.shutdown()
+    engine.dispose()
+    client = h.redis
+    keys = list(client.scan_iter(match=f"{namespace}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+    emulator.server_close()
+    database_factory.drop(name)

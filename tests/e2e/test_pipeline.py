@@ -1,0 +1,256 @@
+"""The entry.created pipeline end to end (real workers, broker, database, SDK, emulator)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from tests.e2e.conftest import API_KEY, Harness
+
+pytestmark = [pytest.mark.e2e]
+
+
+def _marker() -> str:
+    return "m" + uuid.uuid4().hex[:10]
+
+
+@pytest.mark.parametrize("style", ["abstract", "diagram", "metaphor"])
+def test_happy_path_writes_rows_files_and_analytics(harness: Harness, style: str) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.publish(entry_id, user_id, style)
+    row = harness.wait_for(entry_id)
+    assert row["status"] == "completed", row["error_message"]
+    assert row["style"] == style and row["user_id"] == user_id
+    assert row["summary"] and row["insights"] and row["error_message"] is None
+    assert set(row["visual_elements"]) == {"palette", "motifs", "composition", "metaphor"}
+    assert row["gemini_analysis"]["model"] == "gemini-3.5-flash"
+    assert row["gemini_analysis"]["response"]["candidates"][0]["finish_reason"] == "STOP"
+    raw_image = json.dumps(row["nanobanana_response"])
+    assert "omitted" in raw_image and len(raw_image) < 5000  # no image bytes stored
+    assert row["processing_started_at"] <= row["processing_completed_at"]
+    for url, limit in ((row["image_url"], None), (row["thumbnail_url"], 256)):
+        assert url.startswith("http://media.test/m/visualizations/")
+        path = harness.media_dir / url.removeprefix("http://media.test/m/")
+        with Image.open(io.BytesIO(path.read_bytes())) as image:
+            image.load()
+            if limit:
+                assert max(image.size) <= limit and image.format == "WEBP"
+            else:
+                assert image.format == "PNG"
+    with harness.engine.connect() as conn:
+        periods = conn.execute(
+            text(
+                "SELECT period_end - period_start, total_entries, emotion_counts FROM emotion_analytics "
+                "WHERE user_id = :u ORDER BY 1"
+            ),
+            {"u": user_id},
+        ).all()
+    assert [p[0] for p in periods] == [0, 6, periods[2][0]] and periods[2][0] >= 27
+    assert all(p[1] == 1 and p[2] == {"anxiety": 1, "joy": 1} for p in periods)
+    assert harness.calls(marker) == {"analysis": 1, "image": 1}
+
+
+def test_duplicate_message_calls_each_api_once(harness: Harness) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.publish(entry_id, user_id)
+    first = harness.wait_for(entry_id)
+    harness.publish(entry_id, user_id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and harness.redis.llen(f"{harness.namespace}:visualizations"):
+        time.sleep(0.1)
+    time.sleep(1.0)  # let the duplicate run
+    assert harness.calls(marker) == {"analysis": 1, "image": 1}
+    assert harness.visualization(entry_id)["updated_at"] == first["updated_at"]
+
+
+def test_two_workers_racing_make_one_call_each(harness: Harness) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    second = harness.start_worker()
+    try:
+        # A slow image keeps the first worker's lease held while the copies arrive.
+        harness.fault(kind="slow", target="image", contains=marker, seconds=1.5)
+        for _ in range(4):
+            harness.publish(entry_id, user_id)
+        row = harness.wait_for(entry_id)
+        time.sleep(1.0)
+    finally:
+        harness.stop_worker(second)
+    assert row["status"] == "completed"
+    assert harness.calls(marker) == {"analysis": 1, "image": 1}
+
+
+def test_image_failure_retry_does_not_repeat_analysis(harness: Harness) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.fault(kind="503", target="image", contains=marker, times=1)
+    harness.publish(entry_id, user_id)
+    row = harness.wait_for(entry_id)
+    assert row["status"] == "completed"
+    assert harness.calls(marker) == {"analysis": 1, "image": 2}
+
+
+def test_429_waits_the_retry_delay_then_succeeds(harness: Harness) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.fault(kind="429", target="analysis", contains=marker, seconds=1.5)
+    harness.publish(entry_id, user_id)
+    assert harness.wait_for(entry_id)["status"] == "completed"
+    first, second = harness.call_times(marker, "analysis")
+    assert second - first >= 1.5  # RetryInfo honoured, not the 100 ms backoff
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "500", "target": "analysis"},
+        {"kind": "503", "target": "image"},
+        {"kind": "502html", "target": "analysis"},
+        {"kind": "timeout", "target": "analysis", "seconds": 3},
+    ],
+)
+def test_transient_errors_are_retried_then_succeed(
+    harness: Harness, fault: dict[str, object]
+) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.fault(**fault, contains=marker, times=1)
+    harness.publish(entry_id, user_id)
+    assert harness.wait_for(entry_id)["status"] == "completed"
+    assert harness.calls(marker)[str(fault["target"])] == 2
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"kind": "400", "target": "analysis"}, "request rejected (400 INVALID_ARGUMENT)"),
+        (
+            {"kind": "block_prompt", "target": "analysis"},
+            "prompt was blocked by the safety filter (SAFETY)",
+        ),
+        ({"kind": "image_safety", "target": "image"}, "finish reason IMAGE_SAFETY"),
+        ({"kind": "bad_image", "target": "image"}, "not a decodable image"),
+    ],
+)
+def test_permanent_errors_fail_fast_with_reason(
+    harness: Harness, fault: dict[str, object], reason: str
+) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.fault(**fault, contains=marker, times=5)
+    message_id = harness.publish(entry_id, user_id)
+    row = harness.wait_for(entry_id)
+    assert row["status"] == "failed" and reason in row["error_message"]
+    time.sleep(0.5)
+    assert harness.calls(marker)[str(fault["target"])] == 1  # no retry
+    assert any(m["message_id"] == message_id for m in harness.dead_letters())
+
+
+def test_exhausted_retries_fail_with_the_last_error(harness: Harness) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.fault(kind="503", target="analysis", contains=marker, times=10)
+    harness.publish(entry_id, user_id)
+    row = harness.wait_for(entry_id, ("failed",), timeout=30)
+    assert row["error_message"].startswith("gave up after 4 attempts; last error:")
+    assert "503 UNAVAILABLE" in row["error_message"]
+    assert harness.calls(marker) == {"analysis": 4}
+
+
+def test_entry_of_another_user_is_dead_lettered_and_nothing_changes(harness: Harness) -> None:
+    marker = _marker()
+    entry_id, _owner = harness.make_entry(marker)
+    _, stranger = harness.make_entry(_marker())
+    with harness.engine.connect() as conn:
+        before = conn.execute(
+            text("SELECT * FROM emotion_entries WHERE id = :e"), {"e": entry_id}
+        ).one()
+    message_id = harness.publish(entry_id, stranger)
+    deadline = time.monotonic() + 15
+    while not any(m["message_id"] == message_id for m in harness.dead_letters()):
+        assert time.monotonic() < deadline, "not dead-lettered"
+        time.sleep(0.1)
+    assert harness.visualization(entry_id) is None
+    with harness.engine.connect() as conn:
+        after = conn.execute(
+            text("SELECT * FROM emotion_entries WHERE id = :e"), {"e": entry_id}
+        ).one()
+    assert after == before
+    assert harness.calls(marker) == {}
+    assert "does not belong to user" in harness.log_path.read_text()
+
+
+def test_malformed_messages_are_rejected_and_the_worker_keeps_going(harness: Harness) -> None:
+    good = str(uuid.uuid4())
+    bodies = {
+        "not json": b"\x00this is not json",
+        "missing field": {"args": [{"version": 1, "user_id": good}]},
+        "wrong types": {"args": [{"version": 1, "entry_id": 12, "user_id": True}]},
+        "unknown style": {
+            "args": [{"version": 1, "entry_id": good, "user_id": good, "style": "cubist"}]
+        },
+        "two args": {"args": [{"version": 1}, {"x": 1}]},
+    }
+    for body in bodies.values():
+        if isinstance(body, dict):
+            redis_id = str(uuid.uuid4())
+            envelope = {
+                "queue_name": "visualizations",
+                "actor_name": "entry.created",
+                "kwargs": {},
+                "options": {"redis_message_id": redis_id},
+                "message_id": str(uuid.uuid4()),
+                "message_timestamp": int(time.time() * 1000),
+                **body,
+            }
+            client = harness.redis
+            client.hset(f"{harness.namespace}:visualizations.msgs", redis_id, json.dumps(envelope))
+            client.rpush(f"{harness.namespace}:visualizations", redis_id)
+        else:
+            harness.publish_raw(body)
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.publish(entry_id, user_id)
+    assert harness.wait_for(entry_id)["status"] == "completed"
+    assert all(proc.poll() is None for proc in harness.workers)
+    log = harness.log_path.read_text()
+    assert "message rejected: body is not valid JSON" in log
+    assert "undecodable message moved to the dead-letter queue" in log
+    assert "Consumer encountered an unexpected error" not in log
+    raw_dead = harness.redis.hvals(f"{harness.namespace}:visualizations.XQ.msgs")
+    assert b"\x00this is not json" in raw_dead
+    assert harness.redis.hlen(f"{harness.namespace}:visualizations.msgs") == 0
+    for reason in (
+        "entry_id: Field required",
+        "entry_id: UUID input should be",
+        "style: Input should be",
+        "expects one JSON object argument",
+    ):
+        assert reason in log, reason
+
+
+def test_api_key_never_appears_in_logs_or_rows(harness: Harness) -> None:
+    marker = _marker()
+    entry_id, user_id = harness.make_entry(marker)
+    harness.fault(kind="400", target="analysis", contains=marker)
+    harness.publish(entry_id, user_id)
+    harness.wait_for(entry_id)
+    assert API_KEY not in harness.log_path.read_text()
+    with harness.engine.connect() as conn:
+        leaked = conn.execute(
+            text(
+                "SELECT count(*) FROM visualizations WHERE concat_ws(' ', gemini_analysis::text, "
+                "nanobanana_response::text, error_message, summary) LIKE :k"
+            ),
+            {"k": f"%{API_KEY}%"},
+        ).scalar_one()
+        rows = conn.execute(text("SELECT count(*) FROM visualizations")).scalar_one()
+    assert rows > 5 and leaked == 0
