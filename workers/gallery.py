@@ -74,7 +74,7 @@ def _chart(rows: list[EmotionAnalytics]) -> str:
     points = []
     for i, row in enumerate(weeks):
         x = pad + i * slot + slot * 0.15
-        y = height
+        y = float(height)
         for emotion in EMOTIONS:
             n = row.emotion_counts.get(emotion, 0)
             if not n:
