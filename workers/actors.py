@@ -90,12 +90,16 @@ def entry_created(*args: Any, **kwargs: Any) -> None:
     except PermanentError as exc:
         service.mark_failed(message.entry_id, str(exc))
         raise
-    except TransientError as exc:
+    except Exception as exc:
         retries, max_retries = _attempt()
         if retries >= max_retries:
             reason = f"gave up after {retries + 1} attempts; last error: {exc}"
             service.mark_failed(message.entry_id, reason)
             raise PermanentError(reason) from exc
+        if not isinstance(exc, TransientError):
+            log.exception("unexpected error, will retry")
+            stats.incr("retries")
+            raise
         log.warning(
             "transient failure, will retry", reason=str(exc), retry_after_s=exc.retry_after_s
         )

@@ -69,6 +69,12 @@ def test_duplicate_message_calls_each_api_once(harness: Harness) -> None:
     time.sleep(1.0)  # let the duplicate run
     assert harness.calls(marker) == {"analysis": 1, "image": 1}
     assert harness.visualization(entry_id)["updated_at"] == first["updated_at"]
+    outcomes = [
+        json.loads(line).get("outcome")
+        for line in harness.log_path.read_text().splitlines()
+        if str(entry_id) in line and '"outcome"' in line
+    ]
+    assert outcomes == ["completed", "already_completed"]
 
 
 def test_two_workers_racing_make_one_call_each(harness: Harness) -> None:

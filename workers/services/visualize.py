@@ -99,19 +99,18 @@ class VisualizationService:
     def _not_claimed(self, entry_id: uuid.UUID) -> Outcome:
         with self.uow_factory() as uow:
             row = uow.visualizations.get_by_entry(entry_id)
-        assert row is not None  # ensure_row just made sure it exists
-        if row.status == VisualizationStatus.COMPLETED:
+            assert row is not None  # ensure_row just made sure it exists
+            # Read inside the unit of work: its rollback on exit expires the row.
+            status, error, started = row.status, row.error_message, row.processing_started_at
+        if status == VisualizationStatus.COMPLETED:
             log.info("duplicate message: visualization already completed")
             return Outcome.ALREADY_COMPLETED
-        if row.status == VisualizationStatus.FAILED:
-            log.info(
-                "visualization already failed; 'emotionviz replay' retries it",
-                error=row.error_message,
-            )
+        if status == VisualizationStatus.FAILED:
+            log.info("visualization already failed; 'emotionviz replay' retries it", error=error)
             return Outcome.ALREADY_FAILED
         held_for = 0.0
-        if row.processing_started_at is not None:
-            held_for = (datetime.now(UTC) - row.processing_started_at).total_seconds()
+        if started is not None:
+            held_for = (datetime.now(UTC) - started).total_seconds()
         remaining = max(1.0, self.limits.lease_s - held_for)
         raise LeaseHeldError(
             f"another worker holds the lease on entry {entry_id}", retry_after_s=remaining
