@@ -334,7 +334,13 @@ class AnalyticsRepository:
         self.session = session
 
     def recompute(
-        self, kind: PeriodKind, user_ids: Iterable[uuid.UUID], first_day: date, end_day: date
+        self,
+        kind: PeriodKind,
+        user_ids: Iterable[uuid.UUID],
+        first_day: date,
+        end_day: date,
+        *,
+        drop_empty: bool = True,
     ) -> int:
         """Recompute ``kind`` rows for periods starting in [first_day, end_day) exactly.
 
@@ -348,13 +354,22 @@ class AnalyticsRepository:
             "step": _STEP[kind],
         }
         upserted = self.session.execute(text(_RECOMPUTE_SQL), params).rowcount  # type: ignore[attr-defined]
-        self.session.execute(text(_DELETE_EMPTY_SQL), params)
+        if drop_empty:
+            self.session.execute(text(_DELETE_EMPTY_SQL), params)
         return int(upserted)
 
-    def refresh_periods(self, user_id: uuid.UUID, periods: Iterable[Period]) -> None:
-        """The incremental path: the same statement, narrowed to one user's periods."""
+    def refresh_periods(
+        self, user_id: uuid.UUID, periods: Iterable[Period], *, may_be_empty: bool = True
+    ) -> None:
+        """The incremental path: the same statement, narrowed to one user's periods.
+
+        ``may_be_empty=False`` (a just-completed entry lies in every period) skips the
+        statement that deletes rows of periods left without entries.
+        """
         for period in periods:
-            self.recompute(period.kind, [user_id], period.start, period.end_exclusive)
+            self.recompute(
+                period.kind, [user_id], period.start, period.end_exclusive, drop_empty=may_be_empty
+            )
 
     def for_user(self, user_id: uuid.UUID) -> list[EmotionAnalytics]:
         stmt = (

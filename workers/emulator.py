@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -163,13 +164,20 @@ class EmulatorHandler(BaseHTTPRequestHandler):
 
     # --- plumbing -------------------------------------------------------------------
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body in separate segments + Nagle + delayed ACK = a 40 ms stall
+        # per keep-alive request; a real API answers without it.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def _send(self, code: int, payload: Any, content_type: str = "application/json") -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self._headers_buffer.append(b"\r\n")
+        self._headers_buffer.append(body)  # one write for headers and body
+        self.flush_headers()
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)

@@ -57,5 +57,5 @@ def thumbnail(data: bytes, size_px: int) -> bytes:
         rgb = image.convert("RGB")
         rgb.thumbnail((size_px, size_px), Image.Resampling.LANCZOS)
         out = io.BytesIO()
-        rgb.save(out, format="WEBP", quality=82, method=4)
+        rgb.save(out, format="WEBP", quality=82, method=2)  # 2x faster than 4, ~same size
         return out.getvalue()

@@ -71,7 +71,9 @@ class VisualizationService:
             with self.uow_factory() as uow:
                 if not uow.visualizations.complete(claim):
                     return Outcome.LEASE_LOST
-                uow.analytics.refresh_periods(entry.user_id, periods_containing(entry.created_at))
+                uow.analytics.refresh_periods(
+                    entry.user_id, periods_containing(entry.created_at), may_be_empty=False
+                )
                 uow.commit()
         except Exception as exc:
             self._release(claim, exc)

@@ -1,0 +1,168 @@
+"""Shared plumbing for the benchmark scripts: a throw-away database on the configured
+(or embedded) server, worker processes, the emulator process, RSS sampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import psycopg
+import redis
+from sqlalchemy.engine import make_url
+
+from db import migrate
+from workers import runtime
+from workers.settings import get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "bench-output"
+
+
+def libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """A freshly migrated database next to the configured one, dropped afterwards."""
+    base = runtime.database_url(get_settings())
+    name = f"emotionviz_bench_{os.getpid()}"
+    admin = make_url(base).set(database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(libpq(admin), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(libpq(admin), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_entries(db_url: str, count: int, users: int = 50) -> None:
+    with psycopg.connect(libpq(db_url), autocommit=True) as conn:
+        conn.execute("TRUNCATE users CASCADE")
+        conn.execute(
+            "INSERT INTO users (email, hashed_password, name) "
+            "SELECT 'bench' || g || '@example.com', 'x', 'Bench ' || g FROM generate_series(1, %s) g",
+            (users,),
+        )
+        conn.execute(
+            """
+            INSERT INTO emotion_entries (user_id, situation, emotions, intensity, created_at)
+            SELECT u.id, 'Benchmark situation number ' || g,
+                   ARRAY[(ARRAY['joy','sadness','anger','fear','anxiety','contentment'])[1 + g %% 6]],
+                   round((g %% 100) / 100.0, 2), now() - (g %% 60) * interval '1 day'
+            FROM generate_series(1, %s) g
+            JOIN LATERAL (SELECT id FROM users ORDER BY id OFFSET (g %% %s) LIMIT 1) u ON true
+            """,
+            (count, users),
+        )
+
+
+def entry_ids(db_url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(libpq(db_url)) as conn:
+        return [(str(a), str(b)) for a, b in conn.execute("SELECT id, user_id FROM emotion_entries")]
+
+
+def status_counts(db_url: str) -> dict[str, int]:
+    with psycopg.connect(libpq(db_url)) as conn:
+        return dict(conn.execute("SELECT status, count(*) FROM visualizations GROUP BY 1").fetchall())
+
+
+class Workers:
+    """``processes`` x ``threads`` Dramatiq worker processes, as `emotionviz worker` runs them."""
+
+    def __init__(self, env: dict[str, str], processes: int, threads: int, queues: list[str]) -> None:
+        self.env, self.processes = env, processes
+        self.log = (OUT / f"worker-{uuid.uuid4().hex[:6]}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "workers.actors", "noop_actors",
+             "--path", str(ROOT / "scripts" / "bench"), "--processes", str(processes),
+             "--threads", str(threads), "--skip-logging", "--queues", *queues],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        heartbeats = f"{env['REDIS_NAMESPACE']}:__heartbeats__"
+        deadline = time.monotonic() + 60
+        while client.zcard(heartbeats) < processes:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"workers did not start; see {self.log.name}")
+            time.sleep(0.1)
+        client.close()
+
+    def children_rss_mb(self) -> float:
+        kids = psutil.Process(self.proc.pid).children(recursive=True)
+        return sum(k.memory_info().rss for k in kids) / 2**20
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class Emulator:
+    def __init__(self, analysis_s: float, image_s: float, port: int = 0) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "emulator", "--port", str(self.port),
+             "--api-key", "bench-key", "--analysis-latency", str(analysis_s),
+             "--image-latency", str(image_s)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, int]:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/_emulator/stats") as r:
+            return dict(json.loads(r.read())["counts"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def publish_raw(redis_url: str, namespace: str, queue: str, actor: str,
+                payloads: list[dict[str, object]]) -> None:
+    """The documented envelope, pipelined (what Producer.publish_many writes)."""
+    client = redis.Redis.from_url(redis_url)
+    with client.pipeline(transaction=False) as pipe:
+        for payload in payloads:
+            rid = str(uuid.uuid4())
+            pipe.hset(f"{namespace}:{queue}.msgs", rid, json.dumps({
+                "queue_name": queue, "actor_name": actor, "args": [payload], "kwargs": {},
+                "options": {"redis_message_id": rid}, "message_id": str(uuid.uuid4()),
+                "message_timestamp": int(time.time() * 1000)}))
+            pipe.rpush(f"{namespace}:{queue}", rid)
+        pipe.execute()
+    client.close()
+
+
+def wait_drained(redis_url: str, namespace: str, queue: str, timeout: float = 900) -> None:
+    """Until every message of the queue is acked (Dramatiq deletes acked bodies)."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while client.hlen(f"{namespace}:{queue}.msgs") or client.llen(f"{namespace}:{queue}"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{queue} did not drain in {timeout}s")
+        time.sleep(0.02)
+    client.close()
