@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 
-from common import (  # noqa: E402
+from common import (
     OUT,
     Emulator,
     Workers,
@@ -35,8 +35,8 @@ from common import (  # noqa: E402
     wait_drained,
 )
 
-from workers import runtime  # noqa: E402
-from workers.settings import get_settings  # noqa: E402
+from workers import runtime
+from workers.settings import get_settings
 
 PROCESSES, THREADS = 2, 16
 
@@ -58,8 +58,14 @@ def base_env(db_url: str, namespace: str) -> dict[str, str]:
     }
 
 
-def run_pipeline(env: dict[str, str], db_url: str, count: int, processes: int, threads: int,
-                 sample_rss_at: int | None = None) -> tuple[float, float | None, float | None]:
+def run_pipeline(
+    env: dict[str, str],
+    db_url: str,
+    count: int,
+    processes: int,
+    threads: int,
+    sample_rss_at: int | None = None,
+) -> tuple[float, float | None, float | None]:
     """Returns (seconds, rss after warm-up MB, rss at end MB)."""
     make_entries(db_url, count)
     ids = entry_ids(db_url)
@@ -68,13 +74,23 @@ def run_pipeline(env: dict[str, str], db_url: str, count: int, processes: int, t
     try:
         started = time.perf_counter()
         if sample_rss_at:
-            publish_raw(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations", "entry.created",
-                        [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids[:sample_rss_at]])
+            publish_raw(
+                env["REDIS_URL"],
+                env["REDIS_NAMESPACE"],
+                "visualizations",
+                "entry.created",
+                [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids[:sample_rss_at]],
+            )
             wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations")
             warm_rss = workers.children_rss_mb()
             ids = ids[sample_rss_at:]
-        publish_raw(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations", "entry.created",
-                    [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids])
+        publish_raw(
+            env["REDIS_URL"],
+            env["REDIS_NAMESPACE"],
+            "visualizations",
+            "entry.created",
+            [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids],
+        )
         wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations")
         elapsed = time.perf_counter() - started
         end_rss = workers.children_rss_mb()
@@ -90,8 +106,13 @@ def run_noop(env: dict[str, str], count: int) -> float:
     workers = Workers(env, PROCESSES, THREADS, ["bench_noop"])
     try:
         started = time.perf_counter()
-        publish_raw(env["REDIS_URL"], env["REDIS_NAMESPACE"], "bench_noop", "bench.noop",
-                    [{"i": i} for i in range(count)])
+        publish_raw(
+            env["REDIS_URL"],
+            env["REDIS_NAMESPACE"],
+            "bench_noop",
+            "bench.noop",
+            [{"i": i} for i in range(count)],
+        )
         wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "bench_noop")
         return time.perf_counter() - started
     finally:
@@ -104,21 +125,31 @@ def bench_a(db_url: str, entries: int) -> None:
     noop_n = entries * 4
     noop_s = run_noop(env, noop_n)
     noop_rate = noop_n / noop_s
-    print(f"    dramatiq no-op actor      {noop_n:6d} msgs  {noop_s:7.2f} s  {noop_rate:8.1f} msg/s")
+    print(
+        f"    dramatiq no-op actor      {noop_n:6d} msgs  {noop_s:7.2f} s  {noop_rate:8.1f} msg/s"
+    )
     local_s, _, _ = run_pipeline({**env, "PROVIDER": "local"}, db_url, entries, PROCESSES, THREADS)
-    print(f"    pipeline, local providers {entries:6d} ents  {local_s:7.2f} s  "
-          f"{entries / local_s:8.1f} ent/s  ratio {entries / local_s / noop_rate:.3f}")
+    print(
+        f"    pipeline, local providers {entries:6d} ents  {local_s:7.2f} s  "
+        f"{entries / local_s:8.1f} ent/s  ratio {entries / local_s / noop_rate:.3f}"
+    )
     emulator = Emulator(0, 0)
     try:
-        emu_env = {**env, "PROVIDER": "gemini", "GEMINI_API_KEY": "bench-key",
-                   "GEMINI_BASE_URL": emulator.url}
+        emu_env = {
+            **env,
+            "PROVIDER": "gemini",
+            "GEMINI_API_KEY": "bench-key",
+            "GEMINI_BASE_URL": emulator.url,
+        }
         emu_s, _, _ = run_pipeline(emu_env, db_url, entries, PROCESSES, THREADS)
         calls = emulator.stats()
     finally:
         emulator.stop()
     ratio = entries / emu_s / noop_rate
-    print(f"    pipeline, emulator (0 ms) {entries:6d} ents  {emu_s:7.2f} s  "
-          f"{entries / emu_s:8.1f} ent/s  ratio {ratio:.3f}  (target >= 0.25)  calls {calls}")
+    print(
+        f"    pipeline, emulator (0 ms) {entries:6d} ents  {emu_s:7.2f} s  "
+        f"{entries / emu_s:8.1f} ent/s  ratio {ratio:.3f}  (target >= 0.25)  calls {calls}"
+    )
 
 
 def bench_b(db_url: str) -> None:
@@ -127,13 +158,20 @@ def bench_b(db_url: str) -> None:
     print(f"\n(b) latency-bound: analysis 1 s + image 4 s, {count} entries, {in_flight} in flight")
     emulator = Emulator(1.0, 4.0)
     try:
-        env = {**base_env(db_url, f"bench-b-{os.getpid()}"), "PROVIDER": "gemini",
-               "GEMINI_API_KEY": "bench-key", "GEMINI_BASE_URL": emulator.url,
-               "ANALYSIS_MAX_CONCURRENT": str(in_flight), "IMAGE_MAX_CONCURRENT": str(in_flight)}
+        env = {
+            **base_env(db_url, f"bench-b-{os.getpid()}"),
+            "PROVIDER": "gemini",
+            "GEMINI_API_KEY": "bench-key",
+            "GEMINI_BASE_URL": emulator.url,
+            "ANALYSIS_MAX_CONCURRENT": str(in_flight),
+            "IMAGE_MAX_CONCURRENT": str(in_flight),
+        }
         elapsed, _, _ = run_pipeline(env, db_url, count, 2, in_flight // 2)
     finally:
         emulator.stop()
-    print(f"    wall {elapsed:.2f} s, ideal {ideal:.1f} s, ratio {elapsed / ideal:.3f} (target <= 1.2)")
+    print(
+        f"    wall {elapsed:.2f} s, ideal {ideal:.1f} s, ratio {elapsed / ideal:.3f} (target <= 1.2)"
+    )
 
 
 def bench_c(db_url: str, count: int) -> None:
@@ -141,20 +179,29 @@ def bench_c(db_url: str, count: int) -> None:
     print(f"\n(c) worker memory over {count} entries (RSS of the worker processes)")
     emulator = Emulator(0, 0)
     try:
-        env = {**base_env(db_url, f"bench-c-{os.getpid()}"), "PROVIDER": "gemini",
-               "GEMINI_API_KEY": "bench-key", "GEMINI_BASE_URL": emulator.url}
-        elapsed, warm_rss, end_rss = run_pipeline(env, db_url, count + warm, PROCESSES, THREADS,
-                                                  sample_rss_at=warm)
+        env = {
+            **base_env(db_url, f"bench-c-{os.getpid()}"),
+            "PROVIDER": "gemini",
+            "GEMINI_API_KEY": "bench-key",
+            "GEMINI_BASE_URL": emulator.url,
+        }
+        elapsed, warm_rss, end_rss = run_pipeline(
+            env, db_url, count + warm, PROCESSES, THREADS, sample_rss_at=warm
+        )
     finally:
         emulator.stop()
     assert warm_rss and end_rss
     growth = (end_rss - warm_rss) / warm_rss
-    print(f"    RSS after {warm} warm-up entries {warm_rss:.1f} MB, after {count} more "
-          f"{end_rss:.1f} MB: growth {growth * 100:.1f} % (target < 10 %), {elapsed:.1f} s")
+    print(
+        f"    RSS after {warm} warm-up entries {warm_rss:.1f} MB, after {count} more "
+        f"{end_rss:.1f} MB: growth {growth * 100:.1f} % (target < 10 %), {elapsed:.1f} s"
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", choices=["a", "b", "c"])
     parser.add_argument("--entries", type=int, default=1000, help="entries for (a)")
     parser.add_argument("--memory-entries", type=int, default=5000, help="entries for (c)")

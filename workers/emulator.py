@@ -175,9 +175,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self._headers_buffer.append(b"\r\n")
-        self._headers_buffer.append(body)  # one write for headers and body
-        self.flush_headers()
+        self.end_headers()
+        self.wfile.write(body)
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)

@@ -71,25 +71,47 @@ def make_entries(db_url: str, count: int, users: int = 50) -> None:
 
 def entry_ids(db_url: str) -> list[tuple[str, str]]:
     with psycopg.connect(libpq(db_url)) as conn:
-        return [(str(a), str(b)) for a, b in conn.execute("SELECT id, user_id FROM emotion_entries")]
+        return [
+            (str(a), str(b)) for a, b in conn.execute("SELECT id, user_id FROM emotion_entries")
+        ]
 
 
 def status_counts(db_url: str) -> dict[str, int]:
     with psycopg.connect(libpq(db_url)) as conn:
-        return dict(conn.execute("SELECT status, count(*) FROM visualizations GROUP BY 1").fetchall())
+        return dict(
+            conn.execute("SELECT status, count(*) FROM visualizations GROUP BY 1").fetchall()
+        )
 
 
 class Workers:
     """``processes`` x ``threads`` Dramatiq worker processes, as `emotionviz worker` runs them."""
 
-    def __init__(self, env: dict[str, str], processes: int, threads: int, queues: list[str]) -> None:
+    def __init__(
+        self, env: dict[str, str], processes: int, threads: int, queues: list[str]
+    ) -> None:
         self.env, self.processes = env, processes
         self.log = (OUT / f"worker-{uuid.uuid4().hex[:6]}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "workers.actors", "noop_actors",
-             "--path", str(ROOT / "scripts" / "bench"), "--processes", str(processes),
-             "--threads", str(threads), "--skip-logging", "--queues", *queues],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "workers.actors",
+                "noop_actors",
+                "--path",
+                str(ROOT / "scripts" / "bench"),
+                "--processes",
+                str(processes),
+                "--threads",
+                str(threads),
+                "--skip-logging",
+                "--queues",
+                *queues,
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         client = redis.Redis.from_url(env["REDIS_URL"])
         heartbeats = f"{env['REDIS_NAMESPACE']}:__heartbeats__"
@@ -121,10 +143,23 @@ class Emulator:
             s.bind(("127.0.0.1", port))
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "emulator", "--port", str(self.port),
-             "--api-key", "bench-key", "--analysis-latency", str(analysis_s),
-             "--image-latency", str(image_s)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "workers.cli",
+                "emulator",
+                "--port",
+                str(self.port),
+                "--api-key",
+                "bench-key",
+                "--analysis-latency",
+                str(analysis_s),
+                "--image-latency",
+                str(image_s),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         assert self.proc.stdout is not None
         self.proc.stdout.readline()
@@ -141,17 +176,29 @@ class Emulator:
         self.proc.wait(timeout=10)
 
 
-def publish_raw(redis_url: str, namespace: str, queue: str, actor: str,
-                payloads: list[dict[str, object]]) -> None:
+def publish_raw(
+    redis_url: str, namespace: str, queue: str, actor: str, payloads: list[dict[str, object]]
+) -> None:
     """The documented envelope, pipelined (what Producer.publish_many writes)."""
     client = redis.Redis.from_url(redis_url)
     with client.pipeline(transaction=False) as pipe:
         for payload in payloads:
             rid = str(uuid.uuid4())
-            pipe.hset(f"{namespace}:{queue}.msgs", rid, json.dumps({
-                "queue_name": queue, "actor_name": actor, "args": [payload], "kwargs": {},
-                "options": {"redis_message_id": rid}, "message_id": str(uuid.uuid4()),
-                "message_timestamp": int(time.time() * 1000)}))
+            pipe.hset(
+                f"{namespace}:{queue}.msgs",
+                rid,
+                json.dumps(
+                    {
+                        "queue_name": queue,
+                        "actor_name": actor,
+                        "args": [payload],
+                        "kwargs": {},
+                        "options": {"redis_message_id": rid},
+                        "message_id": str(uuid.uuid4()),
+                        "message_timestamp": int(time.time() * 1000),
+                    }
+                ),
+            )
             pipe.rpush(f"{namespace}:{queue}", rid)
         pipe.execute()
     client.close()
