@@ -51,6 +51,7 @@ font-size:12px;margin:0 4px 4px 0;color:#fff}.meta{font-size:12px;color:#777}
 .summary{font-size:14px;margin:8px 0}.card ul{padding-left:18px;font-size:13px;color:#444}
 .failed{border:2px solid #d7263d}.error{color:#a0102a;font-size:13px}
 .chart{background:#fff;border-radius:10px;padding:12px;box-shadow:0 1px 4px #0002;margin:12px 0}
+.chart svg{max-width:720px;display:block}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
 """
