@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from db.models import EmotionAnalytics, EmotionEntry, IntakeSession, User, Visualization
 from domain.analysis import EntrySnapshot
-from domain.periods import Period, PeriodKind
+from domain.analytics import INTENSITY_TREND_THRESHOLD, STREAK_CAP, shift_periods
+from domain.periods import PeriodKind, periods_containing
 from domain.vocabulary import VisualizationStatus
 
 
@@ -270,15 +271,18 @@ class IntakeRepository:
 
 # --- analytics ---------------------------------------------------------------------
 
-# One statement per period kind and batch of users: aggregate in PostgreSQL, upsert.
-# ``most_common_emotions`` breaks ties by name, so the result is deterministic.
+# One statement per period kind and batch of users: aggregate in PostgreSQL, derive the
+# insights from the previous period with window functions, upsert. Entries are read
+# from :lookback_day (STREAK_CAP periods before :from_day) so that comparisons and
+# streaks of the first periods in range see their history; only periods starting in
+# [:from_day, :to_day) are written. Ties in most_common_emotions break by name.
 _RECOMPUTE_SQL = """
 WITH e AS (
     SELECT en.id, en.user_id, en.intensity, en.emotions,
            date_trunc(:kind, en.created_at AT TIME ZONE 'UTC')::date AS period_start
     FROM emotion_entries en
     WHERE en.user_id = ANY(CAST(:user_ids AS uuid[]))
-      AND en.created_at >= CAST(:from_day AS date)::timestamp AT TIME ZONE 'UTC'
+      AND en.created_at >= CAST(:lookback_day AS date)::timestamp AT TIME ZONE 'UTC'
       AND en.created_at < CAST(:to_day AS date)::timestamp AT TIME ZONE 'UTC'
 ),
 totals AS (
@@ -295,23 +299,85 @@ agg AS (
            jsonb_object_agg(emotion, n ORDER BY emotion) AS counts,
            (array_agg(emotion ORDER BY n DESC, emotion ASC))[1:3] AS top
     FROM per_emotion GROUP BY user_id, period_start
+),
+seq AS (
+    SELECT t.user_id, t.period_start, t.total, t.avg_intensity, a.counts, a.top,
+           lag(t.period_start) OVER w
+               = (t.period_start - CAST(:step AS interval))::date AS has_prev,
+           lag(t.total) OVER w AS prev_total,
+           lag(t.avg_intensity) OVER w AS prev_avg,
+           lag(a.counts) OVER w AS prev_counts,
+           CASE CAST(:kind AS text)
+               WHEN 'month' THEN (extract(year FROM t.period_start) * 12
+                                  + extract(month FROM t.period_start))::int
+               WHEN 'week' THEN (t.period_start - DATE '2000-01-03') / 7
+               ELSE t.period_start - DATE '2000-01-03'
+           END - row_number() OVER w AS island
+    FROM totals t JOIN agg a USING (user_id, period_start)
+    WINDOW w AS (PARTITION BY t.user_id ORDER BY t.period_start)
+),
+r AS (
+    SELECT s.*, coalesce(s.has_prev, false) AS prev_ok,
+           least(row_number() OVER (PARTITION BY s.user_id, s.island ORDER BY s.period_start),
+                 CAST(:cap AS int)) AS streak
+    FROM seq s
 )
 INSERT INTO emotion_analytics AS ea
     (user_id, period_start, period_end, emotion_counts, average_intensity,
      total_entries, most_common_emotions, insights, computed_at)
-SELECT t.user_id, t.period_start,
-       (t.period_start + CAST(:step AS interval) - interval '1 day')::date,
-       a.counts, t.avg_intensity, t.total, a.top, ARRAY[]::text[], now()
-FROM totals t JOIN agg a USING (user_id, period_start)
+SELECT r.user_id, r.period_start,
+       (r.period_start + CAST(:step AS interval) - interval '1 day')::date,
+       r.counts, r.avg_intensity, r.total, r.top,
+       array_remove(ARRAY[
+           CASE
+               WHEN NOT r.prev_ok THEN format('%s %s this %s; none the previous %s.', r.total,
+                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, :word, :word)
+               WHEN r.total > r.prev_total THEN format('%s %s this %s, up from %s.', r.total,
+                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, :word, r.prev_total)
+               WHEN r.total < r.prev_total THEN format('%s %s this %s, down from %s.', r.total,
+                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, :word, r.prev_total)
+               ELSE format('%s %s this %s, as many as the previous %s.', r.total,
+                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, :word, :word)
+           END,
+           (SELECT format('%s rose from %s to %s.', initcap(j.key), r.prev_counts ->> j.key,
+                          j.value)
+            FROM jsonb_each_text(r.counts) AS j
+            WHERE r.prev_ok AND r.prev_counts ? j.key
+              AND j.value::int > (r.prev_counts ->> j.key)::int
+            ORDER BY j.value::int - (r.prev_counts ->> j.key)::int DESC, j.key LIMIT 1),
+           (SELECT format('%s fell from %s to %s.', initcap(j.key), j.value,
+                          coalesce(r.counts ->> j.key, '0'))
+            FROM jsonb_each_text(r.prev_counts) AS j
+            WHERE r.prev_ok AND j.value::int > coalesce((r.counts ->> j.key)::int, 0)
+            ORDER BY j.value::int - coalesce((r.counts ->> j.key)::int, 0) DESC, j.key LIMIT 1),
+           (SELECT format('New this %s: %s.', :word, string_agg(k, ', ' ORDER BY k))
+            FROM jsonb_object_keys(r.counts) AS k
+            WHERE r.prev_ok AND NOT r.prev_counts ? k
+            HAVING count(*) > 0),
+           CASE
+               WHEN NOT r.prev_ok THEN NULL
+               WHEN r.avg_intensity - r.prev_avg >= CAST(:trend AS numeric)
+                   THEN format('Average intensity rose from %s to %s.', r.prev_avg, r.avg_intensity)
+               WHEN r.prev_avg - r.avg_intensity >= CAST(:trend AS numeric)
+                   THEN format('Average intensity fell from %s to %s.', r.prev_avg, r.avg_intensity)
+               ELSE format('Average intensity held steady around %s.', r.avg_intensity)
+           END,
+           CASE WHEN r.streak >= 2 THEN format('%s%s %ss in a row with entries.', r.streak,
+               CASE WHEN r.streak = CAST(:cap AS int) THEN '+' ELSE '' END, :word) END
+       ], NULL),
+       now()
+FROM r
+WHERE r.period_start >= CAST(:from_day AS date)
 ON CONFLICT (user_id, period_start, period_end) DO UPDATE SET
     emotion_counts = EXCLUDED.emotion_counts,
     average_intensity = EXCLUDED.average_intensity,
     total_entries = EXCLUDED.total_entries,
     most_common_emotions = EXCLUDED.most_common_emotions,
+    insights = EXCLUDED.insights,
     computed_at = EXCLUDED.computed_at
 """
 
-# Periods in the range whose entries are all gone lose their row (see docs/analytics.md).
+# Periods in the range whose entries are all gone lose their row (docs/analytics.md).
 _DELETE_EMPTY_SQL = """
 DELETE FROM emotion_analytics ea
 WHERE ea.user_id = ANY(CAST(:user_ids AS uuid[]))
@@ -349,27 +415,29 @@ class AnalyticsRepository:
         params = {
             "kind": kind,
             "user_ids": [str(u) for u in user_ids],
+            "lookback_day": shift_periods(kind, first_day, -STREAK_CAP),
             "from_day": first_day,
             "to_day": end_day,
             "step": _STEP[kind],
+            "word": kind,
+            "cap": STREAK_CAP,
+            "trend": INTENSITY_TREND_THRESHOLD,
         }
         upserted = self.session.execute(text(_RECOMPUTE_SQL), params).rowcount  # type: ignore[attr-defined]
         if drop_empty:
             self.session.execute(text(_DELETE_EMPTY_SQL), params)
         return int(upserted)
 
-    def refresh_periods(
-        self, user_id: uuid.UUID, periods: Iterable[Period], *, may_be_empty: bool = True
-    ) -> None:
-        """The incremental path: the same statement, narrowed to one user's periods.
-
-        ``may_be_empty=False`` (a just-completed entry lies in every period) skips the
-        statement that deletes rows of periods left without entries.
+    def refresh_for_entry(self, user_id: uuid.UUID, moment: datetime, *, removed: bool) -> None:
+        """The incremental path, after one entry of ``user_id`` at ``moment`` was added
+        (or removed): the same statement, for that user, for the entry's day, week and
+        month and the STREAK_CAP periods after each (their comparisons and streaks
+        depend on it). Only a removal can leave a period empty, so only then are empty
+        periods' rows deleted.
         """
-        for period in periods:
-            self.recompute(
-                period.kind, [user_id], period.start, period.end_exclusive, drop_empty=may_be_empty
-            )
+        for period in periods_containing(moment):
+            end = shift_periods(period.kind, period.start, STREAK_CAP + 1)
+            self.recompute(period.kind, [user_id], period.start, end, drop_empty=removed)
 
     def for_user(self, user_id: uuid.UUID) -> list[EmotionAnalytics]:
         stmt = (

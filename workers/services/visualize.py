@@ -21,7 +21,6 @@ from db.uow import UnitOfWork
 from domain.analysis import Analysis
 from domain.errors import LeaseHeldError, NotFoundError, OwnershipError
 from domain.messages import EntryCreated
-from domain.periods import periods_containing
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.logging import get_logger
 from workers.providers.factory import Providers
@@ -71,9 +70,7 @@ class VisualizationService:
             with self.uow_factory() as uow:
                 if not uow.visualizations.complete(claim):
                     return Outcome.LEASE_LOST
-                uow.analytics.refresh_periods(
-                    entry.user_id, periods_containing(entry.created_at), may_be_empty=False
-                )
+                uow.analytics.refresh_for_entry(entry.user_id, entry.created_at, removed=False)
                 uow.commit()
         except Exception as exc:
             self._release(claim, exc)
