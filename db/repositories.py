@@ -76,9 +76,11 @@ class EntryRepository:
         return set(self.session.scalars(stmt))
 
     def ids_without_finished_visualization(
-        self, limit: int = 1000
+        self, limit: int = 1000, older_than_s: int = 0
     ) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """Entries whose visualization is missing or still pending (for the reconciler)."""
+        """Entries whose visualization is missing or still pending, created more than
+        ``older_than_s`` ago (younger ones are probably still in the queue)."""
+        grace = text(f"interval '{int(older_than_s)} seconds'")
         stmt = (
             select(EmotionEntry.id, EmotionEntry.user_id)
             .outerjoin(Visualization, Visualization.entry_id == EmotionEntry.id)
@@ -86,6 +88,7 @@ class EntryRepository:
                 (Visualization.id.is_(None))
                 | (Visualization.status == VisualizationStatus.PENDING.value)
             )
+            .where(EmotionEntry.created_at < func.now() - grace)
             .order_by(EmotionEntry.created_at)
             .limit(limit)
         )
@@ -317,7 +320,7 @@ seq AS (
     WINDOW w AS (PARTITION BY t.user_id ORDER BY t.period_start)
 ),
 r AS (
-    SELECT s.*, coalesce(s.has_prev, false) AS prev_ok,
+    SELECT s.*, coalesce(s.has_prev, false) AS prev_ok, CAST(:word AS text) AS word,
            least(row_number() OVER (PARTITION BY s.user_id, s.island ORDER BY s.period_start),
                  CAST(:cap AS int)) AS streak
     FROM seq s
@@ -331,13 +334,13 @@ SELECT r.user_id, r.period_start,
        array_remove(ARRAY[
            CASE
                WHEN NOT r.prev_ok THEN format('%s %s this %s; none the previous %s.', r.total,
-                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, :word, :word)
+                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, r.word, r.word)
                WHEN r.total > r.prev_total THEN format('%s %s this %s, up from %s.', r.total,
-                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, :word, r.prev_total)
+                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, r.word, r.prev_total)
                WHEN r.total < r.prev_total THEN format('%s %s this %s, down from %s.', r.total,
-                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, :word, r.prev_total)
+                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, r.word, r.prev_total)
                ELSE format('%s %s this %s, as many as the previous %s.', r.total,
-                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, :word, :word)
+                   CASE r.total WHEN 1 THEN 'entry' ELSE 'entries' END, r.word, r.word)
            END,
            (SELECT format('%s rose from %s to %s.', initcap(j.key), r.prev_counts ->> j.key,
                           j.value)
@@ -350,7 +353,7 @@ SELECT r.user_id, r.period_start,
             FROM jsonb_each_text(r.prev_counts) AS j
             WHERE r.prev_ok AND j.value::int > coalesce((r.counts ->> j.key)::int, 0)
             ORDER BY j.value::int - coalesce((r.counts ->> j.key)::int, 0) DESC, j.key LIMIT 1),
-           (SELECT format('New this %s: %s.', :word, string_agg(k, ', ' ORDER BY k))
+           (SELECT format('New this %s: %s.', r.word, string_agg(k, ', ' ORDER BY k))
             FROM jsonb_object_keys(r.counts) AS k
             WHERE r.prev_ok AND NOT r.prev_counts ? k
             HAVING count(*) > 0),
@@ -363,7 +366,7 @@ SELECT r.user_id, r.period_start,
                ELSE format('Average intensity held steady around %s.', r.avg_intensity)
            END,
            CASE WHEN r.streak >= 2 THEN format('%s%s %ss in a row with entries.', r.streak,
-               CASE WHEN r.streak = CAST(:cap AS int) THEN '+' ELSE '' END, :word) END
+               CASE WHEN r.streak = CAST(:cap AS int) THEN '+' ELSE '' END, r.word) END
        ], NULL),
        now()
 FROM r

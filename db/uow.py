@@ -47,9 +47,8 @@ class UnitOfWork:
         finally:
             self.session.close()
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
-            raise DatabaseUnavailableError(
-                f"database unavailable: {type(exc.orig).__name__ if exc.orig else exc}"
-            ) from exc
+            detail = str(exc.orig or exc).strip().splitlines()[0][:300]
+            raise DatabaseUnavailableError(f"database unavailable: {detail}") from exc
 
     def commit(self) -> None:
         self.session.commit()

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     message_max_age_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
     prometheus: bool = False
 
+    # Scheduler (cron expressions, UTC). Empty disables a job.
+    schedule_analytics_day: str = "15 0 * * *"
+    schedule_analytics_week: str = "30 0 * * 1"
+    schedule_analytics_month: str = "45 0 1 * *"
+    schedule_reconcile: str = "*/10 * * * *"
+    reconcile_grace_s: int = Field(default=300, ge=0)
+
     # Logging.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -84,6 +91,23 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # "DATABASE_URL=" in a .env file means "not set", not "connect to ''".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "schedule_analytics_day",
+        "schedule_analytics_week",
+        "schedule_analytics_month",
+        "schedule_reconcile",
+    )
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if value.strip():
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"not a 5-field cron expression ({exc})") from None
+        return value.strip()
 
     @field_validator("media_base_url")
     @classmethod

@@ -7,7 +7,8 @@ from typing import Any
 
 
 def register(add: Callable[..., Any]) -> None:
-    from workers.commands import demo, ops
+    from workers.commands import analytics, demo, ops
 
     ops.register(add)
+    analytics.register(add)
     demo.register(add)

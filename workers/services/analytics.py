@@ -12,6 +12,7 @@ from datetime import date
 
 from sqlalchemy import text
 
+from db.uow import UnitOfWork
 from domain.messages import AnalyticsRecompute
 from domain.periods import PeriodKind, period_containing
 from workers import runtime
@@ -42,16 +43,26 @@ class RecomputeSummary:
 def recompute(
     message: AnalyticsRecompute, *, on_batch: Callable[[int, int], None] | None = None
 ) -> RecomputeSummary:
+    return recompute_with(runtime.unit_of_work, message, on_batch=on_batch)
+
+
+def recompute_with(
+    uow_factory: Callable[[], UnitOfWork],
+    message: AnalyticsRecompute,
+    *,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> RecomputeSummary:
     kind: PeriodKind = message.period
     first = period_containing(kind, message.period_start)
     last = period_containing(kind, message.period_end or message.period_start)
     end = last.end_exclusive
-    with runtime.unit_of_work() as uow:
+    with uow_factory() as uow:
         users: list[uuid.UUID] = list(message.user_ids or uow.users.list_ids())
     rows = batches = 0
     for start in range(0, len(users), USER_BATCH):
         batch = users[start : start + USER_BATCH]
-        with runtime.unit_of_work() as uow:
+        with uow_factory() as uow:
+            # Overlapping runs of one period kind queue here instead of interleaving.
             uow.session.execute(
                 text("SELECT pg_advisory_xact_lock(hashtext('emotion_analytics:' || :k))"),
                 {"k": kind},

@@ -28,7 +28,9 @@ def reconcile(producer: Producer | None = None, limit: int = 5000) -> ReconcileR
     producer = producer or Producer(app.broker())
     settings = get_settings()
     with runtime.unit_of_work() as uow:
-        unfinished = uow.entries.ids_without_finished_visualization(limit)
+        unfinished = uow.entries.ids_without_finished_visualization(
+            limit, older_than_s=settings.reconcile_grace_s
+        )
         stuck = uow.visualizations.stuck(settings.lease_s, limit)
     messages = [EntryCreated(entry_id=e, user_id=u) for e, u in unfinished + stuck]
     producer.publish_many(messages)

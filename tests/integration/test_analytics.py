@@ -1,0 +1,351 @@
+"""emotion_analytics on real PostgreSQL: every field on hand-made data, boundaries,
+idempotency, overlapping runs, and incremental == full (hypothesis)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, text
+
+from db.engine import make_session_factory
+from db.uow import UnitOfWork
+from domain.analytics import STREAK_CAP, shift_periods
+from domain.periods import PERIOD_KINDS, period_containing
+from domain.vocabulary import EMOTIONS
+from tests.integration.helpers import insert_entry, insert_user
+
+pytestmark = pytest.mark.integration
+
+COLUMNS = (
+    "period_start, period_end, emotion_counts, average_intensity, total_entries, "
+    "most_common_emotions, insights"
+)
+
+
+def _rows(engine: Engine, user_id: uuid.UUID, kind: str | None = None) -> list[tuple[Any, ...]]:
+    where = {
+        "day": "period_end = period_start",
+        "week": "period_end - period_start = 6",
+        "month": "period_end - period_start > 6",
+        None: "true",
+    }[kind]
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    f"SELECT {COLUMNS} FROM emotion_analytics WHERE user_id = :u AND {where} "
+                    "ORDER BY period_start, period_end"
+                ),
+                {"u": user_id},
+            )
+        ]
+
+
+def _full(uow: UnitOfWork, user_ids: list[uuid.UUID], first: date, last: date) -> None:
+    with uow:
+        for kind in PERIOD_KINDS:
+            start = period_containing(kind, first).start
+            end = period_containing(kind, last).end_exclusive
+            uow.analytics.recompute(kind, user_ids, start, end)
+        uow.commit()
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def test_fields_ties_rounding_and_duplicates(engine: Engine, uow: UnitOfWork) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        for emotions, intensity in (
+            (["joy", "fear"], "0.33"),
+            (["anger", "joy", "joy"], "0.34"),
+            (["fear", "anger", "sadness"], "0.34"),
+        ):
+            insert_entry(
+                conn,
+                user,
+                emotions=emotions,
+                intensity=intensity,
+                created_at=_at("2026-03-04T12:00:00+00:00"),
+            )
+    _full(uow, [user], date(2026, 3, 4), date(2026, 3, 4))
+    (day,) = _rows(engine, user, "day")
+    assert day[2] == {"joy": 2, "fear": 2, "anger": 2, "sadness": 1}  # joy listed twice: once
+    assert day[3] == Decimal("0.34")  # 1.01 / 3 = 0.3366...
+    assert day[4] == 3
+    assert day[5] == ["anger", "fear", "joy"]  # three-way tie: by name
+
+
+def test_midnight_iso_weeks_month_ends_and_leap_day(engine: Engine, uow: UnitOfWork) -> None:
+    moments = [
+        "2024-02-29T23:59:59.999+00:00",  # leap day, Thursday
+        "2024-03-01T00:00:00+00:00",  # next day, next month, same ISO week
+        "2024-03-03T23:59:59+00:00",  # Sunday: still that ISO week
+        "2024-03-04T00:00:00+00:00",  # Monday: a new ISO week
+        "2024-03-01T01:30:00+02:00",  # 23:30 UTC on Feb 29: stored with an offset
+    ]
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        for moment in moments:
+            insert_entry(conn, user, created_at=_at(moment))
+    _full(uow, [user], date(2024, 2, 1), date(2024, 3, 31))
+    days = {(r[0], r[1]): r[4] for r in _rows(engine, user, "day")}
+    assert days == {
+        (date(2024, 2, 29), date(2024, 2, 29)): 2,
+        (date(2024, 3, 1), date(2024, 3, 1)): 1,
+        (date(2024, 3, 3), date(2024, 3, 3)): 1,
+        (date(2024, 3, 4), date(2024, 3, 4)): 1,
+    }
+    weeks = {(r[0], r[1]): r[4] for r in _rows(engine, user, "week")}
+    assert weeks == {
+        (date(2024, 2, 26), date(2024, 3, 3)): 4,
+        (date(2024, 3, 4), date(2024, 3, 10)): 1,
+    }
+    months = {(r[0], r[1]): r[4] for r in _rows(engine, user, "month")}
+    assert months == {
+        (date(2024, 2, 1), date(2024, 2, 29)): 2,
+        (date(2024, 3, 1), date(2024, 3, 31)): 3,
+    }
+
+
+def test_iso_week_across_the_new_year(engine: Engine, uow: UnitOfWork) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        insert_entry(conn, user, created_at=_at("2026-01-01T08:00:00+00:00"))  # Thursday
+        insert_entry(conn, user, created_at=_at("2025-12-29T00:00:00+00:00"))  # its Monday
+    _full(uow, [user], date(2025, 12, 1), date(2026, 1, 31))
+    weeks = _rows(engine, user, "week")
+    assert [(w[0], w[1], w[4]) for w in weeks] == [(date(2025, 12, 29), date(2026, 1, 4), 2)]
+    assert len(_rows(engine, user, "month")) == 2
+
+
+def test_insights_compare_with_the_previous_period(engine: Engine, uow: UnitOfWork) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        for moment, emotions, intensity in (
+            ("2026-11-02T10:00:00+00:00", ["joy"], "0.30"),
+            ("2026-11-03T10:00:00+00:00", ["joy", "fear"], "0.50"),
+            ("2026-11-10T10:00:00+00:00", ["joy", "anger"], "0.90"),
+            ("2026-11-11T10:00:00+00:00", ["anger"], "0.80"),
+            ("2026-11-12T10:00:00+00:00", ["anger", "sadness"], "0.70"),
+        ):
+            insert_entry(conn, user, emotions=emotions, intensity=intensity, created_at=_at(moment))
+    _full(uow, [user], date(2026, 11, 1), date(2026, 11, 30))
+    first_week, second_week = _rows(engine, user, "week")
+    assert first_week[6] == ["2 entries this week; none the previous week."]
+    assert second_week[6] == [
+        "3 entries this week, up from 2.",
+        "Fear fell from 1 to 0.",
+        "New this week: anger, sadness.",
+        "Average intensity rose from 0.40 to 0.80.",
+        "2 weeks in a row with entries.",
+    ]
+    days = _rows(engine, user, "day")
+    assert days[1][6] == [
+        "1 entry this day, as many as the previous day.",
+        "New this day: fear.",
+        "Average intensity rose from 0.30 to 0.50.",
+        "2 days in a row with entries.",
+    ]
+    assert days[2][6] == ["1 entry this day; none the previous day."]  # Nov 9 was empty
+    assert "Joy rose" not in " ".join(days[3][6])
+    assert days[3][6][1] == "Joy fell from 1 to 0."
+    assert days[4][6][-1] == "3 days in a row with entries."
+
+
+def test_streak_is_capped(engine: Engine, uow: UnitOfWork) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        for day in range(12):
+            insert_entry(
+                conn,
+                user,
+                intensity="0.50",
+                created_at=datetime(2026, 5, 1, 12, tzinfo=UTC) + timedelta(days=day),
+            )
+    _full(uow, [user], date(2026, 5, 1), date(2026, 5, 12))
+    days = _rows(engine, user, "day")
+    assert days[6][6][-1] == "7 days in a row with entries."
+    assert days[7][6][-1] == f"{STREAK_CAP}+ days in a row with entries."
+    assert days[11][6][-1] == f"{STREAK_CAP}+ days in a row with entries."
+    assert days[11][6][-2] == "Average intensity held steady around 0.50."
+
+
+def test_empty_periods_lose_their_row_and_runs_are_idempotent(
+    engine: Engine, uow: UnitOfWork
+) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        other = insert_user(conn)
+        gone = insert_entry(conn, user, created_at=_at("2026-06-10T10:00:00+00:00"))
+        insert_entry(conn, user, created_at=_at("2026-06-20T10:00:00+00:00"))
+        insert_entry(conn, other, created_at=_at("2026-06-10T10:00:00+00:00"))
+    _full(uow, [user, other], date(2026, 6, 1), date(2026, 6, 30))
+    before = _rows(engine, user)
+    _full(uow, [user, other], date(2026, 6, 1), date(2026, 6, 30))
+    assert _rows(engine, user) == before  # idempotent
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM emotion_entries WHERE id = :e"), {"e": gone})
+    _full(uow, [user, other], date(2026, 6, 1), date(2026, 6, 30))
+    after = _rows(engine, user)
+    assert {r[0] for r in after} == {date(2026, 6, 20), date(2026, 6, 15), date(2026, 6, 1)}
+    assert len(_rows(engine, other)) == 3  # the other person's rows are untouched
+
+
+def test_two_overlapping_runs_agree_with_one(engine: Engine) -> None:
+    factory = make_session_factory(engine)
+    with engine.begin() as conn:
+        users = [insert_user(conn) for _ in range(40)]
+        for i in range(600):
+            insert_entry(
+                conn,
+                users[i % 40],
+                emotions=[EMOTIONS[i % 10], EMOTIONS[(i * 3) % 10]],
+                intensity=f"0.{i % 10}",
+                created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=7 * i),
+            )
+    from domain.messages import AnalyticsRecompute
+    from workers.services import analytics as service
+
+    errors: list[BaseException] = []
+    message = AnalyticsRecompute(
+        period="week", period_start=date(2025, 12, 29), period_end=date(2026, 7, 1)
+    )
+
+    def run() -> None:
+        try:
+            service.recompute_with(lambda: UnitOfWork(factory), message)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    concurrent = [_rows(engine, u, "week") for u in users]
+    service.recompute_with(lambda: UnitOfWork(factory), message)
+    assert [_rows(engine, u, "week") for u in users] == concurrent
+    assert sum(len(r) for r in concurrent) > 40
+
+
+BASE = datetime(2024, 2, 20, tzinfo=UTC)  # spans a leap day and a month end
+operations = st.lists(
+    st.tuples(
+        st.booleans(),  # insert (True) or delete (False)
+        st.integers(0, 40 * 24),  # hours after BASE
+        st.lists(st.sampled_from(EMOTIONS), min_size=1, max_size=3, unique=True),
+        st.integers(0, 100),  # intensity in hundredths
+        st.integers(0, 10**6),  # which entry to delete
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=operations)
+def test_incremental_equals_full_recomputation(
+    engine: Engine, uow: UnitOfWork, ops: list[Any]
+) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+    live: list[tuple[uuid.UUID, datetime]] = []
+    for is_insert, hours, emotions, hundredths, pick in ops:
+        if is_insert or not live:
+            moment = BASE + timedelta(hours=hours)
+            with engine.begin() as conn:
+                entry = insert_entry(
+                    conn,
+                    user,
+                    emotions=emotions,
+                    intensity=f"{hundredths / 100:.2f}",
+                    created_at=moment,
+                )
+            live.append((entry, moment))
+            removed = False
+        else:
+            entry, moment = live.pop(pick % len(live))
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM emotion_entries WHERE id = :e"), {"e": entry})
+            removed = True
+        with uow:
+            uow.analytics.refresh_for_entry(user, moment, removed=removed)
+            uow.commit()
+    incremental = _rows(engine, user)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM emotion_analytics WHERE user_id = :u"), {"u": user})
+    first = BASE.date() - timedelta(days=1)
+    last = (BASE + timedelta(hours=40 * 24)).date() + timedelta(days=1)
+    with uow:
+        for kind in PERIOD_KINDS:
+            uow.analytics.recompute(
+                kind, [user], shift_periods(kind, first, -1), shift_periods(kind, last, 2)
+            )
+        uow.commit()
+    assert incremental == _rows(engine, user)
+
+
+def _cli(args: list[str], db_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(Path.cwd())}
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_exit_codes_and_summary(db_url: str, engine: Engine) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        insert_entry(conn, user, created_at=datetime.now(UTC))
+    ok = _cli(["analytics", "recompute", "--period", "week", "--inline", "--quiet"], db_url)
+    assert ok.returncode == 0, ok.stderr
+    assert (
+        ok.stdout.startswith("analytics recompute: period=week") and "users=1 rows=1" in ok.stdout
+    )
+    assert (
+        _cli(
+            ["analytics", "recompute", "--period", "week", "--from", "2026-02-30"], db_url
+        ).returncode
+        == 2
+    )
+    backwards = _cli(
+        [
+            "analytics",
+            "recompute",
+            "--period",
+            "day",
+            "--from",
+            "2026-05-02",
+            "--to",
+            "2026-05-01",
+            "--inline",
+        ],
+        db_url,
+    )
+    assert backwards.returncode == 1 and "is after --to" in backwards.stderr
+    down = _cli(
+        ["analytics", "recompute", "--period", "day", "--inline"],
+        "postgresql://nobody:hunter22@127.0.0.1:1/none",
+    )
+    assert down.returncode == 1 and "database unavailable" in down.stderr
+    assert "hunter22" not in down.stderr + down.stdout

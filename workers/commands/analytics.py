@@ -1,0 +1,142 @@
+"""``emotionviz analytics recompute`` and ``emotionviz scheduler``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from domain.errors import InvalidMessageError
+from domain.messages import AnalyticsRecompute
+from domain.periods import PeriodKind, period_containing
+from workers import runtime
+from workers.settings import Settings
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def _message(args: argparse.Namespace, users: list[uuid.UUID] | None) -> AnalyticsRecompute:
+    kind: PeriodKind = args.period
+    today = datetime.now(UTC).date()
+    last = args.to or today
+    first = (
+        args.from_
+        or period_containing(
+            kind,
+            period_containing(kind, last).start.fromordinal(
+                period_containing(kind, last).start.toordinal() - 1
+            ),
+        ).start
+    )
+    if first > last:
+        raise InvalidMessageError(f"--from {first} is after --to {last}")
+    return AnalyticsRecompute(period=kind, period_start=first, period_end=last, user_ids=users)
+
+
+def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.services.analytics import USER_BATCH, recompute
+
+    started = time.monotonic()
+    users = [uuid.UUID(u) for u in args.user] if args.user else None
+    if args.inline:
+        message = _message(args, users)
+        with runtime.unit_of_work() as uow:
+            total_users = len(users) if users else len(uow.users.list_ids())
+        columns = (
+            TextColumn(f"recompute {message.period}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("users, {task.fields[rows]} rows"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, transient=True, disable=args.quiet) as progress:
+            task = progress.add_task("users", total=total_users, rows=0)
+            summary = recompute(
+                message, on_batch=lambda n, rows: progress.update(task, advance=n, rows=rows)
+            )
+        sys.stdout.write(
+            f"analytics recompute: period={summary.period} from={summary.first_period} "
+            f"to={summary.end} (exclusive) users={summary.users} rows={summary.rows} "
+            f"batches={summary.batches} seconds={time.monotonic() - started:.1f}\n"
+        )
+        return 0
+    from workers.app import broker
+    from workers.producer import Producer
+
+    if users is None:
+        with runtime.unit_of_work() as uow:
+            all_users = uow.users.list_ids()
+        batches = [all_users[i : i + USER_BATCH] for i in range(0, len(all_users), USER_BATCH)]
+    else:
+        batches = [users]
+    messages = [_message(args, batch) for batch in batches if batch]
+    Producer(broker()).publish_many(messages)
+    first = messages[0] if messages else _message(args, None)
+    sys.stdout.write(
+        f"analytics recompute: published {len(messages)} messages (period={first.period} "
+        f"from={first.period_start} to={first.period_end}, "
+        f"{sum(len(b) for b in batches)} users)\n"
+    )
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+
+    from workers.app import broker
+    from workers.producer import Producer
+    from workers.scheduler import FireGuard, build_scheduler, default_jobs
+
+    producer = Producer(broker())
+    jobs = default_jobs(settings, producer)
+    guard = FireGuard(redis.Redis.from_url(runtime.redis_url(settings)), settings.redis_namespace)
+    scheduler = build_scheduler(jobs, guard)
+    for job in scheduler.get_jobs():
+        sys.stdout.write(f"scheduled {job.id}: {job.trigger}\n")
+    sys.stdout.flush()
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        scheduler.start()
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("analytics", lambda a, s: a.subhandler(a, s), "emotion_analytics maintenance")
+    sub = p.add_subparsers(dest="analytics_command", required=True, metavar="ACTION")
+    r = sub.add_parser(
+        "recompute",
+        help="recompute emotion_analytics for a period kind and range",
+        description="Recompute emotion_analytics (UTC periods). Default: publish "
+        "analytics.recompute messages, one per batch of users, for the workers; "
+        "--inline computes here with a progress bar. Default range: the previous "
+        "and the current period. Exit code 0 on success, 1 on failure, 2 on "
+        "bad arguments or configuration (so cron can alert).",
+    )
+    r.set_defaults(subhandler=cmd_recompute)
+    r.add_argument("--period", choices=["day", "week", "month"], required=True)
+    r.add_argument(
+        "--from",
+        dest="from_",
+        type=_date,
+        metavar="DATE",
+        help="first day (its whole period is recomputed)",
+    )
+    r.add_argument("--to", type=_date, metavar="DATE", help="last day (default today, UTC)")
+    r.add_argument("--user", action="append", metavar="ID", help="only this user (repeatable)")
+    r.add_argument("--inline", action="store_true", help="compute in this process")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add(
+        "scheduler",
+        cmd_scheduler,
+        "publish analytics.recompute and reconcile messages on SCHEDULE_* cron settings",
+    )
