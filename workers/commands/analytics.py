@@ -68,7 +68,7 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(
             f"analytics recompute: period={summary.period} from={summary.first_period} "
             f"to={summary.end} (exclusive) users={summary.users} rows={summary.rows} "
-            f"batches={summary.batches} seconds={time.monotonic() - started:.1f}\n"
+            f"batches={summary.batches} seconds={time.monotonic() - started:.2f}\n"
         )
         return 0
     from workers.app import broker

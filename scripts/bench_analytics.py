@@ -1,0 +1,216 @@
+"""Analytics benchmark (issue: analytics). Prints figures measured in one run.
+
+Generates ENTRIES entries for USERS users over one year with a realistic skew (a few
+people write a lot, most write a little; more entries on weekdays; 1-3 emotions with a
+skewed popularity), then for the week and the month:
+  - the bare aggregate SELECT over the same rows (streamed to the client),
+  - the full recomputation as operators run it: `emotionviz analytics recompute
+    --inline` in its own process (batches of 500 users, insights, upsert), timed, with
+    its peak RSS,
+and prints the ratio (target <= 1.5 x), rows/s, and the plan of one batch (indexes).
+
+Usage: .venv/bin/python scripts/bench_analytics.py [--entries 1000000] [--users 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+
+import psycopg
+from common import ROOT, bench_database, libpq
+
+GENERATE = """
+INSERT INTO users (email, hashed_password, name)
+SELECT 'p' || g || '@example.com', 'x', 'Person ' || g FROM generate_series(1, %(users)s) g;
+
+CREATE TEMP TABLE person AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM users;
+CREATE INDEX ON person (n);
+
+INSERT INTO emotion_entries (user_id, situation, emotions, intensity, created_at)
+SELECT p.id,
+       'Generated situation ' || g,
+       CASE WHEN r.k = 1 THEN ARRAY[v.e1]
+            WHEN r.k = 2 THEN ARRAY[v.e1, v.e2]
+            ELSE ARRAY[v.e1, v.e2, v.e3] END,
+       round((0.15 + 0.8 * r.x)::numeric, 2),
+       %(start)s::timestamptz + r.day * interval '1 day' + r.sec * interval '1 second'
+FROM generate_series(1, %(entries)s) g
+CROSS JOIN LATERAL (
+    SELECT 1 + floor(%(users)s * power(random(), 2.2))::int AS who,   -- heavy writers
+           1 + floor(power(random(), 1.6) * 3)::int AS k,              -- mostly one emotion
+           random() AS x,
+           CASE WHEN random() < 0.2 THEN floor(random() * 365)
+                ELSE floor(random() * 52) * 7 + floor(random() * 5) END AS day,  -- weekdays
+           floor(random() * 86400) AS sec,
+           g AS dep
+) r
+JOIN person p ON p.n = least(r.who, %(users)s)
+CROSS JOIN LATERAL (
+    SELECT (ARRAY['anxiety','joy','contentment','frustration','sadness','excitement',
+                  'fear','anger','surprise','disgust'])[1 + floor(power(random(), 1.8) * 10)::int] AS e1,
+           (ARRAY['joy','sadness','anger','fear','disgust'])[1 + floor(random() * 5)::int] AS e2,
+           (ARRAY['surprise','anxiety','contentment','frustration','excitement'])[1 + floor(random() * 5)::int] AS e3,
+           r.dep
+) v;
+"""
+
+
+def bare_query() -> str:
+    """The same aggregate as the recomputation (counts, average, top three), over all
+    users at once: no batching, no insights, no window functions, no upsert."""
+    from db.repositories import _COUNTS, _COUNTS_JSON, _RANKED
+
+    return f"""
+WITH totals AS (
+    SELECT en.user_id, date_trunc(%(kind)s, en.created_at AT TIME ZONE 'UTC')::date AS period_start,
+           count(*) AS total, round(avg(en.intensity), 2) AS avg_intensity,
+           {_COUNTS}
+    FROM emotion_entries en
+    WHERE en.created_at >= %(from)s::date::timestamp AT TIME ZONE 'UTC'
+      AND en.created_at < %(to)s::date::timestamp AT TIME ZONE 'UTC'
+    GROUP BY 1, 2
+)
+SELECT t.user_id, t.period_start, t.total, t.avg_intensity, {_COUNTS_JSON} AS counts,
+       ({_RANKED})[1:3] AS top
+FROM totals t
+"""
+
+
+def bare_select(db_url: str, kind: str, first: date, end: date) -> tuple[float, int]:
+    with psycopg.connect(libpq(db_url)) as conn:
+        conn.execute("SET jit = off")  # as the recomputation does
+        started = time.perf_counter()
+        rows = 0
+        with conn.cursor(name="bare") as cursor:  # server-side: streamed, not all in memory
+            cursor.itersize = 10_000
+            cursor.execute(bare_query(), {"kind": kind, "from": first, "to": end})
+            for _ in cursor:
+                rows += 1
+        return time.perf_counter() - started, rows
+
+
+def full_recompute(db_url: str, kind: str, first: date, last: date) -> tuple[float, float, str]:
+    env = {**os.environ, "DATABASE_URL": db_url, "LOG_LEVEL": "WARNING"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "analytics",
+            "recompute",
+            "--period",
+            kind,
+            "--from",
+            first.isoformat(),
+            "--to",
+            last.isoformat(),
+            "--inline",
+            "--quiet",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return elapsed, max(peak, before) / 1024, proc.stdout.strip()
+
+
+def explain_batch(db_url: str, kind: str, first: date, end: date) -> list[str]:
+    from sqlalchemy import create_engine, text
+
+    from db.repositories import _RECOMPUTE_SQL, _STEP
+    from domain.analytics import INTENSITY_TREND_THRESHOLD, STREAK_CAP, shift_periods
+
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        users = [
+            str(u)
+            for u in conn.execute(text("SELECT id FROM users ORDER BY id LIMIT 500")).scalars()
+        ]
+        plan = (
+            conn.execute(
+                text("EXPLAIN " + _RECOMPUTE_SQL),
+                {
+                    "kind": kind,
+                    "user_ids": users,
+                    "lookback_day": shift_periods(kind, first, -STREAK_CAP),  # type: ignore[arg-type]
+                    "from_day": first,
+                    "to_day": end,
+                    "step": _STEP[kind],
+                    "word": kind,
+                    "cap": STREAK_CAP,  # type: ignore[index]
+                    "trend": INTENSITY_TREND_THRESHOLD,
+                },
+            )
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    return [line for line in plan if "Scan" in line or "Index" in line]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    args = parser.parse_args()
+    year_start, year_end = date(2025, 1, 6), date(2026, 1, 5)  # 52 ISO weeks
+    with bench_database() as db_url:
+        started = time.perf_counter()
+        with psycopg.connect(libpq(db_url), autocommit=True) as conn:
+            params = {"users": args.users, "entries": args.entries, "start": year_start}
+            for statement in GENERATE.split(";\n\n"):
+                if statement.strip():
+                    conn.execute(statement, params)  # type: ignore[arg-type]
+            conn.execute("VACUUM ANALYZE emotion_entries")
+            conn.execute("VACUUM ANALYZE users")
+            stats = conn.execute(
+                "SELECT count(*), count(DISTINCT user_id), max(c), percentile_disc(0.5) WITHIN GROUP (ORDER BY c) "
+                "FROM (SELECT user_id, count(*) c FROM emotion_entries GROUP BY 1) s"
+            ).fetchone()
+        assert stats is not None
+        print(
+            f"generated {args.entries:,} entries for {args.users:,} users in {time.perf_counter() - started:.1f} s "
+            f"({stats[1]:,} users wrote; entries per user: median {stats[3]}, max {stats[2]})"
+        )
+        for kind in ("week", "month"):
+            bare_s, bare_rows = bare_select(db_url, kind, year_start, year_end)
+            full_s, peak_mb, summary = full_recompute(
+                db_url, kind, year_start, year_end - date.resolution
+            )
+            rerun_s, _, _ = full_recompute(db_url, kind, year_start, year_end - date.resolution)
+            print(f"\n{kind}: bare aggregate SELECT {bare_s:6.2f} s ({bare_rows:,} groups)")
+            inner_s = float(summary.rsplit("seconds=", 1)[1])  # the command's own timing
+            print(
+                f"{kind}: full recompute        {inner_s:6.2f} s  ratio {inner_s / bare_s:.2f} (target <= 1.5)"
+                f"  {bare_rows / inner_s:,.0f} rows/s, {args.entries / inner_s:,.0f} entries/s"
+            )
+            print(
+                f"{kind}:   the whole command   {full_s:6.2f} s  (with Python start-up), peak RSS {peak_mb:.0f} MB"
+            )
+            print(f"{kind}: re-run (all updates)   {rerun_s:6.2f} s  ratio {rerun_s / bare_s:.2f}")
+            print(f"    {summary}")
+        print("\nplan of one batch (500 users, week):")
+        for line in explain_batch(db_url, "week", year_start, year_end):
+            print("   ", line.strip()[:160])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
