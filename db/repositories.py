@@ -6,6 +6,7 @@ callers never build queries.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -262,6 +263,9 @@ class VisualizationRepository:
 
 
 class IntakeRepository:
+    """Writes after a model call are compare-and-set on the history length: of two
+    workers racing on one step, exactly one stores its question or completion."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
 
@@ -270,6 +274,74 @@ class IntakeRepository:
         if for_update:
             stmt = stmt.with_for_update()
         return self.session.scalar(stmt)
+
+    def add(self, intake: IntakeSession) -> IntakeSession:
+        self.session.add(intake)
+        self.session.flush()
+        return intake
+
+    def store_question(
+        self,
+        session_id: uuid.UUID,
+        *,
+        expected_len: int,
+        exchange: dict[str, Any],
+        ai_context: dict[str, Any],
+    ) -> bool:
+        result = self.session.execute(
+            text(
+                "UPDATE intake_sessions SET conversation_history = conversation_history "
+                "|| jsonb_build_array(CAST(:exchange AS jsonb)), current_step = :step, "
+                "ai_context = CAST(:ctx AS jsonb) "
+                "WHERE id = :id AND NOT is_complete "
+                "AND jsonb_array_length(conversation_history) = :n"
+            ),
+            {
+                "exchange": json.dumps(exchange),
+                "step": exchange["step"],
+                "ctx": json.dumps(ai_context),
+                "id": session_id,
+                "n": expected_len,
+            },
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def complete(
+        self, session_id: uuid.UUID, *, expected_len: int, summary: str, ai_context: dict[str, Any]
+    ) -> bool:
+        result = self.session.execute(
+            text(
+                "UPDATE intake_sessions SET is_complete = true, completed_at = now(), "
+                "final_summary = :summary, ai_context = CAST(:ctx AS jsonb) "
+                "WHERE id = :id AND NOT is_complete "
+                "AND jsonb_array_length(conversation_history) = :n"
+            ),
+            {
+                "summary": summary,
+                "ctx": json.dumps(ai_context),
+                "id": session_id,
+                "n": expected_len,
+            },
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def record_failure(self, session_id: uuid.UUID, step: int, reason: str) -> None:
+        """Keep the reason in ai_context; the conversation itself stays as it was."""
+        self.session.execute(
+            text(
+                "UPDATE intake_sessions SET ai_context = coalesce(ai_context, '{}'::jsonb) "
+                "|| jsonb_build_object('last_error', CAST(:reason AS text), "
+                "'failed_step', CAST(:step AS int), 'failed_at', now()) WHERE id = :id"
+            ),
+            {"reason": reason[:1000], "step": step, "id": session_id},
+        )
+
+    def notify(self, channel: str, payload: dict[str, Any]) -> None:
+        """Delivered to LISTENers when (and only if) the transaction commits."""
+        self.session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": channel, "payload": json.dumps(payload)},
+        )
 
 
 # --- analytics ---------------------------------------------------------------------

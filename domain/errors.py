@@ -40,6 +40,11 @@ class OwnershipError(PermanentError):
     """A row the message names belongs to another user."""
 
 
+class ConflictError(PermanentError):
+    """The request does not fit the row's current state (e.g. a question already
+    answered, a session already complete)."""
+
+
 class ProviderError(PermanentError):
     """A model API refused the request for good (400/401/403/404, blocked, unusable)."""
 

@@ -46,14 +46,20 @@ class EntryCreated(MessageV1):
 
 
 class IntakeStep(MessageV1):
-    """The person answered step ``step`` of an intake session."""
+    """Produce turn ``step`` of an intake session: question ``step``, or the completion.
+
+    Step 1 starts the conversation; step k > 1 is published once the answer to
+    question k-1 is stored (docs/intake.md).
+    """
 
     actor_name: ClassVar[str] = "intake.step"
     queue_name: ClassVar[str] = "intake"
 
-    session_id: uuid.UUID
-    user_id: uuid.UUID
-    step: int = Field(ge=1, le=100)
+    session_id: uuid.UUID = Field(description="intake_sessions.id")
+    user_id: uuid.UUID = Field(description="users.id, must own the session")
+    step: int = Field(
+        ge=1, le=100, description="the turn to produce: 1 + the number of answers stored"
+    )
 
 
 class AnalyticsRecompute(MessageV1):

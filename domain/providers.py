@@ -6,9 +6,10 @@ Adapters live in workers/providers/: ``local`` (offline, deterministic) and ``ge
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from domain.analysis import Analysis, AnalysisResult, EntrySnapshot, ImageResult
+from domain.intake import AskNext, Complete, IntakeState
 from domain.vocabulary import VisualizationStyle
 
 
@@ -36,3 +37,12 @@ class ImageStore(Protocol):
         ...
 
     def get(self, key: str) -> bytes: ...
+
+
+class IntakeProvider(Protocol):
+    name: str
+
+    def next_turn(self, state: IntakeState) -> tuple[AskNext | Complete, dict[str, Any]]:
+        """The next question, or the completion (forced when ``state.must_complete``),
+        with the raw response for ai_context. Raises our error types on failure."""
+        ...

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dramatiq
 import psycopg
 import pytest
 import redis
@@ -24,6 +25,8 @@ from sqlalchemy.engine import make_url
 from db import embedded, migrate
 from db.engine import make_engine, make_session_factory
 from db.uow import UnitOfWork
+from workers.broker import build_broker
+from workers.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = uuid.uuid4().hex[:8]
@@ -123,6 +126,20 @@ def redis_namespace(redis_server_url: str) -> Iterator[str]:
     yield namespace
     client = redis.Redis.from_url(redis_server_url)
     keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def broker(redis_server_url: str, redis_namespace: str) -> Iterator[dramatiq.Broker]:
+    """A real Redis broker with our middleware, in a namespace of its own."""
+    settings = Settings(_env_file=None, redis_namespace=redis_namespace.replace(":", "-"))  # type: ignore[call-arg]
+    built = build_broker(settings, redis_server_url)
+    yield built
+    built.close()
+    client = redis.Redis.from_url(redis_server_url)
+    keys = list(client.scan_iter(match=f"{settings.redis_namespace}*"))
     if keys:
         client.delete(*keys)
     client.close()

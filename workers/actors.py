@@ -20,7 +20,13 @@ from domain.errors import (
     PermanentError,
     TransientError,
 )
-from domain.messages import AnalyticsRecompute, EntryCreated, MessageV1, parse_message
+from domain.messages import (
+    AnalyticsRecompute,
+    EntryCreated,
+    IntakeStep,
+    MessageV1,
+    parse_message,
+)
 from workers import app, stats
 from workers.logging import get_logger
 from workers.settings import get_settings
@@ -60,9 +66,16 @@ def _retry_after(exc: TransientError) -> Exception:
     return dramatiq.Retry(str(exc), delay=delay_ms)
 
 
+# Lower numbers run first among the messages a worker has fetched: a person waiting
+# for an intake question goes before an image. (The real isolation is a worker of its
+# own on the intake queue: docker-compose.yml.)
+PRIORITY_INTAKE, PRIORITY_ENTRY, PRIORITY_ANALYTICS = 0, 10, 20
+
+
 @dramatiq.actor(
     actor_name=EntryCreated.actor_name,
     queue_name=EntryCreated.queue_name,
+    priority=PRIORITY_ENTRY,
     throws=(PermanentError,),
     max_retries=settings.max_retries,
 )
@@ -108,8 +121,54 @@ def entry_created(*args: Any, **kwargs: Any) -> None:
 
 
 @dramatiq.actor(
+    actor_name=IntakeStep.actor_name,
+    queue_name=IntakeStep.queue_name,
+    priority=PRIORITY_INTAKE,
+    throws=(PermanentError,),
+    max_retries=settings.intake_max_retries,
+    min_backoff=settings.intake_min_backoff_ms,
+    max_backoff=settings.intake_max_backoff_ms,
+)
+def intake_step(*args: Any, **kwargs: Any) -> None:
+    try:
+        message = parse_message(IntakeStep, _payload(IntakeStep, args, kwargs))
+    except InvalidMessageError as exc:
+        log.error("message rejected", reason=str(exc))
+        stats.incr("rejected")
+        raise
+    service = app.intake_service()
+    try:
+        result = service.process(message)
+        log.info("intake step processed", outcome=result.outcome.value, step=message.step)
+    except REJECTED as exc:
+        log.error("message rejected", reason=str(exc))
+        stats.incr("rejected")
+        raise
+    except PermanentError as exc:
+        # The model's answer was unusable or refused: keep the reason with the session,
+        # which stays answerable (an operator can replay the step).
+        log.error("intake step failed", reason=str(exc))
+        service.record_failure(message, str(exc))
+        raise
+    except Exception as exc:
+        retries = _attempt()[0]
+        if retries >= settings.intake_max_retries:
+            reason = f"gave up after {retries + 1} attempts; last error: {exc}"
+            log.error("intake step rejected", reason=reason)
+            service.record_failure(message, reason)
+            raise PermanentError(reason) from exc
+        stats.incr("retries")
+        if not isinstance(exc, TransientError):
+            log.exception("unexpected error, will retry")
+            raise
+        log.warning("transient failure, will retry", reason=str(exc))
+        raise _retry_after(exc) from exc
+
+
+@dramatiq.actor(
     actor_name=AnalyticsRecompute.actor_name,
     queue_name=AnalyticsRecompute.queue_name,
+    priority=PRIORITY_ANALYTICS,
     throws=(PermanentError,),
     max_retries=settings.max_retries,
 )

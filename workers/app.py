@@ -10,6 +10,7 @@ from workers import runtime
 from workers.broker import build_broker
 from workers.logging import configure_logging, register_secret
 from workers.providers.factory import Providers, build_providers
+from workers.services.intake import IntakeService
 from workers.services.visualize import VisualizationService, VisualizeLimits
 from workers.settings import get_settings
 
@@ -42,4 +43,17 @@ def visualization_service() -> VisualizationService:
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
         ),
+    )
+
+
+@lru_cache(maxsize=1)
+def intake_service() -> IntakeService:
+    from workers.producer import Producer
+
+    producer = Producer(broker())
+    return IntakeService(
+        runtime.unit_of_work,
+        providers().intake,
+        producer.publish,
+        max_steps=get_settings().intake_max_steps,
     )

@@ -87,23 +87,35 @@ class EmulatorState:
             return False
 
 
-def example_from_schema(schema: dict[str, Any], hint: str, path: str = "") -> Any:
+def _pick_enum(values: list[Any], request: str) -> Any:
+    """The value the request names last in double quotes (a prompt that says 'set
+    "action" to "complete"' gets "complete"); else the first."""
+    named = [(request.rfind(f'"{v}"'), i) for i, v in enumerate(values)]
+    position, index = max(named)
+    return values[index] if position >= 0 else values[0]
+
+
+def example_from_schema(
+    schema: dict[str, Any], hint: str, path: str = "", request: str = ""
+) -> Any:
     """A valid instance of a (plain JSON or Google OpenAPI-subset) schema."""
     kind = str(schema.get("type", "object")).lower()
     if "enum" in schema:
-        return schema["enum"][0]
+        return _pick_enum(list(schema["enum"]), request)
     if "anyOf" in schema:
-        return example_from_schema(schema["anyOf"][0], hint, path)
+        return example_from_schema(schema["anyOf"][0], hint, path, request)
     if kind == "object":
         props = schema.get("properties", {})
         return {
-            name: example_from_schema(sub, hint, f"{path}.{name}") for name, sub in props.items()
+            name: example_from_schema(sub, hint, f"{path}.{name}", request)
+            for name, sub in props.items()
         }
     if kind == "array":
         count = max(int(schema.get("minItems", 1)), 2)
         count = min(count, int(schema.get("maxItems", count)))
         return [
-            example_from_schema(schema.get("items", {}), hint, f"{path}[{i}]") for i in range(count)
+            example_from_schema(schema.get("items", {}), hint, f"{path}[{i}]", request)
+            for i in range(count)
         ]
     if kind in ("integer", "number"):
         return schema.get("minimum", 1)
@@ -401,7 +413,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         # answer, and any prompt built from it, is traceable to the request.
         hint = " ".join(text.split())[-120:]
         answer = (
-            json.dumps(example_from_schema(schema, hint))
+            json.dumps(example_from_schema(schema, hint, request=text))
             if schema
             else f"Emulated answer to: {hint}"
         )

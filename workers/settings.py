@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     message_max_age_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
     prometheus: bool = False
 
+    # Intake conversation (a person is waiting: short retries on their own queue).
+    intake_max_steps: int = Field(default=5, ge=1, le=20)
+    intake_max_retries: int = Field(default=6, ge=0, le=50)
+    intake_min_backoff_ms: int = Field(default=100, ge=1)
+    intake_max_backoff_ms: int = Field(default=5_000, ge=1)
+
     # Scheduler (cron expressions, UTC). Empty disables a job.
     schedule_analytics_day: str = "15 0 * * *"
     schedule_analytics_week: str = "30 0 * * 1"

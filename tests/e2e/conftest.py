@@ -26,7 +26,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from db.engine import make_engine
-from domain.messages import EntryCreated
+from domain.messages import EntryCreated, MessageV1
 from tests.conftest import RUN_ID, DatabaseFactory
 from workers.emulator import EmulatorServer, EmulatorState, start_in_thread
 
@@ -147,30 +147,35 @@ class Harness:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
 
-    def publish_raw(self, body: bytes | str, queue: str = "visualizations") -> str:
+    def publish_raw(
+        self, body: bytes | str, queue: str = "visualizations", redis_id: str | None = None
+    ) -> str:
         """Write a message exactly as a non-Python producer would (docs/messages.md)."""
-        redis_id = str(uuid.uuid4())
+        redis_id = redis_id or str(uuid.uuid4())
         client = self.redis
         client.hset(f"{self.namespace}:{queue}.msgs", redis_id, body)
         client.rpush(f"{self.namespace}:{queue}", redis_id)
         return redis_id
 
     def publish(self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None = None) -> str:
-        message = EntryCreated(entry_id=entry_id, user_id=user_id, style=style)
+        return self.publish_message(EntryCreated(entry_id=entry_id, user_id=user_id, style=style))
+
+    def publish_message(self, message: MessageV1) -> str:
+        return self.publish_envelope(message.queue_name, message.actor_name, [message.to_payload()])
+
+    def publish_envelope(self, queue: str, actor: str, args: list[Any]) -> str:
+        """The documented envelope (docs/messages.md), written without our producer."""
+        redis_id = str(uuid.uuid4())
         envelope = {
-            "queue_name": "visualizations",
-            "actor_name": "entry.created",
-            "args": [message.to_payload()],
+            "queue_name": queue,
+            "actor_name": actor,
+            "args": args,
             "kwargs": {},
-            "options": {},
+            "options": {"redis_message_id": redis_id},
             "message_id": str(uuid.uuid4()),
             "message_timestamp": int(time.time() * 1000),
         }
-        redis_id = str(uuid.uuid4())
-        envelope["options"]["redis_message_id"] = redis_id
-        client = self.redis
-        client.hset(f"{self.namespace}:visualizations.msgs", redis_id, json.dumps(envelope))
-        client.rpush(f"{self.namespace}:visualizations", redis_id)
+        self.publish_raw(json.dumps(envelope), queue=queue, redis_id=redis_id)
         return str(envelope["message_id"])
 
     def dead_letters(self, queue: str = "visualizations") -> list[dict[str, Any]]:
@@ -230,6 +235,10 @@ def harness(
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "DB_POOL_SIZE": "4",
+        "INTAKE_MAX_STEPS": "3",
+        "INTAKE_MAX_RETRIES": "3",
+        "INTAKE_MIN_BACKOFF_MS": "100",
+        "INTAKE_MAX_BACKOFF_MS": "300",
     }
     engine = make_engine(db_url, pool_size=2)
     h = Harness(

@@ -6,12 +6,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dramatiq
 import pytest
-import redis
 from dramatiq.rate_limits.backends import RedisBackend
 from sqlalchemy import Engine, text
 
@@ -27,15 +25,14 @@ from domain.errors import (
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStyle
 from tests.integration.helpers import count, insert_entry, insert_user
-from workers.broker import build_broker
 from workers.dlq import DeadLetters
 from workers.producer import Producer
 from workers.providers.factory import Providers
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
+from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import RateGate
 from workers.providers.storage import LocalImageStore
 from workers.services.visualize import Outcome, VisualizationService, VisualizeLimits
-from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +66,9 @@ def _service(
     engine: Engine, tmp_path: Path, analysis: object, images: object, lease_s: int = 60
 ) -> VisualizationService:
     factory = make_session_factory(engine)
-    providers = Providers(analysis, images, LocalImageStore(tmp_path, "http://m.test"))  # type: ignore[arg-type]
+    providers = Providers(  # type: ignore[arg-type]
+        analysis, images, LocalImageStore(tmp_path, "http://m.test"), LocalIntakeProvider()
+    )
     return VisualizationService(
         lambda: UnitOfWork(factory), providers, VisualizeLimits(lease_s, 64, 10_000_000, 10_000_000)
     )
@@ -151,19 +150,6 @@ def test_unknown_and_foreign_entries_change_nothing(engine: Engine, tmp_path: Pa
         service.process(EntryCreated(entry_id=entry_id, user_id=stranger))
     with engine.connect() as conn:
         assert count(conn, "visualizations") == 0
-
-
-@pytest.fixture
-def broker(redis_server_url: str, redis_namespace: str) -> Iterator[dramatiq.Broker]:
-    settings = Settings(_env_file=None, redis_namespace=redis_namespace.replace(":", "-"))  # type: ignore[call-arg]
-    built = build_broker(settings, redis_server_url)
-    yield built
-    built.close()
-    client = redis.Redis.from_url(redis_server_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_namespace}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def test_publish_many_is_consumable_by_dramatiq(broker: dramatiq.Broker) -> None:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from domain.errors import InvalidMessageError
+from domain.intake import next_step, parse_history
 from domain.messages import AnalyticsRecompute, EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
 from workers import runtime
@@ -97,11 +98,11 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     else:
         with runtime.unit_of_work() as uow:
             session = uow.intake.get(uuid.UUID(args.id))
-        if session is None:
-            raise InvalidMessageError(f"intake session {args.id} does not exist")
-        message = IntakeStep(
-            session_id=session.id, user_id=session.user_id, step=args.step or session.current_step
-        )
+            if session is None:
+                raise InvalidMessageError(f"intake session {args.id} does not exist")
+            # Read inside the unit of work: its rollback on exit expires the row.
+            step = args.step or next_step(parse_history(session.conversation_history))
+            message = IntakeStep(session_id=session.id, user_id=session.user_id, step=step)
     message_id = producer.publish(message)
     sys.stdout.write(f"published {message.actor_name} {message_id}\n")
     return 0
@@ -237,7 +238,11 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("kind", choices=["entry", "intake"])
     p.add_argument("id", help="emotion entry id, or intake session id")
     p.add_argument("--style", choices=[s.value for s in VisualizationStyle])
-    p.add_argument("--step", type=int, help="intake step (default: the session's current step)")
+    p.add_argument(
+        "--step",
+        type=int,
+        help="intake turn to produce (default: the one the session is waiting for)",
+    )
 
     p = add("status", cmd_status, "queue depths, dead letters and visualization states")
     p.add_argument("--json", action="store_true", help="machine-readable output")

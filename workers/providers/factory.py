@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from dramatiq.rate_limits.backends import RedisBackend
 
 from domain.errors import ConfigurationError
-from domain.providers import AnalysisProvider, ImageProvider
+from domain.providers import AnalysisProvider, ImageProvider, IntakeProvider
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
+from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import RateGate
 from workers.providers.storage import LocalImageStore
 from workers.settings import Settings
@@ -19,14 +20,18 @@ class Providers:
     analysis: AnalysisProvider
     images: ImageProvider
     store: LocalImageStore
+    intake: IntakeProvider
 
 
 def build_providers(settings: Settings, redis_url: str) -> Providers:
     store = LocalImageStore(settings.media_dir, settings.media_base_url)
     if settings.resolved_provider() == "local":
-        return Providers(LocalAnalysisProvider(), LocalImageProvider(), store)
+        return Providers(
+            LocalAnalysisProvider(), LocalImageProvider(), store, LocalIntakeProvider()
+        )
 
     from workers.providers.gemini import GeminiAnalysisProvider, GeminiClient, GeminiImageProvider
+    from workers.providers.gemini_intake import GeminiIntakeProvider
 
     if settings.gemini_api_key is None:
         raise ConfigurationError("PROVIDER=gemini needs GEMINI_API_KEY")
@@ -65,4 +70,6 @@ def build_providers(settings: Settings, redis_url: str) -> Providers:
             image_size=settings.image_size,
         ),
         store,
+        # The intake shares the analysis model and its rate limits.
+        GeminiIntakeProvider(client, settings.analysis_model, analysis_gate),
     )

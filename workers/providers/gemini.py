@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from google import genai
 from google.genai import errors as genai_errors
@@ -191,6 +192,57 @@ class GeminiClient:
             ) from None
 
 
+def checked_text(response: types.GenerateContentResponse, model: str) -> str | None:
+    """The text of a structured answer, after the cut-off and safety checks."""
+    finish = response.candidates[0].finish_reason if response.candidates else None
+    if finish is not None and getattr(finish, "value", "") == "MAX_TOKENS":
+        raise InvalidModelOutputError(
+            f"{model}: the answer was cut off at the token limit (MAX_TOKENS)"
+        )
+    _check_blocked(response, model)
+    return response.text
+
+
+T = TypeVar("T")
+
+
+def generate_with_repair(
+    client: GeminiClient,
+    *,
+    model: str,
+    setting: str,
+    gate: RateGate,
+    contents: list[Any],
+    config: Callable[[int], types.GenerateContentConfig],
+    parse: Callable[[types.GenerateContentResponse], T],
+) -> T:
+    """Ask for structured output; if it is unusable, ask once more, showing the model
+    its answer and what was wrong with it (with a larger token budget), then give up."""
+    response = client.generate(
+        model=model, setting=setting, gate=gate, contents=contents, config=config(2048)
+    )
+    try:
+        return parse(response)
+    except InvalidModelOutputError as first_problem:
+        log.warning("model output unusable, asking once for a repair", reason=str(first_problem))
+        repair = (
+            f"That answer was unusable ({first_problem}). Reply again with complete, "
+            "valid JSON matching the schema, nothing else."
+        )
+        retry_contents = [
+            *contents,
+            types.Content(role="model", parts=[types.Part(text=response.text or "")]),
+            types.Content(role="user", parts=[types.Part(text=repair)]),
+        ]
+        repaired = client.generate(
+            model=model, setting=setting, gate=gate, contents=retry_contents, config=config(4096)
+        )
+        try:
+            return parse(repaired)
+        except InvalidModelOutputError as exc:
+            raise InvalidModelOutputError(f"{exc} (after one repair attempt)") from None
+
+
 class GeminiAnalysisProvider:
     name = "gemini"
 
@@ -208,55 +260,18 @@ class GeminiAnalysisProvider:
 
     def analyse(self, entry: EntrySnapshot, style: VisualizationStyle) -> AnalysisResult:
         prompt = analysis_prompt(entry, style)
-        contents: list[Any] = [types.Content(role="user", parts=[types.Part(text=prompt)])]
-        response = self.client.generate(
+        return generate_with_repair(
+            self.client,
             model=self.model,
             setting="ANALYSIS_MODEL",
             gate=self.gate,
-            contents=contents,
-            config=self._config(2048),
+            contents=[types.Content(role="user", parts=[types.Part(text=prompt)])],
+            config=self._config,
+            parse=self._parse,
         )
-        try:
-            return self._parse(response)
-        except InvalidModelOutputError as first_problem:
-            # One repair attempt: show the model its answer and what was wrong with it.
-            log.warning(
-                "analysis output unusable, asking once for a repair", reason=str(first_problem)
-            )
-            contents += [
-                types.Content(role="model", parts=[types.Part(text=response.text or "")]),
-                types.Content(
-                    role="user",
-                    parts=[
-                        types.Part(
-                            text=(
-                                f"That answer was unusable ({first_problem}). Reply again with "
-                                "complete, valid JSON matching the schema, nothing else."
-                            )
-                        )
-                    ],
-                ),
-            ]
-            repaired = self.client.generate(
-                model=self.model,
-                setting="ANALYSIS_MODEL",
-                gate=self.gate,
-                contents=contents,
-                config=self._config(4096),
-            )
-            try:
-                return self._parse(repaired)
-            except InvalidModelOutputError as exc:
-                raise InvalidModelOutputError(f"{exc} (after one repair attempt)") from None
 
     def _parse(self, response: types.GenerateContentResponse) -> AnalysisResult:
-        finish = response.candidates[0].finish_reason if response.candidates else None
-        if finish is not None and getattr(finish, "value", "") == "MAX_TOKENS":
-            raise InvalidModelOutputError(
-                f"{self.model}: the answer was cut off at the token limit (MAX_TOKENS)"
-            )
-        _check_blocked(response, self.model)
-        analysis: Analysis = parse_analysis_text(response.text)
+        analysis: Analysis = parse_analysis_text(checked_text(response, self.model))
         raw = {"provider": self.name, "model": self.model, "response": _raw(response)}
         return AnalysisResult(analysis=analysis, raw_response=raw)
 
