@@ -336,6 +336,26 @@ class IntakeRepository:
             {"reason": reason[:1000], "step": step, "id": session_id},
         )
 
+    def due_turns(self, older_than_s: int, limit: int) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
+        """(session, user, step) of open sessions whose next turn is due (no question
+        yet, or the last one answered) but nothing happened for ``older_than_s``: the
+        intake.step was lost. Sessions whose last attempt at that step failed for good
+        are left to an operator (replaying them would fail the same way)."""
+        rows = self.session.execute(
+            text(
+                "SELECT id, user_id, jsonb_array_length(conversation_history) + 1 AS step "
+                "FROM intake_sessions "
+                "WHERE NOT is_complete AND updated_at < now() - make_interval(secs => :grace) "
+                "AND jsonb_typeof(conversation_history -> -1 -> 'answer') "
+                "IS DISTINCT FROM 'null' "
+                "AND (ai_context -> 'failed_step') IS DISTINCT FROM "
+                "to_jsonb(jsonb_array_length(conversation_history) + 1) "
+                "ORDER BY updated_at LIMIT :limit"
+            ),
+            {"grace": older_than_s, "limit": limit},
+        )
+        return [(row.id, row.user_id, int(row.step)) for row in rows]
+
     def notify(self, channel: str, payload: dict[str, Any]) -> None:
         """Delivered to LISTENers when (and only if) the transaction commits."""
         self.session.execute(

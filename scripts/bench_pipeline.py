@@ -27,6 +27,7 @@ from common import (
     OUT,
     Emulator,
     Workers,
+    base_env,
     bench_database,
     entry_ids,
     make_entries,
@@ -35,27 +36,7 @@ from common import (
     wait_drained,
 )
 
-from workers import runtime
-from workers.settings import get_settings
-
 PROCESSES, THREADS = 2, 16
-
-
-def base_env(db_url: str, namespace: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "REDIS_URL": runtime.redis_url(get_settings()),
-        "REDIS_NAMESPACE": namespace,
-        "MEDIA_DIR": str(OUT / "media"),
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "WARNING",
-        "ANALYSIS_RPM": "1000000",
-        "IMAGE_RPM": "1000000",
-        "ANALYSIS_MAX_CONCURRENT": "1000",
-        "IMAGE_MAX_CONCURRENT": "1000",
-        "DB_POOL_SIZE": "20",
-    }
 
 
 def run_pipeline(

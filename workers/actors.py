@@ -27,13 +27,15 @@ from domain.messages import (
     MessageV1,
     parse_message,
 )
-from workers import app, stats
+from workers import app, runtime, stats
 from workers.logging import get_logger
+from workers.middleware import WarmUp
 from workers.settings import get_settings
 
 broker = app.broker()
 settings = get_settings()
 log = get_logger("emotionviz.actors")
+broker.add_middleware(WarmUp(app.visualization_service, app.intake_service, runtime.warm_pool))
 
 # Errors that mean "this message is wrong": dead-letter it, change no row.
 REJECTED = (InvalidMessageError, NotFoundError, OwnershipError)

@@ -20,6 +20,7 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotif
 from dramatiq.middleware.callbacks import Callbacks
 from dramatiq.middleware.pipelines import Pipelines
 
+from domain.messages import IntakeStep
 from workers.logging import get_logger
 from workers.middleware import LogContext
 from workers.settings import Settings
@@ -71,6 +72,19 @@ class QuarantiningConsumer(_RedisConsumer):
 
 
 class SafeRedisBroker(RedisBroker):
+    # Dramatiq's Redis consumer polls an empty queue with a backoff that grows up to
+    # the worker timeout (1 s): a new message may wait that long. A person waiting for
+    # an intake question should not, so a queue can have a shorter ceiling.
+    idle_poll_ms: dict[str, int]
+
+    def __init__(self, *args: Any, idle_poll_ms: dict[str, int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.idle_poll_ms = idle_poll_ms or {}
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+        ceiling = self.idle_poll_ms.get(queue_name.removesuffix(".DQ"), timeout)
+        return super().consume(queue_name, prefetch, min(timeout, ceiling))
+
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return QuarantiningConsumer
@@ -135,6 +149,7 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
             # A worker that stops heart-beating for this long is dead: its unacked
             # messages go back to the queue.
             heartbeat_timeout=60_000,
+            idle_poll_ms={IntakeStep.queue_name: settings.intake_idle_poll_ms},
         )
     dramatiq.set_encoder(LoggingJSONEncoder())
     dramatiq.set_broker(broker)

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from db.models import EmotionAnalytics, EmotionEntry, User, Visualization
+from db.models import EmotionAnalytics, EmotionEntry, IntakeSession, User, Visualization
 from db.uow import UnitOfWork
 from domain.visual_language import LOOKS
 from domain.vocabulary import EMOTIONS
@@ -54,6 +54,9 @@ font-size:12px;margin:0 4px 4px 0;color:#fff}.meta{font-size:12px;color:#777}
 .chart svg{max-width:720px;display:block}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
+.talk{display:grid;grid-template-columns:260px 1fr;gap:18px;background:#fff;border-radius:10px;
+padding:14px;box-shadow:0 1px 4px #0002;margin:12px 0}.talk img{width:100%;border-radius:6px}
+.q{color:#1f1d2b;font-weight:600;margin:10px 0 2px}.a{margin:0 0 0 14px;color:#444}
 """
 
 
@@ -130,6 +133,24 @@ def _card_html(card: Card) -> str:
     )
 
 
+def _talk_html(session: IntakeSession, image: str | None, status: str) -> str:
+    """One intake conversation: the questions and answers, the summary, the picture."""
+    turns = "".join(
+        f"<p class='q'>{escape(str(e.get('step')))}. {escape(str(e.get('question', '')))}</p>"
+        f"<p class='a'>{escape(str(e.get('answer') or '(no answer yet)'))}</p>"
+        for e in session.conversation_history
+        if isinstance(e, dict)
+    )
+    picture = f"<img src='{escape(image)}' alt='the resulting picture'>" if image else ""
+    state = "complete" if session.is_complete else f"waiting at step {session.current_step}"
+    return (
+        f"<div class='talk'><div>{picture}<div class='meta'>{escape(state)} &#183; "
+        f"visualization {escape(status)}</div></div><div><p><b>"
+        f"{escape(session.initial_situation)}</b></p>{turns}"
+        f"<p class='summary'><i>{escape(session.final_summary or '')}</i></p></div></div>"
+    )
+
+
 def write_gallery(
     uow: UnitOfWork,
     store: LocalImageStore,
@@ -172,6 +193,19 @@ def write_gallery(
                     thumb=thumb,
                 )
             )
+        talks = []
+        for session, viz in uow.session.execute(
+            select(IntakeSession, Visualization)
+            .outerjoin(EmotionEntry, EmotionEntry.intake_session_id == IntakeSession.id)
+            .outerjoin(Visualization, Visualization.entry_id == EmotionEntry.id)
+            .order_by(IntakeSession.created_at)
+        ):
+            image = None
+            if viz is not None and viz.image_url:
+                image = _copy(store, viz.thumbnail_url or viz.image_url, media)
+            talks.append(_talk_html(session, image, viz.status if viz else "not created"))
+        if talks:
+            extra_sections += "<h2>Intake conversations</h2>" + "".join(talks)
         for email, row in uow.session.execute(
             select(User.email, EmotionAnalytics).join(
                 EmotionAnalytics, EmotionAnalytics.user_id == User.id

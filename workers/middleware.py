@@ -3,10 +3,16 @@ line written while a message is processed (structlog contextvars)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from dramatiq.middleware import Middleware
+
+from domain.errors import EmotionVizError
+from workers.logging import get_logger
+
+log = get_logger("emotionviz.worker")
 
 # The ids a message body may carry; bound to the log context when present.
 _BOUND_IDS = ("entry_id", "user_id", "session_id")
@@ -34,3 +40,24 @@ class LogContext(Middleware):
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         structlog.contextvars.clear_contextvars()
+
+
+class WarmUp(Middleware):
+    """Build the process's services when the worker boots, not on the first message:
+    otherwise the first messages (a person's first question among them) pay for the
+    SDK client, the providers and the first database connections, and every thread
+    that arrives meanwhile builds them too."""
+
+    def __init__(self, *builders: Callable[[], object]) -> None:
+        self.builders = builders
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        # Before the consumers start: no message is taken until the process is warm.
+        for build in self.builders:
+            try:
+                build()
+            except EmotionVizError as exc:
+                # The first message will raise it again, with its own retry policy.
+                log.warning(
+                    "warm-up step failed", step=getattr(build, "__name__", "?"), reason=str(exc)
+                )

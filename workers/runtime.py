@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import embedded
 from db.engine import make_engine, make_session_factory
 from db.uow import UnitOfWork
+from domain.errors import DatabaseUnavailableError
 from workers.settings import Settings, get_settings
 
 
@@ -36,6 +37,18 @@ def engine() -> Engine:
 @lru_cache(maxsize=1)
 def session_factory() -> sessionmaker[Session]:
     return make_session_factory(engine())
+
+
+def warm_pool() -> None:
+    """Open one pooled connection now (a worker at boot); the database may be down,
+    which the first message then reports with its retry policy."""
+    try:
+        with engine().connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - a warm-up is best effort
+        raise DatabaseUnavailableError(
+            f"database not reachable at start-up: {type(exc).__name__}"
+        ) from None
 
 
 def unit_of_work() -> UnitOfWork:

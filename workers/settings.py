@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     intake_max_retries: int = Field(default=6, ge=0, le=50)
     intake_min_backoff_ms: int = Field(default=100, ge=1)
     intake_max_backoff_ms: int = Field(default=5_000, ge=1)
+    intake_idle_poll_ms: int = Field(default=10, ge=1, le=1000)
 
     # Scheduler (cron expressions, UTC). Empty disables a job.
     schedule_analytics_day: str = "15 0 * * *"

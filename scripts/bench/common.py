@@ -26,6 +26,23 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench-output"
 
 
+def base_env(db_url: str, namespace: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": runtime.redis_url(get_settings()),
+        "REDIS_NAMESPACE": namespace,
+        "MEDIA_DIR": str(OUT / "media"),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "WARNING",
+        "ANALYSIS_RPM": "1000000",
+        "IMAGE_RPM": "1000000",
+        "ANALYSIS_MAX_CONCURRENT": "1000",
+        "IMAGE_MAX_CONCURRENT": "1000",
+        "DB_POOL_SIZE": "20",
+    }
+
+
 def libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 

@@ -366,3 +366,32 @@ def test_helpers_publish_only_after_commit(engine: Engine, producer: Producer) -
     assert _queued(producer, "intake") == []
     with pytest.raises(PermanentError, match="situation is empty"), Session(engine) as session:
         start_session(session, producer, user_id, "  ")
+
+
+def test_reconciler_finds_turns_whose_message_was_lost(engine: Engine, producer: Producer) -> None:
+    user_id = _user(engine)
+    service = _service(engine, producer)
+    fresh = _start(engine, producer, user_id, "No question yet")
+    answered = _start(engine, producer, user_id, "Answered, then the message was lost")
+    service.process(IntakeStep(session_id=answered, user_id=user_id, step=1))
+    _answer(engine, producer, answered, user_id, 1, "it was hard")
+    waiting = _start(engine, producer, user_id, "Waiting for the person")
+    service.process(IntakeStep(session_id=waiting, user_id=user_id, step=1))
+    failed = _start(engine, producer, user_id, "Failed for good at step 1")
+    service.record_failure(IntakeStep(session_id=failed, user_id=user_id, step=1), "blocked")
+    done = _start(engine, producer, user_id, "I was glad, 8 of 10")
+    for step in (1, 2, 3):
+        service.process(IntakeStep(session_id=done, user_id=user_id, step=step))
+        _answer(engine, producer, done, user_id, step, "glad, 8 of 10")
+    service.process(IntakeStep(session_id=done, user_id=user_id, step=4))
+    assert _row(engine, done)["is_complete"]
+    with engine.begin() as conn:  # everything happened ten minutes ago (past the trigger)
+        conn.execute(text("ALTER TABLE intake_sessions DISABLE TRIGGER USER"))
+        conn.execute(text("UPDATE intake_sessions SET updated_at = now() - interval '10 minutes'"))
+        conn.execute(text("ALTER TABLE intake_sessions ENABLE TRIGGER USER"))
+    uow = UnitOfWork(make_session_factory(engine))
+    with uow:
+        due = uow.intake.due_turns(older_than_s=300, limit=100)
+        recent = uow.intake.due_turns(older_than_s=3600, limit=100)
+    assert sorted(due) == sorted([(fresh, user_id, 1), (answered, user_id, 2)])
+    assert recent == []

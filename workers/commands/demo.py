@@ -13,6 +13,7 @@ import argparse
 import json
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -25,11 +26,12 @@ from rich.table import Table
 from sqlalchemy import delete, func, select
 
 from db import migrate
-from db.models import EmotionAnalytics, EmotionEntry, Visualization
+from db.models import EmotionAnalytics, EmotionEntry, IntakeSession, Visualization
 from db.seed import seed_dev_data
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStyle
 from workers import runtime, stats
+from workers.commands.demo_intake import ScriptedRespondent
 from workers.commands.ops import worker_command, worker_env
 from workers.gallery import write_gallery
 from workers.providers.storage import LocalImageStore
@@ -72,6 +74,18 @@ def _entries() -> list[tuple[Any, Any]]:
 def _counts() -> dict[str, int]:
     with runtime.unit_of_work() as uow:
         return uow.visualizations.status_counts()
+
+
+def _complete(session_ids: list[Any]) -> int:
+    with runtime.unit_of_work() as uow:
+        return int(
+            uow.session.scalar(
+                select(func.count())
+                .select_from(IntakeSession)
+                .where(IntakeSession.id.in_(session_ids), IntakeSession.is_complete)
+            )
+            or 0
+        )
 
 
 def _timings() -> tuple[float, float]:
@@ -132,15 +146,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     env["MEDIA_DIR"] = str(settings.media_dir.resolve())
 
     stats.reset(["retries", "rejected"])
-    entries = _entries()
     from workers.app import broker
     from workers.producer import Producer
 
-    Producer(broker()).publish_many(
+    producer = Producer(broker())
+    respondent = ScriptedRespondent(producer)
+    respondent.reset()
+    entries = _entries()
+    producer.publish_many(
         EntryCreated(entry_id=e, user_id=u, style=STYLES[i % len(STYLES)])
         for i, (e, u) in enumerate(entries)
     )
     console.print(f"published {len(entries)} entry.created messages")
+    sessions = respondent.start()
+    console.print(
+        f"started {len(sessions)} intake conversations, answered by a scripted respondent"
+    )
+    stop = threading.Event()
+    answering = threading.Thread(target=respondent.run, args=(stop,), daemon=True)
+    answering.start()
 
     log_path = output / "worker.log"
     with log_path.open("w") as log_file:
@@ -151,8 +175,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             stderr=subprocess.STDOUT,
         )
         try:
-            finished = _wait(console, len(entries), worker, args.timeout)
+            # Each conversation ends in one more entry to visualize.
+            finished = _wait(console, len(entries) + len(sessions), worker, args.timeout)
         finally:
+            stop.set()
+            answering.join(timeout=5)
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(timeout=60)
@@ -169,6 +196,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     table.add_column("value", justify="right")
     for status in ("completed", "failed", "pending", "processing"):
         table.add_row(f"visualizations {status}", str(counts.get(status, 0)))
+    table.add_row("intake conversations complete", f"{_complete(sessions)} / {len(sessions)}")
+    table.add_row("intake answers given by the respondent", str(respondent.answered))
     table.add_row("retries (transient failures)", str(stats.read(["retries"])["retries"]))
     table.add_row("seconds per entry, publish to done (avg / p95)", f"{average:.2f} / {p95:.2f}")
     table.add_row("wall time, whole demo (s)", f"{wall:.1f}")
@@ -181,10 +210,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     console.print(f"gallery written: [bold]{index}[/]")
     console.print(f"worker log: {log_path}")
+    if respondent.error:
+        console.print(f"[red]the scripted respondent stopped: {respondent.error}[/]")
     if not finished:
         console.print("[red]not every entry finished before the timeout[/]")
         return 1
-    return 0
+    return 0 if _complete(sessions) == len(sessions) else 1
 
 
 def _wait(console: Console, total: int, worker: subprocess.Popen[bytes], timeout: float) -> bool:

@@ -197,7 +197,8 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     report = reconcile(_producer())
     sys.stdout.write(
-        f"reconcile: republished {report.unfinished} unfinished and {report.stuck} stuck entries\n"
+        f"reconcile: republished {report.unfinished} unfinished and {report.stuck} stuck "
+        f"entries, {report.intake} lost intake steps\n"
     )
     return 0
 

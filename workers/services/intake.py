@@ -74,6 +74,7 @@ class IntakeService:
         turn, meta = self.provider.next_turn(state)
         log.info(
             "intake turn decided",
+            step=message.step,
             action="complete" if isinstance(turn, Complete) else "ask",
             provider_ms=round((time.monotonic() - started) * 1000, 1),
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from domain.messages import EntryCreated
+from domain.messages import EntryCreated, IntakeStep, MessageV1
 from workers import runtime
 from workers.producer import Producer
 from workers.settings import get_settings
@@ -17,9 +17,14 @@ from workers.settings import get_settings
 class ReconcileReport:
     unfinished: int
     stuck: int
+    intake: int = 0
 
     def as_log(self) -> dict[str, object]:
-        return {"republished_unfinished": self.unfinished, "republished_stuck": self.stuck}
+        return {
+            "republished_unfinished": self.unfinished,
+            "republished_stuck": self.stuck,
+            "republished_intake_steps": self.intake,
+        }
 
 
 def reconcile(producer: Producer | None = None, limit: int = 5000) -> ReconcileReport:
@@ -32,6 +37,8 @@ def reconcile(producer: Producer | None = None, limit: int = 5000) -> ReconcileR
             limit, older_than_s=settings.reconcile_grace_s
         )
         stuck = uow.visualizations.stuck(settings.lease_s, limit)
-    messages = [EntryCreated(entry_id=e, user_id=u) for e, u in unfinished + stuck]
+        turns = uow.intake.due_turns(settings.reconcile_grace_s, limit)
+    messages: list[MessageV1] = [EntryCreated(entry_id=e, user_id=u) for e, u in unfinished + stuck]
+    messages += [IntakeStep(session_id=s, user_id=u, step=n) for s, u, n in turns]
     producer.publish_many(messages)
-    return ReconcileReport(len(unfinished), len(stuck))
+    return ReconcileReport(len(unfinished), len(stuck), len(turns))

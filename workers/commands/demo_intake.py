@@ -1,0 +1,130 @@
+"""The demo's intake part: a scripted respondent that holds a few conversations.
+
+It behaves like the API service would: it starts sessions with the producer helpers,
+LISTENs on the intake channel, and answers each stored question with the next line of
+its script (a closing line when the script runs out), until every session completed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+from sqlalchemy import delete, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from db.models import EmotionEntry, IntakeSession, User
+from domain.intake import NOTIFY_CHANNEL, next_step, parse_history
+from workers import runtime
+from workers.intake_client import start_session, submit_answer
+from workers.logging import get_logger
+from workers.producer import Producer
+
+log = get_logger("emotionviz.demo.intake")
+
+DEMO_EMAIL = "test@example.com"
+CLOSING_ANSWER = "Nothing more to add, thank you for asking."
+SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "My manager asked me to present the quarterly results with one hour's notice.",
+        (
+            "I felt nervous and a bit angry that nobody warned me, maybe a 7.",
+            "My hands were shaking while I opened the slides.",
+            "I took a deep breath, it went fine, and I was relieved afterwards.",
+        ),
+    ),
+    (
+        "My best friend called to say she is moving back to town after three years away.",
+        (
+            "Thrilled! I would say 9. I actually jumped around the kitchen.",
+            "We used to walk by the river every Sunday and I missed that.",
+            "I started a list of places we have to go to together.",
+        ),
+    ),
+    (
+        "I missed the last train home and had to wait alone at a dark station.",
+        (
+            "Scared, and lonely too, about 6.",
+            "It was very quiet and a man kept walking up and down the platform.",
+            "I called my brother and he stayed on the phone until the night bus came.",
+        ),
+    ),
+)
+
+
+@dataclass
+class ScriptedRespondent:
+    producer: Producer
+    sessions: dict[uuid.UUID, tuple[str, ...]] = field(default_factory=dict)
+    user_id: uuid.UUID | None = None
+    answered: int = 0
+    error: str | None = None
+
+    def reset(self) -> None:
+        """Forget earlier demo conversations (only the demo's own scripted ones)."""
+        situations = [s for s, _ in SCRIPTS]
+        with runtime.unit_of_work() as uow:
+            owned = select(IntakeSession.id).where(IntakeSession.initial_situation.in_(situations))
+            uow.session.execute(
+                delete(EmotionEntry).where(EmotionEntry.intake_session_id.in_(owned))
+            )
+            uow.session.execute(
+                delete(IntakeSession).where(IntakeSession.initial_situation.in_(situations))
+            )
+            uow.commit()
+
+    def start(self) -> list[uuid.UUID]:
+        with Session(runtime.engine()) as session:
+            self.user_id = session.scalar(select(User.id).where(User.email == DEMO_EMAIL))
+            assert self.user_id is not None, "the seed creates the demo user"
+            for situation, answers in SCRIPTS:
+                session_id = start_session(session, self.producer, self.user_id, situation)
+                self.sessions[session_id] = answers
+            session.commit()
+        return list(self.sessions)
+
+    def run(self, stop: threading.Event) -> None:
+        """Answer questions as they are announced; returns when all sessions are done."""
+        url = make_url(runtime.database_url()).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                while not stop.is_set() and not self._answer_open_questions():
+                    # Wake on a notification, or every second to look again regardless.
+                    for notice in conn.notifies(timeout=1.0, stop_after=1):
+                        payload = json.loads(notice.payload)
+                        log.debug("question announced", **payload)
+        except Exception as exc:  # noqa: BLE001 - reported by the demo, not raised in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _answer_open_questions(self) -> bool:
+        """Answer every question waiting for us; True when all sessions are complete."""
+        assert self.user_id is not None
+        complete = 0
+        with Session(runtime.engine()) as session:
+            rows = session.scalars(
+                select(IntakeSession).where(IntakeSession.id.in_(list(self.sessions)))
+            ).all()
+            waiting: list[tuple[uuid.UUID, int]] = []
+            for row in rows:
+                if row.is_complete:
+                    complete += 1
+                    continue
+                history = parse_history(row.conversation_history)
+                if history and history[-1].answer is None:
+                    waiting.append((row.id, next_step(history)))
+        for session_id, step in waiting:
+            script = self.sessions[session_id]
+            answer = script[step - 1] if step <= len(script) else CLOSING_ANSWER
+            with Session(runtime.engine()) as session:
+                submit_answer(
+                    session, self.producer, session_id, self.user_id, step=step, answer=answer
+                )
+                session.commit()
+            self.answered += 1
+        return complete == len(self.sessions)
