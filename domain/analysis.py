@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domain.errors import InvalidModelOutputError
+from domain.errors import InvalidModelOutputError, first_problem
 from domain.vocabulary import VisualizationStyle
 
 
@@ -122,8 +122,6 @@ def parse_analysis_text(text: str | None) -> Analysis:
     try:
         return Analysis.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
         raise InvalidModelOutputError(
-            f"the analysis JSON does not match the schema: {where}: {first['msg']}"
+            f"the analysis JSON does not match the schema: {first_problem(exc)}"
         ) from None

@@ -7,6 +7,11 @@ operationally is Permanent (fail fast, dead-letter, tell a person why) versus Tr
 
 from __future__ import annotations
 
+import uuid
+from typing import Protocol, TypeVar
+
+from pydantic import ValidationError
+
 
 class EmotionVizError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -71,3 +76,28 @@ class LeaseHeldError(TransientError):
 
 class DatabaseUnavailableError(TransientError):
     """The database connection failed or the server restarted."""
+
+
+class _Owned(Protocol):
+    @property
+    def user_id(self) -> uuid.UUID: ...
+
+
+Owned = TypeVar("Owned", bound=_Owned)
+
+
+def require_owned(row: Owned | None, what: str, row_id: object, user_id: uuid.UUID) -> Owned:
+    """``row`` if it exists and belongs to ``user_id``; otherwise the permanent error
+    that says which (a message naming another person's row changes nothing)."""
+    if row is None:
+        raise NotFoundError(f"{what} {row_id} does not exist")
+    if row.user_id != user_id:
+        raise OwnershipError(f"{what} {row_id} does not belong to user {user_id}")
+    return row
+
+
+def first_problem(exc: ValidationError) -> str:
+    """``where: what`` of a pydantic error's first problem, for a one-line reason."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(root)"
+    return f"{where}: {first['msg']}"

@@ -26,6 +26,7 @@ from domain.errors import (
     InvalidModelOutputError,
     PermanentError,
     TransientError,
+    first_problem,
 )
 from domain.vocabulary import EMOTIONS, invalid_emotions
 
@@ -52,10 +53,8 @@ def parse_history(raw: Any) -> list[Exchange]:
     try:
         history = [Exchange.model_validate(item) for item in raw]
     except ValidationError as exc:
-        first = exc.errors()[0]
         raise PermanentError(
-            f"conversation_history has the wrong shape: "
-            f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+            f"conversation_history has the wrong shape: {first_problem(exc)}"
         ) from None
     for index, exchange in enumerate(history, start=1):
         if exchange.step != index:
@@ -231,10 +230,8 @@ def parse_turn_text(text: str | None, *, must_complete: bool) -> AskNext | Compl
     try:
         turn = IntakeTurn.model_validate_json(text).resolve()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
         raise InvalidModelOutputError(
-            f"the intake answer does not match the schema: {where}: {first['msg']}"
+            f"the intake answer does not match the schema: {first_problem(exc)}"
         ) from None
     if must_complete and isinstance(turn, AskNext):
         raise InvalidModelOutputError("the intake answer asks again after the last question")

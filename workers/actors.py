@@ -7,7 +7,8 @@ processes load it with ``emotionviz worker`` (Dramatiq's CLI underneath).
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -39,6 +40,7 @@ broker.add_middleware(WarmUp(app.visualization_service, app.intake_service, runt
 
 # Errors that mean "this message is wrong": dead-letter it, change no row.
 REJECTED = (InvalidMessageError, NotFoundError, OwnershipError)
+M = TypeVar("M", bound=MessageV1)
 
 
 def _payload(model: type[MessageV1], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -53,11 +55,34 @@ def _payload(model: type[MessageV1], args: tuple[Any, ...], kwargs: dict[str, An
     )
 
 
-def _attempt() -> tuple[int, int]:
-    """(retries so far, max retries) of the message being processed."""
+def _parse(model: type[M], args: tuple[Any, ...], kwargs: dict[str, Any]) -> M:
+    try:
+        return parse_message(model, _payload(model, args, kwargs))
+    except InvalidMessageError as exc:
+        _rejected(exc)
+        raise
+
+
+def _rejected(exc: Exception) -> None:
+    log.error("message rejected", reason=str(exc))
+    stats.incr("rejected")
+
+
+def _retry_or_give_up(exc: Exception, max_retries: int, give_up: Callable[[str], None]) -> NoReturn:
+    """Raise what makes Dramatiq retry ``exc``; past ``max_retries``, call ``give_up``
+    with the reason and raise a PermanentError (dead-letter, no more retries)."""
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message else 0
-    return retries, settings.max_retries
+    if retries >= max_retries:
+        reason = f"gave up after {retries + 1} attempts; last error: {exc}"
+        give_up(reason)
+        raise PermanentError(reason) from exc
+    stats.incr("retries")
+    if not isinstance(exc, TransientError):
+        log.exception("unexpected error, will retry")
+        raise exc
+    log.warning("transient failure, will retry", reason=str(exc), retry_after_s=exc.retry_after_s)
+    raise _retry_after(exc) from exc
 
 
 def _retry_after(exc: TransientError) -> Exception:
@@ -82,12 +107,7 @@ PRIORITY_INTAKE, PRIORITY_ENTRY, PRIORITY_ANALYTICS = 0, 10, 20
     max_retries=settings.max_retries,
 )
 def entry_created(*args: Any, **kwargs: Any) -> None:
-    try:
-        message = parse_message(EntryCreated, _payload(EntryCreated, args, kwargs))
-    except InvalidMessageError as exc:
-        log.error("message rejected", reason=str(exc))
-        stats.incr("rejected")
-        raise
+    message = _parse(EntryCreated, args, kwargs)
     service = app.visualization_service()
     try:
         outcome = service.process(message)
@@ -99,27 +119,15 @@ def entry_created(*args: Any, **kwargs: Any) -> None:
         entry_created.send_with_options(args=(message.to_payload(),), delay=delay_ms)
         log.info("lease held elsewhere, deferred", delay_ms=delay_ms)
     except REJECTED as exc:
-        log.error("message rejected", reason=str(exc))
-        stats.incr("rejected")
+        _rejected(exc)
         raise
     except PermanentError as exc:
         service.mark_failed(message.entry_id, str(exc))
         raise
-    except Exception as exc:
-        retries, max_retries = _attempt()
-        if retries >= max_retries:
-            reason = f"gave up after {retries + 1} attempts; last error: {exc}"
-            service.mark_failed(message.entry_id, reason)
-            raise PermanentError(reason) from exc
-        if not isinstance(exc, TransientError):
-            log.exception("unexpected error, will retry")
-            stats.incr("retries")
-            raise
-        log.warning(
-            "transient failure, will retry", reason=str(exc), retry_after_s=exc.retry_after_s
+    except Exception as exc:  # noqa: BLE001 - every error is retried or given up on
+        _retry_or_give_up(
+            exc, settings.max_retries, lambda reason: service.mark_failed(message.entry_id, reason)
         )
-        stats.incr("retries")
-        raise _retry_after(exc) from exc
 
 
 @dramatiq.actor(
@@ -132,19 +140,13 @@ def entry_created(*args: Any, **kwargs: Any) -> None:
     max_backoff=settings.intake_max_backoff_ms,
 )
 def intake_step(*args: Any, **kwargs: Any) -> None:
-    try:
-        message = parse_message(IntakeStep, _payload(IntakeStep, args, kwargs))
-    except InvalidMessageError as exc:
-        log.error("message rejected", reason=str(exc))
-        stats.incr("rejected")
-        raise
+    message = _parse(IntakeStep, args, kwargs)
     service = app.intake_service()
     try:
         result = service.process(message)
         log.info("intake step processed", outcome=result.outcome.value, step=message.step)
     except REJECTED as exc:
-        log.error("message rejected", reason=str(exc))
-        stats.incr("rejected")
+        _rejected(exc)
         raise
     except PermanentError as exc:
         # The model's answer was unusable or refused: keep the reason with the session,
@@ -152,19 +154,13 @@ def intake_step(*args: Any, **kwargs: Any) -> None:
         log.error("intake step failed", reason=str(exc))
         service.record_failure(message, str(exc))
         raise
-    except Exception as exc:
-        retries = _attempt()[0]
-        if retries >= settings.intake_max_retries:
-            reason = f"gave up after {retries + 1} attempts; last error: {exc}"
+    except Exception as exc:  # noqa: BLE001 - every error is retried or given up on
+
+        def give_up(reason: str) -> None:
             log.error("intake step rejected", reason=reason)
             service.record_failure(message, reason)
-            raise PermanentError(reason) from exc
-        stats.incr("retries")
-        if not isinstance(exc, TransientError):
-            log.exception("unexpected error, will retry")
-            raise
-        log.warning("transient failure, will retry", reason=str(exc))
-        raise _retry_after(exc) from exc
+
+        _retry_or_give_up(exc, settings.intake_max_retries, give_up)
 
 
 @dramatiq.actor(
@@ -177,7 +173,7 @@ def intake_step(*args: Any, **kwargs: Any) -> None:
 def analytics_recompute(*args: Any, **kwargs: Any) -> None:
     from workers.services.analytics import recompute
 
-    message = parse_message(AnalyticsRecompute, _payload(AnalyticsRecompute, args, kwargs))
+    message = _parse(AnalyticsRecompute, args, kwargs)
     summary = recompute(message)
     log.info("analytics recomputed", **summary.as_log())
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from db.models import IntakeSession
 from db.repositories import IntakeRepository
-from domain.errors import ConflictError, NotFoundError, OwnershipError, PermanentError
+from domain.errors import ConflictError, PermanentError, require_owned
 from domain.intake import clean_answer, parse_history
 from domain.messages import IntakeStep
 from domain.schemas import MAX_SITUATION_CHARS
@@ -61,11 +61,12 @@ def submit_answer(
     cannot both succeed. Returns the step that was published.
     """
     text = clean_answer(answer)
-    row = IntakeRepository(session).get(session_id, for_update=True)
-    if row is None:
-        raise NotFoundError(f"intake session {session_id} does not exist")
-    if row.user_id != user_id:
-        raise OwnershipError(f"intake session {session_id} does not belong to user {user_id}")
+    row = require_owned(
+        IntakeRepository(session).get(session_id, for_update=True),
+        "intake session",
+        session_id,
+        user_id,
+    )
     if row.is_complete:
         raise ConflictError(f"intake session {session_id} is already complete")
     history = parse_history(row.conversation_history)

@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     schedule_analytics_month: str = "45 0 1 * *"
     schedule_reconcile: str = "*/10 * * * *"
     reconcile_grace_s: int = Field(default=300, ge=0)
+    analytics_parallelism: int = Field(default=2, ge=1, le=32)
 
     # Logging.
     log_format: Literal["auto", "json", "console"] = "auto"

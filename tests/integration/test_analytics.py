@@ -225,13 +225,14 @@ def test_two_overlapping_runs_agree_with_one(engine: Engine) -> None:
         period="week", period_start=date(2025, 12, 29), period_end=date(2026, 7, 1)
     )
 
-    def run() -> None:
+    def run(parallel: int) -> None:
         try:
-            service.recompute_with(lambda: UnitOfWork(factory), message)
+            service.recompute_with(lambda: UnitOfWork(factory), message, parallel=parallel)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    # One sequential run and one with three batches at a time, overlapping.
+    threads = [threading.Thread(target=run, args=(p,)) for p in (1, 3)]
     for t in threads:
         t.start()
     for t in threads:

@@ -172,3 +172,31 @@ def test_invalid_setting_is_one_clear_error_naming_it(monkeypatch: pytest.Monkey
     monkeypatch.setenv("MAX_BACKOFF_MS", "10")
     with pytest.raises(ConfigurationError, match="MAX_BACKOFF_MS"):
         load_settings(_env_file=None)
+
+
+def test_env_example_documents_every_setting_with_its_default() -> None:
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[2] / ".env.example").read_text().splitlines()
+    documented: dict[str, str] = {}
+    for line in lines:
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            documented[key.strip()] = value.split("  #")[0].strip()
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    for name in Settings.model_fields:
+        assert name.upper() in documented, f"{name.upper()} is not in .env.example"
+    for name in ("intake_max_steps", "analytics_parallelism", "schedule_reconcile", "max_retries"):
+        assert documented[name.upper()] == str(getattr(defaults, name)), name
+
+
+def test_analytics_batches_stay_in_one_lane_and_cover_every_user_once() -> None:
+    from workers.services.analytics import LANES, lane_of, plan_batches
+
+    users = [uuid.UUID(int=n * 7919 + 3) for n in range(2000)]
+    batches = plan_batches(users + users[:10], size=100)
+    flat = [u for batch in batches for u in batch]
+    assert sorted(flat) == sorted(users)  # each once, duplicates dropped
+    assert all(len(b) <= 100 and len({lane_of(u) for u in b}) == 1 for b in batches)
+    first_lanes = [lane_of(b[0]) for b in batches[:LANES]]
+    assert sorted(first_lanes) == list(range(LANES))  # lanes in turn: parallel-friendly

@@ -45,7 +45,7 @@ def _message(args: argparse.Namespace, users: list[uuid.UUID] | None) -> Analyti
 
 
 def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.services.analytics import USER_BATCH, recompute
+    from workers.services.analytics import plan_batches, recompute
 
     started = time.monotonic()
     users = [uuid.UUID(u) for u in args.user] if args.user else None
@@ -63,7 +63,9 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
         with Progress(*columns, transient=True, disable=args.quiet) as progress:
             task = progress.add_task("users", total=total_users, rows=0)
             summary = recompute(
-                message, on_batch=lambda n, rows: progress.update(task, advance=n, rows=rows)
+                message,
+                on_batch=lambda n, rows: progress.update(task, advance=n, rows=rows),
+                parallel=args.parallel or settings.analytics_parallelism,
             )
         sys.stdout.write(
             f"analytics recompute: period={summary.period} from={summary.first_period} "
@@ -77,9 +79,9 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
     if users is None:
         with runtime.unit_of_work() as uow:
             all_users = uow.users.list_ids()
-        batches = [all_users[i : i + USER_BATCH] for i in range(0, len(all_users), USER_BATCH)]
+        batches = plan_batches(all_users)
     else:
-        batches = [users]
+        batches = plan_batches(users)
     messages = [_message(args, batch) for batch in batches if batch]
     Producer(broker()).publish_many(messages)
     first = messages[0] if messages else _message(args, None)
@@ -134,6 +136,13 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     r.add_argument("--to", type=_date, metavar="DATE", help="last day (default today, UTC)")
     r.add_argument("--user", action="append", metavar="ID", help="only this user (repeatable)")
     r.add_argument("--inline", action="store_true", help="compute in this process")
+    r.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="with --inline: batches at a time, one connection each "
+        "(default ANALYTICS_PARALLELISM)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     add(
         "scheduler",

@@ -19,7 +19,7 @@ from enum import StrEnum
 from db.repositories import ClaimedVisualization, EntryRow
 from db.uow import UnitOfWork
 from domain.analysis import Analysis
-from domain.errors import LeaseHeldError, NotFoundError, OwnershipError
+from domain.errors import LeaseHeldError, require_owned
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.logging import get_logger
@@ -82,13 +82,9 @@ class VisualizationService:
 
     def _claim(self, message: EntryCreated) -> tuple[EntryRow, ClaimedVisualization | None]:
         with self.uow_factory() as uow:
-            entry = uow.entries.get(message.entry_id)
-            if entry is None:
-                raise NotFoundError(f"entry {message.entry_id} does not exist")
-            if entry.user_id != message.user_id:
-                raise OwnershipError(
-                    f"entry {message.entry_id} does not belong to user {message.user_id}"
-                )
+            entry = require_owned(
+                uow.entries.get(message.entry_id), "entry", message.entry_id, message.user_id
+            )
             style = message.style.value if message.style else None
             uow.visualizations.ensure_row(message.entry_id, message.user_id, style)
             claim = uow.visualizations.claim(message.entry_id, self.limits.lease_s)
