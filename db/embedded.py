@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,16 +42,27 @@ def _redis_dir(data_dir: Path) -> Path:
 def postgres_bin_dir() -> Path | None:
     """The bundled PostgreSQL binaries (pg_dump, psql...), if pgserver is installed."""
     try:
-        from pgserver._commands import POSTGRES_BIN_PATH
+        with _quiet_platformdirs():
+            from pgserver._commands import POSTGRES_BIN_PATH
     except ImportError:
         return None
     return Path(POSTGRES_BIN_PATH)
 
 
+@contextlib.contextmanager
+def _quiet_platformdirs() -> Iterator[None]:
+    # platformdirs (imported by pgserver) warns when XDG_RUNTIME_DIR is unset (CI,
+    # cron, containers): harmless here, and noise on every command.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def start_postgres(data_dir: Path) -> str:
     """Start (or reuse) the embedded server; return a SQLAlchemy URL for our database."""
     try:
-        import pgserver
+        with _quiet_platformdirs():
+            import pgserver
     except ImportError as exc:  # pragma: no cover - installed with the project
         raise ConfigurationError(
             "DATABASE_URL is not set and the embedded server (pgserver) is not installed"
@@ -58,9 +70,7 @@ def start_postgres(data_dir: Path) -> str:
     pgdata = _pg_dir(data_dir)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, cron); harmless here.
-        warnings.simplefilter("ignore", UserWarning)
+    with _quiet_platformdirs():
         server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     uri = server.get_uri()  # postgresql://postgres:@/postgres?host=/socket/dir
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB_NAME}';")

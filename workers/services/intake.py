@@ -153,7 +153,8 @@ class IntakeService:
             "emotions": turn.emotions,
             "intensity": str(turn.intensity),
         }
-        context.pop("last_error", None)
+        for stale in ("last_error", "failed_step", "failed_at"):  # an earlier failure
+            context.pop(stale, None)
         with self.uow_factory() as uow:
             done = uow.intake.complete(
                 message.session_id,
