@@ -336,6 +336,25 @@ class IntakeRepository:
             {"reason": reason[:1000], "step": step, "id": session_id},
         )
 
+    def state_counts(self) -> dict[str, int]:
+        """Sessions by state: complete, waiting for the person, waiting for a worker,
+        and failed (the last step failed for good; an operator can replay it)."""
+        row = self.session.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE is_complete) AS complete, "
+                "count(*) FILTER (WHERE NOT is_complete AND ai_context ? 'failed_step') "
+                "AS failed, "
+                "count(*) FILTER (WHERE NOT is_complete AND NOT coalesce(ai_context ? "
+                "'failed_step', false) AND jsonb_typeof(conversation_history -> -1 -> "
+                "'answer') = 'null') AS waiting_for_person, "
+                "count(*) FILTER (WHERE NOT is_complete AND NOT coalesce(ai_context ? "
+                "'failed_step', false) AND jsonb_typeof(conversation_history -> -1 -> "
+                "'answer') IS DISTINCT FROM 'null') AS waiting_for_worker "
+                "FROM intake_sessions"
+            )
+        ).one()
+        return dict(row._mapping)
+
     def due_turns(self, older_than_s: int, limit: int) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
         """(session, user, step) of open sessions whose next turn is due (no question
         yet, or the last one answered) but nothing happened for ``older_than_s``: the

@@ -395,3 +395,11 @@ def test_reconciler_finds_turns_whose_message_was_lost(engine: Engine, producer:
         recent = uow.intake.due_turns(older_than_s=3600, limit=100)
     assert sorted(due) == sorted([(fresh, user_id, 1), (answered, user_id, 2)])
     assert recent == []
+    with uow:  # what `emotionviz status` shows
+        states = uow.intake.state_counts()
+    assert states == {
+        "complete": 1,
+        "failed": 1,
+        "waiting_for_person": 1,
+        "waiting_for_worker": 2,
+    }

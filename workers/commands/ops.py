@@ -128,6 +128,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     sizes = _queue_sizes(settings)
     with runtime.unit_of_work() as uow:
         counts = uow.visualizations.status_counts()
+        intake = uow.intake.state_counts()
     if args.json:
         sys.stdout.write(
             json.dumps(
@@ -137,6 +138,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
                         for q, v in sizes.items()
                     },
                     "visualizations": counts,
+                    "intake_sessions": intake,
                 }
             )
             + "\n"
@@ -157,6 +159,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     for status in ("pending", "processing", "completed", "failed"):
         vtable.add_row(status, str(counts.get(status, 0)))
     console.print(vtable)
+    itable = Table(title="intake sessions")
+    itable.add_column("state")
+    itable.add_column("sessions", justify="right")
+    for state, number in intake.items():
+        itable.add_row(state.replace("_", " "), str(number))
+    console.print(itable)
     return 0
 
 
