@@ -521,13 +521,21 @@ up AS (
         most_common_emotions = EXCLUDED.most_common_emotions,
         insights = EXCLUDED.insights,
         computed_at = EXCLUDED.computed_at
+    -- A row that would not change is not rewritten: a re-run writes nothing (no new
+    -- row versions, no index churn) and computed_at says when the values last changed.
+    WHERE (ea.emotion_counts, ea.average_intensity, ea.total_entries,
+           ea.most_common_emotions, ea.insights)
+          IS DISTINCT FROM (EXCLUDED.emotion_counts, EXCLUDED.average_intensity,
+                            EXCLUDED.total_entries, EXCLUDED.most_common_emotions,
+                            EXCLUDED.insights)
     RETURNING user_id, period_start
 )"""
 
 _RECOMPUTE_SQL = _RECOMPUTE_CTES + "\nSELECT count(*) FROM up"
 
-# Rows in range that the upsert did not produce belong to periods left without entries
-# (docs/analytics.md): anti-join against what was just written, in the same statement.
+# Rows in range whose period the statement did not compute (``r`` holds every period
+# with entries, changed or not) belong to periods left without entries
+# (docs/analytics.md): deleted in the same statement.
 _RECOMPUTE_AND_DROP_EMPTY_SQL = (
     _RECOMPUTE_CTES
     + """,
@@ -538,7 +546,7 @@ gone AS (
       AND ea.period_start < CAST(:to_day AS date)
       AND ea.period_end = (ea.period_start + CAST(:step AS interval) - interval '1 day')::date
       AND NOT EXISTS (
-          SELECT 1 FROM up WHERE up.user_id = ea.user_id AND up.period_start = ea.period_start
+          SELECT 1 FROM r WHERE r.user_id = ea.user_id AND r.period_start = ea.period_start
       )
     RETURNING 1
 )
@@ -563,7 +571,8 @@ class AnalyticsRepository:
     ) -> int:
         """Recompute ``kind`` rows for periods starting in [first_day, end_day) exactly.
 
-        ``first_day`` and ``end_day`` must be period boundaries. Returns rows upserted.
+        ``first_day`` and ``end_day`` must be period boundaries. Returns the rows written
+        (inserted, or changed: a row that would stay the same is left alone).
         """
         params = {
             "kind": kind,

@@ -62,6 +62,12 @@ def _full(uow: UnitOfWork, user_ids: list[uuid.UUID], first: date, last: date) -
         uow.commit()
 
 
+def _computed_at(engine: Engine) -> dict[Any, tuple[datetime, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, computed_at, xmin::text FROM emotion_analytics"))
+        return {r.id: (r.computed_at, r.xmin) for r in rows}
+
+
 def _at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
@@ -195,8 +201,14 @@ def test_empty_periods_lose_their_row_and_runs_are_idempotent(
         insert_entry(conn, other, created_at=_at("2026-06-10T10:00:00+00:00"))
     _full(uow, [user, other], date(2026, 6, 1), date(2026, 6, 30))
     before = _rows(engine, user)
+    stamps = _computed_at(engine)
     _full(uow, [user, other], date(2026, 6, 1), date(2026, 6, 30))
     assert _rows(engine, user) == before  # idempotent
+    assert _computed_at(engine) == stamps  # and unchanged rows are not rewritten
+    with uow:
+        week = period_containing("week", date(2026, 6, 10)).start
+        rewritten = uow.analytics.recompute("week", [user, other], week, date(2026, 6, 22))
+    assert rewritten == 0
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM emotion_entries WHERE id = :e"), {"e": gone})
     _full(uow, [user, other], date(2026, 6, 1), date(2026, 6, 30))
