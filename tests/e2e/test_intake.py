@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from domain.messages import IntakeStep
-from tests.e2e.conftest import Harness
+from tests.e2e.conftest import API_KEY, Harness
 from workers.broker import build_broker
 from workers.intake_client import start_session, submit_answer
 from workers.producer import Producer
@@ -225,3 +225,23 @@ def test_malformed_intake_message_is_rejected_and_the_worker_goes_on(
     assert "session_id: Input should be a valid UUID" in log
     assert "step: Input should be a valid integer" in log
     assert "intake.step expects one JSON object argument, got 2 args" in log
+
+
+def test_api_key_never_appears_in_intake_logs_or_rows(harness: Harness, producer: Producer) -> None:
+    marker = _marker()
+    harness.fault(kind="403", target="analysis", contains=marker)  # a failure is recorded
+    session_id, _ = _start(harness, producer, marker)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (_session(harness, session_id)["ai_context"] or {}):
+        time.sleep(0.1)
+    assert "API key was rejected" in _session(harness, session_id)["ai_context"]["last_error"]
+    assert API_KEY not in harness.log_path.read_text(errors="replace")
+    with harness.engine.connect() as conn:
+        leaked, total = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE concat_ws(' ', conversation_history::text, "
+                "ai_context::text, final_summary) LIKE :k), count(*) FROM intake_sessions"
+            ),
+            {"k": f"%{API_KEY}%"},
+        ).one()
+    assert total >= 1 and leaked == 0
