@@ -218,7 +218,7 @@ def main() -> int:
             print(
                 f"{kind}:   the whole command   {full_s:6.2f} s  (with Python start-up), peak RSS {peak_mb:.0f} MB"
             )
-            print(f"{kind}: re-run (all updates)  {again:6.2f} s  ratio {again / bare_s:.2f}")
+            print(f"{kind}: re-run, same data   {again:6.2f} s  ratio {again / bare_s:.2f}")
             print(f"{kind}: one batch at a time   {one:6.2f} s  ratio {one / bare_s:.2f}")
             print(f"    {summary}")
         print("\nplan of one batch (500 users, week):")
