@@ -150,6 +150,12 @@ class Workers:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+        # The run's namespace (queues, heartbeats, rate-limit keys) goes with it.
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        keys = list(client.scan_iter(match=f"{self.env['REDIS_NAMESPACE']}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 class Emulator:
