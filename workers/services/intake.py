@@ -21,7 +21,7 @@ from typing import Any
 
 from db.models import EmotionEntry
 from db.uow import UnitOfWork
-from domain.errors import NotFoundError, OwnershipError
+from domain.errors import require_owned
 from domain.intake import (
     NOTIFY_CHANNEL,
     AskNext,
@@ -82,9 +82,6 @@ class IntakeService:
             return self._store_question(message, turn, meta)
         return self._complete(message, state, turn, meta)
 
-    def _publish(self, message: MessageV1) -> None:
-        self.publish(message)
-
     def record_failure(self, message: IntakeStep, reason: str) -> None:
         """Keep why a step failed in ai_context; the conversation stays answerable."""
         with self.uow_factory() as uow:
@@ -93,15 +90,17 @@ class IntakeService:
 
     # --- steps -------------------------------------------------------------------
 
+    def _publish(self, message: MessageV1) -> None:  # an after-commit callback
+        self.publish(message)
+
     def _load(self, message: IntakeStep) -> IntakeState | None:
         with self.uow_factory() as uow:
-            row = uow.intake.get(message.session_id)
-            if row is None:
-                raise NotFoundError(f"intake session {message.session_id} does not exist")
-            if row.user_id != message.user_id:
-                raise OwnershipError(
-                    f"intake session {message.session_id} does not belong to user {message.user_id}"
-                )
+            row = require_owned(
+                uow.intake.get(message.session_id),
+                "intake session",
+                message.session_id,
+                message.user_id,
+            )
             history = parse_history(row.conversation_history)
             action = decide_step(history, message.step, is_complete=row.is_complete)
             if action is StepAction.ALREADY_DONE:
