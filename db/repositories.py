@@ -341,16 +341,17 @@ class IntakeRepository:
         and failed (the last step failed for good; an operator can replay it)."""
         row = self.session.execute(
             text(
-                "SELECT count(*) FILTER (WHERE is_complete) AS complete, "
-                "count(*) FILTER (WHERE NOT is_complete AND ai_context ? 'failed_step') "
-                "AS failed, "
-                "count(*) FILTER (WHERE NOT is_complete AND NOT coalesce(ai_context ? "
-                "'failed_step', false) AND jsonb_typeof(conversation_history -> -1 -> "
-                "'answer') = 'null') AS waiting_for_person, "
-                "count(*) FILTER (WHERE NOT is_complete AND NOT coalesce(ai_context ? "
-                "'failed_step', false) AND jsonb_typeof(conversation_history -> -1 -> "
-                "'answer') IS DISTINCT FROM 'null') AS waiting_for_worker "
-                "FROM intake_sessions"
+                "SELECT count(*) FILTER (WHERE done) AS complete, "
+                "count(*) FILTER (WHERE NOT done AND failed) AS failed, "
+                "count(*) FILTER (WHERE NOT done AND NOT failed AND NOT answered) "
+                "AS waiting_for_person, "
+                "count(*) FILTER (WHERE NOT done AND NOT failed AND answered) "
+                "AS waiting_for_worker "
+                "FROM (SELECT is_complete AS done, "
+                "coalesce(ai_context ? 'failed_step', false) AS failed, "
+                # No question yet counts as answered: the next turn is the worker's.
+                "jsonb_typeof(conversation_history -> -1 -> 'answer') "
+                "IS DISTINCT FROM 'null' AS answered FROM intake_sessions) AS s"
             )
         ).one()
         return dict(row._mapping)

@@ -32,7 +32,6 @@ from domain.vocabulary import EMOTIONS, invalid_emotions
 
 MAX_ANSWER_CHARS = 2000
 MAX_QUESTION_CHARS = 500
-DEFAULT_MAX_STEPS = 5
 NOTIFY_CHANNEL = "intake_question"
 
 

@@ -133,13 +133,9 @@ def redis_namespace(redis_server_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def broker(redis_server_url: str, redis_namespace: str) -> Iterator[dramatiq.Broker]:
-    """A real Redis broker with our middleware, in a namespace of its own."""
-    settings = Settings(_env_file=None, redis_namespace=redis_namespace.replace(":", "-"))  # type: ignore[call-arg]
+    """A real Redis broker with our middleware, in the test's namespace (whose keys the
+    redis_namespace fixture removes afterwards)."""
+    settings = Settings(_env_file=None, redis_namespace=redis_namespace)  # type: ignore[call-arg]
     built = build_broker(settings, redis_server_url)
     yield built
     built.close()
-    client = redis.Redis.from_url(redis_server_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_namespace}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()

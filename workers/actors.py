@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -68,29 +68,39 @@ def _rejected(exc: Exception) -> None:
     stats.incr("rejected")
 
 
-def _retry_or_give_up(exc: Exception, max_retries: int, give_up: Callable[[str], None]) -> NoReturn:
-    """Raise what makes Dramatiq retry ``exc``; past ``max_retries``, call ``give_up``
-    with the reason and raise a PermanentError (dead-letter, no more retries)."""
-    message = CurrentMessage.get_current_message()
-    retries = message.options.get("retries", 0) if message else 0
-    if retries >= max_retries:
-        reason = f"gave up after {retries + 1} attempts; last error: {exc}"
-        give_up(reason)
-        raise PermanentError(reason) from exc
-    stats.incr("retries")
-    if not isinstance(exc, TransientError):
-        log.exception("unexpected error, will retry")
-        raise exc
-    log.warning("transient failure, will retry", reason=str(exc), retry_after_s=exc.retry_after_s)
-    raise _retry_after(exc) from exc
-
-
-def _retry_after(exc: TransientError) -> Exception:
-    """Honour a server-given delay (plus jitter); otherwise Dramatiq's backoff applies."""
-    if exc.retry_after_s is None:
-        return exc
-    delay_ms = int(exc.retry_after_s * 1000 + random.uniform(0, 250))
-    return dramatiq.Retry(str(exc), delay=delay_ms)
+def _run_classified(
+    work: Callable[[], None], *, fail: Callable[[str], None], max_retries: int
+) -> None:
+    """Run one message's work and classify what it raises. A wrong message is rejected
+    (dead-lettered, no row changed); a permanent error calls ``fail`` with the reason
+    and dead-letters; anything else is retried (waiting a server-given delay, plus
+    jitter, when there is one) and, past ``max_retries``, fails the same way."""
+    try:
+        work()
+    except REJECTED as exc:
+        _rejected(exc)
+        raise
+    except PermanentError as exc:
+        fail(str(exc))
+        raise
+    except Exception as exc:  # every error is retried, or given up on
+        message = CurrentMessage.get_current_message()
+        retries = message.options.get("retries", 0) if message else 0
+        if retries >= max_retries:
+            reason = f"gave up after {retries + 1} attempts; last error: {exc}"
+            fail(reason)
+            raise PermanentError(reason) from exc
+        stats.incr("retries")
+        if not isinstance(exc, TransientError):
+            log.exception("unexpected error, will retry")
+            raise
+        log.warning(
+            "transient failure, will retry", reason=str(exc), retry_after_s=exc.retry_after_s
+        )
+        if exc.retry_after_s is None:
+            raise  # Dramatiq's exponential backoff applies
+        delay_ms = int(exc.retry_after_s * 1000 + random.uniform(0, 250))
+        raise dramatiq.Retry(str(exc), delay=delay_ms) from exc
 
 
 # Lower numbers run first among the messages a worker has fetched: a person waiting
@@ -109,25 +119,23 @@ PRIORITY_INTAKE, PRIORITY_ENTRY, PRIORITY_ANALYTICS = 0, 10, 20
 def entry_created(*args: Any, **kwargs: Any) -> None:
     message = _parse(EntryCreated, args, kwargs)
     service = app.visualization_service()
-    try:
-        outcome = service.process(message)
-        log.info("entry processed", outcome=outcome.value)
-    except LeaseHeldError as exc:
-        # Another worker is on it. Look again when its lease would expire; this does
-        # not spend a retry (the other worker may simply be slow).
-        delay_ms = int((exc.retry_after_s or 30) * 1000 + random.uniform(0, 1000))
-        entry_created.send_with_options(args=(message.to_payload(),), delay=delay_ms)
-        log.info("lease held elsewhere, deferred", delay_ms=delay_ms)
-    except REJECTED as exc:
-        _rejected(exc)
-        raise
-    except PermanentError as exc:
-        service.mark_failed(message.entry_id, str(exc))
-        raise
-    except Exception as exc:  # noqa: BLE001 - every error is retried or given up on
-        _retry_or_give_up(
-            exc, settings.max_retries, lambda reason: service.mark_failed(message.entry_id, reason)
-        )
+
+    def work() -> None:
+        try:
+            outcome = service.process(message)
+            log.info("entry processed", outcome=outcome.value)
+        except LeaseHeldError as exc:
+            # Another worker is on it. Look again when its lease would expire; this
+            # does not spend a retry (the other worker may simply be slow).
+            delay_ms = int((exc.retry_after_s or 30) * 1000 + random.uniform(0, 1000))
+            entry_created.send_with_options(args=(message.to_payload(),), delay=delay_ms)
+            log.info("lease held elsewhere, deferred", delay_ms=delay_ms)
+
+    _run_classified(
+        work,
+        fail=lambda reason: service.mark_failed(message.entry_id, reason),
+        max_retries=settings.max_retries,
+    )
 
 
 @dramatiq.actor(
@@ -142,25 +150,18 @@ def entry_created(*args: Any, **kwargs: Any) -> None:
 def intake_step(*args: Any, **kwargs: Any) -> None:
     message = _parse(IntakeStep, args, kwargs)
     service = app.intake_service()
-    try:
+
+    def work() -> None:
         result = service.process(message)
         log.info("intake step processed", outcome=result.outcome.value, step=message.step)
-    except REJECTED as exc:
-        _rejected(exc)
-        raise
-    except PermanentError as exc:
-        # The model's answer was unusable or refused: keep the reason with the session,
-        # which stays answerable (an operator can replay the step).
-        log.error("intake step failed", reason=str(exc))
-        service.record_failure(message, str(exc))
-        raise
-    except Exception as exc:  # noqa: BLE001 - every error is retried or given up on
 
-        def give_up(reason: str) -> None:
-            log.error("intake step rejected", reason=reason)
-            service.record_failure(message, reason)
+    def fail(reason: str) -> None:
+        # Keep the reason with the session, which stays answerable (an operator can
+        # replay the step).
+        log.error("intake step failed", reason=reason)
+        service.record_failure(message, reason)
 
-        _retry_or_give_up(exc, settings.intake_max_retries, give_up)
+    _run_classified(work, fail=fail, max_retries=settings.intake_max_retries)
 
 
 @dramatiq.actor(

@@ -9,6 +9,7 @@ import dramatiq
 from workers import runtime
 from workers.broker import build_broker
 from workers.logging import configure_logging, register_secret
+from workers.producer import Producer
 from workers.providers.factory import Providers, build_providers
 from workers.services.intake import IntakeService
 from workers.services.visualize import VisualizationService, VisualizeLimits
@@ -23,6 +24,11 @@ def broker() -> dramatiq.Broker:
             register_secret(secret.get_secret_value())
     configure_logging(settings.log_level, settings.log_format)
     return build_broker(settings, runtime.redis_url(settings))
+
+
+@lru_cache(maxsize=1)
+def producer() -> Producer:
+    return Producer(broker())
 
 
 @lru_cache(maxsize=1)
@@ -48,12 +54,9 @@ def visualization_service() -> VisualizationService:
 
 @lru_cache(maxsize=1)
 def intake_service() -> IntakeService:
-    from workers.producer import Producer
-
-    producer = Producer(broker())
     return IntakeService(
         runtime.unit_of_work,
         providers().intake,
-        producer.publish,
+        producer().publish,
         max_steps=get_settings().intake_max_steps,
     )

@@ -9,7 +9,6 @@ from typing import Any
 import structlog
 from dramatiq.middleware import Middleware
 
-from domain.errors import EmotionVizError
 from workers.logging import get_logger
 
 log = get_logger("emotionviz.worker")
@@ -56,8 +55,10 @@ class WarmUp(Middleware):
         for build in self.builders:
             try:
                 build()
-            except EmotionVizError as exc:
-                # The first message will raise it again, with its own retry policy.
+            except Exception as exc:  # noqa: BLE001 - best effort: the first message
+                # meets the same problem again and handles it with its retry policy.
                 log.warning(
-                    "warm-up step failed", step=getattr(build, "__name__", "?"), reason=str(exc)
+                    "warm-up step failed",
+                    step=getattr(build, "__name__", "?"),
+                    reason=f"{type(exc).__name__}: {str(exc)[:200]}",
                 )

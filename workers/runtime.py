@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import embedded
 from db.engine import make_engine, make_session_factory
 from db.uow import UnitOfWork
-from domain.errors import DatabaseUnavailableError
 from workers.settings import Settings, get_settings
 
 
@@ -40,15 +39,9 @@ def session_factory() -> sessionmaker[Session]:
 
 
 def warm_pool() -> None:
-    """Open one pooled connection now (a worker at boot); the database may be down,
-    which the first message then reports with its retry policy."""
-    try:
-        with engine().connect():
-            pass
-    except Exception as exc:  # noqa: BLE001 - a warm-up is best effort
-        raise DatabaseUnavailableError(
-            f"database not reachable at start-up: {type(exc).__name__}"
-        ) from None
+    """Open one pooled connection now (a worker at boot, not its first message)."""
+    with engine().connect():
+        pass
 
 
 def unit_of_work() -> UnitOfWork:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import psutil
@@ -199,11 +200,18 @@ class Emulator:
         self.proc.wait(timeout=10)
 
 
+@lru_cache(maxsize=4)
+def _redis(url: str) -> redis.Redis:
+    """One client (and connection pool) per URL for the whole run: the publishing loops
+    must not pay a connection each message."""
+    return redis.Redis.from_url(url)
+
+
 def publish_raw(
     redis_url: str, namespace: str, queue: str, actor: str, payloads: list[dict[str, object]]
 ) -> None:
     """The documented envelope, pipelined (what Producer.publish_many writes)."""
-    client = redis.Redis.from_url(redis_url)
+    client = _redis(redis_url)
     with client.pipeline(transaction=False) as pipe:
         for payload in payloads:
             rid = str(uuid.uuid4())
@@ -224,7 +232,6 @@ def publish_raw(
             )
             pipe.rpush(f"{namespace}:{queue}", rid)
         pipe.execute()
-    client.close()
 
 
 def wait_drained(redis_url: str, namespace: str, queue: str, timeout: float = 900) -> None:

@@ -73,17 +73,14 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
             f"batches={summary.batches} seconds={time.monotonic() - started:.2f}\n"
         )
         return 0
-    from workers.app import broker
-    from workers.producer import Producer
+    from workers.app import producer
 
     if users is None:
         with runtime.unit_of_work() as uow:
-            all_users = uow.users.list_ids()
-        batches = plan_batches(all_users)
-    else:
-        batches = plan_batches(users)
-    messages = [_message(args, batch) for batch in batches if batch]
-    Producer(broker()).publish_many(messages)
+            users = uow.users.list_ids()
+    batches = plan_batches(users)
+    messages = [_message(args, batch) for batch in batches]
+    producer().publish_many(messages)
     first = messages[0] if messages else _message(args, None)
     sys.stdout.write(
         f"analytics recompute: published {len(messages)} messages (period={first.period} "
@@ -96,12 +93,10 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
-    from workers.app import broker
-    from workers.producer import Producer
+    from workers.app import producer
     from workers.scheduler import FireGuard, build_scheduler, default_jobs
 
-    producer = Producer(broker())
-    jobs = default_jobs(settings, producer)
+    jobs = default_jobs(settings, producer())
     guard = FireGuard(redis.Redis.from_url(runtime.redis_url(settings)), settings.redis_namespace)
     scheduler = build_scheduler(jobs, guard)
     for job in scheduler.get_jobs():

@@ -146,10 +146,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     env["MEDIA_DIR"] = str(settings.media_dir.resolve())
 
     stats.reset(["retries", "rejected"])
-    from workers.app import broker
-    from workers.producer import Producer
+    from workers.app import producer as app_producer
 
-    producer = Producer(broker())
+    producer = app_producer()
     respondent = ScriptedRespondent(producer)
     respondent.reset()
     entries = _entries()
@@ -189,6 +188,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         emulator.shutdown()
 
     counts = _counts()
+    conversations_done = _complete(sessions)
     average, p95 = _timings()
     wall = time.monotonic() - started
     table = Table(title="demo summary")
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     table.add_column("value", justify="right")
     for status in ("completed", "failed", "pending", "processing"):
         table.add_row(f"visualizations {status}", str(counts.get(status, 0)))
-    table.add_row("intake conversations complete", f"{_complete(sessions)} / {len(sessions)}")
+    table.add_row("intake conversations complete", f"{conversations_done} / {len(sessions)}")
     table.add_row("intake answers given by the respondent", str(respondent.answered))
     table.add_row("retries (transient failures)", str(stats.read(["retries"])["retries"]))
     table.add_row("seconds per entry, publish to done (avg / p95)", f"{average:.2f} / {p95:.2f}")
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not finished:
         console.print("[red]not every entry finished before the timeout[/]")
         return 1
-    return 0 if _complete(sessions) == len(sessions) else 1
+    return 0 if conversations_done == len(sessions) else 1
 
 
 def _wait(console: Console, total: int, worker: subprocess.Popen[bytes], timeout: float) -> bool:

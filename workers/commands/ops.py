@@ -8,7 +8,6 @@ import os
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -75,15 +74,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # not reached
 
 
-def _producer() -> Any:
-    from workers.app import broker
-    from workers.producer import Producer
-
-    return Producer(broker())
-
-
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    producer = _producer()
+    from workers.app import producer as app_producer
+
+    producer = app_producer()
     message: MessageV1
     if args.kind == "entry":
         with runtime.unit_of_work() as uow:
@@ -195,15 +189,18 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     messages = [
         EntryCreated(entry_id=e, user_id=u, style=VisualizationStyle(s)) for e, u, s in rows
     ]
-    _producer().publish_many(messages)
+    from workers.app import producer
+
+    producer().publish_many(messages)
     sys.stdout.write(f"replayed {len(messages)} failed visualizations\n")
     return 0
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.app import producer
     from workers.services.reconcile import reconcile
 
-    report = reconcile(_producer())
+    report = reconcile(producer())
     sys.stdout.write(
         f"reconcile: republished {report.unfinished} unfinished and {report.stuck} stuck "
         f"entries, {report.intake} lost intake steps\n"

@@ -203,6 +203,27 @@ def checked_text(response: types.GenerateContentResponse, model: str) -> str | N
     return response.text
 
 
+def text_turn(role: str, text: str) -> types.Content:
+    return types.Content(role=role, parts=[types.Part(text=text)])
+
+
+def structured_config(
+    system_instruction: str, schema: dict[str, Any], temperature: float
+) -> Callable[[int], types.GenerateContentConfig]:
+    """JSON output against ``schema``; called with the token budget of each attempt."""
+
+    def config(max_tokens: int) -> types.GenerateContentConfig:
+        return types.GenerateContentConfig(
+            system_instruction=system_instruction,
+            temperature=temperature,
+            max_output_tokens=max_tokens,
+            response_mime_type="application/json",
+            response_json_schema=schema,
+        )
+
+    return config
+
+
 T = TypeVar("T")
 
 
@@ -231,8 +252,8 @@ def generate_with_repair(
         )
         retry_contents = [
             *contents,
-            types.Content(role="model", parts=[types.Part(text=response.text or "")]),
-            types.Content(role="user", parts=[types.Part(text=repair)]),
+            text_turn("model", response.text or ""),
+            text_turn("user", repair),
         ]
         repaired = client.generate(
             model=model, setting=setting, gate=gate, contents=retry_contents, config=config(4096)
@@ -248,15 +269,7 @@ class GeminiAnalysisProvider:
 
     def __init__(self, client: GeminiClient, model: str, gate: RateGate) -> None:
         self.client, self.model, self.gate = client, model, gate
-
-    def _config(self, max_tokens: int) -> types.GenerateContentConfig:
-        return types.GenerateContentConfig(
-            system_instruction=SYSTEM_INSTRUCTION,
-            temperature=0.7,
-            max_output_tokens=max_tokens,
-            response_mime_type="application/json",
-            response_json_schema=analysis_json_schema(),
-        )
+        self.config = structured_config(SYSTEM_INSTRUCTION, analysis_json_schema(), 0.7)
 
     def analyse(self, entry: EntrySnapshot, style: VisualizationStyle) -> AnalysisResult:
         prompt = analysis_prompt(entry, style)
@@ -265,8 +278,8 @@ class GeminiAnalysisProvider:
             model=self.model,
             setting="ANALYSIS_MODEL",
             gate=self.gate,
-            contents=[types.Content(role="user", parts=[types.Part(text=prompt)])],
-            config=self._config,
+            contents=[text_turn("user", prompt)],
+            config=self.config,
             parse=self._parse,
         )
 

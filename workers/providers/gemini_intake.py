@@ -20,12 +20,14 @@ from domain.intake import (
     parse_turn_text,
     turn_instruction,
 )
-from workers.providers.gemini import GeminiClient, checked_text, generate_with_repair
+from workers.providers.gemini import (
+    GeminiClient,
+    checked_text,
+    generate_with_repair,
+    structured_config,
+    text_turn,
+)
 from workers.providers.ratelimit import RateGate
-
-
-def _turn(role: str, text: str) -> types.Content:
-    return types.Content(role=role, parts=[types.Part(text=text)])
 
 
 def conversation_contents(state: IntakeState) -> list[types.Content]:
@@ -37,9 +39,9 @@ def conversation_contents(state: IntakeState) -> list[types.Content]:
         model_texts.append(json.dumps({"action": "ask", "question": exchange.question}))
         user_texts.append(f"Their answer:\n{fence(exchange.answer or '')}")
     user_texts[-1] += "\n\n" + turn_instruction(state)
-    contents = [_turn("user", user_texts[0])]
+    contents = [text_turn("user", user_texts[0])]
     for question, answer in zip(model_texts, user_texts[1:], strict=True):
-        contents += [_turn("model", question), _turn("user", answer)]
+        contents += [text_turn("model", question), text_turn("user", answer)]
     return contents
 
 
@@ -48,15 +50,7 @@ class GeminiIntakeProvider:
 
     def __init__(self, client: GeminiClient, model: str, gate: RateGate) -> None:
         self.client, self.model, self.gate = client, model, gate
-
-    def _config(self, max_tokens: int) -> types.GenerateContentConfig:
-        return types.GenerateContentConfig(
-            system_instruction=INTAKE_SYSTEM_INSTRUCTION,
-            temperature=0.4,
-            max_output_tokens=max_tokens,
-            response_mime_type="application/json",
-            response_json_schema=_SCHEMA,
-        )
+        self.config = structured_config(INTAKE_SYSTEM_INSTRUCTION, intake_json_schema(), 0.4)
 
     def next_turn(self, state: IntakeState) -> tuple[AskNext | Complete, dict[str, Any]]:
         def parse(response: types.GenerateContentResponse) -> AskNext | Complete:
@@ -69,10 +63,7 @@ class GeminiIntakeProvider:
             setting="ANALYSIS_MODEL",
             gate=self.gate,
             contents=conversation_contents(state),
-            config=self._config,
+            config=self.config,
             parse=parse,
         )
         return turn, {"provider": self.name, "model": self.model}
-
-
-_SCHEMA = intake_json_schema()

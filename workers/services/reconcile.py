@@ -17,7 +17,7 @@ from workers.settings import get_settings
 class ReconcileReport:
     unfinished: int
     stuck: int
-    intake: int = 0
+    intake: int
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -30,7 +30,7 @@ class ReconcileReport:
 def reconcile(producer: Producer | None = None, limit: int = 5000) -> ReconcileReport:
     from workers import app
 
-    producer = producer or Producer(app.broker())
+    producer = producer or app.producer()
     settings = get_settings()
     with runtime.unit_of_work() as uow:
         unfinished = uow.entries.ids_without_finished_visualization(
