@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 
 from sqlalchemy import Engine
@@ -39,9 +40,12 @@ def session_factory() -> sessionmaker[Session]:
 
 
 def warm_pool() -> None:
-    """Open one pooled connection now (a worker at boot, not its first message)."""
-    with engine().connect():
-        pass
+    """Open the pool's connections now (a worker at boot): otherwise the first burst of
+    messages, a person's first question among them, waits for new connections."""
+    pool = engine().pool
+    with contextlib.ExitStack() as held:
+        for _ in range(getattr(pool, "size", lambda: 1)()):
+            held.enter_context(engine().connect())
 
 
 def unit_of_work() -> UnitOfWork:
