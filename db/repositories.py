@@ -280,6 +280,26 @@ class IntakeRepository:
         self.session.flush()
         return intake
 
+    def create(self, user_id: uuid.UUID, initial_situation: str) -> uuid.UUID:
+        """A new session with no question yet."""
+        row = self.add(
+            IntakeSession(
+                user_id=user_id, initial_situation=initial_situation, conversation_history=[]
+            )
+        )
+        return row.id
+
+    def replace_last_exchange(self, session_id: uuid.UUID, exchange: dict[str, Any]) -> None:
+        """Overwrite the history's last element (the answer to the open question)."""
+        self.session.execute(
+            text(
+                "UPDATE intake_sessions SET conversation_history = jsonb_set("
+                "conversation_history, ARRAY[(jsonb_array_length(conversation_history) - 1)"
+                "::text], CAST(:exchange AS jsonb)) WHERE id = :id"
+            ),
+            {"exchange": json.dumps(exchange), "id": session_id},
+        )
+
     def store_question(
         self,
         session_id: uuid.UUID,

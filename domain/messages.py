@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import date
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -81,7 +82,33 @@ class AnalyticsRecompute(MessageV1):
         return value
 
 
-ALL_MESSAGES: tuple[type[MessageV1], ...] = (EntryCreated, IntakeStep, AnalyticsRecompute)
+class MaintenanceReconcile(MessageV1):
+    """Find work the database says is unfinished or stuck and publish it again.
+
+    No fields: the database is the whole input. (Before this contract the message was
+    sent with no arguments at all; both shapes are accepted.)
+    """
+
+    actor_name: ClassVar[str] = "maintenance.reconcile"
+    queue_name: ClassVar[str] = "maintenance"
+
+
+ALL_MESSAGES: tuple[type[MessageV1], ...] = (
+    EntryCreated,
+    IntakeStep,
+    AnalyticsRecompute,
+    MaintenanceReconcile,
+)
+QUEUES: tuple[str, ...] = tuple(dict.fromkeys(m.queue_name for m in ALL_MESSAGES))
+
+
+class Publisher(Protocol):
+    """Sends messages to the broker. The one implementation is the producer in
+    workers/messaging; the unit of work calls it after commit, fakes replace it in tests."""
+
+    def publish(self, message: MessageV1, *, delay_ms: int | None = None) -> str: ...
+
+    def publish_many(self, messages: Sequence[MessageV1]) -> list[str]: ...
 
 
 M = TypeVar("M", bound=MessageV1)

@@ -21,7 +21,7 @@ def _url() -> str:
     url = config.attributes.get("database_url")
     if url:
         return str(url)
-    from workers.runtime import database_url
+    from workers.bootstrap import database_url
 
     return database_url()
 

@@ -109,7 +109,7 @@ def full_recompute(
         [
             sys.executable,
             "-m",
-            "workers.cli",
+            "workers.entrypoints.cli",
             "analytics",
             "recompute",
             "--period",

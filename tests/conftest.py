@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from db import embedded, migrate
 from db.engine import make_engine, make_session_factory
 from db.uow import UnitOfWork
-from workers.broker import build_broker
+from workers.messaging.broker import build_broker
 from workers.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

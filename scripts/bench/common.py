@@ -20,7 +20,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from db import migrate
-from workers import runtime
+from workers import bootstrap
 from workers.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def base_env(db_url: str, namespace: str) -> dict[str, str]:
     return {
         **os.environ,
         "DATABASE_URL": db_url,
-        "REDIS_URL": runtime.redis_url(get_settings()),
+        "REDIS_URL": bootstrap.redis_url(get_settings()),
         "REDIS_NAMESPACE": namespace,
         "MEDIA_DIR": str(OUT / "media"),
         "LOG_FORMAT": "json",
@@ -51,7 +51,7 @@ def libpq(url: str) -> str:
 @contextmanager
 def bench_database() -> Iterator[str]:
     """A freshly migrated database next to the configured one, dropped afterwards."""
-    base = runtime.database_url(get_settings())
+    base = bootstrap.database_url(get_settings())
     name = f"emotionviz_bench_{os.getpid()}"
     admin = make_url(base).set(database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(libpq(admin), autocommit=True) as conn:
@@ -114,7 +114,7 @@ class Workers:
                 sys.executable,
                 "-m",
                 "dramatiq",
-                "workers.actors",
+                "workers.entrypoints.worker",
                 "noop_actors",
                 "--path",
                 str(ROOT / "scripts" / "bench"),
@@ -170,7 +170,7 @@ class Emulator:
             [
                 sys.executable,
                 "-m",
-                "workers.cli",
+                "workers.entrypoints.cli",
                 "emulator",
                 "--port",
                 str(self.port),

@@ -1,5 +1,5 @@
 """Dramatiq's own no-op actor on the same broker and middleware as ours (benchmark
-baseline). Loaded by the worker with: dramatiq workers.actors noop_actors --path scripts/bench
+baseline). Loaded by the worker with: dramatiq workers.entrypoints.worker noop_actors --path scripts/bench
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import dramatiq
 
-import workers.actors  # noqa: F401 - the same broker and middleware as production
+import workers.entrypoints.worker  # noqa: F401 - the same broker and middleware as production
 
 
 @dramatiq.actor(actor_name="bench.noop", queue_name="bench_noop", max_retries=0)

@@ -28,7 +28,7 @@ from sqlalchemy import Engine, text
 from db.engine import make_engine
 from domain.messages import EntryCreated, MessageV1
 from tests.conftest import RUN_ID, DatabaseFactory
-from workers.emulator import EmulatorServer, EmulatorState, start_in_thread
+from workers.devtools.emulator import EmulatorServer, EmulatorState, start_in_thread
 
 API_KEY = "e2e-secret-key-" + uuid.uuid4().hex[:12]
 
@@ -54,7 +54,7 @@ class Harness:
                     sys.executable,
                     "-m",
                     "dramatiq",
-                    "workers.actors",
+                    "workers.entrypoints.worker",
                     "--processes",
                     "1",
                     "--threads",

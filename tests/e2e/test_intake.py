@@ -10,23 +10,26 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
+from db.engine import make_session_factory
+from db.uow import UnitOfWork
 from domain.messages import IntakeStep
 from tests.e2e.conftest import API_KEY, Harness
-from workers.broker import build_broker
-from workers.intake_client import start_session, submit_answer
-from workers.producer import Producer
+from workers.messaging.broker import build_broker
+from workers.messaging.producer import Producer
+from workers.producer_api import ProducerAPI
 from workers.settings import Settings
 
 pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")
-def producer(harness: Harness) -> Iterator[Producer]:
+def producer(harness: Harness) -> Iterator[ProducerAPI]:
+    """The producer API as the API service uses it, on the harness's database and broker."""
     settings = Settings(_env_file=None, redis_namespace=harness.namespace)  # type: ignore[call-arg]
     broker = build_broker(settings, harness.redis_url)
-    yield Producer(broker)
+    factory = make_session_factory(harness.engine)
+    yield ProducerAPI(lambda: UnitOfWork(factory, Producer(broker)))
     broker.close()
 
 
@@ -71,28 +74,20 @@ def _wait_session(
     )
 
 
-def _start(harness: Harness, producer: Producer, marker: str) -> tuple[uuid.UUID, uuid.UUID]:
+def _start(harness: Harness, producer: ProducerAPI, marker: str) -> tuple[uuid.UUID, uuid.UUID]:
     user_id = _user(harness, marker)
-    with Session(harness.engine) as session:
-        session_id = start_session(
-            session, producer, user_id, f"Situation {marker}: my flight was cancelled"
-        )
-        session.commit()
+    session_id = producer.start_intake(user_id, f"Situation {marker}: my flight was cancelled")
     return session_id, user_id
 
 
 def _answer(
-    harness: Harness, producer: Producer, session_id: uuid.UUID, user_id: uuid.UUID, step: int
+    harness: Harness, producer: ProducerAPI, session_id: uuid.UUID, user_id: uuid.UUID, step: int
 ) -> None:
-    with Session(harness.engine) as session:
-        submit_answer(
-            session, producer, session_id, user_id, step=step, answer=f"answer {step}: tired"
-        )
-        session.commit()
+    producer.submit_answer(session_id, user_id, step=step, answer=f"answer {step}: tired")
 
 
 def test_conversation_from_first_question_to_a_visualized_entry(
-    harness: Harness, producer: Producer
+    harness: Harness, producer: ProducerAPI
 ) -> None:
     marker = _marker()
     session_id, user_id = _start(harness, producer, marker)
@@ -124,7 +119,7 @@ def test_conversation_from_first_question_to_a_visualized_entry(
 
 
 def test_two_workers_racing_on_one_step_store_one_question(
-    harness: Harness, producer: Producer
+    harness: Harness, producer: ProducerAPI
 ) -> None:
     second = harness.start_worker(threads=4)
     try:
@@ -151,7 +146,7 @@ def test_two_workers_racing_on_one_step_store_one_question(
 
 
 def test_step_whose_answer_is_late_is_retried_then_served(
-    harness: Harness, producer: Producer
+    harness: Harness, producer: ProducerAPI
 ) -> None:
     marker = _marker()
     session_id, user_id = _start(harness, producer, marker)
@@ -172,7 +167,7 @@ def test_step_whose_answer_is_late_is_retried_then_served(
 
 
 def test_step_whose_answer_never_comes_is_rejected_with_a_reason(
-    harness: Harness, producer: Producer
+    harness: Harness, producer: ProducerAPI
 ) -> None:
     marker = _marker()
     session_id, user_id = _start(harness, producer, marker)
@@ -193,7 +188,7 @@ def test_step_whose_answer_never_comes_is_rejected_with_a_reason(
 
 
 def test_unusable_model_output_fails_permanently_then_replays(
-    harness: Harness, producer: Producer
+    harness: Harness, producer: ProducerAPI
 ) -> None:
     marker = _marker()
     harness.fault(kind="max_tokens", target="analysis", contains=marker, times=2)
@@ -214,7 +209,7 @@ def test_unusable_model_output_fails_permanently_then_replays(
 
 
 def test_malformed_intake_message_is_rejected_and_the_worker_goes_on(
-    harness: Harness, producer: Producer
+    harness: Harness, producer: ProducerAPI
 ) -> None:
     marker = _marker()
     for args in ([{"session_id": "x"}], [{"session_id": str(uuid.uuid4()), "step": "1"}], [1, 2]):
@@ -227,7 +222,9 @@ def test_malformed_intake_message_is_rejected_and_the_worker_goes_on(
     assert "intake.step expects one JSON object argument, got 2 args" in log
 
 
-def test_api_key_never_appears_in_intake_logs_or_rows(harness: Harness, producer: Producer) -> None:
+def test_api_key_never_appears_in_intake_logs_or_rows(
+    harness: Harness, producer: ProducerAPI
+) -> None:
     marker = _marker()
     harness.fault(kind="403", target="analysis", contains=marker)  # a failure is recorded
     session_id, _ = _start(harness, producer, marker)

@@ -239,7 +239,7 @@ def test_two_overlapping_runs_agree_with_one(engine: Engine) -> None:
 
     def run(parallel: int) -> None:
         try:
-            service.recompute_with(lambda: UnitOfWork(factory), message, parallel=parallel)
+            service.recompute(lambda: UnitOfWork(factory), message, parallel=parallel)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -251,7 +251,7 @@ def test_two_overlapping_runs_agree_with_one(engine: Engine) -> None:
         t.join()
     assert not errors
     concurrent = [_rows(engine, u, "week") for u in users]
-    service.recompute_with(lambda: UnitOfWork(factory), message)
+    service.recompute(lambda: UnitOfWork(factory), message)
     assert [_rows(engine, u, "week") for u in users] == concurrent
     assert sum(len(r) for r in concurrent) > 40
 
@@ -318,7 +318,7 @@ def test_incremental_equals_full_recomputation(
 def _cli(args: list[str], db_url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(Path.cwd())}
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
+        [sys.executable, "-m", "workers.entrypoints.cli", *args],
         env=env,
         capture_output=True,
         text=True,

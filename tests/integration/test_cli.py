@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args],
+        [sys.executable, "-m", "workers.entrypoints.cli", *args],
         env={**os.environ, **env},
         cwd=cwd,
         capture_output=True,

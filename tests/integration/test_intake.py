@@ -13,7 +13,7 @@ import dramatiq
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
 
 from db.engine import make_session_factory
 from db.uow import UnitOfWork
@@ -29,8 +29,8 @@ from domain.errors import (
 from domain.intake import MAX_ANSWER_CHARS, NOTIFY_CHANNEL, AskNext, Complete, IntakeState
 from domain.messages import IntakeStep
 from tests.integration.helpers import count, insert_user
-from workers.intake_client import start_session, submit_answer
-from workers.producer import Producer
+from workers.messaging.producer import Producer
+from workers.producer_api import ProducerAPI
 from workers.providers.local_intake import LocalIntakeProvider
 from workers.services.intake import IntakeOutcome, IntakeService
 
@@ -54,11 +54,15 @@ def _queued(producer: Producer, queue: str) -> list[dict[str, Any]]:
 def _service(engine: Engine, producer: Producer, provider: Any = None) -> IntakeService:
     factory = make_session_factory(engine)
     return IntakeService(
-        lambda: UnitOfWork(factory),
+        lambda: UnitOfWork(factory, producer),
         provider or LocalIntakeProvider(),
-        producer.publish,
         max_steps=4,
     )
+
+
+def _api(engine: Engine, producer: Producer) -> ProducerAPI:
+    factory = make_session_factory(engine)
+    return ProducerAPI(lambda: UnitOfWork(factory, producer))
 
 
 def _user(engine: Engine) -> uuid.UUID:
@@ -67,19 +71,13 @@ def _user(engine: Engine) -> uuid.UUID:
 
 
 def _start(engine: Engine, producer: Producer, user_id: uuid.UUID, situation: str) -> uuid.UUID:
-    with Session(engine) as session:
-        session_id = start_session(session, producer, user_id, situation)
-        session.commit()
-    return session_id
+    return _api(engine, producer).start_intake(user_id, situation)
 
 
 def _answer(
     engine: Engine, producer: Producer, session_id: uuid.UUID, user_id: uuid.UUID, step: int, a: str
 ) -> int:
-    with Session(engine) as session:
-        published = submit_answer(session, producer, session_id, user_id, step=step, answer=a)
-        session.commit()
-    return published
+    return _api(engine, producer).submit_answer(session_id, user_id, step=step, answer=a)
 
 
 def _row(engine: Engine, session_id: uuid.UUID) -> dict[str, Any]:
@@ -357,15 +355,14 @@ def test_answer_helper_refuses_wrong_or_repeated_steps(engine: Engine, producer:
 
 
 def test_helpers_publish_only_after_commit(engine: Engine, producer: Producer) -> None:
-    user_id = _user(engine)
-    with Session(engine) as session:
-        start_session(session, producer, user_id, "Rolled back")
-        session.rollback()
+    stranger = uuid.uuid4()  # no such user: the insert fails at commit, nothing is published
+    with pytest.raises(IntegrityError):
+        _start(engine, producer, stranger, "Rolled back")
     with engine.connect() as conn:
-        assert count(conn, "intake_sessions", "user_id = :u", u=user_id) == 0
+        assert count(conn, "intake_sessions", "user_id = :u", u=stranger) == 0
     assert _queued(producer, "intake") == []
-    with pytest.raises(PermanentError, match="situation is empty"), Session(engine) as session:
-        start_session(session, producer, user_id, "  ")
+    with pytest.raises(PermanentError, match="situation is empty"):
+        _start(engine, producer, _user(engine), "  ")
 
 
 def test_reconciler_finds_turns_whose_message_was_lost(engine: Engine, producer: Producer) -> None:

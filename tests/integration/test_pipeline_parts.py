@@ -25,8 +25,9 @@ from domain.errors import (
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStyle
 from tests.integration.helpers import count, insert_entry, insert_user
-from workers.dlq import DeadLetters
-from workers.producer import Producer
+from workers.messaging.dead_letters import DeadLetters
+from workers.messaging.producer import Producer
+from workers.messaging.redis_keys import queue_keys
 from workers.providers.factory import Providers
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
@@ -168,20 +169,25 @@ def test_publish_many_is_consumable_by_dramatiq(broker: dramatiq.Broker) -> None
     assert seen == [str(m.entry_id) for m in messages]
 
 
-def test_publish_on_commit_only_after_commit(broker: dramatiq.Broker, engine: Engine) -> None:
-    producer = Producer(broker)
-    queue = f"{broker.namespace}:visualizations"
-    session = make_session_factory(engine)()
-    producer.publish_on_commit(session, EntryCreated(entry_id=uuid.uuid4(), user_id=uuid.uuid4()))
-    session.rollback()
-    session.close()
+def test_unit_of_work_publishes_only_after_commit(broker: dramatiq.Broker, engine: Engine) -> None:
+    factory = make_session_factory(engine)
+    queue = queue_keys(broker.namespace, "visualizations").ready
+    with UnitOfWork(factory, Producer(broker)) as uow:
+        uow.publish(EntryCreated(entry_id=uuid.uuid4(), user_id=uuid.uuid4()))
+        # no commit: rolled back on exit
     assert broker.client.llen(queue) == 0
-    session = make_session_factory(engine)()
-    producer.publish_on_commit(session, EntryCreated(entry_id=uuid.uuid4(), user_id=uuid.uuid4()))
-    session.execute(text("SELECT 1"))
-    session.commit()
-    session.close()
-    assert broker.client.llen(queue) == 1
+    with pytest.raises(RuntimeError), UnitOfWork(factory, Producer(broker)) as uow:
+        uow.publish(EntryCreated(entry_id=uuid.uuid4(), user_id=uuid.uuid4()))
+        raise RuntimeError("the request failed before commit")
+    assert broker.client.llen(queue) == 0
+    with UnitOfWork(factory, Producer(broker)) as uow:
+        uow.session.execute(text("SELECT 1"))
+        uow.publish(EntryCreated(entry_id=uuid.uuid4(), user_id=uuid.uuid4()))
+        uow.publish(EntryCreated(entry_id=uuid.uuid4(), user_id=uuid.uuid4()))
+        assert broker.client.llen(queue) == 0  # held until commit
+        uow.commit()
+    assert broker.client.llen(queue) == 2
+    assert len(uow.published_ids) == 2
 
 
 def test_dead_letters_list_replay_purge(broker: dramatiq.Broker) -> None:

@@ -11,7 +11,12 @@ import pytest
 import redis
 from apscheduler.triggers.cron import CronTrigger
 
-from workers.scheduler import FireGuard, ScheduledJob, build_scheduler, recompute_messages
+from workers.entrypoints.scheduler import (
+    FireGuard,
+    ScheduledJob,
+    build_scheduler,
+    recompute_messages,
+)
 
 pytestmark = pytest.mark.integration
 

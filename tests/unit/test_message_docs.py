@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.schemas_export import schema_documents
+from workers.devtools.schemas_export import schema_documents
 
 pytestmark = pytest.mark.unit
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "messages"

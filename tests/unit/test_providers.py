@@ -23,7 +23,7 @@ from domain.errors import (
     ProviderUnavailableError,
 )
 from domain.vocabulary import VisualizationStyle
-from workers.emulator import example_from_schema
+from workers.devtools.emulator import example_from_schema
 from workers.logging import register_secret, scrub
 from workers.providers.gemini import classify_api_error, retry_delay_s
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider

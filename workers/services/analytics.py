@@ -21,7 +21,6 @@ from sqlalchemy import text
 from db.uow import UnitOfWork
 from domain.messages import AnalyticsRecompute
 from domain.periods import PeriodKind, period_containing
-from workers import runtime
 
 USER_BATCH = 500
 LANES = 16
@@ -65,15 +64,6 @@ class RecomputeSummary:
 
 
 def recompute(
-    message: AnalyticsRecompute,
-    *,
-    on_batch: Callable[[int, int], None] | None = None,
-    parallel: int = 1,
-) -> RecomputeSummary:
-    return recompute_with(runtime.unit_of_work, message, on_batch=on_batch, parallel=parallel)
-
-
-def recompute_with(
     uow_factory: Callable[[], UnitOfWork],
     message: AnalyticsRecompute,
     *,

@@ -31,7 +31,7 @@ from domain.intake import (
     decide_step,
     parse_history,
 )
-from domain.messages import EntryCreated, IntakeStep, MessageV1
+from domain.messages import EntryCreated, IntakeStep
 from domain.providers import IntakeProvider
 from domain.vocabulary import EntrySource
 from workers.logging import get_logger
@@ -57,13 +57,11 @@ class IntakeService:
         self,
         uow_factory: Callable[[], UnitOfWork],
         provider: IntakeProvider,
-        publish: Callable[[MessageV1], object],
         *,
         max_steps: int,
     ) -> None:
         self.uow_factory = uow_factory
         self.provider = provider
-        self.publish = publish
         self.max_steps = max_steps
 
     def process(self, message: IntakeStep) -> StepResult:
@@ -89,9 +87,6 @@ class IntakeService:
             uow.commit()
 
     # --- steps -------------------------------------------------------------------
-
-    def _publish(self, message: MessageV1) -> None:  # an after-commit callback
-        self.publish(message)
 
     def _load(self, message: IntakeStep) -> IntakeState | None:
         with self.uow_factory() as uow:
@@ -185,8 +180,7 @@ class IntakeService:
                     "entry_id": str(entry_id),
                 },
             )
-            follow_up = EntryCreated(entry_id=entry_id, user_id=message.user_id)
-            uow.after_commit(lambda: self._publish(follow_up))
+            uow.publish(EntryCreated(entry_id=entry_id, user_id=message.user_id))
             uow.commit()
         log.info("intake completed", entry_id=str(entry_id))
         return StepResult(IntakeOutcome.COMPLETED, entry_id)

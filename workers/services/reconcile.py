@@ -5,12 +5,11 @@ and publishes it again (duplicates are harmless: handlers are idempotent).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from db.uow import UnitOfWork
 from domain.messages import EntryCreated, IntakeStep, MessageV1
-from workers import runtime
-from workers.producer import Producer
-from workers.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -27,18 +26,20 @@ class ReconcileReport:
         }
 
 
-def reconcile(producer: Producer | None = None, limit: int = 5000) -> ReconcileReport:
-    from workers import app
-
-    producer = producer or app.producer()
-    settings = get_settings()
-    with runtime.unit_of_work() as uow:
-        unfinished = uow.entries.ids_without_finished_visualization(
-            limit, older_than_s=settings.reconcile_grace_s
-        )
-        stuck = uow.visualizations.stuck(settings.lease_s, limit)
-        turns = uow.intake.due_turns(settings.reconcile_grace_s, limit)
-    messages: list[MessageV1] = [EntryCreated(entry_id=e, user_id=u) for e, u in unfinished + stuck]
-    messages += [IntakeStep(session_id=s, user_id=u, step=n) for s, u, n in turns]
-    producer.publish_many(messages)
+def reconcile(
+    uow_factory: Callable[[], UnitOfWork], *, lease_s: int, grace_s: int, limit: int = 5000
+) -> ReconcileReport:
+    """Republish entries without a finished visualization (older than ``grace_s``),
+    rows whose lease expired, and intake turns whose message was lost."""
+    with uow_factory() as uow:
+        unfinished = uow.entries.ids_without_finished_visualization(limit, older_than_s=grace_s)
+        stuck = uow.visualizations.stuck(lease_s, limit)
+        turns = uow.intake.due_turns(grace_s, limit)
+        messages: list[MessageV1] = [
+            EntryCreated(entry_id=e, user_id=u) for e, u in unfinished + stuck
+        ]
+        messages += [IntakeStep(session_id=s, user_id=u, step=n) for s, u, n in turns]
+        for message in messages:
+            uow.publish(message)
+        uow.commit()
     return ReconcileReport(len(unfinished), len(stuck), len(turns))

@@ -1,7 +1,7 @@
 """Dead letters of the Redis broker: list, replay, purge.
 
-Dramatiq keeps a queue's dead messages in ``{ns}:{queue}.XQ`` (a sorted set of ids by
-time) and their bodies in ``{ns}:{queue}.XQ.msgs`` for DEAD_MESSAGE_TTL (7 days).
+Dramatiq keeps a queue's dead messages for DEAD_MESSAGE_TTL (7 days): ids by time of
+death, and their bodies (key names: workers/messaging/redis_keys.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from workers.messaging.redis_keys import queue_keys
+
 
 class DeadLetters:
     def __init__(self, client: redis.Redis, namespace: str) -> None:
@@ -19,8 +21,8 @@ class DeadLetters:
         self.namespace = namespace
 
     def _keys(self, queue: str) -> tuple[str, str, str]:
-        base = f"{self.namespace}:{queue}"
-        return base, f"{base}.XQ", f"{base}.XQ.msgs"
+        keys = queue_keys(self.namespace, queue)
+        return keys.ready, keys.dead, keys.dead_bodies
 
     def entries(self, queue: str, limit: int = 50) -> list[dict[str, Any]]:
         _, xq, msgs = self._keys(queue)
@@ -60,7 +62,9 @@ class DeadLetters:
             with self.client.pipeline() as pipe:
                 pipe.zrem(xq, redis_id)
                 pipe.hdel(msgs, redis_id)
-                pipe.hset(f"{base}.msgs", redis_id, json.dumps(data))
+                pipe.hset(
+                    queue_keys(self.namespace, queue).ready_bodies, redis_id, json.dumps(data)
+                )
                 pipe.rpush(base, redis_id)
                 pipe.execute()
             moved += 1

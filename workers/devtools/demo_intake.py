@@ -19,10 +19,9 @@ from sqlalchemy.orm import Session
 
 from db.models import EmotionEntry, IntakeSession, User
 from domain.intake import NOTIFY_CHANNEL, next_step, parse_history
-from workers import runtime
-from workers.intake_client import start_session, submit_answer
+from workers import bootstrap
 from workers.logging import get_logger
-from workers.producer import Producer
+from workers.producer_api import ProducerAPI
 
 log = get_logger("emotionviz.demo.intake")
 
@@ -58,7 +57,7 @@ SCRIPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 @dataclass
 class ScriptedRespondent:
-    producer: Producer
+    api: ProducerAPI
     sessions: dict[uuid.UUID, tuple[str, ...]] = field(default_factory=dict)
     user_id: uuid.UUID | None = None
     answered: int = 0
@@ -67,7 +66,7 @@ class ScriptedRespondent:
     def reset(self) -> None:
         """Forget earlier demo conversations (only the demo's own scripted ones)."""
         situations = [s for s, _ in SCRIPTS]
-        with runtime.unit_of_work() as uow:
+        with bootstrap.unit_of_work() as uow:
             owned = select(IntakeSession.id).where(IntakeSession.initial_situation.in_(situations))
             uow.session.execute(
                 delete(EmotionEntry).where(EmotionEntry.intake_session_id.in_(owned))
@@ -78,18 +77,16 @@ class ScriptedRespondent:
             uow.commit()
 
     def start(self) -> list[uuid.UUID]:
-        with Session(runtime.engine()) as session:
+        with Session(bootstrap.engine()) as session:
             self.user_id = session.scalar(select(User.id).where(User.email == DEMO_EMAIL))
-            assert self.user_id is not None, "the seed creates the demo user"
-            for situation, answers in SCRIPTS:
-                session_id = start_session(session, self.producer, self.user_id, situation)
-                self.sessions[session_id] = answers
-            session.commit()
+        assert self.user_id is not None, "the seed creates the demo user"
+        for situation, answers in SCRIPTS:
+            self.sessions[self.api.start_intake(self.user_id, situation)] = answers
         return list(self.sessions)
 
     def run(self, stop: threading.Event) -> None:
         """Answer questions as they are announced; returns when all sessions are done."""
-        url = make_url(runtime.database_url()).set(drivername="postgresql")
+        url = make_url(bootstrap.database_url()).set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -106,7 +103,7 @@ class ScriptedRespondent:
         """Answer every question waiting for us; True when all sessions are complete."""
         assert self.user_id is not None
         complete = 0
-        with Session(runtime.engine()) as session:
+        with Session(bootstrap.engine()) as session:
             rows = session.scalars(
                 select(IntakeSession).where(IntakeSession.id.in_(list(self.sessions)))
             ).all()
@@ -121,10 +118,6 @@ class ScriptedRespondent:
         for session_id, step in waiting:
             script = self.sessions[session_id]
             answer = script[step - 1] if step <= len(script) else CLOSING_ANSWER
-            with Session(runtime.engine()) as session:
-                submit_answer(
-                    session, self.producer, session_id, self.user_id, step=step, answer=answer
-                )
-                session.commit()
+            self.api.submit_answer(session_id, self.user_id, step=step, answer=answer)
             self.answered += 1
         return complete == len(self.sessions)

@@ -22,7 +22,8 @@ from dramatiq.middleware.pipelines import Pipelines
 
 from domain.messages import IntakeStep
 from workers.logging import get_logger
-from workers.middleware import LogContext
+from workers.messaging.middleware import LogContext
+from workers.messaging.redis_keys import canonical_queue, queue_keys
 from workers.settings import Settings
 
 log = get_logger("emotionviz.broker")
@@ -82,7 +83,7 @@ class SafeRedisBroker(RedisBroker):
         self.idle_poll_ms = idle_poll_ms or {}
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
-        ceiling = self.idle_poll_ms.get(queue_name.removesuffix(".DQ"), timeout)
+        ceiling = self.idle_poll_ms.get(canonical_queue(queue_name), timeout)
         return super().consume(queue_name, prefetch, min(timeout, ceiling))
 
     @property
@@ -95,17 +96,16 @@ class SafeRedisBroker(RedisBroker):
         Only the body is known here (not its id), so it is found by value in the
         queue's hash: a scan, acceptable for the rare poison message.
         """
-        queue = f"{self.namespace}:{queue_name}"
-        canonical = queue_name.removesuffix(".DQ")
-        dead = f"{self.namespace}:{canonical}.XQ"
-        acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
-        for key, value in self.client.hscan_iter(f"{queue}.msgs", count=1000):
+        consumed = queue_keys(self.namespace, queue_name)
+        canonical = canonical_queue(queue_name)
+        dead = queue_keys(self.namespace, canonical)
+        for key, value in self.client.hscan_iter(consumed.ready_bodies, count=1000):
             if value == data:
                 with self.client.pipeline() as pipe:
-                    pipe.zadd(dead, {key: int(time.time() * 1000)})
-                    pipe.hset(f"{dead}.msgs", key, data)
-                    pipe.hdel(f"{queue}.msgs", key)
-                    pipe.srem(acks, key)
+                    pipe.zadd(dead.dead, {key: int(time.time() * 1000)})
+                    pipe.hset(dead.dead_bodies, key, data)
+                    pipe.hdel(consumed.ready_bodies, key)
+                    pipe.srem(consumed.acks(self.broker_id), key)
                     pipe.execute()
                 log.error(
                     "undecodable message moved to the dead-letter queue",

@@ -1,4 +1,4 @@
-"""Operator commands: worker, enqueue, status, dlq, replay, reconcile, emulator."""
+"""Operator commands: worker, enqueue, status, dlq, replay, reconcile."""
 
 from __future__ import annotations
 
@@ -14,17 +14,10 @@ from rich.table import Table
 
 from domain.errors import InvalidMessageError
 from domain.intake import next_step, parse_history
-from domain.messages import AnalyticsRecompute, EntryCreated, IntakeStep, MessageV1
+from domain.messages import QUEUES, EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
-from workers import runtime
+from workers import bootstrap
 from workers.settings import Settings
-
-QUEUES = (
-    EntryCreated.queue_name,
-    IntakeStep.queue_name,
-    AnalyticsRecompute.queue_name,
-    "maintenance",
-)
 
 
 def worker_command(
@@ -34,7 +27,7 @@ def worker_command(
         sys.executable,
         "-m",
         "dramatiq",
-        "workers.actors",
+        "workers.entrypoints.worker",
         "--processes",
         str(processes),
         "--threads",
@@ -52,8 +45,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """Resolve embedded services once, so worker processes do not race to start them."""
     return {
         **os.environ,
-        "DATABASE_URL": runtime.database_url(settings),
-        "REDIS_URL": runtime.redis_url(settings),
+        "DATABASE_URL": bootstrap.database_url(settings),
+        "REDIS_URL": bootstrap.redis_url(settings),
     }
 
 
@@ -75,12 +68,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.app import producer as app_producer
-
-    producer = app_producer()
     message: MessageV1
     if args.kind == "entry":
-        with runtime.unit_of_work() as uow:
+        with bootstrap.unit_of_work() as uow:
             entry = uow.entries.get(uuid.UUID(args.id))
         if entry is None:
             raise InvalidMessageError(f"entry {args.id} does not exist")
@@ -90,15 +80,17 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             style=VisualizationStyle(args.style) if args.style else None,
         )
     else:
-        with runtime.unit_of_work() as uow:
+        with bootstrap.unit_of_work() as uow:
             session = uow.intake.get(uuid.UUID(args.id))
             if session is None:
                 raise InvalidMessageError(f"intake session {args.id} does not exist")
             # Read inside the unit of work: its rollback on exit expires the row.
             step = args.step or next_step(parse_history(session.conversation_history))
             message = IntakeStep(session_id=session.id, user_id=session.user_id, step=step)
-    message_id = producer.publish(message)
-    sys.stdout.write(f"published {message.actor_name} {message_id}\n")
+    with bootstrap.unit_of_work() as uow:
+        uow.publish(message)
+        uow.commit()
+    sys.stdout.write(f"published {message.actor_name} {uow.published_ids[0]}\n")
     return 0
 
 
@@ -106,21 +98,16 @@ def _queue_sizes(settings: Settings) -> dict[str, tuple[int, int, int]]:
     """(ready, delayed, dead) per queue, read from the broker's Redis keys."""
     import redis
 
-    client = redis.Redis.from_url(runtime.redis_url(settings))
-    ns = settings.redis_namespace
-    sizes = {}
-    for queue in QUEUES:
-        sizes[queue] = (
-            int(client.llen(f"{ns}:{queue}")),
-            int(client.llen(f"{ns}:{queue}.DQ")),
-            int(client.zcard(f"{ns}:{queue}.XQ")),
-        )
-    return sizes
+    from workers.messaging.queues import queue_depths
+
+    client = redis.Redis.from_url(bootstrap.redis_url(settings))
+    depths = queue_depths(client, settings.redis_namespace)
+    return {q: (d.ready, d.delayed, d.dead) for q, d in depths.items()}
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     sizes = _queue_sizes(settings)
-    with runtime.unit_of_work() as uow:
+    with bootstrap.unit_of_work() as uow:
         counts = uow.visualizations.status_counts()
         intake = uow.intake.state_counts()
     if args.json:
@@ -165,9 +152,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
-    from workers.dlq import DeadLetters
+    from workers.messaging.dead_letters import DeadLetters
 
-    dead = DeadLetters(redis.Redis.from_url(runtime.redis_url(settings)), settings.redis_namespace)
+    dead = DeadLetters(
+        redis.Redis.from_url(bootstrap.redis_url(settings)), settings.redis_namespace
+    )
     if args.action == "list":
         for item in dead.entries(args.queue, limit=args.limit):
             sys.stdout.write(json.dumps(item) + "\n")
@@ -183,52 +172,27 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     ids = [uuid.UUID(i) for i in args.entry_ids] if args.entry_ids else None
-    with runtime.unit_of_work() as uow:
+    with bootstrap.unit_of_work() as uow:
         rows = uow.visualizations.replay_failed(ids)
+        for entry_id, user_id, style in rows:
+            uow.publish(
+                EntryCreated(entry_id=entry_id, user_id=user_id, style=VisualizationStyle(style))
+            )
         uow.commit()
-    messages = [
-        EntryCreated(entry_id=e, user_id=u, style=VisualizationStyle(s)) for e, u, s in rows
-    ]
-    from workers.app import producer
-
-    producer().publish_many(messages)
-    sys.stdout.write(f"replayed {len(messages)} failed visualizations\n")
+    sys.stdout.write(f"replayed {len(rows)} failed visualizations\n")
     return 0
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.app import producer
     from workers.services.reconcile import reconcile
 
-    report = reconcile(producer())
+    report = reconcile(
+        bootstrap.unit_of_work, lease_s=settings.lease_s, grace_s=settings.reconcile_grace_s
+    )
     sys.stdout.write(
         f"reconcile: republished {report.unfinished} unfinished and {report.stuck} stuck "
         f"entries, {report.intake} lost intake steps\n"
     )
-    return 0
-
-
-def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.emulator import EmulatorServer, EmulatorState
-
-    state = EmulatorState(
-        api_key=args.api_key,
-        latency_analysis_s=args.analysis_latency,
-        latency_image_s=args.image_latency,
-        quota_per_minute=args.quota,
-    )
-    server = EmulatorServer((args.host, args.port), state)
-    sys.stdout.write(
-        f"Gemini emulator listening on {server.url} (key {args.api_key!r}); "
-        f"set GEMINI_BASE_URL={server.url}\n"
-    )
-    sys.stdout.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
     return 0
 
 
@@ -266,11 +230,3 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("entry_ids", nargs="*", help="only these entries (default: every failed one)")
 
     add("reconcile", cmd_reconcile, "republish work the database says is unfinished or stuck")
-
-    p = add("emulator", cmd_emulator, "run the Gemini API emulator (demos, load tests)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8089)
-    p.add_argument("--api-key", default="emulator-key")
-    p.add_argument("--analysis-latency", type=float, default=0.0, metavar="S")
-    p.add_argument("--image-latency", type=float, default=0.0, metavar="S")
-    p.add_argument("--quota", type=int, default=0, help="requests per minute; 0 = unlimited")

@@ -17,10 +17,9 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
-from domain.messages import AnalyticsRecompute
+from domain.messages import AnalyticsRecompute, MaintenanceReconcile, Publisher
 from domain.periods import PeriodKind, period_containing
 from workers.logging import get_logger
-from workers.producer import Producer
 from workers.settings import Settings
 
 log = get_logger("emotionviz.scheduler")
@@ -53,7 +52,7 @@ def recompute_messages(kind: PeriodKind, today: datetime | None = None) -> Analy
     return AnalyticsRecompute(period=kind, period_start=previous.start, period_end=current.end)
 
 
-def default_jobs(settings: Settings, producer: Producer) -> list[ScheduledJob]:
+def default_jobs(settings: Settings, producer: Publisher) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     for kind, expr in (
         ("day", settings.schedule_analytics_day),
@@ -69,13 +68,11 @@ def default_jobs(settings: Settings, producer: Producer) -> list[ScheduledJob]:
                 )
             )
     if settings.schedule_reconcile:
-        from workers.actors import reconcile
-
         jobs.append(
             ScheduledJob(
                 "reconcile",
                 CronTrigger.from_crontab(settings.schedule_reconcile, timezone="UTC"),
-                lambda: len([reconcile.send()]),
+                lambda: len([producer.publish(MaintenanceReconcile())]),
             )
         )
     return jobs

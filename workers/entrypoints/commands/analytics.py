@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from domain.errors import InvalidMessageError
 from domain.messages import AnalyticsRecompute
 from domain.periods import PeriodKind, period_containing
-from workers import runtime
+from workers import bootstrap
 from workers.settings import Settings
 
 
@@ -51,7 +51,7 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
     users = [uuid.UUID(u) for u in args.user] if args.user else None
     if args.inline:
         message = _message(args, users)
-        with runtime.unit_of_work() as uow:
+        with bootstrap.unit_of_work() as uow:
             total_users = len(users) if users else len(uow.users.list_ids())
         columns = (
             TextColumn(f"recompute {message.period}"),
@@ -63,6 +63,7 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
         with Progress(*columns, transient=True, disable=args.quiet) as progress:
             task = progress.add_task("users", total=total_users, rows=0)
             summary = recompute(
+                bootstrap.unit_of_work,
                 message,
                 on_batch=lambda n, rows: progress.update(task, advance=n, rows=rows),
                 parallel=args.parallel or settings.analytics_parallelism,
@@ -73,14 +74,12 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
             f"batches={summary.batches} seconds={time.monotonic() - started:.2f}\n"
         )
         return 0
-    from workers.app import producer
-
-    if users is None:
-        with runtime.unit_of_work() as uow:
-            users = uow.users.list_ids()
-    batches = plan_batches(users)
-    messages = [_message(args, batch) for batch in batches]
-    producer().publish_many(messages)
+    with bootstrap.unit_of_work() as uow:
+        batches = plan_batches(users if users is not None else uow.users.list_ids())
+        messages = [_message(args, batch) for batch in batches]
+        for message in messages:
+            uow.publish(message)
+        uow.commit()
     first = messages[0] if messages else _message(args, None)
     sys.stdout.write(
         f"analytics recompute: published {len(messages)} messages (period={first.period} "
@@ -93,11 +92,11 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
-    from workers.app import producer
-    from workers.scheduler import FireGuard, build_scheduler, default_jobs
+    from workers.bootstrap import producer
+    from workers.entrypoints.scheduler import FireGuard, build_scheduler, default_jobs
 
     jobs = default_jobs(settings, producer())
-    guard = FireGuard(redis.Redis.from_url(runtime.redis_url(settings)), settings.redis_namespace)
+    guard = FireGuard(redis.Redis.from_url(bootstrap.redis_url(settings)), settings.redis_namespace)
     scheduler = build_scheduler(jobs, guard)
     for job in scheduler.get_jobs():
         sys.stdout.write(f"scheduled {job.id}: {job.trigger}\n")

@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,11 @@ from db.models import EmotionAnalytics, EmotionEntry, IntakeSession, Visualizati
 from db.seed import seed_dev_data
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStyle
-from workers import runtime, stats
-from workers.commands.demo_intake import ScriptedRespondent
-from workers.commands.ops import worker_command, worker_env
-from workers.gallery import write_gallery
+from workers import bootstrap
+from workers.devtools.demo_intake import ScriptedRespondent
+from workers.devtools.gallery import write_gallery
+from workers.entrypoints.commands.ops import worker_command, worker_env
+from workers.producer_api import ProducerAPI
 from workers.providers.storage import LocalImageStore
 from workers.settings import Settings
 
@@ -57,14 +57,14 @@ def _post(url: str, payload: dict[str, Any]) -> None:
 
 
 def _reset_demo_rows() -> None:
-    with runtime.unit_of_work() as uow:
+    with bootstrap.unit_of_work() as uow:
         uow.session.execute(delete(Visualization))
         uow.session.execute(delete(EmotionAnalytics))
         uow.commit()
 
 
 def _entries() -> list[tuple[Any, Any]]:
-    with runtime.unit_of_work() as uow:
+    with bootstrap.unit_of_work() as uow:
         rows = uow.session.execute(
             select(EmotionEntry.id, EmotionEntry.user_id).order_by(EmotionEntry.created_at)
         ).all()
@@ -72,12 +72,12 @@ def _entries() -> list[tuple[Any, Any]]:
 
 
 def _counts() -> dict[str, int]:
-    with runtime.unit_of_work() as uow:
+    with bootstrap.unit_of_work() as uow:
         return uow.visualizations.status_counts()
 
 
 def _complete(session_ids: list[Any]) -> int:
-    with runtime.unit_of_work() as uow:
+    with bootstrap.unit_of_work() as uow:
         return int(
             uow.session.scalar(
                 select(func.count())
@@ -89,7 +89,7 @@ def _complete(session_ids: list[Any]) -> int:
 
 
 def _timings() -> tuple[float, float]:
-    with runtime.unit_of_work() as uow:
+    with bootstrap.unit_of_work() as uow:
         seconds = func.extract(
             "epoch", Visualization.processing_completed_at - Visualization.created_at
         )
@@ -107,10 +107,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     env = worker_env(settings)  # starts the embedded services when no URLs are set
-    console.print(f"[bold]database[/] {runtime.redact_url(env['DATABASE_URL'])}")
-    console.print(f"[bold]broker[/]   {runtime.redact_url(env['REDIS_URL'])}")
+    console.print(f"[bold]database[/] {bootstrap.redact_url(env['DATABASE_URL'])}")
+    console.print(f"[bold]broker[/]   {bootstrap.redact_url(env['REDIS_URL'])}")
     migrate.upgrade(env["DATABASE_URL"])
-    report = seed_dev_data(runtime.unit_of_work())
+    report = seed_dev_data(bootstrap.unit_of_work())
     console.print(f"seeded {report.users_created} people and {report.entries_created} entries")
     if not args.keep:
         _reset_demo_rows()
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         }
     )
     if args.provider == "emulator":
-        from workers.emulator import EmulatorState, start_in_thread
+        from workers.devtools.emulator import EmulatorState, start_in_thread
 
         emulator = start_in_thread(
             EmulatorState(api_key="emulator-key", latency_analysis_s=0.2, latency_image_s=0.6)
@@ -145,17 +145,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         console.print("provider local (offline analysis and Pillow renderer)")
     env["MEDIA_DIR"] = str(settings.media_dir.resolve())
 
-    stats.reset(["retries", "rejected"])
-    from workers.app import producer as app_producer
-
-    producer = app_producer()
-    respondent = ScriptedRespondent(producer)
+    bootstrap.counters().reset(["retries", "rejected"])
+    respondent = ScriptedRespondent(ProducerAPI(bootstrap.unit_of_work))
     respondent.reset()
     entries = _entries()
-    producer.publish_many(
-        EntryCreated(entry_id=e, user_id=u, style=STYLES[i % len(STYLES)])
-        for i, (e, u) in enumerate(entries)
-    )
+    with bootstrap.unit_of_work() as uow:
+        for i, (entry_id, user_id) in enumerate(entries):
+            uow.publish(
+                EntryCreated(entry_id=entry_id, user_id=user_id, style=STYLES[i % len(STYLES)])
+            )
+        uow.commit()
     console.print(f"published {len(entries)} entry.created messages")
     sessions = respondent.start()
     console.print(
@@ -198,13 +197,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         table.add_row(f"visualizations {status}", str(counts.get(status, 0)))
     table.add_row("intake conversations complete", f"{conversations_done} / {len(sessions)}")
     table.add_row("intake answers given by the respondent", str(respondent.answered))
-    table.add_row("retries (transient failures)", str(stats.read(["retries"])["retries"]))
+    table.add_row(
+        "retries (transient failures)", str(bootstrap.counters().read(["retries"])["retries"])
+    )
     table.add_row("seconds per entry, publish to done (avg / p95)", f"{average:.2f} / {p95:.2f}")
     table.add_row("wall time, whole demo (s)", f"{wall:.1f}")
     console.print(table)
 
     index = write_gallery(
-        runtime.unit_of_work(),
+        bootstrap.unit_of_work(),
         LocalImageStore(settings.media_dir, settings.media_base_url),
         output / "gallery",
     )
@@ -242,8 +243,7 @@ def _wait(console: Console, total: int, worker: subprocess.Popen[bytes], timeout
     return False
 
 
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add("demo", run, "the main job: services, migrations, sample data, pipeline, gallery")
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--provider",
         choices=["local", "emulator"],

@@ -1,27 +1,26 @@
-"""Publishing messages, for upstream Python services and our own commands.
+"""The producer: the one object that sends messages to the broker.
 
-- ``publish(msg)``: one message.
+- ``publish(msg, delay_ms=None)``: one message (deferrals pass a delay).
 - ``publish_many(msgs)``: many, pipelined into one Redis round trip per batch.
-- ``publish_on_commit(session, msg)``: only once the caller's SQLAlchemy transaction
-  commits, so a worker never sees an id whose row is not visible yet, and a rolled-back
-  entry is never published.
 
-Non-Python producers write the same envelope to Redis: see docs/messages.md.
+Messages that follow a database change go through ``UnitOfWork.publish`` (db/uow.py),
+which calls this after commit; upstream services use workers/producer_api.py, which
+does the same. Non-Python producers write the same envelope to Redis:
+docs/messages.md.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
 from domain.messages import MessageV1
+from workers.messaging.redis_keys import queue_keys
 
 PIPELINE_BATCH = 500
 
@@ -45,7 +44,7 @@ class Producer:
     def publish(self, message: MessageV1, *, delay_ms: int | None = None) -> str:
         return str(self.broker.enqueue(envelope(message), delay=delay_ms).message_id)
 
-    def publish_many(self, messages: Iterable[MessageV1]) -> list[str]:
+    def publish_many(self, messages: Sequence[MessageV1]) -> list[str]:
         items = list(messages)
         if not isinstance(self.broker, RedisBroker):
             return [self.publish(m) for m in items]
@@ -59,15 +58,9 @@ class Producer:
                     # queue's hash under a unique id, that id pushed on the queue list.
                     redis_id = str(uuid.uuid4())
                     msg = msg.copy(options={"redis_message_id": redis_id})
-                    queue = f"{self.broker.namespace}:{msg.queue_name}"
-                    pipe.hset(f"{queue}.msgs", redis_id, msg.encode())
-                    pipe.rpush(queue, redis_id)
+                    keys = queue_keys(self.broker.namespace, msg.queue_name)
+                    pipe.hset(keys.ready_bodies, redis_id, msg.encode())
+                    pipe.rpush(keys.ready, redis_id)
                     ids.append(msg.message_id)
                 pipe.execute()
         return ids
-
-    def publish_on_commit(self, session: Session, message: MessageV1) -> None:
-        def _after_commit(_session: Session) -> None:
-            self.publish(message)
-
-        event.listen(session, "after_commit", _after_commit, once=True)

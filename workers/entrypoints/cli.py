@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from domain.errors import ConfigurationError, EmotionVizError
-from workers.logging import configure_logging, get_logger, register_secret
+from workers.logging import get_logger
 from workers.settings import Settings, get_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -27,11 +27,11 @@ def _out(text: str = "") -> None:
 
 def cmd_services(args: argparse.Namespace, settings: Settings) -> int:
     from db import embedded
-    from workers import runtime
+    from workers import bootstrap
 
     if args.action == "start":
-        runtime.database_url(settings)
-        runtime.redis_url(settings)
+        bootstrap.database_url(settings)
+        bootstrap.redis_url(settings)
         for service in embedded.status(settings.data_dir):
             _out(
                 f"{service.name:9} {'running' if service.running else 'STOPPED'}  {service.detail}"
@@ -53,7 +53,7 @@ def cmd_services(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from db import migrate
-    from workers.runtime import database_url
+    from workers.bootstrap import database_url
 
     url = database_url(settings)
     if args.downgrade:
@@ -71,7 +71,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from db import migrate
     from db.seed import seed_dev_data
-    from workers.runtime import database_url, unit_of_work
+    from workers.bootstrap import database_url, unit_of_work
 
     migrate.upgrade(database_url(settings))
     report = seed_dev_data(unit_of_work())
@@ -81,7 +81,7 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from db.backup import backup
-    from workers.runtime import database_url
+    from workers.bootstrap import database_url
 
     path = backup(database_url(settings), Path(args.output))
     _out(f"backup written: {path} ({path.stat().st_size} bytes)")
@@ -90,19 +90,10 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from db.backup import restore
-    from workers.runtime import database_url
+    from workers.bootstrap import database_url
 
     restore(database_url(settings), Path(args.input))
     _out(f"restored from {args.input}")
-    return 0
-
-
-def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.schemas_export import write_schemas
-
-    written = write_schemas(Path(args.output))
-    for path in written:
-        _out(f"wrote {path}")
     return 0
 
 
@@ -140,12 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("restore", cmd_restore, "restore a .dump or .sql.gz backup into the database")
     p.add_argument("input", help="backup file written by 'emotionviz backup'")
 
-    p = add("schemas", cmd_schemas, "write the messages' JSON Schemas (docs/messages)")
-    p.add_argument("--output", default="docs/messages", help="directory (default docs/messages)")
+    from workers.entrypoints.commands import register_all
 
-    from workers import commands
-
-    commands.register(add)
+    register_all(add)
     return parser
 
 
@@ -157,10 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         sys.stderr.write(f"emotionviz: {exc}\n")
         return 2
-    for secret in (settings.gemini_api_key, settings.database_url, settings.redis_url):
-        if secret is not None:
-            register_secret(secret.get_secret_value())
-    configure_logging(settings.log_level, settings.log_format)
+    from workers.bootstrap import configure_process
+
+    configure_process(settings)
     try:
         return int(args.handler(args, settings))
     except ConfigurationError as exc:

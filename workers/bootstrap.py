@@ -1,0 +1,182 @@
+"""The composition root: the one place that turns settings into live parts.
+
+Explicit URLs win, else the embedded services start. Each part is built once per
+process on first use (``lru_cache``): settings, logging and secret registration, the
+broker, the database engine, the providers and the application services. Nothing else
+in the product looks a dependency up; services receive theirs from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import dramatiq
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import embedded
+from db.engine import make_engine, make_session_factory
+from db.uow import UnitOfWork
+from workers.logging import configure_logging, register_secret
+from workers.messaging.broker import build_broker
+from workers.messaging.counters import Counters
+from workers.messaging.producer import Producer
+from workers.providers.factory import Providers, build_providers
+from workers.services.intake import IntakeService
+from workers.services.visualize import VisualizationService, VisualizeLimits
+from workers.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from workers.entrypoints.actors import ActorDependencies
+
+# --- settings and logging -------------------------------------------------------------
+
+
+def configure_process(settings: Settings | None = None) -> Settings:
+    """Register every secret for scrubbing, then configure logging. Called once by each
+    entry point (CLI, worker boot) before anything is logged."""
+    settings = settings or get_settings()
+    for secret in (
+        settings.gemini_api_key,
+        settings.database_url,
+        settings.redis_url,
+        settings.broker_url,
+    ):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+# --- services: explicit URLs, else embedded -------------------------------------------
+
+
+def database_url(settings: Settings | None = None) -> str:
+    settings = settings or get_settings()
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return embedded.start_postgres(settings.data_dir)
+
+
+def redis_url(settings: Settings | None = None) -> str:
+    settings = settings or get_settings()
+    if settings.redis_url is not None:
+        return settings.redis_url.get_secret_value()
+    return embedded.start_redis(settings.data_dir)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs: the password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - any unparsable URL is shown as a placeholder
+        return "<unparsable url>"
+
+
+# --- database ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def engine() -> Engine:
+    settings = get_settings()
+    return make_engine(database_url(settings), pool_size=settings.db_pool_size)
+
+
+@lru_cache(maxsize=1)
+def session_factory() -> sessionmaker[Session]:
+    return make_session_factory(engine())
+
+
+def warm_pool() -> None:
+    """Open the pool's connections now (a worker at boot): otherwise the first burst of
+    messages, a person's first question among them, waits for new connections."""
+    pool = engine().pool
+    with contextlib.ExitStack() as held:
+        for _ in range(getattr(pool, "size", lambda: 1)()):
+            held.enter_context(engine().connect())
+
+
+def unit_of_work() -> UnitOfWork:
+    return UnitOfWork(session_factory(), producer())
+
+
+# --- messaging -----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def broker() -> dramatiq.Broker:
+    settings = configure_process()
+    return build_broker(settings, redis_url(settings))
+
+
+@lru_cache(maxsize=1)
+def producer() -> Producer:
+    return Producer(broker())
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    """A client for our own Redis reads and writes (counters, status, dead letters)."""
+    return redis.Redis.from_url(redis_url())
+
+
+@lru_cache(maxsize=1)
+def counters() -> Counters:
+    return Counters(redis_client(), get_settings().redis_namespace)
+
+
+# --- providers and application services ----------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def providers() -> Providers:
+    settings = get_settings()
+    return build_providers(settings, redis_url(settings))
+
+
+@lru_cache(maxsize=1)
+def visualization_service() -> VisualizationService:
+    settings = get_settings()
+    return VisualizationService(
+        unit_of_work,
+        providers(),
+        VisualizeLimits(
+            lease_s=settings.lease_s,
+            thumbnail_px=settings.thumbnail_px,
+            max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
+        ),
+    )
+
+
+@lru_cache(maxsize=1)
+def intake_service() -> IntakeService:
+    return IntakeService(
+        unit_of_work,
+        providers().intake,
+        max_steps=get_settings().intake_max_steps,
+    )
+
+
+def actor_dependencies() -> ActorDependencies:
+    """The real services behind the actors (workers/entrypoints/worker.py)."""
+    from workers.entrypoints.actors import ActorDependencies
+    from workers.services.analytics import recompute
+    from workers.services.reconcile import reconcile
+
+    settings = get_settings()
+    return ActorDependencies(
+        visualization=visualization_service,
+        intake=intake_service,
+        recompute=lambda message: recompute(unit_of_work, message),
+        reconcile=lambda: reconcile(
+            unit_of_work, lease_s=settings.lease_s, grace_s=settings.reconcile_grace_s
+        ),
+        publisher=producer,
+        count=lambda name: counters().incr(name),
+    )

@@ -1,0 +1,16 @@
+"""The module Dramatiq's CLI loads in every worker process (``emotionviz worker`` runs
+``python -m dramatiq workers.entrypoints.worker``): the broker and the actors, wired to
+the real services by the composition root."""
+
+from __future__ import annotations
+
+from workers import bootstrap
+from workers.entrypoints.actors import declare_actors
+from workers.messaging.middleware import WarmUp
+from workers.settings import get_settings
+
+broker = bootstrap.broker()
+actors = declare_actors(broker, get_settings(), bootstrap.actor_dependencies())
+broker.add_middleware(
+    WarmUp(bootstrap.visualization_service, bootstrap.intake_service, bootstrap.warm_pool)
+)

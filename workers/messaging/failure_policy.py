@@ -1,0 +1,83 @@
+"""What happens to a message whose work raised: reject, fail, retry, or give up.
+
+- a wrong message (invalid, unknown or foreign row) is *rejected*: dead-lettered, no
+  row changed;
+- a permanent error *fails* the job: ``fail(reason)`` records it on the row, then the
+  message is dead-lettered (the actor declares ``throws=(PermanentError,)``);
+- anything else is *retried*: after the server's own delay (plus jitter) when the error
+  carries one, else with Dramatiq's exponential backoff;
+- past ``max_retries`` the job is *given up*: failed like a permanent error, with the
+  last error as the reason.
+
+Pure of I/O except through its arguments, so every branch is unit-tested on Dramatiq's
+StubBroker (tests/unit/test_failure_policy.py).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from domain.errors import (
+    InvalidMessageError,
+    NotFoundError,
+    OwnershipError,
+    PermanentError,
+    TransientError,
+)
+from workers.logging import get_logger
+
+log = get_logger("emotionviz.failures")
+
+# Errors that mean "this message is wrong": dead-letter it, change no row.
+REJECTED = (InvalidMessageError, NotFoundError, OwnershipError)
+
+Count = Callable[[str], None]
+
+
+def reject(exc: Exception, count: Count) -> None:
+    log.error("message rejected", reason=str(exc))
+    count("rejected")
+
+
+def current_retries() -> int:
+    message = CurrentMessage.get_current_message()
+    return int(message.options.get("retries", 0)) if message else 0
+
+
+def run_classified(
+    work: Callable[[], None],
+    *,
+    fail: Callable[[str], None],
+    max_retries: int,
+    count: Count,
+) -> None:
+    """Run one message's work and apply the policy above to what it raises."""
+    try:
+        work()
+    except REJECTED as exc:
+        reject(exc, count)
+        raise
+    except PermanentError as exc:
+        fail(str(exc))
+        raise
+    except Exception as exc:  # every other error is retried, or given up on
+        retries = current_retries()
+        if retries >= max_retries:
+            reason = f"gave up after {retries + 1} attempts; last error: {exc}"
+            fail(reason)
+            raise PermanentError(reason) from exc
+        count("retries")
+        if not isinstance(exc, TransientError):
+            log.exception("unexpected error, will retry")
+            raise
+        log.warning(
+            "transient failure, will retry", reason=str(exc), retry_after_s=exc.retry_after_s
+        )
+        if exc.retry_after_s is None:
+            raise  # Dramatiq's exponential backoff applies
+        delay_ms = int(exc.retry_after_s * 1000 + random.uniform(0, 250))
+        raise dramatiq.Retry(str(exc), delay=delay_ms) from exc

@@ -1,0 +1,89 @@
+"""The producer API: what an upstream Python service (the API) calls to start work.
+
+Every call is one unit of work: it writes what it must, commits, and only then
+publishes (``UnitOfWork.publish``), so a worker never reads a row that is not visible
+yet and a failed request publishes nothing::
+
+    api = ProducerAPI(bootstrap.unit_of_work)      # or any UnitOfWork factory
+    api.entry_created(entry_id, user_id)           # after the API committed the entry
+    session_id = api.start_intake(user_id, "What happened ...")
+    api.submit_answer(session_id, user_id, step=1, answer="...")
+
+Services in other languages write the same envelopes to the broker: docs/messages.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from db.uow import UnitOfWork
+from domain.errors import ConflictError, PermanentError, require_owned
+from domain.intake import clean_answer, parse_history
+from domain.messages import EntryCreated, IntakeStep
+from domain.schemas import MAX_SITUATION_CHARS
+from domain.vocabulary import VisualizationStyle
+
+
+class ProducerAPI:
+    def __init__(self, uow_factory: Callable[[], UnitOfWork]) -> None:
+        self.uow_factory = uow_factory
+
+    def entry_created(
+        self,
+        entry_id: uuid.UUID,
+        user_id: uuid.UUID,
+        style: VisualizationStyle | None = None,
+    ) -> None:
+        """Ask for an entry's analysis and picture (call after the entry committed)."""
+        with self.uow_factory() as uow:
+            uow.publish(EntryCreated(entry_id=entry_id, user_id=user_id, style=style))
+            uow.commit()
+
+    def start_intake(self, user_id: uuid.UUID, initial_situation: str) -> uuid.UUID:
+        """Create an intake session and, after commit, ask for its first question."""
+        situation = initial_situation.strip()
+        if not situation:
+            raise PermanentError("the situation is empty")
+        if len(situation) > MAX_SITUATION_CHARS:
+            raise PermanentError(f"the situation is longer than {MAX_SITUATION_CHARS} characters")
+        with self.uow_factory() as uow:
+            session_id = uow.intake.create(user_id, situation)
+            uow.publish(IntakeStep(session_id=session_id, user_id=user_id, step=1))
+            uow.commit()
+        return session_id
+
+    def submit_answer(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, *, step: int, answer: str
+    ) -> int:
+        """Store the answer to question ``step`` and, after commit, ask for turn step + 1.
+
+        The row is locked while the answer is written, so two submissions of one answer
+        cannot both succeed. Returns the step that was published.
+        """
+        text = clean_answer(answer)
+        with self.uow_factory() as uow:
+            row = require_owned(
+                uow.intake.get(session_id, for_update=True), "intake session", session_id, user_id
+            )
+            if row.is_complete:
+                raise ConflictError(f"intake session {session_id} is already complete")
+            history = parse_history(row.conversation_history)
+            if not history or history[-1].step != step:
+                raise ConflictError(
+                    f"question {step} is not the one awaiting an answer "
+                    f"(the session has {len(history)} questions)"
+                )
+            if history[-1].answer is not None:
+                raise ConflictError(f"question {step} is already answered")
+            # Only the two fields change; the stored question is kept byte for byte.
+            answered = {
+                **row.conversation_history[-1],
+                "answer": text,
+                "answered_at": datetime.now(UTC).isoformat(),
+            }
+            uow.intake.replace_last_exchange(session_id, answered)
+            uow.publish(IntakeStep(session_id=session_id, user_id=user_id, step=step + 1))
+            uow.commit()
+        return step + 1
