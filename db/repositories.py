@@ -256,6 +256,30 @@ class VisualizationRepository:
         )
         return [(r[0], r[1]) for r in self.session.execute(stmt)]
 
+    def stuck_count(self, lease_s: int) -> int:
+        """Rows processing past their lease (their worker died or hangs)."""
+        v = Visualization
+        expired = v.processing_started_at < func.now() - text(f"interval '{int(lease_s)} seconds'")
+        stmt = (
+            select(func.count())
+            .select_from(v)
+            .where(v.status == VisualizationStatus.PROCESSING.value)
+            .where(expired)
+        )
+        return int(self.session.scalar(stmt) or 0)
+
+    def recent_failure_reasons(self, seconds: int, limit: int = 10_000) -> list[str]:
+        """error_message of the rows failed in the last ``seconds`` (by the status index:
+        failed rows only)."""
+        v = Visualization
+        stmt = (
+            select(v.error_message)
+            .where(v.status == VisualizationStatus.FAILED.value)
+            .where(v.updated_at > func.now() - text(f"interval '{int(seconds)} seconds'"))
+            .limit(limit)
+        )
+        return [reason or "" for reason in self.session.scalars(stmt)]
+
     def status_counts(self) -> dict[str, int]:
         v = Visualization
         rows = self.session.execute(select(v.status, func.count()).group_by(v.status))

@@ -9,13 +9,26 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.errors import ConfigurationError
 
 ProviderChoice = Literal["auto", "local", "gemini"]
+_URL_SCHEMES = {
+    "database_url": ("postgres", "postgresql", "postgresql+psycopg"),
+    "redis_url": ("redis", "rediss", "unix"),
+    "broker_url": ("redis", "rediss", "unix", "amqp", "amqps"),
+}
 
 
 class Settings(BaseSettings):
@@ -116,6 +129,25 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not a 5-field cron expression ({exc})") from None
         return value.strip()
+
+    @field_validator("database_url", "redis_url", "broker_url")
+    @classmethod
+    def _parsable_url(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Caught here, a malformed URL is one line naming the setting (exit 2), not a
+        # driver traceback at the first connection. The message never repeats the URL.
+        if value is None:
+            return None
+        schemes = _URL_SCHEMES[info.field_name or ""]
+        try:
+            parts = urlsplit(value.get_secret_value())
+            parts.port  # noqa: B018 - raises ValueError for a non-numeric port
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL ({exc})") from None
+        if parts.scheme not in schemes:
+            raise ValueError(f"the scheme must be one of {', '.join(schemes)}")
+        if parts.scheme != "unix" and not (parts.hostname or parts.query):
+            raise ValueError("the URL names no host")
+        return value
 
     @field_validator("media_base_url")
     @classmethod

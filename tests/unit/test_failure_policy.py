@@ -86,10 +86,15 @@ class Rig:
 @pytest.fixture
 def rig() -> Iterator[Rig]:
     broker = StubBroker(
-        middleware=[Retries(max_retries=MAX_RETRIES, min_backoff=5, max_backoff=20), CurrentMessage()]
+        middleware=[
+            Retries(max_retries=MAX_RETRIES, min_backoff=5, max_backoff=20),
+            CurrentMessage(),
+        ]
     )
     broker.emit_after("process_boot")
-    settings = Settings(_env_file=None, max_retries=MAX_RETRIES, min_backoff_ms=5, max_backoff_ms=20)  # type: ignore[call-arg]
+    settings = Settings(
+        _env_file=None, max_retries=MAX_RETRIES, min_backoff_ms=5, max_backoff_ms=20
+    )  # type: ignore[call-arg]
     service = FakeVisualizations(script=[])
     publisher = FakePublisher()
     counted: list[str] = []

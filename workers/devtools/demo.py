@@ -32,7 +32,7 @@ from domain.vocabulary import VisualizationStyle
 from workers import bootstrap
 from workers.devtools.demo_intake import ScriptedRespondent
 from workers.devtools.gallery import write_gallery
-from workers.entrypoints.commands.ops import worker_command, worker_env
+from workers.entrypoints.commands.worker import worker_command, worker_env
 from workers.producer_api import ProducerAPI
 from workers.providers.storage import LocalImageStore
 from workers.settings import Settings

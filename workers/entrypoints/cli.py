@@ -9,12 +9,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from domain.errors import ConfigurationError, EmotionVizError
-from workers.logging import get_logger
+from workers.entrypoints.cli_contract import OneLineParser, fail_line
 from workers.settings import Settings, get_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-log = get_logger("emotionviz.cli")
 
 
 def _out(text: str = "") -> None:
@@ -101,14 +99,19 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="emotionviz",
         description=(
             "EmotionVisualizer background workers. With DATABASE_URL / REDIS_URL unset, "
             "commands start an embedded PostgreSQL and Redis in DATA_DIR (default .data)."
         ),
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a failure (for bug reports)"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
+    )
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -140,25 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = " ".join(
+        part for part in (args.command, getattr(args, "action", None)) if isinstance(part, str)
+    )
     try:
         settings = get_settings()
-    except ConfigurationError as exc:
-        sys.stderr.write(f"emotionviz: {exc}\n")
-        return 2
-    from workers.bootstrap import configure_process
+        from workers.bootstrap import configure_process  # heavy: only once args are valid
 
-    configure_process(settings)
-    try:
+        configure_process(settings)
         return int(args.handler(args, settings))
-    except ConfigurationError as exc:
-        sys.stderr.write(f"emotionviz: {exc}\n")
-        return 2
-    except EmotionVizError as exc:
-        log.error("command failed", command=args.command, error=str(exc))
-        sys.stderr.write(f"emotionviz {args.command}: {exc}\n")
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        code, line = fail_line(command, exc)
+        sys.stderr.write(line + "\n")
+        return code
 
 
 if __name__ == "__main__":

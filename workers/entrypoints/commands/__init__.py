@@ -9,8 +9,8 @@ from typing import Any
 
 def register_all(add: Callable[..., Any]) -> None:
     from workers.devtools import commands as devtools
-    from workers.entrypoints.commands import analytics, ops
+    from workers.entrypoints.commands import analytics, dlq, jobs, status, worker
 
-    ops.register(add)
-    analytics.register(add)
+    for module in (worker, jobs, status, dlq, analytics):
+        module.register(add)
     devtools.register(add)

@@ -8,22 +8,15 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from domain.errors import InvalidMessageError
 from domain.messages import AnalyticsRecompute
 from domain.periods import PeriodKind, period_containing
 from workers import bootstrap
+from workers.entrypoints.cli_contract import InputError, iso_date, positive_int, uuid_arg
 from workers.settings import Settings
-
-
-def _date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def _message(args: argparse.Namespace, users: list[uuid.UUID] | None) -> AnalyticsRecompute:
@@ -40,7 +33,7 @@ def _message(args: argparse.Namespace, users: list[uuid.UUID] | None) -> Analyti
         ).start
     )
     if first > last:
-        raise InvalidMessageError(f"--from {first} is after --to {last}")
+        raise InputError(f"--from {first} is after --to {last}")
     return AnalyticsRecompute(period=kind, period_start=first, period_end=last, user_ids=users)
 
 
@@ -48,7 +41,7 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
     from workers.services.analytics import plan_batches, recompute
 
     started = time.monotonic()
-    users = [uuid.UUID(u) for u in args.user] if args.user else None
+    users: list[uuid.UUID] | None = args.user or None
     if args.inline:
         message = _message(args, users)
         with bootstrap.unit_of_work() as uow:
@@ -123,16 +116,18 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     r.add_argument(
         "--from",
         dest="from_",
-        type=_date,
+        type=iso_date,
         metavar="DATE",
         help="first day (its whole period is recomputed)",
     )
-    r.add_argument("--to", type=_date, metavar="DATE", help="last day (default today, UTC)")
-    r.add_argument("--user", action="append", metavar="ID", help="only this user (repeatable)")
+    r.add_argument("--to", type=iso_date, metavar="DATE", help="last day (default today, UTC)")
+    r.add_argument(
+        "--user", action="append", type=uuid_arg, metavar="ID", help="only this user (repeatable)"
+    )
     r.add_argument("--inline", action="store_true", help="compute in this process")
     r.add_argument(
         "--parallel",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="with --inline: batches at a time, one connection each "
         "(default ANALYTICS_PARALLELISM)",

@@ -1,0 +1,32 @@
+"""Failure classes: what kind of problem a stored failure reason describes, so operators
+see "12 safety blocks, 3 timeouts" rather than 15 sentences. Pure; the reasons are
+written by our own code (providers, services, the failure policy), so a handful of
+markers classify them."""
+
+from __future__ import annotations
+
+# Checked in order: the first class whose marker appears in the reason wins.
+_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("crash_loop", ("worker stopped",)),
+    ("rate_limited", ("429", "quota", "rate limit", "resource_exhausted")),
+    ("safety", ("safety", "blocked", "prohibited")),
+    ("timeout", ("timeout", "timed out", "deadline")),
+    ("server_error", ("500", "502", "503", "504", "unavailable", "internal error")),
+    (
+        "invalid_output",
+        ("unusable", "invalid output", "not valid json", "no image", "invalid image"),
+    ),
+    ("configuration", ("401", "403", "404", "api key", "permission", "_model")),
+    ("database", ("database",)),
+    ("not_found", ("does not exist", "not found")),
+    ("gave_up", ("gave up",)),
+)
+OTHER = "other"
+
+
+def failure_class(reason: str | None) -> str:
+    text = (reason or "").lower()
+    for name, markers in _CLASSES:
+        if any(marker in text for marker in markers):
+            return name
+    return OTHER

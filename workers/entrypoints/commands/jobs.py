@@ -1,0 +1,199 @@
+"""Commands on individual jobs: enqueue, replay, reconcile, and ``job`` (one job's life)."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from domain.errors import NotFoundError
+from domain.failures import failure_class
+from domain.intake import next_step, parse_history
+from domain.messages import EntryCreated, IntakeStep, MessageV1
+from domain.vocabulary import VisualizationStyle
+from workers import bootstrap
+from workers.entrypoints.cli_contract import emit_json, out, positive_int, uuid_arg
+from workers.messaging.broker_state import locate
+from workers.settings import Settings
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    message: MessageV1
+    with bootstrap.unit_of_work() as uow:
+        if args.kind == "entry":
+            entry = uow.entries.get(args.id)
+            if entry is None:
+                raise NotFoundError(f"entry {args.id} does not exist")
+            message = EntryCreated(
+                entry_id=args.id,
+                user_id=entry.user_id,
+                style=VisualizationStyle(args.style) if args.style else None,
+            )
+        else:
+            session = uow.intake.get(args.id)
+            if session is None:
+                raise NotFoundError(f"intake session {args.id} does not exist")
+            step = args.step or next_step(parse_history(session.conversation_history))
+            message = IntakeStep(session_id=args.id, user_id=session.user_id, step=step)
+        uow.publish(message)
+        uow.commit()
+    message_id = uow.published_ids[0]
+    if args.json:
+        emit_json({"actor": message.actor_name, "message_id": message_id})
+    else:
+        out(f"published {message.actor_name} {message_id}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    with bootstrap.unit_of_work() as uow:
+        rows = uow.visualizations.replay_failed(args.entry_ids or None)
+        for entry_id, user_id, style in rows:
+            uow.publish(
+                EntryCreated(entry_id=entry_id, user_id=user_id, style=VisualizationStyle(style))
+            )
+        uow.commit()
+    if args.json:
+        emit_json({"replayed": [str(entry_id) for entry_id, _, _ in rows]})
+    else:
+        out(f"replayed {len(rows)} failed visualizations")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.services.reconcile import reconcile
+
+    report = reconcile(
+        bootstrap.unit_of_work, lease_s=settings.lease_s, grace_s=settings.reconcile_grace_s
+    )
+    if args.json:
+        emit_json(report.as_log())
+    else:
+        out(
+            f"reconcile: republished {report.unfinished} unfinished and {report.stuck} stuck "
+            f"entries, {report.intake} lost intake steps"
+        )
+    return 0
+
+
+# --- job: one job's life ------------------------------------------------------------
+
+
+def entry_life(settings: Settings, entry_id: uuid.UUID) -> dict[str, Any]:
+    with bootstrap.unit_of_work() as uow:
+        entry = uow.entries.get(entry_id)
+        if entry is None:
+            raise NotFoundError(f"entry {entry_id} does not exist")
+        row = uow.visualizations.get_by_entry(entry_id)
+    life: dict[str, Any] = {"entry_id": str(entry_id), "user_id": str(entry.user_id)}
+    if row is None:
+        life["visualization"] = None
+    else:
+        life["visualization"] = {
+            "status": row.status,
+            "style": row.style,
+            "created_at": row.created_at,
+            "processing_started_at": row.processing_started_at,
+            "processing_completed_at": row.processing_completed_at,
+            "error_message": row.error_message,
+            "error_class": failure_class(row.error_message) if row.error_message else None,
+            "image_url": row.image_url,
+            "thumbnail_url": row.thumbnail_url,
+        }
+    life["messages"] = _messages(settings, EntryCreated.queue_name, str(entry_id))
+    return life
+
+
+def session_life(settings: Settings, session_id: uuid.UUID) -> dict[str, Any]:
+    with bootstrap.unit_of_work() as uow:
+        session = uow.intake.get(session_id)
+        if session is None:
+            raise NotFoundError(f"intake session {session_id} does not exist")
+    history = parse_history(session.conversation_history)
+    context = session.ai_context or {}
+    life: dict[str, Any] = {
+        "session_id": str(session_id),
+        "user_id": str(session.user_id),
+        "is_complete": session.is_complete,
+        "questions": len(history),
+        "answers": sum(1 for turn in history if turn.answer is not None),
+        "next_step": None if session.is_complete else next_step(history),
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "completed_at": session.completed_at,
+        "last_error": context.get("last_error"),
+        "failed_step": context.get("failed_step"),
+    }
+    life["messages"] = _messages(settings, IntakeStep.queue_name, str(session_id))
+    return life
+
+
+def _messages(settings: Settings, queue: str, needle: str) -> list[dict[str, Any]]:
+    found = locate(bootstrap.redis_client(), settings.redis_namespace, queue, needle)
+    return [
+        {"message_id": m.message_id, "where": m.place, "retries": m.retries, "error": m.error}
+        for m in found
+    ]
+
+
+def _print_life(life: dict[str, Any]) -> None:
+    for key, value in life.items():
+        if key == "messages":
+            continue
+        if isinstance(value, dict):
+            out(f"{key}:")
+            for inner, item in value.items():
+                if item is not None:
+                    out(f"  {inner:24} {item}")
+        elif value is not None:
+            out(f"{key:26} {value}")
+    if not life["messages"]:
+        out("message                    nowhere in the broker (done, or lost: reconcile)")
+    for message in life["messages"]:
+        line = f"message {message['message_id']}: {message['where']}"
+        line += f", {message['retries']} retries" if message["retries"] else ""
+        out(line + (f" ({message['error']})" if message["error"] else ""))
+
+
+def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
+    if args.session:
+        life = session_life(settings, args.session)
+    elif args.entry_id:
+        life = entry_life(settings, args.entry_id)
+    else:
+        from workers.entrypoints.cli_contract import InputError
+
+        raise InputError("give an ENTRY_ID, or --session ID")
+    if args.json:
+        emit_json(life)
+    else:
+        _print_life(life)
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("enqueue", cmd_enqueue, "publish a message for an existing row (operators, replays)")
+    p.add_argument("kind", choices=["entry", "intake"])
+    p.add_argument("id", type=uuid_arg, help="emotion entry id, or intake session id")
+    p.add_argument("--style", choices=[s.value for s in VisualizationStyle])
+    p.add_argument(
+        "--step",
+        type=positive_int,
+        help="intake turn to produce (default: the one the session is waiting for)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("replay", cmd_replay, "set failed visualizations back to pending and publish them")
+    p.add_argument(
+        "entry_ids", nargs="*", type=uuid_arg, help="only these entries (default: every failed)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("reconcile", cmd_reconcile, "republish work the database says is unfinished or stuck")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("job", cmd_job, "one job's life: its row, times, last error, where its message is")
+    p.add_argument("entry_id", nargs="?", type=uuid_arg, help="an emotion entry id")
+    p.add_argument("--session", type=uuid_arg, metavar="ID", help="an intake session instead")
+    p.add_argument("--json", action="store_true", help="machine-readable output")

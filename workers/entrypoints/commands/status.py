@@ -1,0 +1,114 @@
+"""``emotionviz status``: the queues, the workers and the work, at a glance."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from domain.failures import failure_class
+from workers import bootstrap
+from workers.entrypoints.cli_contract import emit_json, positive_int
+from workers.messaging.broker_state import read_broker_state
+from workers.settings import Settings
+
+FAILURE_WINDOW_S = 3600
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (also its --json)."""
+    broker = read_broker_state(bootstrap.redis_client(), settings.redis_namespace)
+    with bootstrap.unit_of_work() as uow:
+        rows = uow.visualizations.status_counts()
+        stuck = uow.visualizations.stuck_count(settings.lease_s)
+        reasons = uow.visualizations.recent_failure_reasons(FAILURE_WINDOW_S)
+        intake = uow.intake.state_counts()
+    failures = Counter(failure_class(reason) for reason in reasons)
+    return {
+        **broker.as_dict(),
+        "workers_alive": len(broker.workers),
+        "visualizations": rows,
+        "visualizations_stuck": stuck,
+        "failures_last_hour": dict(failures.most_common()),
+        "intake_sessions": intake,
+    }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render(status: dict[str, Any]) -> Group:
+    queues = Table(title="queues")
+    columns = ("queue", "ready", "delayed", "in flight", "retrying", "dead", "oldest ready")
+    for column in columns:
+        queues.add_column(column, justify="left" if column == "queue" else "right")
+    for name, q in status["queues"].items():
+        queues.add_row(
+            name,
+            *(str(q[k]) for k in ("ready", "delayed", "in_flight", "retrying", "dead")),
+            _age(q["oldest_age_s"]),
+        )
+    workers = Table(title=f"workers alive: {status['workers_alive']}")
+    workers.add_column("worker")
+    workers.add_column("last heartbeat", justify="right")
+    workers.add_column("holding")
+    for w in status["workers"]:
+        holding = ", ".join(f"{q}: {n}" for q, n in sorted(w["holding"].items()) if n) or "-"
+        workers.add_row(w["worker_id"][:12], f"{w['last_heartbeat_s_ago']} s ago", holding)
+    rows = Table(title="visualizations")
+    rows.add_column("status")
+    rows.add_column("rows", justify="right")
+    for state in ("pending", "processing", "completed", "failed"):
+        rows.add_row(state, str(status["visualizations"].get(state, 0)))
+    rows.add_row("stuck past lease", str(status["visualizations_stuck"]))
+    failures = Table(title="failures, last hour")
+    failures.add_column("class")
+    failures.add_column("rows", justify="right")
+    for cls, number in status["failures_last_hour"].items() or [("none", 0)]:
+        failures.add_row(cls, str(number))
+    intake = Table(title="intake sessions")
+    intake.add_column("state")
+    intake.add_column("sessions", justify="right")
+    for state, number in status["intake_sessions"].items():
+        intake.add_row(state.replace("_", " "), str(number))
+    return Group(queues, workers, rows, failures, intake)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    if args.watch:
+        with Live(render(collect_status(settings)), refresh_per_second=1) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(render(collect_status(settings)))
+    status = collect_status(settings)
+    if args.json:
+        emit_json(status)
+    elif not args.quiet:
+        Console().print(render(status))
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("status", cmd_status, "queues, workers, visualization states and recent failures")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--json", action="store_true", help="machine-readable output")
+    mode.add_argument(
+        "--quiet", action="store_true", help="no output; exit 0 if reachable, 1 if not"
+    )
+    mode.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument(
+        "--interval", type=positive_int, default=2, metavar="S", help="--watch refresh (s)"
+    )

@@ -1,0 +1,85 @@
+"""``emotionviz worker``: Dramatiq worker processes on our broker and actors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from domain.errors import ConfigurationError
+from domain.messages import QUEUES
+from workers import bootstrap
+from workers.entrypoints.cli_contract import positive_int
+from workers.settings import Settings
+
+# Dramatiq waits this long for running jobs on SIGTERM before requeueing them; a
+# supervisor's stop grace must be longer (docker-compose.yml: stop_grace_period).
+SHUTDOWN_TIMEOUT_MS = 60_000
+
+
+def worker_command(
+    settings: Settings, *, processes: int, threads: int, queues: list[str] | None
+) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.entrypoints.worker",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--skip-logging",
+        "--worker-shutdown-timeout",
+        str(SHUTDOWN_TIMEOUT_MS),
+    ]
+    if queues:
+        args += ["--queues", *queues]
+    return args
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Resolve embedded services once, so worker processes do not race to start them."""
+    return {
+        **os.environ,
+        "DATABASE_URL": bootstrap.database_url(settings),
+        "REDIS_URL": bootstrap.redis_url(settings),
+    }
+
+
+def check_can_work(settings: Settings) -> None:
+    """Refuse to start a worker that could only fail every job."""
+    if settings.provider == "gemini" and settings.gemini_api_key is None:
+        raise ConfigurationError(
+            "PROVIDER=gemini needs GEMINI_API_KEY (or PROVIDER=local for the offline providers)"
+        )
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from db import migrate
+
+    check_can_work(settings)
+    env = worker_env(settings)
+    migrate.upgrade(env["DATABASE_URL"])
+    command = worker_command(
+        settings,
+        processes=args.processes or settings.worker_processes,
+        threads=args.threads or settings.worker_threads,
+        queues=args.queues,
+    )
+    # Dramatiq's CLI forks the processes and shuts down gracefully on SIGTERM/SIGINT
+    # (finishing or requeueing in-flight messages). When a child dies it stops the
+    # others and exits non-zero: a supervisor (docker-compose's restart policy,
+    # systemd) restarts the whole worker.
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        "worker", cmd_worker, "run Dramatiq worker processes (WORKER_PROCESSES x WORKER_THREADS)"
+    )
+    p.add_argument("--processes", type=positive_int, help="default WORKER_PROCESSES")
+    p.add_argument("--threads", type=positive_int, help="default WORKER_THREADS")
+    p.add_argument("--queues", nargs="+", choices=QUEUES, help="only these queues (default all)")
