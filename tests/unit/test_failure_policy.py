@@ -4,6 +4,7 @@ give-up. No PostgreSQL, no Redis."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -178,3 +179,15 @@ def test_lease_held_elsewhere_defers_without_spending_a_retry(rig: Rig) -> None:
     assert isinstance(message, EntryCreated)
     assert 42_000 <= (delay_ms or 0) <= 43_000
     assert rig.dead == [] and rig.counted == []
+
+
+def test_expected_retry_is_not_logged_as_an_unhandled_error(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.service.script = [ProviderUnavailableError("503 overloaded")]
+    with caplog.at_level(logging.INFO, logger="dramatiq"):
+        rig.run(_payload())
+    assert len(rig.service.calls) == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert any("Retrying message" in r.getMessage() for r in caplog.records)

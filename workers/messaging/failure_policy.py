@@ -71,13 +71,19 @@ def run_classified(
             fail(reason)
             raise PermanentError(reason) from exc
         count("retries")
+        # Raised as dramatiq.Retry, which Dramatiq does not log again: an expected
+        # retry is one warning line, an unexpected error one error line with its
+        # traceback (a bug to look at), never both.
         if not isinstance(exc, TransientError):
-            log.exception("unexpected error, will retry")
-            raise
+            log.exception("unexpected error, will retry", attempt=retries + 1)
+            raise dramatiq.Retry(f"{type(exc).__name__}: {exc}") from exc
         log.warning(
-            "transient failure, will retry", reason=str(exc), retry_after_s=exc.retry_after_s
+            "transient failure, will retry",
+            reason=str(exc),
+            retry_after_s=exc.retry_after_s,
+            attempt=retries + 1,
         )
-        if exc.retry_after_s is None:
-            raise  # Dramatiq's exponential backoff applies
-        delay_ms = int(exc.retry_after_s * 1000 + random.uniform(0, 250))
+        delay_ms = None  # None: Dramatiq's exponential backoff with jitter
+        if exc.retry_after_s is not None:
+            delay_ms = int(exc.retry_after_s * 1000 + random.uniform(0, 250))
         raise dramatiq.Retry(str(exc), delay=delay_ms) from exc
