@@ -79,7 +79,12 @@ class Settings(BaseSettings):
     max_backoff_ms: int = Field(default=300_000, ge=1)
     lease_s: int = Field(default=600, ge=10)
     message_max_age_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
-    prometheus: bool = False
+
+    # Metrics and health: one HTTP server per `emotionviz worker` (/metrics, /healthz,
+    # /readyz). METRICS_PORT=0 turns it off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9191, ge=0, le=65535)
+    metrics_cache_s: float = Field(default=10.0, ge=0, le=300)
 
     # Intake conversation (a person is waiting: short retries on their own queue).
     intake_max_steps: int = Field(default=5, ge=1, le=20)

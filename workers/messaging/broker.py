@@ -3,7 +3,7 @@
 Redis by default (REDIS_URL, or the embedded server); RabbitMQ when BROKER_URL is
 amqp://. Middleware: Dramatiq's defaults (age limit, time limit, shutdown, callbacks,
 pipelines, retries, current message) with our settings, plus structured logging
-context, and Prometheus when asked for.
+context. Worker processes add the metrics middleware (workers/entrypoints/worker.py).
 """
 
 from __future__ import annotations
@@ -131,10 +131,6 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
         CurrentMessage(),
         LogContext(),
     ]
-    if settings.prometheus:
-        from dramatiq.middleware.prometheus import Prometheus
-
-        middleware.append(Prometheus())
     broker: dramatiq.Broker
     broker_url = settings.broker_url.get_secret_value() if settings.broker_url else None
     if broker_url and broker_url.startswith("amqp"):

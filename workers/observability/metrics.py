@@ -1,0 +1,121 @@
+"""Our Prometheus metrics (names start ``emotionviz_``), recorded in worker processes.
+
+Under ``emotionviz worker`` every process shares one multiprocess directory
+(``PROMETHEUS_MULTIPROC_DIR``, set before the processes start), and the exposition
+server (workers/observability/exposition.py) adds them up; anywhere else (a CLI
+command, a test) they are ordinary in-process metrics. So recording is always safe and
+never fails a job.
+
+The gauges read from Redis and PostgreSQL at scrape time (queue depths, rows by
+status) are not here: workers/observability/collector.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+# Request latencies: the analysis model answers in about a second, the image model in
+# 5 to 20 s; a call past the timeout (120 s) is an error anyway.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120)
+
+
+@lru_cache(maxsize=1)
+def _metrics() -> dict[str, Any]:
+    # Imported here, not at module import: prometheus_client chooses multiprocess mode
+    # from the environment at import, which the worker sets up before it boots.
+    from prometheus_client import Counter, Histogram
+
+    return {
+        "request": Histogram(
+            "emotionviz_provider_request_seconds",
+            "Model API request duration (not counting our rate limiter's wait)",
+            ["model", "outcome"],
+            buckets=LATENCY_BUCKETS,
+        ),
+        "errors": Counter(
+            "emotionviz_provider_errors_total",
+            "Model API errors by class: rate_limited (429), server_error (5xx), timeout, "
+            "safety, invalid_output, configuration, other",
+            ["model", "error_class"],
+        ),
+        "wait": Histogram(
+            "emotionviz_rate_limit_wait_seconds",
+            "Time a call waited for our shared rate limiter before it was sent",
+            ["gate"],
+            buckets=WAIT_BUCKETS,
+        ),
+        "retries": Counter(
+            "emotionviz_message_retries_total",
+            "Messages scheduled for another attempt",
+            ["queue", "actor"],
+        ),
+        "dead": Counter(
+            "emotionviz_messages_dead_lettered_total",
+            "Messages moved to the dead-letter queue (rejected, failed or given up)",
+            ["queue", "actor"],
+        ),
+        "processed": Counter(
+            "emotionviz_messages_processed_total",
+            "Messages whose processing ended, by result (ok, retry, failed)",
+            ["queue", "actor", "result"],
+        ),
+        "reconciled": Counter(
+            "emotionviz_reconciler_republished_total",
+            "Messages the reconciler published again, by kind of lost work",
+            ["kind"],
+        ),
+    }
+
+
+def _safely(record: Any) -> None:
+    with contextlib.suppress(Exception):  # a metric must never fail a job
+        record()
+
+
+def observe_request(model: str, seconds: float, outcome: str) -> None:
+    _safely(lambda: _metrics()["request"].labels(model, outcome).observe(seconds))
+
+
+def count_provider_error(model: str, error_class: str) -> None:
+    _safely(lambda: _metrics()["errors"].labels(model, error_class).inc())
+
+
+def observe_rate_limit_wait(gate: str, seconds: float) -> None:
+    _safely(lambda: _metrics()["wait"].labels(gate).observe(seconds))
+
+
+def count_retry(queue: str, actor: str) -> None:
+    _safely(lambda: _metrics()["retries"].labels(queue, actor).inc())
+
+
+def count_dead_letter(queue: str, actor: str) -> None:
+    _safely(lambda: _metrics()["dead"].labels(queue, actor).inc())
+
+
+def count_processed(queue: str, actor: str, result: str) -> None:
+    _safely(lambda: _metrics()["processed"].labels(queue, actor, result).inc())
+
+
+def count_reconciled(kind: str, number: int) -> None:
+    if number:
+        _safely(lambda: _metrics()["reconciled"].labels(kind).inc(number))
+
+
+@contextlib.contextmanager
+def timed_request(model: str) -> Iterator[None]:
+    """Observe one API request's duration with its outcome (ok, or the error's type)."""
+    import time
+
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        yield
+    except BaseException as exc:
+        outcome = type(exc).__name__
+        raise
+    finally:
+        observe_request(model, time.monotonic() - started, outcome)
