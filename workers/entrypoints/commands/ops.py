@@ -82,11 +82,10 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     else:
         with bootstrap.unit_of_work() as uow:
             session = uow.intake.get(uuid.UUID(args.id))
-            if session is None:
-                raise InvalidMessageError(f"intake session {args.id} does not exist")
-            # Read inside the unit of work: its rollback on exit expires the row.
-            step = args.step or next_step(parse_history(session.conversation_history))
-            message = IntakeStep(session_id=session.id, user_id=session.user_id, step=step)
+        if session is None:
+            raise InvalidMessageError(f"intake session {args.id} does not exist")
+        step = args.step or next_step(parse_history(session.conversation_history))
+        message = IntakeStep(session_id=session.id, user_id=session.user_id, step=step)
     with bootstrap.unit_of_work() as uow:
         uow.publish(message)
         uow.commit()
