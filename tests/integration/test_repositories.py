@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from db.listen import listen
 from db.uow import UnitOfWork
+from domain.intake import NOTIFY_CHANNEL
 from tests.integration.helpers import insert_entry, insert_user
 
 pytestmark = pytest.mark.integration
@@ -84,3 +86,14 @@ def test_lane_lock_is_held_until_the_unit_of_work_ends(uow: UnitOfWork, engine: 
             assert other.execute(probe).scalar_one() is False
     with engine.connect() as other:
         assert other.execute(probe).scalar_one() is True
+
+
+def test_listen_hears_a_notification_only_after_commit(uow: UnitOfWork, db_url: str) -> None:
+    with listen(db_url, NOTIFY_CHANNEL) as announcements:
+        with uow:
+            uow.intake.notify(NOTIFY_CHANNEL, {"step": 1})
+        assert announcements.next(timeout=0.2) is None  # rolled back: never announced
+        with uow:
+            uow.intake.notify(NOTIFY_CHANNEL, {"step": 2})
+            uow.commit()
+        assert announcements.next(timeout=5) == {"step": 2}

@@ -7,14 +7,11 @@ its script (a closing line when the script runs out), until every session comple
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from dataclasses import dataclass, field
 
-import psycopg
-from sqlalchemy.engine import make_url
-
+from db.listen import listen
 from domain.intake import NOTIFY_CHANNEL, next_step, parse_history
 from workers import bootstrap
 from workers.logging import get_logger
@@ -77,15 +74,12 @@ class ScriptedRespondent:
 
     def run(self, stop: threading.Event) -> None:
         """Answer questions as they are announced; returns when all sessions are done."""
-        url = make_url(bootstrap.database_url()).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
         try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            with listen(bootstrap.database_url(), NOTIFY_CHANNEL) as announcements:
                 while not stop.is_set() and not self._answer_open_questions():
                     # Wake on a notification, or every second to look again regardless.
-                    for notice in conn.notifies(timeout=1.0, stop_after=1):
-                        payload = json.loads(notice.payload)
+                    payload = announcements.next(timeout=1.0)
+                    if payload is not None:
                         log.debug("question announced", **payload)
         except Exception as exc:  # noqa: BLE001 - reported by the demo, not raised in a thread
             self.error = f"{type(exc).__name__}: {exc}"
