@@ -1,11 +1,20 @@
-"""Engine and session factory. psycopg 3 driver; one engine per process."""
+"""Engine and session factory. psycopg 3 driver; one engine per process.
+
+``Database`` is what the composition root holds (workers/bootstrap.py): the engine, its
+session factory and units of work on them, so nothing outside db/ touches SQLAlchemy.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from sqlalchemy import Engine, NullPool, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from db.uow import UnitOfWork
+from domain.messages import Publisher
 
 
 def normalise_url(url: str) -> str:
@@ -14,6 +23,19 @@ def normalise_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def libpq_url(url: str) -> str:
+    """The URL as libpq (``psycopg.connect``) takes it: no SQLAlchemy driver name."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - any unparsable URL is shown as a placeholder
+        return "<unparsable url>"
 
 
 def make_engine(
@@ -49,3 +71,22 @@ def make_engine(
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+class Database:
+    """One process's connection pool to one database, and units of work on it."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.engine = make_engine(url, pool_size=pool_size)
+        self.session_factory = make_session_factory(self.engine)
+
+    def unit_of_work(self, publisher: Publisher | None = None) -> UnitOfWork:
+        return UnitOfWork(self.session_factory, publisher)
+
+    def warm_pool(self) -> None:
+        """Open the pool's connections now (a worker at boot): otherwise the first burst
+        of messages, a person's first question among them, waits for new connections."""
+        size = getattr(self.engine.pool, "size", lambda: 1)()
+        with contextlib.ExitStack() as held:
+            for _ in range(size):
+                held.enter_context(self.engine.connect())

@@ -12,7 +12,6 @@ from decimal import Decimal
 
 import bcrypt
 
-from db.models import EmotionEntry, User
 from db.uow import UnitOfWork
 
 
@@ -133,25 +132,25 @@ def seed_dev_data(uow: UnitOfWork, *, now: datetime | None = None) -> SeedReport
     with uow:
         for email, name, password in SAMPLE_USERS:
             user = uow.users.get_by_email(email)
-            if user is None:
-                user = uow.users.add(
-                    User(email=email, name=name, hashed_password=hash_password(password))
+            if user is not None:
+                user_id = user.id
+            else:
+                user_id = uow.users.add(
+                    email=email, name=name, hashed_password=hash_password(password)
                 )
                 users_created += 1
-            existing = uow.entries.situations_for_user(user.id)
+            existing = uow.entries.situations_for_user(user_id)
             for sample in SAMPLE_ENTRIES[email]:
                 if sample.situation in existing:
                     continue
-                entry = uow.entries.add(
-                    EmotionEntry(
-                        user_id=user.id,
-                        situation=sample.situation,
-                        emotions=list(sample.emotions),
-                        intensity=Decimal(sample.intensity),
-                        notes=sample.notes,
-                        created_at=now - timedelta(days=sample.days_ago),
-                    )
+                entry_id = uow.entries.add(
+                    user_id=user_id,
+                    situation=sample.situation,
+                    emotions=sample.emotions,
+                    intensity=Decimal(sample.intensity),
+                    notes=sample.notes,
+                    created_at=now - timedelta(days=sample.days_ago),
                 )
-                created.append((entry.id, user.id))
+                created.append((entry_id, user_id))
         uow.commit()
     return SeedReport(users_created, len(created), created)

@@ -20,6 +20,7 @@ from db.repositories import (
     AnalyticsRepository,
     EntryRepository,
     IntakeRepository,
+    ShowcaseRepository,
     UserRepository,
     VisualizationRepository,
 )
@@ -44,6 +45,7 @@ class UnitOfWork:
         self.visualizations = VisualizationRepository(self.session)
         self.intake = IntakeRepository(self.session)
         self.analytics = AnalyticsRepository(self.session)
+        self.showcase = ShowcaseRepository(self.session)  # the devtools' read model
         return self
 
     def __exit__(

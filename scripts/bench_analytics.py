@@ -68,20 +68,20 @@ CROSS JOIN LATERAL (
 def bare_query() -> str:
     """The same aggregate as the recomputation (counts, average, top three), over all
     users at once: no batching, no insights, no window functions, no upsert."""
-    from db.repositories import _COUNTS, _COUNTS_JSON, _RANKED
+    from db.analytics_statement import COUNTS_JSON, EMOTION_COUNTS, TOP
 
     return f"""
 WITH totals AS (
     SELECT en.user_id, date_trunc(%(kind)s, en.created_at AT TIME ZONE 'UTC')::date AS period_start,
            count(*) AS total, round(avg(en.intensity), 2) AS avg_intensity,
-           {_COUNTS}
+           {EMOTION_COUNTS}
     FROM emotion_entries en
     WHERE en.created_at >= %(from)s::date::timestamp AT TIME ZONE 'UTC'
       AND en.created_at < %(to)s::date::timestamp AT TIME ZONE 'UTC'
     GROUP BY 1, 2
 )
-SELECT t.user_id, t.period_start, t.total, t.avg_intensity, {_COUNTS_JSON} AS counts,
-       ({_RANKED})[1:3] AS top
+SELECT t.user_id, t.period_start, t.total, t.avg_intensity, {COUNTS_JSON} AS counts,
+       {TOP} AS top
 FROM totals t
 """
 
@@ -137,29 +137,15 @@ def full_recompute(
 def explain_batch(db_url: str, kind: str, first: date, end: date) -> list[str]:
     from sqlalchemy import create_engine, text
 
-    from db.repositories import _RECOMPUTE_SQL, _STEP
-    from domain.analytics import INTENSITY_TREND_THRESHOLD, STREAK_CAP, shift_periods
+    from db.analytics_statement import RECOMPUTE_SQL, parameters
 
     engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.connect() as conn:
-        users = [
-            str(u)
-            for u in conn.execute(text("SELECT id FROM users ORDER BY id LIMIT 500")).scalars()
-        ]
+        users = list(conn.execute(text("SELECT id FROM users ORDER BY id LIMIT 500")).scalars())
         plan = (
             conn.execute(
-                text("EXPLAIN " + _RECOMPUTE_SQL),
-                {
-                    "kind": kind,
-                    "user_ids": users,
-                    "lookback_day": shift_periods(kind, first, -STREAK_CAP),  # type: ignore[arg-type]
-                    "from_day": first,
-                    "to_day": end,
-                    "step": _STEP[kind],
-                    "word": kind,
-                    "cap": STREAK_CAP,  # type: ignore[index]
-                    "trend": INTENSITY_TREND_THRESHOLD,
-                },
+                text("EXPLAIN " + RECOMPUTE_SQL),
+                parameters(kind, users, first, end),  # type: ignore[arg-type]
             )
             .scalars()
             .all()

@@ -8,17 +8,15 @@ in the product looks a dependency up; services receive theirs from here.
 
 from __future__ import annotations
 
-import contextlib
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import dramatiq
 import redis
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from db import embedded
-from db.engine import make_engine, make_session_factory
+from db.engine import Database
+from db.engine import redact_url as redact_url  # for logs; callers use bootstrap's
 from db.uow import UnitOfWork
 from workers.logging import configure_logging, register_secret
 from workers.messaging.broker import build_broker
@@ -68,41 +66,23 @@ def redis_url(settings: Settings | None = None) -> str:
     return embedded.start_redis(settings.data_dir)
 
 
-def redact_url(url: str) -> str:
-    """A URL fit for logs: the password replaced by ***."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - any unparsable URL is shown as a placeholder
-        return "<unparsable url>"
-
-
 # --- database ------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=1)
-def engine() -> Engine:
+def database() -> Database:
     settings = get_settings()
-    return make_engine(database_url(settings), pool_size=settings.db_pool_size)
-
-
-@lru_cache(maxsize=1)
-def session_factory() -> sessionmaker[Session]:
-    return make_session_factory(engine())
+    return Database(database_url(settings), pool_size=settings.db_pool_size)
 
 
 def warm_pool() -> None:
-    """Open the pool's connections now (a worker at boot): otherwise the first burst of
-    messages, a person's first question among them, waits for new connections."""
-    pool = engine().pool
-    with contextlib.ExitStack() as held:
-        for _ in range(getattr(pool, "size", lambda: 1)()):
-            held.enter_context(engine().connect())
+    """Open the pool's connections now (a worker at boot), so the first burst of
+    messages does not wait for new connections."""
+    database().warm_pool()
 
 
 def unit_of_work() -> UnitOfWork:
-    return UnitOfWork(session_factory(), producer())
+    return database().unit_of_work(producer())
 
 
 # --- messaging -----------------------------------------------------------------------

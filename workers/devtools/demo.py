@@ -16,16 +16,15 @@ import subprocess
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import delete, func, select
 
 from db import migrate
-from db.models import EmotionAnalytics, EmotionEntry, IntakeSession, Visualization
 from db.seed import seed_dev_data
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStyle
@@ -58,17 +57,13 @@ def _post(url: str, payload: dict[str, Any]) -> None:
 
 def _reset_demo_rows() -> None:
     with bootstrap.unit_of_work() as uow:
-        uow.session.execute(delete(Visualization))
-        uow.session.execute(delete(EmotionAnalytics))
+        uow.showcase.clear_visualizations_and_analytics()
         uow.commit()
 
 
-def _entries() -> list[tuple[Any, Any]]:
+def _entries() -> list[tuple[uuid.UUID, uuid.UUID]]:
     with bootstrap.unit_of_work() as uow:
-        rows = uow.session.execute(
-            select(EmotionEntry.id, EmotionEntry.user_id).order_by(EmotionEntry.created_at)
-        ).all()
-    return [(r[0], r[1]) for r in rows]
+        return uow.showcase.entry_ids_oldest_first()
 
 
 def _counts() -> dict[str, int]:
@@ -76,29 +71,14 @@ def _counts() -> dict[str, int]:
         return uow.visualizations.status_counts()
 
 
-def _complete(session_ids: list[Any]) -> int:
+def _complete(session_ids: list[uuid.UUID]) -> int:
     with bootstrap.unit_of_work() as uow:
-        return int(
-            uow.session.scalar(
-                select(func.count())
-                .select_from(IntakeSession)
-                .where(IntakeSession.id.in_(session_ids), IntakeSession.is_complete)
-            )
-            or 0
-        )
+        return uow.showcase.complete_intakes(session_ids)
 
 
 def _timings() -> tuple[float, float]:
     with bootstrap.unit_of_work() as uow:
-        seconds = func.extract(
-            "epoch", Visualization.processing_completed_at - Visualization.created_at
-        )
-        row = uow.session.execute(
-            select(func.avg(seconds), func.percentile_cont(0.95).within_group(seconds)).where(
-                Visualization.status == "completed"
-            )
-        ).one()
-    return float(row[0] or 0), float(row[1] or 0)
+        return uow.showcase.completion_seconds()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,17 +7,11 @@ its script (a closing line when the script runs out), until every session comple
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from dataclasses import dataclass, field
 
-import psycopg
-from sqlalchemy import delete, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
-
-from db.models import EmotionEntry, IntakeSession, User
+from db.listen import listen
 from domain.intake import NOTIFY_CHANNEL, next_step, parse_history
 from workers import bootstrap
 from workers.logging import get_logger
@@ -65,36 +59,27 @@ class ScriptedRespondent:
 
     def reset(self) -> None:
         """Forget earlier demo conversations (only the demo's own scripted ones)."""
-        situations = [s for s, _ in SCRIPTS]
         with bootstrap.unit_of_work() as uow:
-            owned = select(IntakeSession.id).where(IntakeSession.initial_situation.in_(situations))
-            uow.session.execute(
-                delete(EmotionEntry).where(EmotionEntry.intake_session_id.in_(owned))
-            )
-            uow.session.execute(
-                delete(IntakeSession).where(IntakeSession.initial_situation.in_(situations))
-            )
+            uow.showcase.forget_intake_sessions([s for s, _ in SCRIPTS])
             uow.commit()
 
     def start(self) -> list[uuid.UUID]:
-        with Session(bootstrap.engine()) as session:
-            self.user_id = session.scalar(select(User.id).where(User.email == DEMO_EMAIL))
-        assert self.user_id is not None, "the seed creates the demo user"
+        with bootstrap.unit_of_work() as uow:
+            user = uow.users.get_by_email(DEMO_EMAIL)
+        assert user is not None, "the seed creates the demo user"
+        self.user_id = user.id
         for situation, answers in SCRIPTS:
             self.sessions[self.api.start_intake(self.user_id, situation)] = answers
         return list(self.sessions)
 
     def run(self, stop: threading.Event) -> None:
         """Answer questions as they are announced; returns when all sessions are done."""
-        url = make_url(bootstrap.database_url()).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
         try:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            with listen(bootstrap.database_url(), NOTIFY_CHANNEL) as announcements:
                 while not stop.is_set() and not self._answer_open_questions():
                     # Wake on a notification, or every second to look again regardless.
-                    for notice in conn.notifies(timeout=1.0, stop_after=1):
-                        payload = json.loads(notice.payload)
+                    payload = announcements.next(timeout=1.0)
+                    if payload is not None:
                         log.debug("question announced", **payload)
         except Exception as exc:  # noqa: BLE001 - reported by the demo, not raised in a thread
             self.error = f"{type(exc).__name__}: {exc}"
@@ -103,18 +88,16 @@ class ScriptedRespondent:
         """Answer every question waiting for us; True when all sessions are complete."""
         assert self.user_id is not None
         complete = 0
-        with Session(bootstrap.engine()) as session:
-            rows = session.scalars(
-                select(IntakeSession).where(IntakeSession.id.in_(list(self.sessions)))
-            ).all()
-            waiting: list[tuple[uuid.UUID, int]] = []
-            for row in rows:
-                if row.is_complete:
-                    complete += 1
-                    continue
-                history = parse_history(row.conversation_history)
-                if history and history[-1].answer is None:
-                    waiting.append((row.id, next_step(history)))
+        with bootstrap.unit_of_work() as uow:
+            rows = uow.intake.get_many(list(self.sessions))
+        waiting: list[tuple[uuid.UUID, int]] = []
+        for row in rows:
+            if row.is_complete:
+                complete += 1
+                continue
+            history = parse_history(row.conversation_history)
+            if history and history[-1].answer is None:
+                waiting.append((row.id, next_step(history)))
         for session_id, step in waiting:
             script = self.sessions[session_id]
             answer = script[step - 1] if step <= len(script) else CLOSING_ANSWER

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from datetime import date
 from html import escape
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import select
-
-from db.models import EmotionAnalytics, EmotionEntry, IntakeSession, User, Visualization
+from db.repositories import AnalyticsRow, GalleryEntry, IntakeSessionRow, VisualizationRow
 from db.uow import UnitOfWork
 from domain.visual_language import LOOKS
 from domain.vocabulary import EMOTIONS
@@ -64,7 +61,7 @@ def _colour(emotion: str) -> str:
     return LOOKS[emotion].palette[1]
 
 
-def _chart(rows: list[EmotionAnalytics]) -> str:
+def _chart(rows: list[AnalyticsRow]) -> str:
     """Stacked weekly emotion counts as bars, average intensity as a line (inline SVG)."""
     weeks = sorted(
         (r for r in rows if (r.period_end - r.period_start).days == 6), key=lambda r: r.period_start
@@ -133,7 +130,7 @@ def _card_html(card: Card) -> str:
     )
 
 
-def _talk_html(session: IntakeSession, image: str | None, status: str) -> str:
+def _talk_html(session: IntakeSessionRow, image: str | None, status: str) -> str:
     """One intake conversation: the questions and answers, the summary, the picture."""
     turns = "".join(
         f"<p class='q'>{escape(str(e.get('step')))}. {escape(str(e.get('question', '')))}</p>"
@@ -163,61 +160,29 @@ def write_gallery(
     if media.exists():
         shutil.rmtree(media)
     media.mkdir(parents=True)
-    cards: dict[str, list[Card]] = defaultdict(list)
-    analytics: dict[str, list[EmotionAnalytics]] = defaultdict(list)
     with uow:
-        rows: Any = uow.session.execute(
-            select(User.email, EmotionEntry, Visualization)
-            .join(EmotionEntry, EmotionEntry.user_id == User.id)
-            .outerjoin(Visualization, Visualization.entry_id == EmotionEntry.id)
-            .order_by(User.email, EmotionEntry.created_at.desc())
-        ).all()
-        for email, entry, viz in rows:
-            image = thumb = None
-            if viz is not None and viz.image_url:
-                image = _copy(store, viz.image_url, media)
-                thumb = _copy(store, viz.thumbnail_url, media) if viz.thumbnail_url else None
-            cards[email].append(
-                Card(
-                    user=email,
-                    created=f"{entry.created_at:%Y-%m-%d %H:%M} UTC",
-                    situation=entry.situation,
-                    emotions=list(entry.emotions),
-                    intensity=str(entry.intensity),
-                    style=viz.style if viz else "-",
-                    status=viz.status if viz else "not queued",
-                    summary=viz.summary if viz else None,
-                    insights=list(viz.insights or []) if viz else [],
-                    error=viz.error_message if viz and viz.status == "failed" else None,
-                    image=image,
-                    thumb=thumb,
-                )
-            )
-        talks = []
-        for session, viz in uow.session.execute(
-            select(IntakeSession, Visualization)
-            .outerjoin(EmotionEntry, EmotionEntry.intake_session_id == IntakeSession.id)
-            .outerjoin(Visualization, Visualization.entry_id == EmotionEntry.id)
-            .order_by(IntakeSession.created_at)
-        ):
-            image = None
-            if viz is not None and viz.image_url:
-                image = _copy(store, viz.thumbnail_url or viz.image_url, media)
-            talks.append(_talk_html(session, image, viz.status if viz else "not created"))
-        if talks:
-            extra_sections += "<h2>Intake conversations</h2>" + "".join(talks)
-        for email, row in uow.session.execute(
-            select(User.email, EmotionAnalytics).join(
-                EmotionAnalytics, EmotionAnalytics.user_id == User.id
-            )
-        ):
-            analytics[email].append(row)
-        # Rendered inside the unit of work: its rollback on exit expires the rows.
-        sections = [
-            f"<h2>{escape(email)}</h2>{_chart(analytics[email])}"
-            f"<div class='grid'>{''.join(_card_html(c) for c in user_cards)}</div>"
-            for email, user_cards in cards.items()
-        ]
+        entries = uow.showcase.gallery_entries()
+        conversations = uow.showcase.conversations()
+        analytics_rows = uow.showcase.analytics_by_email()
+    cards: dict[str, list[Card]] = defaultdict(list)
+    for entry in entries:
+        cards[entry.email].append(_card(entry, store, media))
+    talks = []
+    for session, viz in conversations:
+        image = None
+        if viz is not None and viz.image_url:
+            image = _copy(store, viz.thumbnail_url or viz.image_url, media)
+        talks.append(_talk_html(session, image, viz.status if viz else "not created"))
+    if talks:
+        extra_sections += "<h2>Intake conversations</h2>" + "".join(talks)
+    analytics: dict[str, list[AnalyticsRow]] = defaultdict(list)
+    for email, row in analytics_rows:
+        analytics[email].append(row)
+    sections = [
+        f"<h2>{escape(email)}</h2>{_chart(analytics[email])}"
+        f"<div class='grid'>{''.join(_card_html(c) for c in user_cards)}</div>"
+        for email, user_cards in cards.items()
+    ]
     html = (
         f"<!doctype html><html lang='en'><meta charset='utf-8'><title>{escape(title)}</title>"
         f"<style>{CSS}</style><header><h1>{escape(title)}</h1><p>generated "
@@ -227,6 +192,28 @@ def write_gallery(
     index = folder / "index.html"
     index.write_text(html, encoding="utf-8")
     return index
+
+
+def _card(entry: GalleryEntry, store: LocalImageStore, media: Path) -> Card:
+    viz: VisualizationRow | None = entry.visualization
+    image = thumb = None
+    if viz is not None and viz.image_url:
+        image = _copy(store, viz.image_url, media)
+        thumb = _copy(store, viz.thumbnail_url, media) if viz.thumbnail_url else None
+    return Card(
+        user=entry.email,
+        created=f"{entry.created_at:%Y-%m-%d %H:%M} UTC",
+        situation=entry.situation,
+        emotions=list(entry.emotions),
+        intensity=str(entry.intensity),
+        style=viz.style if viz else "-",
+        status=viz.status if viz else "not queued",
+        summary=viz.summary if viz else None,
+        insights=list(viz.insights) if viz else [],
+        error=viz.error_message if viz and viz.status == "failed" else None,
+        image=image,
+        thumb=thumb,
+    )
 
 
 def _copy(store: LocalImageStore, url: str, media: Path) -> str | None:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import date
 from itertools import zip_longest
 
-from sqlalchemy import text
-
 from db.uow import UnitOfWork
 from domain.messages import AnalyticsRecompute
 from domain.periods import PeriodKind, period_containing
@@ -82,10 +80,7 @@ def recompute(
 
     def run_batch(batch: list[uuid.UUID]) -> int:
         with uow_factory() as uow:
-            uow.session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext('emotion_analytics:' || :k), :lane)"),
-                {"k": kind, "lane": lane_of(batch[0])},
-            )
+            uow.analytics.lock_lane(kind, lane_of(batch[0]))
             written = uow.analytics.recompute(kind, batch, first.start, end)
             uow.commit()
         return written

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from db.models import EmotionEntry
 from db.uow import UnitOfWork
 from domain.errors import require_owned
 from domain.intake import (
@@ -159,18 +158,15 @@ class IntakeService:
             if not done:
                 log.info("another worker completed this session first")
                 return StepResult(IntakeOutcome.LOST_RACE)
-            entry = uow.entries.add(
-                EmotionEntry(
-                    user_id=message.user_id,
-                    situation=state.initial_situation,
-                    emotions=turn.emotions,
-                    intensity=turn.intensity,
-                    notes=turn.summary,
-                    source=EntrySource.INTAKE_FLOW.value,
-                    intake_session_id=message.session_id,
-                )
+            entry_id = uow.entries.add(
+                user_id=message.user_id,
+                situation=state.initial_situation,
+                emotions=turn.emotions,
+                intensity=turn.intensity,
+                notes=turn.summary,
+                source=EntrySource.INTAKE_FLOW.value,
+                intake_session_id=message.session_id,
             )
-            entry_id = entry.id
             uow.intake.notify(
                 NOTIFY_CHANNEL,
                 {

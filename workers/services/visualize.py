@@ -94,9 +94,8 @@ class VisualizationService:
     def _not_claimed(self, entry_id: uuid.UUID) -> Outcome:
         with self.uow_factory() as uow:
             row = uow.visualizations.get_by_entry(entry_id)
-            assert row is not None  # ensure_row just made sure it exists
-            # Read inside the unit of work: its rollback on exit expires the row.
-            status, error, started = row.status, row.error_message, row.processing_started_at
+        assert row is not None  # ensure_row just made sure it exists
+        status, error, started = row.status, row.error_message, row.processing_started_at
         if status == VisualizationStatus.COMPLETED:
             log.info("duplicate message: visualization already completed")
             return Outcome.ALREADY_COMPLETED

@@ -1,0 +1,251 @@
+"""Visualizations: the row per entry, its lease (claim, checkpoints, completion,
+release) and the operators' views (replay, stuck, counts).
+
+Writes under a lease are compare-and-set on (status, processing_started_at): a worker
+whose lease was taken over writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from db.models import Visualization
+from domain.vocabulary import VisualizationStatus
+
+
+@dataclass(frozen=True)
+class VisualizationRow:
+    """A visualization as read (without the raw model responses)."""
+
+    id: uuid.UUID
+    entry_id: uuid.UUID
+    user_id: uuid.UUID
+    status: str
+    style: str
+    image_url: str | None
+    thumbnail_url: str | None
+    summary: str | None
+    insights: list[str]
+    error_message: str | None
+    processing_started_at: datetime | None
+    processing_completed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def visualization_row(v: Visualization) -> VisualizationRow:
+    return VisualizationRow(
+        id=v.id,
+        entry_id=v.entry_id,
+        user_id=v.user_id,
+        status=v.status,
+        style=v.style,
+        image_url=v.image_url,
+        thumbnail_url=v.thumbnail_url,
+        summary=v.summary,
+        insights=list(v.insights or []),
+        error_message=v.error_message,
+        processing_started_at=v.processing_started_at,
+        processing_completed_at=v.processing_completed_at,
+        created_at=v.created_at,
+        updated_at=v.updated_at,
+    )
+
+
+@dataclass(frozen=True)
+class ClaimedVisualization:
+    """A visualization row this worker holds the lease on (``lease`` is its token)."""
+
+    id: uuid.UUID
+    lease: datetime
+    style: str
+    gemini_analysis: dict[str, Any] | None
+    image_url: str | None
+
+
+class VisualizationRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def ensure_row(self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None) -> None:
+        values: dict[str, Any] = {"entry_id": entry_id, "user_id": user_id}
+        if style:
+            values["style"] = style
+        stmt = (
+            pg_insert(Visualization)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["entry_id"])
+        )
+        self.session.execute(stmt)
+
+    def get_by_entry(self, entry_id: uuid.UUID) -> VisualizationRow | None:
+        row = self.session.scalar(select(Visualization).where(Visualization.entry_id == entry_id))
+        return None if row is None else visualization_row(row)
+
+    def claim(self, entry_id: uuid.UUID, lease_s: int) -> ClaimedVisualization | None:
+        """Take the lease on a pending row, or on a processing row whose lease expired.
+
+        One UPDATE ... RETURNING: of two racing workers exactly one gets the row.
+        """
+        v = Visualization
+        expired = v.processing_started_at < func.now() - text(f"interval '{int(lease_s)} seconds'")
+        stmt = (
+            update(v)
+            .where(v.entry_id == entry_id)
+            .where(
+                (v.status == VisualizationStatus.PENDING.value)
+                | ((v.status == VisualizationStatus.PROCESSING.value) & expired)
+            )
+            .values(
+                status=VisualizationStatus.PROCESSING.value,
+                processing_started_at=func.clock_timestamp(),
+            )
+            .returning(v.id, v.processing_started_at, v.style, v.gemini_analysis, v.image_url)
+        )
+        row = self.session.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        return ClaimedVisualization(row[0], row[1], row[2], row[3], row[4])
+
+    def _held(self, claim: ClaimedVisualization) -> Any:
+        v = Visualization
+        return (
+            update(v)
+            .where(v.id == claim.id)
+            .where(v.status == VisualizationStatus.PROCESSING.value)
+            .where(v.processing_started_at == claim.lease)
+        )
+
+    def save_analysis(
+        self,
+        claim: ClaimedVisualization,
+        *,
+        summary: str,
+        insights: list[str],
+        visual_elements: dict[str, Any],
+        raw: dict[str, Any],
+    ) -> bool:
+        result = self.session.execute(
+            self._held(claim).values(
+                summary=summary,
+                insights=insights,
+                visual_elements=visual_elements,
+                gemini_analysis=raw,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def save_image(
+        self,
+        claim: ClaimedVisualization,
+        *,
+        image_url: str,
+        thumbnail_url: str,
+        raw: dict[str, Any],
+    ) -> bool:
+        result = self.session.execute(
+            self._held(claim).values(
+                image_url=image_url, thumbnail_url=thumbnail_url, nanobanana_response=raw
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def complete(self, claim: ClaimedVisualization) -> bool:
+        result = self.session.execute(
+            self._held(claim).values(
+                status=VisualizationStatus.COMPLETED.value,
+                processing_completed_at=func.now(),
+                error_message=None,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def release(self, claim: ClaimedVisualization, reason: str) -> bool:
+        """Give the lease back after a transient failure, keeping the last error."""
+        result = self.session.execute(
+            self._held(claim).values(
+                status=VisualizationStatus.PENDING.value,
+                processing_started_at=None,
+                error_message=f"will retry: {reason}",
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def fail(self, entry_id: uuid.UUID, reason: str) -> bool:
+        """Mark failed, unless already completed (a late failure never undoes success)."""
+        v = Visualization
+        result = self.session.execute(
+            update(v)
+            .where(v.entry_id == entry_id)
+            .where(v.status != VisualizationStatus.COMPLETED.value)
+            .values(
+                status=VisualizationStatus.FAILED.value,
+                error_message=reason,
+                processing_completed_at=func.now(),
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def replay_failed(
+        self, entry_ids: Sequence[uuid.UUID] | None = None
+    ) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
+        """Set failed rows back to pending; return (entry_id, user_id, style) to publish."""
+        v = Visualization
+        stmt = update(v).where(v.status == VisualizationStatus.FAILED.value)
+        if entry_ids is not None:
+            stmt = stmt.where(v.entry_id.in_(list(entry_ids)))
+        stmt = stmt.values(
+            status=VisualizationStatus.PENDING.value,
+            processing_started_at=None,
+            processing_completed_at=None,
+        ).returning(v.entry_id, v.user_id, v.style)
+        return [(r[0], r[1], r[2]) for r in self.session.execute(stmt)]
+
+    def stuck(self, lease_s: int, limit: int = 1000) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        v = Visualization
+        stmt = (
+            select(v.entry_id, v.user_id)
+            .where(v.status == VisualizationStatus.PROCESSING.value)
+            .where(
+                v.processing_started_at < func.now() - text(f"interval '{int(lease_s)} seconds'")
+            )
+            .limit(limit)
+        )
+        return [(r[0], r[1]) for r in self.session.execute(stmt)]
+
+    def stuck_count(self, lease_s: int) -> int:
+        """Rows processing past their lease (their worker died or hangs)."""
+        v = Visualization
+        expired = v.processing_started_at < func.now() - text(f"interval '{int(lease_s)} seconds'")
+        stmt = (
+            select(func.count())
+            .select_from(v)
+            .where(v.status == VisualizationStatus.PROCESSING.value)
+            .where(expired)
+        )
+        return int(self.session.scalar(stmt) or 0)
+
+    def recent_failure_reasons(self, seconds: int, limit: int = 10_000) -> list[str]:
+        """error_message of the rows failed in the last ``seconds`` (by the status index:
+        failed rows only)."""
+        v = Visualization
+        stmt = (
+            select(v.error_message)
+            .where(v.status == VisualizationStatus.FAILED.value)
+            .where(v.updated_at > func.now() - text(f"interval '{int(seconds)} seconds'"))
+            .limit(limit)
+        )
+        return [reason or "" for reason in self.session.scalars(stmt)]
+
+    def status_counts(self) -> dict[str, int]:
+        v = Visualization
+        rows = self.session.execute(select(v.status, func.count()).group_by(v.status))
+        return {status: count for status, count in rows}
