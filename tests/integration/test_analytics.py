@@ -355,7 +355,7 @@ def test_cli_exit_codes_and_summary(db_url: str, engine: Engine) -> None:
         ],
         db_url,
     )
-    assert backwards.returncode == 1 and "is after --to" in backwards.stderr
+    assert backwards.returncode == 2 and "is after --to" in backwards.stderr  # bad input
     down = _cli(
         ["analytics", "recompute", "--period", "day", "--inline"],
         "postgresql://nobody:hunter22@127.0.0.1:1/none",

@@ -206,9 +206,13 @@ def test_dead_letters_list_replay_purge(broker: dramatiq.Broker) -> None:
     consumer.close()
     dead = DeadLetters(broker.client, broker.namespace)
     listed = dead.entries("visualizations")
-    assert len(listed) == 3 and listed[0]["actor"] == "entry.created"
-    assert dead.replay("visualizations", ids=[listed[0]["message_id"]]) == 1
+    assert len(listed) == 3 and listed[0].actor == "entry.created"
+    assert listed[0].message_id is not None
+    assert len(dead.replay("visualizations", ids=[listed[0].message_id])) == 1
     assert broker.client.llen(f"{broker.namespace}:visualizations") == 1
+    assert dead.entries("visualizations", actor="intake.step") == []
+    assert len(dead.entries("visualizations", newer_than_s=60)) == 2
+    assert dead.entries("visualizations", older_than_s=60) == []
     assert dead.purge("visualizations") == 2
     assert dead.entries("visualizations") == []
 
