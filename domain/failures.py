@@ -30,3 +30,14 @@ def failure_class(reason: str | None) -> str:
         if any(marker in text for marker in markers):
             return name
     return OTHER
+
+
+def provider_error_class(exc: BaseException) -> str:
+    """The class of a provider failure, for the errors-by-class metric."""
+    from domain.errors import ContentBlockedError, InvalidImageError, InvalidModelOutputError
+
+    if isinstance(exc, ContentBlockedError):
+        return "safety"
+    if isinstance(exc, InvalidModelOutputError | InvalidImageError):
+        return "invalid_output"
+    return failure_class(str(exc))

@@ -170,6 +170,23 @@ class IntakeRepository:
         ).one()
         return dict(row._mapping)
 
+    def open_state_counts(self) -> dict[str, int]:
+        """Open sessions only (the partial index on incomplete sessions), by state:
+        failed, waiting for the person, waiting for a worker. Cheap enough for a
+        metrics scrape however many sessions have completed."""
+        row = self.session.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE failed) AS failed, "
+                "count(*) FILTER (WHERE NOT failed AND NOT answered) AS waiting_for_person, "
+                "count(*) FILTER (WHERE NOT failed AND answered) AS waiting_for_worker "
+                "FROM (SELECT coalesce(ai_context ? 'failed_step', false) AS failed, "
+                "jsonb_typeof(conversation_history -> -1 -> 'answer') "
+                "IS DISTINCT FROM 'null' AS answered FROM intake_sessions "
+                "WHERE NOT is_complete) AS s"
+            )
+        ).one()
+        return dict(row._mapping)
+
     def due_turns(self, older_than_s: int, limit: int) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
         """(session, user, step) of open sessions whose next turn is due (no question
         yet, or the last one answered) but nothing happened for ``older_than_s``: the

@@ -47,7 +47,9 @@ class Harness:
 
     # --- processes ------------------------------------------------------------------
 
-    def start_worker(self, threads: int = 8) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, threads: int = 8, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 [
@@ -61,7 +63,7 @@ class Harness:
                     str(threads),
                     "--skip-logging",
                 ],
-                env=self.env,
+                env={**self.env, **(extra_env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -239,6 +241,7 @@ def harness(
         "INTAKE_MAX_RETRIES": "3",
         "INTAKE_MIN_BACKOFF_MS": "100",
         "INTAKE_MAX_BACKOFF_MS": "300",
+        "METRICS_PORT": "0",  # off, unless a test turns it on for its own worker
     }
     engine = make_engine(db_url, pool_size=2)
     h = Harness(

@@ -27,6 +27,7 @@ from domain.messages import (
 )
 from workers.logging import get_logger
 from workers.messaging.failure_policy import Count, reject, run_classified
+from workers.observability import metrics
 from workers.services.analytics import RecomputeSummary
 from workers.services.intake import IntakeService
 from workers.services.reconcile import ReconcileReport
@@ -152,6 +153,8 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
     def reconcile(*args: Any, **kwargs: Any) -> None:
         parse(MaintenanceReconcile, args, kwargs)
         report = deps.reconcile()
+        for kind, number in report.as_log().items():
+            metrics.count_reconciled(kind.removeprefix("republished_"), int(str(number)))
         log.info("reconciled", **report.as_log())
 
     return Actors(entry_created, intake_step, analytics_recompute, reconcile)

@@ -1,6 +1,6 @@
 """The module Dramatiq's CLI loads in every worker process (``emotionviz worker`` runs
 ``python -m dramatiq workers.entrypoints.worker``): the broker and the actors, wired to
-the real services by the composition root."""
+the real services by the composition root, with metrics and health reporting."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ from workers.entrypoints.actors import declare_actors
 from workers.messaging.middleware import WarmUp
 from workers.settings import get_settings
 
+settings = get_settings()
 broker = bootstrap.broker()
-actors = declare_actors(broker, get_settings(), bootstrap.actor_dependencies())
+actors = declare_actors(broker, settings, bootstrap.actor_dependencies())
 broker.add_middleware(
     WarmUp(bootstrap.visualization_service, bootstrap.intake_service, bootstrap.warm_pool)
 )
+if settings.metrics_port:
+    from workers.observability.middleware import worker_middleware
+
+    for middleware in worker_middleware(settings.metrics_port):
+        broker.add_middleware(middleware)

@@ -8,6 +8,7 @@ from dramatiq.rate_limits.backends import RedisBackend
 
 from domain.errors import ConfigurationError
 from domain.providers import AnalysisProvider, ImageProvider, IntakeProvider
+from workers.providers.instrumented import CountedAnalysis, CountedImages, CountedIntake
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import RateGate
@@ -24,6 +25,20 @@ class Providers:
 
 
 def build_providers(settings: Settings, redis_url: str) -> Providers:
+    """The configured providers, each counting its failures by class (metrics)."""
+    built = _build(settings, redis_url)
+    local = settings.resolved_provider() == "local"
+    analysis_model = "local" if local else settings.analysis_model
+    image_model = "local" if local else settings.image_model
+    return Providers(
+        CountedAnalysis(built.analysis, analysis_model),
+        CountedImages(built.images, image_model),
+        built.store,
+        CountedIntake(built.intake, analysis_model),
+    )
+
+
+def _build(settings: Settings, redis_url: str) -> Providers:
     store = LocalImageStore(settings.media_dir, settings.media_base_url)
     if settings.resolved_provider() == "local":
         return Providers(

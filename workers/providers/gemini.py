@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from domain.errors import (
 )
 from domain.vocabulary import VisualizationStyle
 from workers.logging import get_logger
+from workers.observability import metrics
 from workers.providers.ratelimit import RateGate
 
 log = get_logger("emotionviz.gemini")
@@ -175,21 +177,31 @@ class GeminiClient:
         contents: Any,
         config: types.GenerateContentConfig,
     ) -> types.GenerateContentResponse:
+        # The request's duration is observed without the wait for our rate limiter.
+        started: float | None = None
+        outcome = "ok"
         try:
             with gate.slot():
+                started = time.monotonic()
                 return self._client.models.generate_content(
                     model=model, contents=contents, config=config
                 )
         except genai_errors.APIError as exc:
+            outcome = f"http_{exc.code}"
             raise classify_api_error(exc, model=model, setting=setting) from None
         except TRANSPORT_ERRORS as exc:
+            outcome = "transport_error"
             raise ProviderUnavailableError(
                 f"{model}: {type(exc).__name__} talking to the API (timeout or connection)"
             ) from None
         except json.JSONDecodeError:
+            outcome = "bad_body"
             raise ProviderUnavailableError(
                 f"{model}: the API answered with a non-JSON body"
             ) from None
+        finally:
+            if started is not None:
+                metrics.observe_request(model, time.monotonic() - started, outcome)
 
 
 def checked_text(response: types.GenerateContentResponse, model: str) -> str | None:

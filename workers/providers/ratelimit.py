@@ -16,6 +16,7 @@ from dramatiq.rate_limits import ConcurrentRateLimiter, WindowRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
 
 from domain.errors import ProviderUnavailableError
+from workers.observability import metrics
 
 
 class RateGate:
@@ -39,10 +40,12 @@ class RateGate:
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
-        deadline = time.monotonic() + self.max_wait_s
+        started = time.monotonic()
+        deadline = started + self.max_wait_s
         with contextlib.ExitStack() as stack:
             self._wait(stack, self._concurrent, "concurrent calls", deadline)
             self._wait(stack, self._window, "requests per minute", deadline)
+            metrics.observe_rate_limit_wait(self.key.rsplit(":", 1)[-1], time.monotonic() - started)
             yield
 
     def _wait(

@@ -62,6 +62,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     check_can_work(settings)
     env = worker_env(settings)
     migrate.upgrade(env["DATABASE_URL"])
+    if settings.metrics_port:
+        from workers.observability.health import prepare_metrics_dir
+
+        prepare_metrics_dir(settings.metrics_port, env)
     command = worker_command(
         settings,
         processes=args.processes or settings.worker_processes,
