@@ -38,18 +38,34 @@ def _libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def _already_running(name: str) -> bool:
+    return any(s.running for s in embedded.status(TEST_SERVICES_DIR) if s.name == name)
+
+
 @pytest.fixture(scope="session")
-def pg_server_url() -> str:
-    """URL of the maintenance database on the test server."""
+def pg_server_url() -> Iterator[str]:
+    """URL of the maintenance database on the test server. An embedded server this
+    session started is stopped when the session ends."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
-        return url
-    return embedded.start_postgres(TEST_SERVICES_DIR)
+        yield url
+        return
+    started_here = not _already_running("postgres")
+    yield embedded.start_postgres(TEST_SERVICES_DIR)
+    if started_here:
+        embedded.stop_postgres(TEST_SERVICES_DIR)
 
 
 @pytest.fixture(scope="session")
-def redis_server_url() -> str:
-    return os.environ.get("TEST_REDIS_URL") or embedded.start_redis(TEST_SERVICES_DIR)
+def redis_server_url() -> Iterator[str]:
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    started_here = not _already_running("redis")
+    yield embedded.start_redis(TEST_SERVICES_DIR)
+    if started_here:
+        embedded.stop_redis(TEST_SERVICES_DIR)
 
 
 def _admin(url: str) -> psycopg.Connection:

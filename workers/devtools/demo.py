@@ -191,12 +191,33 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     console.print(f"gallery written: [bold]{index}[/]")
     console.print(f"worker log: {log_path}")
+    _print_next_steps(console, settings)
     if respondent.error:
         console.print(f"[red]the scripted respondent stopped: {respondent.error}[/]")
     if not finished:
         console.print("[red]not every entry finished before the timeout[/]")
         return 1
     return 0 if conversations_done == len(sessions) else 1
+
+
+def _print_next_steps(console: Console, settings: Settings) -> None:
+    """Which servers the demo left running, and how to look further or stop them."""
+    embedded = [
+        name
+        for name, url in (("PostgreSQL", settings.database_url), ("Redis", settings.redis_url))
+        if url is None
+    ]
+    if embedded:
+        console.print(
+            f"left running: the embedded {' and '.join(embedded)} in {settings.data_dir} "
+            "(the data stays); stop them with: [bold]scripts/emotionviz services stop[/]"
+        )
+    else:
+        console.print("no server was started: DATABASE_URL and REDIS_URL point at yours")
+    console.print(
+        "look around: [bold]scripts/emotionviz status[/], "
+        "[bold]scripts/emotionviz job ENTRY_ID[/], [bold]scripts/emotionviz dlq list[/]"
+    )
 
 
 def _wait(console: Console, total: int, worker: subprocess.Popen[bytes], timeout: float) -> bool:
