@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 
 from db import migrate
 from workers import bootstrap
+from workers.messaging import redis_keys
+from workers.messaging.broker_state import pending_messages
 from workers.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +134,7 @@ class Workers:
             cwd=ROOT,
         )
         client = redis.Redis.from_url(env["REDIS_URL"])
-        heartbeats = f"{env['REDIS_NAMESPACE']}:__heartbeats__"
+        heartbeats = redis_keys.heartbeats(env["REDIS_NAMESPACE"])
         deadline = time.monotonic() + 60
         while client.zcard(heartbeats) < processes:
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -216,7 +218,7 @@ def publish_raw(
         for payload in payloads:
             rid = str(uuid.uuid4())
             pipe.hset(
-                f"{namespace}:{queue}.msgs",
+                redis_keys.queue_keys(namespace, queue).ready_bodies,
                 rid,
                 json.dumps(
                     {
@@ -230,7 +232,7 @@ def publish_raw(
                     }
                 ),
             )
-            pipe.rpush(f"{namespace}:{queue}", rid)
+            pipe.rpush(redis_keys.queue_keys(namespace, queue).ready, rid)
         pipe.execute()
 
 
@@ -238,7 +240,7 @@ def wait_drained(redis_url: str, namespace: str, queue: str, timeout: float = 90
     """Until every message of the queue is acked (Dramatiq deletes acked bodies)."""
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + timeout
-    while client.hlen(f"{namespace}:{queue}.msgs") or client.llen(f"{namespace}:{queue}"):
+    while pending_messages(client, namespace, queue):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{queue} did not drain in {timeout}s")
         time.sleep(0.02)

@@ -29,6 +29,7 @@ from db.engine import make_engine
 from domain.messages import EntryCreated, MessageV1
 from tests.conftest import RUN_ID, DatabaseFactory
 from workers.devtools.emulator import EmulatorServer, EmulatorState, start_in_thread
+from workers.messaging.redis_keys import queue_keys
 
 API_KEY = "e2e-secret-key-" + uuid.uuid4().hex[:12]
 
@@ -155,8 +156,8 @@ class Harness:
         """Write a message exactly as a non-Python producer would (docs/messages.md)."""
         redis_id = redis_id or str(uuid.uuid4())
         client = self.redis
-        client.hset(f"{self.namespace}:{queue}.msgs", redis_id, body)
-        client.rpush(f"{self.namespace}:{queue}", redis_id)
+        client.hset(queue_keys(self.namespace, queue).ready_bodies, redis_id, body)
+        client.rpush(queue_keys(self.namespace, queue).ready, redis_id)
         return redis_id
 
     def publish(self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None = None) -> str:
@@ -182,7 +183,7 @@ class Harness:
 
     def dead_letters(self, queue: str = "visualizations") -> list[dict[str, Any]]:
         client = self.redis
-        bodies = client.hvals(f"{self.namespace}:{queue}.XQ.msgs")
+        bodies = client.hvals(queue_keys(self.namespace, queue).dead_bodies)
         return [json.loads(b) for b in bodies]
 
     # --- emulator -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from PIL import Image
 from sqlalchemy import text
 
 from tests.e2e.conftest import API_KEY, Harness
+from workers.messaging.redis_keys import queue_keys
 
 pytestmark = [pytest.mark.e2e]
 
@@ -195,6 +196,7 @@ def test_entry_of_another_user_is_dead_lettered_and_nothing_changes(harness: Har
 
 
 def test_malformed_messages_are_rejected_and_the_worker_keeps_going(harness: Harness) -> None:
+    keys = queue_keys(harness.namespace, "visualizations")
     good = str(uuid.uuid4())
     bodies = {
         "not json": b"\x00this is not json",
@@ -218,8 +220,8 @@ def test_malformed_messages_are_rejected_and_the_worker_keeps_going(harness: Har
                 **body,
             }
             client = harness.redis
-            client.hset(f"{harness.namespace}:visualizations.msgs", redis_id, json.dumps(envelope))
-            client.rpush(f"{harness.namespace}:visualizations", redis_id)
+            client.hset(keys.ready_bodies, redis_id, json.dumps(envelope))
+            client.rpush(keys.ready, redis_id)
         else:
             harness.publish_raw(body)
     marker = _marker()
@@ -231,9 +233,9 @@ def test_malformed_messages_are_rejected_and_the_worker_keeps_going(harness: Har
     assert "message rejected: body is not valid JSON" in log
     assert "undecodable message moved to the dead-letter queue" in log
     assert "Consumer encountered an unexpected error" not in log
-    raw_dead = harness.redis.hvals(f"{harness.namespace}:visualizations.XQ.msgs")
+    raw_dead = harness.redis.hvals(keys.dead_bodies)
     assert b"\x00this is not json" in raw_dead
-    assert harness.redis.hlen(f"{harness.namespace}:visualizations.msgs") == 0
+    assert harness.redis.hlen(keys.ready_bodies) == 0
     for reason in (
         "entry_id: Field required",
         "entry_id: UUID input should be",

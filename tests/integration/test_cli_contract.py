@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from tests.conftest import RUN_ID, DatabaseFactory
+from workers.messaging.redis_keys import queue_keys
 
 pytestmark = pytest.mark.integration
 
@@ -166,8 +167,9 @@ def test_dead_letter_show_retry_and_purge(cli_env: dict[str, str]) -> None:
         "message_id": "m-1",
         "message_timestamp": 1,
     }
-    client.zadd(f"{redis_namespace}:analytics.XQ", {"r1": 1_700_000_000_000})
-    client.hset(f"{redis_namespace}:analytics.XQ.msgs", "r1", json.dumps(body))
+    keys = queue_keys(redis_namespace, "analytics")
+    client.zadd(keys.dead, {"r1": 1_700_000_000_000})
+    client.hset(keys.dead_bodies, "r1", json.dumps(body))
     listed = _run(["dlq", "list", "--queue", "analytics", "--json"], cli_env)
     (row,) = json.loads(listed.stdout)
     assert row["message_id"] == "m-1" and row["error"] == "ValueError: boom"
@@ -181,8 +183,8 @@ def test_dead_letter_show_retry_and_purge(cli_env: dict[str, str]) -> None:
     assert json.loads(shown.stdout)["body"]["actor_name"] == "analytics.recompute"
     retried = _run(["dlq", "retry", "m-1", "--queue", "analytics"], cli_env)
     assert "retried 1" in retried.stdout, retried.stderr
-    assert client.llen(f"{redis_namespace}:analytics") == 1
-    moved = json.loads(client.hget(f"{redis_namespace}:analytics.msgs", "r1") or b"{}")
+    assert client.llen(keys.ready) == 1
+    moved = json.loads(client.hget(keys.ready_bodies, "r1") or b"{}")
     assert moved["options"]["retries"] == 0 and "traceback" not in moved["options"]
     purged = _run(["dlq", "purge", "--queue", "analytics", "--yes"], cli_env)
     assert "purged 0" in purged.stdout

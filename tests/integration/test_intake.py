@@ -30,6 +30,7 @@ from domain.intake import MAX_ANSWER_CHARS, NOTIFY_CHANNEL, AskNext, Complete, I
 from domain.messages import IntakeStep
 from tests.integration.helpers import count, insert_user
 from workers.messaging.producer import Producer
+from workers.messaging.redis_keys import queue_keys
 from workers.producer_api import ProducerAPI
 from workers.providers.local_intake import LocalIntakeProvider
 from workers.services.intake import IntakeOutcome, IntakeService
@@ -46,9 +47,9 @@ def _queued(producer: Producer, queue: str) -> list[dict[str, Any]]:
     """The message bodies waiting on ``queue`` in Redis, oldest first."""
     broker = producer.broker
     client = broker.client  # type: ignore[attr-defined]
-    key = f"{broker.namespace}:{queue}"  # type: ignore[attr-defined]
-    ids = client.lrange(key, 0, -1)
-    return [json.loads(client.hget(f"{key}.msgs", i))["args"][0] for i in ids]
+    keys = queue_keys(broker.namespace, queue)  # type: ignore[attr-defined]
+    ids = client.lrange(keys.ready, 0, -1)
+    return [json.loads(client.hget(keys.ready_bodies, i))["args"][0] for i in ids]
 
 
 def _service(engine: Engine, producer: Producer, provider: Any = None) -> IntakeService:

@@ -228,3 +228,10 @@ def _holder(
         if consumed in consumed_queues and client.sismember(key, redis_id):  # type: ignore[arg-type]
             return str(worker_id)
     return None
+
+
+def pending_messages(client: redis.Redis, namespace: str, queue: str) -> int:
+    """Messages of ``queue`` not yet acknowledged: stored bodies (ready or taken by a
+    worker) plus the ready list (benchmarks wait for this to reach zero)."""
+    keys = queue_keys(namespace, queue)
+    return int(client.hlen(keys.ready_bodies)) + int(client.llen(keys.ready))

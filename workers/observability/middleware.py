@@ -9,6 +9,7 @@ from typing import Any
 
 from dramatiq.middleware import Middleware
 
+from workers.messaging.redis_keys import canonical_queue
 from workers.observability import metrics
 from workers.observability.health import MULTIPROC_ENV, HealthReporter, metrics_dir
 
@@ -49,7 +50,7 @@ class MessageCounters(Middleware):
 
     def after_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
         if message.options.get("retries"):
-            metrics.count_retry(message.queue_name.removesuffix(".DQ"), message.actor_name)
+            metrics.count_retry(canonical_queue(message.queue_name), message.actor_name)
 
     def after_nack(self, broker: Any, message: Any) -> None:
-        metrics.count_dead_letter(message.queue_name.removesuffix(".DQ"), message.actor_name)
+        metrics.count_dead_letter(canonical_queue(message.queue_name), message.actor_name)
