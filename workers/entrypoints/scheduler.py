@@ -2,15 +2,15 @@
 
 Built on APScheduler (cron triggers, misfire grace, coalescing). It only publishes
 messages; workers do the work. Several schedulers may run (for availability): each
-fire is claimed with Redis ``SET NX`` on a key naming the job and its minute, so only
-one of them publishes it.
+fire is claimed with Redis ``SET NX`` on a key naming the job and the scheduled fire
+time it serves, so only one of them publishes it, even when one runs late.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -24,6 +24,9 @@ from workers.settings import Settings
 
 log = get_logger("emotionviz.scheduler")
 
+# A fire that could not run on time still runs if at most this late (then coalesced).
+MISFIRE_GRACE_S = 300
+
 
 @dataclass(frozen=True)
 class ScheduledJob:
@@ -33,15 +36,29 @@ class ScheduledJob:
 
 
 class FireGuard:
-    """At most one publish per job and fire time, across every scheduler process."""
+    """At most one publish per job and scheduled fire time, across every scheduler
+    process. Keyed on the fire time the run serves, not on the clock when it runs: a
+    scheduler that runs late (within the misfire grace) serves the same fire time as
+    the one that ran on time, and finds it claimed."""
 
-    def __init__(self, client: redis.Redis, namespace: str, resolution_s: int = 60) -> None:
-        self.client, self.namespace, self.resolution_s = client, namespace, resolution_s
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client, self.namespace = client, namespace
 
-    def claim(self, job: str, now: datetime | None = None) -> bool:
-        moment = int((now or datetime.now(UTC)).timestamp()) // self.resolution_s
-        key = f"{self.namespace}:scheduler:{job}:{moment}"
-        return bool(self.client.set(key, "1", nx=True, ex=max(3600, self.resolution_s * 10)))
+    def claim(self, job: str, fire_time: datetime) -> bool:
+        key = f"{self.namespace}:scheduler:{job}:{int(fire_time.timestamp())}"
+        ttl_s = max(3600, MISFIRE_GRACE_S * 10)
+        return bool(self.client.set(key, "1", nx=True, ex=ttl_s))
+
+
+def served_fire_time(trigger: BaseTrigger, now: datetime) -> datetime:
+    """The scheduled fire time a run at ``now`` serves: the latest one at or before
+    ``now`` within the misfire grace (a run is only ever late, never early)."""
+    served: datetime | None = None
+    candidate = trigger.get_next_fire_time(None, now - timedelta(seconds=MISFIRE_GRACE_S))
+    while candidate is not None and candidate <= now:
+        served = candidate
+        candidate = trigger.get_next_fire_time(candidate, candidate + timedelta(microseconds=1))
+    return served or now.replace(microsecond=0)
 
 
 def recompute_messages(kind: PeriodKind, today: datetime | None = None) -> AnalyticsRecompute:
@@ -78,12 +95,17 @@ def default_jobs(settings: Settings, producer: Publisher) -> list[ScheduledJob]:
     return jobs
 
 
-def run_job(job: ScheduledJob, guard: FireGuard) -> bool:
-    if not guard.claim(job.name):
-        log.info("scheduled job already fired by another scheduler", job=job.name)
+def run_job(job: ScheduledJob, guard: FireGuard, now: datetime | None = None) -> bool:
+    fire_time = served_fire_time(job.trigger, now or datetime.now(UTC))
+    if not guard.claim(job.name, fire_time):
+        log.info(
+            "scheduled job already fired by another scheduler",
+            job=job.name,
+            fire_time=fire_time.isoformat(),
+        )
         return False
     count = job.publish()
-    log.info("scheduled job fired", job=job.name, messages=count)
+    log.info("scheduled job fired", job=job.name, fire_time=fire_time.isoformat(), messages=count)
     return True
 
 
@@ -96,7 +118,7 @@ def build_scheduler(jobs: list[ScheduledJob], guard: FireGuard) -> BlockingSched
             args=(job, guard),
             id=job.name,
             coalesce=True,
-            misfire_grace_time=300,
+            misfire_grace_time=MISFIRE_GRACE_S,
             max_instances=1,
         )
     return scheduler
