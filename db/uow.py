@@ -11,6 +11,7 @@ problems become DatabaseUnavailableError (transient), so callers never see psyco
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 
 from sqlalchemy import exc as sa_exc
@@ -24,8 +25,10 @@ from db.repositories import (
     UserRepository,
     VisualizationRepository,
 )
-from domain.errors import ConfigurationError, DatabaseUnavailableError
+from domain.errors import ConfigurationError, DatabaseUnavailableError, TransientError
 from domain.messages import MessageV1, Publisher
+
+log = logging.getLogger("emotionviz.uow")
 
 
 class UnitOfWork:
@@ -36,6 +39,8 @@ class UnitOfWork:
         self._publisher = publisher
         self._outbox: list[MessageV1] = []
         self.published_ids: list[str] = []  # message ids sent by the last commit
+        self.unpublished: list[MessageV1] = []  # held messages the broker refused
+        self.publish_error: str | None = None
 
     def __enter__(self) -> UnitOfWork:
         self._outbox = []
@@ -63,11 +68,24 @@ class UnitOfWork:
             raise DatabaseUnavailableError(f"database unavailable: {detail}") from exc
 
     def commit(self) -> None:
+        """Commit, then publish what ``publish`` held. The change is durable before a
+        message leaves; if the broker still refuses after the producer's retries, the
+        change stays committed (the reconciler republishes its work from the database),
+        ``unpublished`` and ``publish_error`` say so, and a warning is logged."""
         self.session.commit()
         outbox, self._outbox = self._outbox, []
+        self.unpublished, self.publish_error = [], None
         if outbox:
             assert self._publisher is not None  # publish() checked it
-            self.published_ids = self._publisher.publish_many(outbox)
+            try:
+                self.published_ids = self._publisher.publish_many(outbox)
+            except TransientError as exc:
+                self.unpublished, self.publish_error = outbox, str(exc)
+                log.warning(
+                    "committed, but the messages could not be published; the reconciler "
+                    "will publish their work again: %s",
+                    exc,
+                )
 
     def publish(self, message: MessageV1) -> None:
         """Publish ``message`` once this unit commits (never if it rolls back)."""

@@ -74,6 +74,10 @@ class LeaseHeldError(TransientError):
     """Another worker holds a live lease on this row; try again after it expires."""
 
 
+class BrokerUnavailableError(TransientError):
+    """The broker refused or dropped a publish, after retries."""
+
+
 class DatabaseUnavailableError(TransientError):
     """The database connection failed or the server restarted."""
 

@@ -22,9 +22,10 @@ from domain.errors import (
     OwnershipError,
     ProviderUnavailableError,
 )
-from domain.messages import EntryCreated
+from domain.messages import EntryCreated, IntakeStep
 from domain.vocabulary import VisualizationStyle
 from tests.integration.helpers import count, insert_entry, insert_user
+from workers.messaging.broker import build_broker
 from workers.messaging.dead_letters import DeadLetters
 from workers.messaging.producer import Producer
 from workers.messaging.redis_keys import queue_keys
@@ -34,6 +35,7 @@ from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import RateGate
 from workers.providers.storage import LocalImageStore
 from workers.services.visualize import Outcome, VisualizationService, VisualizeLimits
+from workers.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -265,3 +267,22 @@ def test_rate_gate_per_minute_limit_gives_up_with_a_transient_error(
             pass
     with pytest.raises(ProviderUnavailableError, match="requests per minute"), gate.slot():
         pass
+
+
+def test_a_commit_whose_broker_is_down_keeps_the_change_and_says_so(
+    engine: Engine, redis_namespace: str
+) -> None:
+    settings = Settings(_env_file=None, redis_namespace=redis_namespace)  # type: ignore[call-arg]
+    down = build_broker(settings, "redis://127.0.0.1:1/0")
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory, Producer(down)) as uow:
+        with engine.begin() as conn:
+            user_id = insert_user(conn)
+        session_id = uow.intake.create(user_id, "stored even though the broker is down")
+        uow.publish(IntakeStep(session_id=session_id, user_id=uuid.uuid4(), step=1))
+        uow.commit()
+    assert uow.publish_error and "did not take" in uow.publish_error
+    assert len(uow.unpublished) == 1
+    with engine.connect() as conn:
+        assert count(conn, "intake_sessions", "id = :s", s=session_id) == 1
+    down.close()

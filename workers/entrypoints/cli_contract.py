@@ -14,7 +14,7 @@ import json
 import sys
 import uuid
 from datetime import date
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 
@@ -25,6 +25,9 @@ from domain.errors import (
     PermanentError,
 )
 from workers.logging import scrub
+
+if TYPE_CHECKING:
+    from db.uow import UnitOfWork
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -100,6 +103,15 @@ def fail_line(command: str, exc: BaseException) -> tuple[int, str]:
         code, text = translated
     first = scrub(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
     return code, f"emotionviz {command}: {first[:500]}"
+
+
+def require_published(uow: UnitOfWork) -> None:
+    """After a commit: the change is saved; say so plainly if its messages were not."""
+    if uow.publish_error:
+        raise EmotionVizError(
+            f"saved, but {len(uow.unpublished)} messages could not be published "
+            f"({uow.publish_error}); 'emotionviz reconcile' (or the scheduler) publishes them"
+        )
 
 
 # --- output --------------------------------------------------------------------------

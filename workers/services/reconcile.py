@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from db.uow import UnitOfWork
+from domain.errors import BrokerUnavailableError
 from domain.messages import EntryCreated, IntakeStep, MessageV1
 
 
@@ -42,4 +43,6 @@ def reconcile(
         for message in messages:
             uow.publish(message)
         uow.commit()
+    if uow.publish_error:  # publishing is this job's whole point: retried by the caller
+        raise BrokerUnavailableError(f"reconcile could not publish: {uow.publish_error}")
     return ReconcileReport(len(unfinished), len(stuck), len(turns))

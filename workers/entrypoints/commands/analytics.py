@@ -15,7 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from domain.messages import AnalyticsRecompute
 from domain.periods import PeriodKind, period_containing
 from workers import bootstrap
-from workers.entrypoints.cli_contract import InputError, iso_date, positive_int, uuid_arg
+from workers.entrypoints.cli_contract import (
+    InputError,
+    iso_date,
+    positive_int,
+    require_published,
+    uuid_arg,
+)
 from workers.settings import Settings
 
 
@@ -73,6 +79,7 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
         for message in messages:
             uow.publish(message)
         uow.commit()
+    require_published(uow)
     first = messages[0] if messages else _message(args, None)
     sys.stdout.write(
         f"analytics recompute: published {len(messages)} messages (period={first.period} "

@@ -13,7 +13,13 @@ from domain.intake import next_step, parse_history
 from domain.messages import EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
 from workers import bootstrap
-from workers.entrypoints.cli_contract import emit_json, out, positive_int, uuid_arg
+from workers.entrypoints.cli_contract import (
+    emit_json,
+    out,
+    positive_int,
+    require_published,
+    uuid_arg,
+)
 from workers.messaging.broker_state import locate
 from workers.settings import Settings
 
@@ -38,6 +44,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             message = IntakeStep(session_id=args.id, user_id=session.user_id, step=step)
         uow.publish(message)
         uow.commit()
+    require_published(uow)
     message_id = uow.published_ids[0]
     if args.json:
         emit_json({"actor": message.actor_name, "message_id": message_id})
@@ -54,6 +61,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 EntryCreated(entry_id=entry_id, user_id=user_id, style=VisualizationStyle(style))
             )
         uow.commit()
+    require_published(uow)
     if args.json:
         emit_json({"replayed": [str(entry_id) for entry_id, _, _ in rows]})
     else:
