@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+
+from db.engine import make_engine
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +71,16 @@ def test_embedded_services_start_reuse_and_stop(tmp_path: Path) -> None:
     assert "postgres  stopped" in stopped.stdout and "redis     stopped" in stopped.stdout
     status = _run(["services", "status"], env, tmp_path)
     assert "postgres  stopped" in status.stdout and "redis     stopped" in status.stdout
+
+
+def test_a_worker_never_migrates_it_waits_for_the_schema(empty_db_url: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": empty_db_url, "PYTHONPATH": str(Path.cwd()), "PROVIDER": "local"}
+    proc = _run(["worker", "--schema-wait", "0"], env, tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "run 'emotionviz migrate' first" in lines[0], proc.stderr
+    engine = make_engine(empty_db_url, null_pool=True)
+    with engine.connect() as conn:  # the worker created nothing
+        tables = conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+        assert tables.scalar_one() == 0
+    engine.dispose()

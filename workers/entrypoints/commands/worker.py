@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 
-from domain.errors import ConfigurationError
+from domain.errors import ConfigurationError, EmotionVizError
 from domain.messages import QUEUES
 from workers import bootstrap
 from workers.entrypoints.cli_contract import positive_int
+from workers.logging import get_logger
 from workers.settings import Settings
+
+log = get_logger("emotionviz.worker")
 
 # Dramatiq waits this long for running jobs on SIGTERM before requeueing them; a
 # supervisor's stop grace must be longer (docker-compose.yml: stop_grace_period).
@@ -56,12 +60,30 @@ def check_can_work(settings: Settings) -> None:
         )
 
 
-def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from db import migrate
+def wait_for_schema(database_url: str, timeout_s: float) -> None:
+    """Workers never migrate (only ``emotionviz migrate`` does: several workers starting
+    together would race Alembic). A worker started beside the migration waits for it."""
+    from db.readiness import schema_state
 
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = schema_state(database_url)
+        if state.at_head:
+            return
+        if time.monotonic() >= deadline:
+            current = ", ".join(state.current) or "empty"
+            raise EmotionVizError(
+                f"the database schema is at {current}, this code needs "
+                f"{', '.join(state.head)}: run 'emotionviz migrate' first"
+            )
+        log.info("waiting for the schema migration", current=list(state.current))
+        time.sleep(2)
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     check_can_work(settings)
     env = worker_env(settings)
-    migrate.upgrade(env["DATABASE_URL"])
+    wait_for_schema(env["DATABASE_URL"], args.schema_wait)
     if settings.metrics_port:
         from workers.observability.health import prepare_metrics_dir
 
@@ -87,3 +109,10 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--processes", type=positive_int, help="default WORKER_PROCESSES")
     p.add_argument("--threads", type=positive_int, help="default WORKER_THREADS")
     p.add_argument("--queues", nargs="+", choices=QUEUES, help="only these queues (default all)")
+    p.add_argument(
+        "--schema-wait",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="wait this long for 'emotionviz migrate' to bring the schema to head (default 60)",
+    )
