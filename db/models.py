@@ -13,11 +13,13 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Date,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
@@ -213,6 +216,7 @@ class Visualization(TimestampMixin, Base):
         CheckConstraint(
             f"style IN ({_values(VisualizationStyle)})", name="visualizations_style_check"
         ),
+        CheckConstraint("claim_count >= 0", name="visualizations_claim_count_check"),
         Index("idx_visualizations_user_id", "user_id"),
         Index("idx_visualizations_status", "status"),
         Index("idx_visualizations_created_at", text("created_at DESC")),
@@ -251,6 +255,10 @@ class Visualization(TimestampMixin, Base):
     nanobanana_response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     processing_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     processing_completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Not in the seed spec (docs/schema-deviations.md): the lease a worker's heartbeat
+    # renews, and how many claims in a row never finished (the crash-loop cap).
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
 
     emotion_entry: Mapped[EmotionEntry] = relationship(back_populates="visualization")
     user: Mapped[User] = relationship()
@@ -319,3 +327,16 @@ class ApiKey(Base):
 
 
 TABLES_WITH_UPDATED_AT = ("users", "emotion_entries", "visualizations", "intake_sessions")
+
+
+class MediaGarbage(Base):
+    """Pictures whose visualization was deleted (filled by a trigger; not in the seed
+    spec): a worker deletes the files, then the row."""
+
+    __tablename__ = "media_garbage"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    visualization_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )

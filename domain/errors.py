@@ -50,6 +50,10 @@ class ConflictError(PermanentError):
     answered, a session already complete)."""
 
 
+class CrashLoopError(PermanentError):
+    """The row's earlier claims all ended with the worker process dying: a poison entry."""
+
+
 class ProviderError(PermanentError):
     """A model API refused the request for good (400/401/403/404, blocked, unusable)."""
 

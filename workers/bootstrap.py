@@ -127,6 +127,7 @@ def visualization_service() -> VisualizationService:
         providers(),
         VisualizeLimits(
             lease_s=settings.lease_s,
+            max_claims=settings.max_claims,
             thumbnail_px=settings.thumbnail_px,
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
@@ -146,6 +147,7 @@ def intake_service() -> IntakeService:
 def actor_dependencies() -> ActorDependencies:
     """The real services behind the actors (workers/entrypoints/worker.py)."""
     from workers.entrypoints.actors import ActorDependencies
+    from workers.messaging.broker_state import broker_lost_data
     from workers.services.analytics import recompute
     from workers.services.reconcile import reconcile
 
@@ -155,7 +157,9 @@ def actor_dependencies() -> ActorDependencies:
         intake=intake_service,
         recompute=lambda message: recompute(unit_of_work, message),
         reconcile=lambda: reconcile(
-            unit_of_work, lease_s=settings.lease_s, grace_s=settings.reconcile_grace_s
+            unit_of_work,
+            grace_s=settings.reconcile_grace_s,
+            broker_lost_data=lambda: broker_lost_data(redis_client(), settings.redis_namespace),
         ),
         publisher=producer,
         count=lambda name: counters().incr(name),

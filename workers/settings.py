@@ -77,7 +77,14 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=5, ge=0, le=100)
     min_backoff_ms: int = Field(default=2_000, ge=1)
     max_backoff_ms: int = Field(default=300_000, ge=1)
-    lease_s: int = Field(default=600, ge=10)
+    # A job holds its row with a lease its worker's heartbeat renews every LEASE_S / 4;
+    # a dead worker's rows can be claimed again LEASE_S after its last renewal.
+    lease_s: int = Field(default=60, ge=10, le=3600)
+    # How long one job may run before Dramatiq interrupts it (it is then retried).
+    job_time_limit_s: int = Field(default=540, ge=10, le=86_400)
+    # After this many claims of one row in a row that never finished (the worker died
+    # each time), the row fails instead of crashing the next worker too.
+    max_claims: int = Field(default=3, ge=1, le=100)
     message_max_age_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
 
     # Metrics and health: one HTTP server per `emotionviz worker` (/metrics, /healthz,
@@ -97,7 +104,8 @@ class Settings(BaseSettings):
     schedule_analytics_day: str = "15 0 * * *"
     schedule_analytics_week: str = "30 0 * * 1"
     schedule_analytics_month: str = "45 0 1 * *"
-    schedule_reconcile: str = "*/10 * * * *"
+    # Every minute: a crash or a broker flush heals within about two minutes, unattended.
+    schedule_reconcile: str = "* * * * *"
     reconcile_grace_s: int = Field(default=300, ge=0)
     analytics_parallelism: int = Field(default=2, ge=1, le=32)
 
@@ -173,8 +181,7 @@ class Settings(BaseSettings):
 
     @property
     def job_time_limit_ms(self) -> int:
-        # A job must end before its lease can be reclaimed by another worker.
-        return int(self.lease_s * 1000 * 0.9)
+        return self.job_time_limit_s * 1000
 
 
 def _describe(exc: ValidationError) -> str:

@@ -2,7 +2,9 @@
 release) and the operators' views (replay, stuck, counts).
 
 Writes under a lease are compare-and-set on (status, processing_started_at): a worker
-whose lease was taken over writes nothing.
+whose lease was taken over writes nothing. The lease runs until ``lease_expires_at``,
+which the holder's heartbeat renews; a dead worker stops renewing, and its row can be
+claimed again as soon as the lease runs out.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -69,6 +71,11 @@ class ClaimedVisualization:
     style: str
     gemini_analysis: dict[str, Any] | None
     image_url: str | None
+    claim_count: int = 1  # claims in a row that never finished, this one included
+
+
+def _seconds(value: int) -> Any:
+    return text(f"interval '{int(value)} seconds'")
 
 
 class VisualizationRepository:
@@ -91,29 +98,57 @@ class VisualizationRepository:
         return None if row is None else visualization_row(row)
 
     def claim(self, entry_id: uuid.UUID, lease_s: int) -> ClaimedVisualization | None:
-        """Take the lease on a pending row, or on a processing row whose lease expired.
+        """Take the lease on a pending row, or on a processing row whose lease ran out
+        (its worker died: nobody renewed it). Counts the claim: ``claim_count`` is the
+        number of claims in a row that never finished (the crash-loop cap).
 
         One UPDATE ... RETURNING: of two racing workers exactly one gets the row.
         """
         v = Visualization
-        expired = v.processing_started_at < func.now() - text(f"interval '{int(lease_s)} seconds'")
         stmt = (
             update(v)
             .where(v.entry_id == entry_id)
             .where(
                 (v.status == VisualizationStatus.PENDING.value)
-                | ((v.status == VisualizationStatus.PROCESSING.value) & expired)
+                | (
+                    (v.status == VisualizationStatus.PROCESSING.value)
+                    & (func.coalesce(v.lease_expires_at, v.processing_started_at) < func.now())
+                )
             )
             .values(
                 status=VisualizationStatus.PROCESSING.value,
                 processing_started_at=func.clock_timestamp(),
+                lease_expires_at=func.clock_timestamp() + _seconds(lease_s),
+                claim_count=v.claim_count + 1,
             )
-            .returning(v.id, v.processing_started_at, v.style, v.gemini_analysis, v.image_url)
+            .returning(
+                v.id,
+                v.processing_started_at,
+                v.style,
+                v.gemini_analysis,
+                v.image_url,
+                v.claim_count,
+            )
         )
         row = self.session.execute(stmt).one_or_none()
         if row is None:
             return None
-        return ClaimedVisualization(row[0], row[1], row[2], row[3], row[4])
+        return ClaimedVisualization(row[0], row[1], row[2], row[3], row[4], row[5])
+
+    def renew(self, claims: Sequence[ClaimedVisualization], lease_s: int) -> int:
+        """Extend the leases this process still holds (its heartbeat); returns how many
+        were renewed (a lease taken over meanwhile is not)."""
+        if not claims:
+            return 0
+        v = Visualization
+        held = tuple_(v.id, v.processing_started_at).in_([(c.id, c.lease) for c in claims])
+        result = self.session.execute(
+            update(v)
+            .where(held)
+            .where(v.status == VisualizationStatus.PROCESSING.value)
+            .values(lease_expires_at=func.clock_timestamp() + _seconds(lease_s))
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _held(self, claim: ClaimedVisualization) -> Any:
         v = Visualization
@@ -163,6 +198,8 @@ class VisualizationRepository:
             self._held(claim).values(
                 status=VisualizationStatus.COMPLETED.value,
                 processing_completed_at=func.now(),
+                lease_expires_at=None,
+                claim_count=0,
                 error_message=None,
             )
         )
@@ -174,6 +211,8 @@ class VisualizationRepository:
             self._held(claim).values(
                 status=VisualizationStatus.PENDING.value,
                 processing_started_at=None,
+                lease_expires_at=None,
+                claim_count=0,  # the claim ended: not a crash
                 error_message=f"will retry: {reason}",
             )
         )
@@ -190,6 +229,7 @@ class VisualizationRepository:
                 status=VisualizationStatus.FAILED.value,
                 error_message=reason,
                 processing_completed_at=func.now(),
+                lease_expires_at=None,
             )
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -206,31 +246,27 @@ class VisualizationRepository:
             status=VisualizationStatus.PENDING.value,
             processing_started_at=None,
             processing_completed_at=None,
+            lease_expires_at=None,
+            claim_count=0,  # an operator's replay gives a crash-looping entry a new start
         ).returning(v.entry_id, v.user_id, v.style)
         return [(r[0], r[1], r[2]) for r in self.session.execute(stmt)]
 
-    def stuck(self, lease_s: int, limit: int = 1000) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    def _expired(self) -> Any:
         v = Visualization
-        stmt = (
-            select(v.entry_id, v.user_id)
-            .where(v.status == VisualizationStatus.PROCESSING.value)
-            .where(
-                v.processing_started_at < func.now() - text(f"interval '{int(lease_s)} seconds'")
-            )
-            .limit(limit)
+        return (v.status == VisualizationStatus.PROCESSING.value) & (
+            func.coalesce(v.lease_expires_at, v.processing_started_at) < func.now()
         )
+
+    def stuck(self, limit: int = 1000) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Rows processing whose lease ran out: their worker died (or hangs)."""
+        v = Visualization
+        stmt = select(v.entry_id, v.user_id).where(self._expired()).limit(limit)
         return [(r[0], r[1]) for r in self.session.execute(stmt)]
 
-    def stuck_count(self, lease_s: int) -> int:
+    def stuck_count(self) -> int:
         """Rows processing past their lease (their worker died or hangs)."""
         v = Visualization
-        expired = v.processing_started_at < func.now() - text(f"interval '{int(lease_s)} seconds'")
-        stmt = (
-            select(func.count())
-            .select_from(v)
-            .where(v.status == VisualizationStatus.PROCESSING.value)
-            .where(expired)
-        )
+        stmt = select(func.count()).select_from(v).where(self._expired())
         return int(self.session.scalar(stmt) or 0)
 
     def recent_failure_reasons(self, seconds: int, limit: int = 10_000) -> list[str]:

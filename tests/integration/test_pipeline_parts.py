@@ -17,6 +17,7 @@ from db.engine import make_session_factory
 from db.uow import UnitOfWork
 from domain.analysis import Analysis, EntrySnapshot, ImageResult
 from domain.errors import (
+    CrashLoopError,
     LeaseHeldError,
     NotFoundError,
     OwnershipError,
@@ -34,6 +35,7 @@ from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import RateGate
 from workers.providers.storage import LocalImageStore
+from workers.services.leases import LeaseKeeper
 from workers.services.visualize import Outcome, VisualizationService, VisualizeLimits
 from workers.settings import Settings
 
@@ -132,14 +134,79 @@ def test_claim_is_exclusive_and_expired_leases_are_reclaimed(
     service = _service(engine, tmp_path, LocalAnalysisProvider(), LocalImageProvider(64))
     with pytest.raises(LeaseHeldError) as held:
         service.process(EntryCreated(entry_id=entry_id, user_id=user_id))
-    assert 50 < (held.value.retry_after_s or 0) <= 60
-    with engine.begin() as conn:  # the holder died long ago
+    assert (held.value.retry_after_s or 0) == 60  # look again once the lease could run out
+    with engine.begin() as conn:  # the holder died: nobody renewed its lease
         conn.execute(
-            text("UPDATE visualizations SET processing_started_at = now() - interval '2 minutes'")
+            text("UPDATE visualizations SET lease_expires_at = now() - interval '1 second'")
         )
     assert service.process(EntryCreated(entry_id=entry_id, user_id=user_id)) is Outcome.COMPLETED
     with UnitOfWork(factory) as uow:  # the stale holder can no longer write
         assert not uow.visualizations.complete(first)
+
+
+def test_the_heartbeat_renews_the_lease_and_a_dead_holders_row_is_reclaimed(
+    engine: Engine,
+) -> None:
+    entry_id, user_id = _entry(engine)
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
+        uow.visualizations.ensure_row(entry_id, user_id, None)
+        claim = uow.visualizations.claim(entry_id, lease_s=10)
+        uow.commit()
+    assert claim is not None and claim.claim_count == 1
+
+    def expires() -> float:
+        with engine.connect() as conn:
+            return float(
+                conn.execute(
+                    text("SELECT extract(epoch FROM lease_expires_at - now()) FROM visualizations")
+                ).scalar_one()
+            )
+
+    assert 8 < expires() <= 10
+    keeper = LeaseKeeper(lambda: UnitOfWork(factory), lease_s=300)
+    keeper.hold(claim)
+    assert keeper.renew_now() == 1 and expires() > 290
+    keeper.drop(claim)
+    with engine.begin() as conn:  # the process died: no renewal, the lease ran out
+        conn.execute(text("UPDATE visualizations SET lease_expires_at = now() - interval '1 s'"))
+    with UnitOfWork(factory) as uow:
+        taken = uow.visualizations.claim(entry_id, lease_s=10)
+        uow.commit()
+    assert taken is not None and taken.claim_count == 2  # the first never finished
+    keeper.hold(claim)  # the old holder's lease is gone: nothing to renew
+    assert keeper.renew_now() == 0
+    with UnitOfWork(factory) as uow:
+        assert uow.visualizations.stuck_count() == 0
+
+
+def test_a_row_whose_worker_keeps_dying_fails_after_max_claims(
+    engine: Engine, tmp_path: Path
+) -> None:
+    entry_id, user_id = _entry(engine)
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
+        uow.visualizations.ensure_row(entry_id, user_id, None)
+        uow.commit()
+    for _ in range(3):  # three workers died holding it
+        with UnitOfWork(factory) as uow:
+            assert uow.visualizations.claim(entry_id, lease_s=10) is not None
+            uow.commit()
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE visualizations SET lease_expires_at = now() - interval '1 s'")
+            )
+    service = _service(engine, tmp_path, CountingAnalysis(), LocalImageProvider(64))
+    with pytest.raises(CrashLoopError, match="stopped 3 times"):
+        service.process(EntryCreated(entry_id=entry_id, user_id=user_id))
+    assert service.providers.analysis.calls == 0  # type: ignore[attr-defined]
+    service.mark_failed(entry_id, "the worker stopped 3 times while processing this entry")
+    with UnitOfWork(factory) as uow:
+        assert [e for e, _, _ in uow.visualizations.replay_failed([entry_id])] == [entry_id]
+        uow.commit()
+    assert service.process(EntryCreated(entry_id=entry_id, user_id=user_id)) is Outcome.COMPLETED
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT claim_count FROM visualizations")).scalar_one() == 0
 
 
 def test_unknown_and_foreign_entries_change_nothing(engine: Engine, tmp_path: Path) -> None:

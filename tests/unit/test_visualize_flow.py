@@ -100,6 +100,9 @@ class FakeVisualizations:
         row.error_message = reason
         return True
 
+    def renew(self, claims: list[ClaimedVisualization], lease_s: int) -> int:
+        return sum(1 for c in claims if self._held(c) is not None)
+
     def get_by_entry(self, entry_id: uuid.UUID) -> Any:
         row = self.db.rows.get(entry_id)
         if row is None:

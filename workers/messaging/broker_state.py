@@ -230,6 +230,12 @@ def _holder(
     return None
 
 
+def broker_lost_data(client: redis.Redis, namespace: str) -> bool:
+    """True the first time it is asked after the broker's data went away (and on the
+    very first run): a marker key with no expiry disappears only with the data."""
+    return bool(client.set(f"{namespace}:reconciler:alive-since", int(time.time()), nx=True))
+
+
 def pending_messages(client: redis.Redis, namespace: str, queue: str) -> int:
     """Messages of ``queue`` not yet acknowledged: stored bodies (ready or taken by a
     worker) plus the ready list (benchmarks wait for this to reach zero)."""

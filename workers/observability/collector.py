@@ -41,12 +41,10 @@ class StateCollector(Collector):
         read_broker: Callable[[], BrokerState],
         uow_factory: Callable[[], UnitOfWork],
         *,
-        lease_s: int,
         cache_s: float,
     ) -> None:
         self.read_broker = read_broker
         self.uow_factory = uow_factory
-        self.lease_s = lease_s
         self.cache_s = cache_s
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
@@ -70,7 +68,7 @@ class StateCollector(Collector):
         try:
             with self.uow_factory() as uow:
                 snap.rows = uow.visualizations.status_counts_estimated()
-                snap.stuck = uow.visualizations.stuck_count(self.lease_s)
+                snap.stuck = uow.visualizations.stuck_count()
                 snap.intake = uow.intake.open_state_counts()
             snap.up["database"] = True
         except Exception as exc:  # noqa: BLE001 - reported as a gauge and a log line

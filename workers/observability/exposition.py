@@ -31,7 +31,6 @@ def _state_collector() -> Any:
     return StateCollector(
         lambda: read_broker_state(bootstrap.redis_client(), settings.redis_namespace),
         bootstrap.unit_of_work,
-        lease_s=settings.lease_s,
         cache_s=settings.metrics_cache_s,
     )
 

@@ -28,13 +28,23 @@ class ReconcileReport:
 
 
 def reconcile(
-    uow_factory: Callable[[], UnitOfWork], *, lease_s: int, grace_s: int, limit: int = 5000
+    uow_factory: Callable[[], UnitOfWork],
+    *,
+    grace_s: int,
+    broker_lost_data: Callable[[], bool] = lambda: False,
+    limit: int = 5000,
 ) -> ReconcileReport:
     """Republish entries without a finished visualization (older than ``grace_s``),
-    rows whose lease expired, and intake turns whose message was lost."""
+    rows whose lease ran out, and intake turns whose message was lost.
+
+    When the broker lost its data since the last run (a flush, a restart without
+    persistence), no message is waiting for anything: everything unfinished is
+    republished at once, without the grace that otherwise spares work still queued."""
+    if broker_lost_data():
+        grace_s = 0
     with uow_factory() as uow:
         unfinished = uow.entries.ids_without_finished_visualization(limit, older_than_s=grace_s)
-        stuck = uow.visualizations.stuck(lease_s, limit)
+        stuck = uow.visualizations.stuck(limit)
         turns = uow.intake.due_turns(grace_s, limit)
         messages: list[MessageV1] = [
             EntryCreated(entry_id=e, user_id=u) for e, u in unfinished + stuck

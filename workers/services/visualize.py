@@ -13,18 +13,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from db.repositories import ClaimedVisualization, EntryRow
 from db.uow import UnitOfWork
 from domain.analysis import Analysis
-from domain.errors import LeaseHeldError, require_owned
+from domain.errors import CrashLoopError, LeaseHeldError, require_owned
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.logging import get_logger
 from workers.providers.factory import Providers
 from workers.services.imaging import check_image, thumbnail
+from workers.services.leases import LeaseKeeper
 
 log = get_logger("emotionviz.visualize")
 
@@ -42,6 +42,7 @@ class VisualizeLimits:
     thumbnail_px: int
     max_image_bytes: int
     max_image_pixels: int
+    max_claims: int = 3
 
 
 class VisualizationService:
@@ -50,17 +51,26 @@ class VisualizationService:
         uow_factory: Callable[[], UnitOfWork],
         providers: Providers,
         limits: VisualizeLimits,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self.uow_factory = uow_factory
         self.providers = providers
         self.limits = limits
+        self.leases = leases or LeaseKeeper(uow_factory, limits.lease_s)
 
     def process(self, message: EntryCreated) -> Outcome:
         entry, claim = self._claim(message)
         if claim is None:
             return self._not_claimed(message.entry_id)
+        crashes = claim.claim_count - 1  # earlier claims of this row that never finished
+        if crashes >= self.limits.max_claims:
+            raise CrashLoopError(
+                f"the worker stopped {crashes} times while processing this entry; "
+                "'emotionviz replay' tries it again"
+            )
         style = VisualizationStyle(claim.style)
         started = time.monotonic()
+        self.leases.hold(claim)
         try:
             analysis = self._analysis_step(entry, claim, style)
             if analysis is None:
@@ -75,6 +85,8 @@ class VisualizationService:
         except Exception as exc:
             self._release(claim, exc)
             raise
+        finally:
+            self.leases.drop(claim)
         log.info("visualization completed", seconds=round(time.monotonic() - started, 3))
         return Outcome.COMPLETED
 
@@ -95,19 +107,17 @@ class VisualizationService:
         with self.uow_factory() as uow:
             row = uow.visualizations.get_by_entry(entry_id)
         assert row is not None  # ensure_row just made sure it exists
-        status, error, started = row.status, row.error_message, row.processing_started_at
+        status, error = row.status, row.error_message
         if status == VisualizationStatus.COMPLETED:
             log.info("duplicate message: visualization already completed")
             return Outcome.ALREADY_COMPLETED
         if status == VisualizationStatus.FAILED:
             log.info("visualization already failed; 'emotionviz replay' retries it", error=error)
             return Outcome.ALREADY_FAILED
-        held_for = 0.0
-        if started is not None:
-            held_for = (datetime.now(UTC) - started).total_seconds()
-        remaining = max(1.0, self.limits.lease_s - held_for)
+        # Look again once a lease could have run out (its holder renews it while alive).
         raise LeaseHeldError(
-            f"another worker holds the lease on entry {entry_id}", retry_after_s=remaining
+            f"another worker holds the lease on entry {entry_id}",
+            retry_after_s=float(self.limits.lease_s),
         )
 
     def _analysis_step(

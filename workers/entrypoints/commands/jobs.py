@@ -20,7 +20,7 @@ from workers.entrypoints.cli_contract import (
     require_published,
     uuid_arg,
 )
-from workers.messaging.broker_state import locate
+from workers.messaging.broker_state import broker_lost_data, locate
 from workers.settings import Settings
 
 
@@ -73,7 +73,11 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from workers.services.reconcile import reconcile
 
     report = reconcile(
-        bootstrap.unit_of_work, lease_s=settings.lease_s, grace_s=settings.reconcile_grace_s
+        bootstrap.unit_of_work,
+        grace_s=settings.reconcile_grace_s,
+        broker_lost_data=lambda: broker_lost_data(
+            bootstrap.redis_client(), settings.redis_namespace
+        ),
     )
     if args.json:
         emit_json(report.as_log())

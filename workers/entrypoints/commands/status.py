@@ -26,7 +26,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     broker = read_broker_state(bootstrap.redis_client(), settings.redis_namespace)
     with bootstrap.unit_of_work() as uow:
         rows = uow.visualizations.status_counts()
-        stuck = uow.visualizations.stuck_count(settings.lease_s)
+        stuck = uow.visualizations.stuck_count()
         reasons = uow.visualizations.recent_failure_reasons(FAILURE_WINDOW_S)
         intake = uow.intake.state_counts()
     failures = Counter(failure_class(reason) for reason in reasons)
