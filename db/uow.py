@@ -21,6 +21,7 @@ from db.repositories import (
     AnalyticsRepository,
     EntryRepository,
     IntakeRepository,
+    MediaRepository,
     ShowcaseRepository,
     UserRepository,
     VisualizationRepository,
@@ -50,6 +51,7 @@ class UnitOfWork:
         self.visualizations = VisualizationRepository(self.session)
         self.intake = IntakeRepository(self.session)
         self.analytics = AnalyticsRepository(self.session)
+        self.media = MediaRepository(self.session)
         self.showcase = ShowcaseRepository(self.session)  # the devtools' read model
         return self
 

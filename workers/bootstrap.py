@@ -24,6 +24,7 @@ from workers.messaging.counters import Counters
 from workers.messaging.producer import Producer
 from workers.providers.factory import Providers, build_providers
 from workers.services.intake import IntakeService
+from workers.services.media import MediaLifecycle
 from workers.services.visualize import VisualizationService, VisualizeLimits
 from workers.settings import Settings, get_settings
 
@@ -136,6 +137,11 @@ def visualization_service() -> VisualizationService:
 
 
 @lru_cache(maxsize=1)
+def media_lifecycle() -> MediaLifecycle:
+    return MediaLifecycle(unit_of_work, providers().store)
+
+
+@lru_cache(maxsize=1)
 def intake_service() -> IntakeService:
     return IntakeService(
         unit_of_work,
@@ -161,6 +167,7 @@ def actor_dependencies() -> ActorDependencies:
             grace_s=settings.reconcile_grace_s,
             broker_lost_data=lambda: broker_lost_data(redis_client(), settings.redis_namespace),
         ),
+        collect_media_garbage=lambda: media_lifecycle().collect_garbage(),
         publisher=producer,
         count=lambda name: counters().incr(name),
     )

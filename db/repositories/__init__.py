@@ -9,6 +9,7 @@ db/analytics_statement.py.
 from db.repositories.analytics import AnalyticsRepository, AnalyticsRow
 from db.repositories.entries import EntryRepository, EntryRow
 from db.repositories.intake import IntakeRepository, IntakeSessionRow
+from db.repositories.media import MediaRepository
 from db.repositories.showcase import GalleryEntry, ShowcaseRepository
 from db.repositories.users import UserRepository, UserRow
 from db.repositories.visualizations import (
@@ -26,6 +27,7 @@ __all__ = [
     "GalleryEntry",
     "IntakeRepository",
     "IntakeSessionRow",
+    "MediaRepository",
     "ShowcaseRepository",
     "UserRepository",
     "UserRow",

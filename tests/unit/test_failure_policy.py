@@ -104,6 +104,7 @@ def rig() -> Iterator[Rig]:
         intake=lambda: None,  # type: ignore[arg-type, return-value]
         recompute=lambda message: None,  # type: ignore[arg-type, return-value]
         reconcile=lambda: None,  # type: ignore[arg-type, return-value]
+        collect_media_garbage=lambda: (0, 0),
         publisher=lambda: publisher,
         count=counted.append,
     )

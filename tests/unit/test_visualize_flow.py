@@ -190,6 +190,9 @@ class MemoryStore:
     def get(self, key: str) -> bytes:
         return self.files[key]
 
+    def delete(self, key: str) -> bool:
+        return self.files.pop(key, None) is not None
+
 
 @dataclass
 class Rig:

@@ -52,6 +52,7 @@ class ActorDependencies:
     intake: Callable[[], IntakeService]
     recompute: Callable[[AnalyticsRecompute], RecomputeSummary]
     reconcile: Callable[[], ReconcileReport]
+    collect_media_garbage: Callable[[], tuple[int, int]]
     publisher: Callable[[], Publisher]
     count: Count
 
@@ -153,6 +154,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
     def reconcile(*args: Any, **kwargs: Any) -> None:
         parse(MaintenanceReconcile, args, kwargs)
         report = deps.reconcile()
+        deps.collect_media_garbage()  # a person who left leaves nothing on disk
         for kind, number in report.as_log().items():
             metrics.count_reconciled(kind.removeprefix("republished_"), int(str(number)))
         log.info("reconciled", **report.as_log())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 from domain.errors import PermanentError
@@ -42,6 +43,35 @@ class LocalImageStore:
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def delete(self, key: str) -> bool:
+        """Remove one stored file; False when there was none."""
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every stored key under ``prefix/`` (half-written temp files excluded)."""
+        folder = self._path(f"{prefix}/x.png").parent
+        if not folder.is_dir():
+            return []
+        return sorted(
+            f"{prefix}/{path.name}"
+            for path in folder.iterdir()
+            if path.is_file() and _SAFE_KEY.match(f"{prefix}/{path.name}")
+        )
+
+    def age_s(self, key: str) -> float:
+        """Seconds since the file was last written."""
+        return max(0.0, time.time() - self._path(key).stat().st_mtime)
+
+    def key_for_url(self, url: str) -> str | None:
+        """The key behind a URL this store returned, or None for any other URL."""
+        if not url.startswith(self.base_url + "/"):
+            return None
+        return url[len(self.base_url) + 1 :]
 
     def path_for_url(self, url: str) -> Path:
         """The file behind a URL this store returned (for the gallery and tests)."""

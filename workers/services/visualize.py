@@ -25,6 +25,7 @@ from workers.logging import get_logger
 from workers.providers.factory import Providers
 from workers.services.imaging import check_image, thumbnail
 from workers.services.leases import LeaseKeeper
+from workers.services.media import MediaLifecycle, image_key, thumbnail_key
 
 log = get_logger("emotionviz.visualize")
 
@@ -57,6 +58,7 @@ class VisualizationService:
         self.providers = providers
         self.limits = limits
         self.leases = leases or LeaseKeeper(uow_factory, limits.lease_s)
+        self.media = MediaLifecycle(uow_factory, providers.store)
 
     def process(self, message: EntryCreated) -> Outcome:
         entry, claim = self._claim(message)
@@ -153,11 +155,11 @@ class VisualizationService:
             max_pixels=self.limits.max_image_pixels,
         )
         store = self.providers.store
-        key = f"visualizations/{claim.id}"
-        image_url = store.put(f"{key}.{image.extension}", image.data, image.mime_type)
+        image_url = store.put(image_key(claim.id, image.extension), image.data, image.mime_type)
         thumb_url = store.put(
-            f"{key}_thumb.webp", thumbnail(image.data, self.limits.thumbnail_px), "image/webp"
+            thumbnail_key(claim.id), thumbnail(image.data, self.limits.thumbnail_px), "image/webp"
         )
+        self.media.replaced(claim.id, image.extension)
         raw = {
             **drawn.raw_response,
             "width": image.width,

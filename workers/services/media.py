@@ -1,0 +1,108 @@
+"""The pictures' lifecycle: a picture lives exactly as long as its visualization row.
+
+- A deleted visualization (itself, its entry or its person: the FKs cascade) leaves its
+  id in the media_garbage outbox (a trigger, same transaction); ``collect_garbage``
+  deletes its files, then the outbox row. The reconciler runs it every minute, so a
+  person who leaves leaves nothing on disk.
+- A replay that draws a picture again overwrites the same keys (made from the row id);
+  a different format's old file is removed when the new one is stored.
+- ``find_orphans`` compares the files with the rows, for what happened outside these
+  paths (files from a restored backup, rows deleted before the trigger existed):
+  ``emotionviz media gc`` (a dry run unless --apply).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from db.uow import UnitOfWork
+from workers.logging import get_logger
+from workers.providers.storage import LocalImageStore
+
+log = get_logger("emotionviz.media")
+
+FOLDER = "visualizations"
+IMAGE_EXTENSIONS = ("png", "jpg", "webp")
+ORPHAN_MIN_AGE_S = 3600.0
+_KEY = re.compile(rf"^{FOLDER}/([0-9a-f-]{{36}})(_thumb)?\.(png|jpg|webp)$")
+
+
+def image_key(visualization_id: uuid.UUID, extension: str) -> str:
+    return f"{FOLDER}/{visualization_id}.{extension}"
+
+
+def thumbnail_key(visualization_id: uuid.UUID) -> str:
+    return f"{FOLDER}/{visualization_id}_thumb.webp"
+
+
+def all_keys(visualization_id: uuid.UUID) -> list[str]:
+    return [image_key(visualization_id, ext) for ext in IMAGE_EXTENSIONS] + [
+        thumbnail_key(visualization_id)
+    ]
+
+
+@dataclass(frozen=True)
+class GcReport:
+    garbage_rows: int
+    files_deleted: int
+    orphans: list[str]
+    applied: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "garbage_rows": self.garbage_rows,
+            "files_deleted": self.files_deleted,
+            "orphans": len(self.orphans),
+            "applied": self.applied,
+        }
+
+
+class MediaLifecycle:
+    def __init__(self, uow_factory: Callable[[], UnitOfWork], store: LocalImageStore) -> None:
+        self.uow_factory = uow_factory
+        self.store = store
+
+    def replaced(self, visualization_id: uuid.UUID, kept_extension: str) -> None:
+        """After storing a picture: remove the same row's picture in another format."""
+        for extension in IMAGE_EXTENSIONS:
+            if extension != kept_extension:
+                self.store.delete(image_key(visualization_id, extension))
+
+    def collect_garbage(self, limit: int = 1000) -> tuple[int, int]:
+        """Delete the files of deleted visualizations; (outbox rows, files deleted)."""
+        with self.uow_factory() as uow:
+            garbage = uow.media.garbage(limit)
+        deleted = sum(self.store.delete(key) for _, vid in garbage for key in all_keys(vid))
+        with self.uow_factory() as uow:
+            uow.media.forget_garbage([gid for gid, _ in garbage])
+            uow.commit()
+        if garbage:
+            log.info("pictures of deleted visualizations removed", rows=len(garbage), files=deleted)
+        return len(garbage), deleted
+
+    def find_orphans(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> list[str]:
+        """Stored files no row references: no such visualization, or not its current
+        picture or thumbnail. Files younger than ``min_age_s`` are left alone: a job
+        stores its picture a moment before its row names it."""
+        keys = [key for key in self.store.keys(FOLDER) if self.store.age_s(key) >= min_age_s]
+        ids = {uuid.UUID(m.group(1)) for key in keys if (m := _KEY.match(key))}
+        referenced: set[str] = set()
+        id_list = sorted(ids)
+        for start in range(0, len(id_list), 1000):
+            with self.uow_factory() as uow:
+                rows = uow.media.referenced(id_list[start : start + 1000])
+            for urls in rows.values():
+                referenced.update(
+                    key for url in urls if url and (key := self.store.key_for_url(url))
+                )
+        return [key for key in keys if key not in referenced]
+
+    def gc(self, *, apply: bool, min_age_s: float = ORPHAN_MIN_AGE_S) -> GcReport:
+        rows, files = self.collect_garbage() if apply else (0, 0)
+        orphans = self.find_orphans(min_age_s)
+        if apply:
+            files += sum(self.store.delete(key) for key in orphans)
+        return GcReport(rows, files, orphans, apply)
