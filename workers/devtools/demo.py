@@ -59,6 +59,8 @@ def _reset_demo_rows() -> None:
     with bootstrap.unit_of_work() as uow:
         uow.showcase.clear_visualizations_and_analytics()
         uow.commit()
+    # The deleted rows' pictures go too (a re-run must not pile up files).
+    bootstrap.media_lifecycle().collect_garbage(limit=100_000)
 
 
 def _entries() -> list[tuple[uuid.UUID, uuid.UUID]]:
