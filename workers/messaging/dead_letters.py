@@ -1,7 +1,9 @@
 """Dead letters of the Redis broker: list, replay, purge.
 
 Dramatiq keeps a queue's dead messages for DEAD_MESSAGE_TTL (7 days): ids by time of
-death, and their bodies (key names: workers/messaging/redis_keys.py).
+death, and their bodies (key names: workers/messaging/redis_keys.py). A failed message
+keeps its envelope, with the reason in ``options.traceback``; a body refused before
+routing is kept as ``{"rejected": {"reason", "bytes"}, "body": text}`` (not replayable).
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ class DeadLetters:
         for redis_id, score in ranked:
             body: Any = self.client.hget(msgs, redis_id)
             data = _decode(body)
-            options = data.get("options", {})
+            options = data.get("options")
+            options = options if isinstance(options, dict) else {}
+            rejected = data.get("rejected")  # refused before routing (consumer.py)
+            error: list[str] | None
+            if isinstance(rejected, dict):
+                error = [str(rejected.get("reason"))]
+            else:
+                error = (options.get("traceback") or "").strip().splitlines()[-1:] or None
             items.append(
                 {
                     "redis_id": redis_id.decode(),
@@ -40,7 +49,7 @@ class DeadLetters:
                     "args": data.get("args"),
                     "dead_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(score / 1000)),
                     "retries": options.get("retries", 0),
-                    "error": (options.get("traceback") or "").strip().splitlines()[-1:] or None,
+                    "error": error,
                 }
             )
         return items
