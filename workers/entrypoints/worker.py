@@ -7,6 +7,7 @@ from __future__ import annotations
 from workers import bootstrap
 from workers.entrypoints.actors import declare_actors
 from workers.messaging.middleware import WarmUp
+from workers.messaging.watchdog import Watchdog
 from workers.settings import get_settings
 
 broker = bootstrap.broker()
@@ -14,3 +15,4 @@ actors = declare_actors(broker, get_settings(), bootstrap.actor_dependencies())
 broker.add_middleware(
     WarmUp(bootstrap.visualization_service, bootstrap.intake_service, bootstrap.warm_pool)
 )
+broker.add_middleware(Watchdog(get_settings().watchdog_interval_s))
