@@ -25,11 +25,14 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import SkipMessage
 
+from workers.logging import get_logger
 from workers.messaging.envelope import Verdict, inspect
 from workers.messaging.failure_policy import stored_reason
 
 if TYPE_CHECKING:
     from workers.messaging.broker import SafeRedisBroker
+
+log = get_logger("emotionviz.consumer")
 
 
 class AdmittingConsumer(_RedisConsumer):
@@ -110,5 +113,10 @@ class AdmittingConsumer(_RedisConsumer):
             reason = "skipped: older than MESSAGE_MAX_AGE_MS, or the worker was stopping"
         else:
             reason = stored_reason(exc)
-        self.broker.restate(self.queue_name, message, reason)
+        try:
+            self.broker.restate(self.queue_name, message, reason)
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None  # Dramatiq retries the nack
+        except Exception:  # the reason is a courtesy; the nack is not
+            log.warning("could not keep the failure reason with the dead letter", exc_info=True)
         super().nack(message)
