@@ -109,8 +109,10 @@ class AdmittingConsumer(_RedisConsumer):
         """Dead-letter a failed message with its reason (scrubbed, one line) in
         ``options.traceback``, where Dramatiq keeps one and ``dlq list`` reads it."""
         exc = message._exception
-        if exc is None or isinstance(exc, SkipMessage):
-            reason = "skipped: older than MESSAGE_MAX_AGE_MS, or the worker was stopping"
+        if exc is None:
+            reason = "failed without an error: a middleware gave up on it"
+        elif isinstance(exc, SkipMessage):
+            reason = "skipped: older than MESSAGE_MAX_AGE_MS"  # AgeLimit, our one skipper
         else:
             reason = stored_reason(exc)
         try:
