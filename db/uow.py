@@ -6,7 +6,10 @@ all of them to the publisher in one batch. So a worker never sees an id whose ro
 not visible yet, and a rolled-back change publishes nothing.
 
 Driver errors are wrapped here, at the db edge, into our own hierarchy: connection
-problems become DatabaseUnavailableError (transient), so callers never see psycopg.
+problems become DatabaseUnavailableError (transient); data and integrity errors (a NUL
+in text, a broken constraint) become DataRejectedError (permanent: the same write can
+never succeed, so a retry would only pay for the model calls again). Callers never see
+psycopg, nor the SQL and parameters its messages carry.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ from db.repositories import (
     UserRepository,
     VisualizationRepository,
 )
-from domain.errors import ConfigurationError, DatabaseUnavailableError, TransientError
+from domain.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    DataRejectedError,
+    TransientError,
+)
 from domain.messages import MessageV1, Publisher
 
 log = logging.getLogger("emotionviz.uow")
@@ -66,8 +74,13 @@ class UnitOfWork:
         finally:
             self.session.close()
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
-            detail = str(exc.orig or exc).strip().splitlines()[0][:300]
-            raise DatabaseUnavailableError(f"database unavailable: {detail}") from exc
+            raise DatabaseUnavailableError(f"database unavailable: {_detail(exc)}") from exc
+        if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
+            raise DataRejectedError(f"the database refused the data: {_detail(exc)}") from exc
+        if isinstance(exc, UnicodeEncodeError):  # psycopg cannot encode a lone surrogate
+            raise DataRejectedError(
+                "the database refused the data: text is not valid Unicode"
+            ) from exc
 
     def commit(self) -> None:
         """Commit, then publish what ``publish`` held. The change is durable before a
@@ -94,3 +107,10 @@ class UnitOfWork:
         if self._publisher is None:
             raise ConfigurationError("this unit of work was built without a publisher")
         self._outbox.append(message)
+
+
+def _detail(exc: sa_exc.DBAPIError) -> str:
+    """The driver's first line only: SQLAlchemy appends the statement and its
+    parameters on the lines after it."""
+    lines = str(exc.orig or exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from domain.errors import InvalidModelOutputError, first_problem
+from domain.sanitize import from_model
 from domain.vocabulary import VisualizationStyle
 
 
@@ -110,11 +111,13 @@ def analysis_json_schema() -> dict[str, Any]:
 
 
 def parse_analysis_text(text: str | None) -> Analysis:
-    """Validate a model's JSON text; raise InvalidModelOutputError with the reason."""
+    """Validate a model's JSON text; raise InvalidModelOutputError with the reason.
+    The values are made storable first (a NUL the model wrote as ``\\u0000`` is valid
+    JSON, but not valid PostgreSQL text)."""
     if not text:
         raise InvalidModelOutputError("the analysis model returned no text")
     try:
-        data = json.loads(text)
+        data = from_model(json.loads(text))
     except json.JSONDecodeError as exc:
         raise InvalidModelOutputError(
             f"the analysis model returned invalid JSON ({exc.msg} at char {exc.pos})"

@@ -12,6 +12,9 @@ from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from domain.redaction import redact
+from domain.sanitize import one_line
+
 
 class EmotionVizError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -52,6 +55,11 @@ class ConflictError(PermanentError):
 
 class CrashLoopError(PermanentError):
     """The row's earlier claims all ended with the worker process dying: a poison entry."""
+
+
+class DataRejectedError(PermanentError):
+    """The database refused the data (a data or integrity error): writing the same
+    values again cannot succeed, so neither can a retry."""
 
 
 class ProviderError(PermanentError):
@@ -109,3 +117,22 @@ def first_problem(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "(root)"
     return f"{where}: {first['msg']}"
+
+
+REASON_MAX_CHARS = 500
+
+
+def failure_reason(exc: BaseException, *, prefix: str = "", limit: int = REASON_MAX_CHARS) -> str:
+    """The reason we store (a row's error_message, an intake's last_error, a dead
+    letter): one line a person can act on, without secrets, SQL, parameters or a
+    traceback, at most ``limit`` characters.
+
+    Our own errors say what happened in words we chose. Anything else is a bug or a
+    library's raw error, whose text may hold SQL and its parameters: only its type is
+    kept; the worker's log line (message id attached) has the details.
+    """
+    if isinstance(exc, EmotionVizError) and str(exc).strip():
+        text = str(exc)
+    else:
+        text = f"internal error ({type(exc).__name__}); the worker log has the details"
+    return one_line(redact(prefix + text), limit)

@@ -28,6 +28,7 @@ from domain.errors import (
     TransientError,
     first_problem,
 )
+from domain.sanitize import from_model
 from domain.vocabulary import EMOTIONS, invalid_emotions
 
 MAX_ANSWER_CHARS = 2000
@@ -227,7 +228,13 @@ def parse_turn_text(text: str | None, *, must_complete: bool) -> AskNext | Compl
     if not text:
         raise InvalidModelOutputError("the intake model returned no text")
     try:
-        turn = IntakeTurn.model_validate_json(text).resolve()
+        data = from_model(json.loads(text))  # what PostgreSQL refuses, out (domain/sanitize)
+    except json.JSONDecodeError as exc:
+        raise InvalidModelOutputError(
+            f"the intake answer is not valid JSON ({exc.msg} at char {exc.pos})"
+        ) from None
+    try:
+        turn = IntakeTurn.model_validate(data).resolve()
     except ValidationError as exc:
         raise InvalidModelOutputError(
             f"the intake answer does not match the schema: {first_problem(exc)}"

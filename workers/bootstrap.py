@@ -46,7 +46,7 @@ def configure_process(settings: Settings | None = None) -> Settings:
     ):
         if secret is not None:
             register_secret(secret.get_secret_value())
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_max_line_bytes)
     return settings
 
 

@@ -1,51 +1,77 @@
 """structlog, configured once per process: JSON in production, readable on a terminal.
 
 Per-message context (message id, actor, attempt, entry id) is bound with contextvars
-by the broker middleware, so every line of a job carries it.
+by the broker middleware, so every line of a job carries it. Every line, ours and the
+libraries' (Dramatiq's included), is scrubbed of secrets down to nested values, has any
+message object reduced to its actor and id (Dramatiq would print its arguments whole),
+and is bounded and written whole (workers/log_lines.py).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
+import threading
 from typing import Any
 
 import structlog
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
 
-_SECRET_PATTERNS = [
-    re.compile(r"(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+", re.IGNORECASE),
-    re.compile(r"([?&]key=)[^&\s'\"]+"),
-    re.compile(r"(://[^:/@\s]+:)[^@\s]+(@)"),
-]
-_known_secrets: list[str] = []
+from domain.redaction import redact, redact_value, register_secret
+from workers.log_lines import BoundedJSONRenderer, LineHandler, LineLoggerFactory, LineWriter
 
+__all__ = ["configure_logging", "get_logger", "register_secret", "scrub"]
 
-def register_secret(value: str | None) -> None:
-    """Every log line is scrubbed of registered secrets (API keys, passwords)."""
-    if value and len(value) >= 6 and value not in _known_secrets:
-        _known_secrets.append(value)
+DEFAULT_MAX_LINE_BYTES = 4000
 
 
 def scrub(text: str) -> str:
-    for secret in _known_secrets:
-        text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(
-            lambda m: m.group(1) + "***" + (m.group(2) if m.lastindex == 2 else ""), text
-        )
-    return text
+    """``text`` without registered secrets or credential-looking values."""
+    return redact(text)
 
 
 def _scrub_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key, value in list(event.items()):
-        if isinstance(value, str):
-            event[key] = scrub(value)
+    for key, value in event.items():
+        if not key.startswith("_"):  # structlog's own bookkeeping (_record, ...)
+            event[key] = redact_value(value)
     return event
 
 
-def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+def summarise_message(message: Any) -> str:
+    """A message as a log line may name it: actor and id, never its arguments."""
+    return f"{getattr(message, 'actor_name', '?')}[{getattr(message, 'message_id', '?')}]"
+
+
+class MessageSummaries(logging.Filter):
+    """Dramatiq logs messages with ``%s`` (``actor(arg0, arg1, ...)``, arguments whole,
+    however large): each message argument of a record becomes its summary."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                summarise_message(arg) if isinstance(arg, Message | MessageProxy) else arg
+                for arg in record.args
+            )
+        return True
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    """A thread that dies logs one bounded line (not a bare traceback on stderr)."""
+    if args.exc_type is SystemExit:
+        return
+    structlog.get_logger("emotionviz.threads").critical(
+        "thread died",
+        thread=getattr(args.thread, "name", "?"),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def configure_logging(
+    level: str = "INFO", fmt: str = "auto", max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> None:
+    stream = sys.stderr  # in a Dramatiq worker: the pipe to the parent process
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -54,25 +80,24 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         _scrub_processor,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        BoundedJSONRenderer(max_line_bytes)
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    writer = LineWriter(stream)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=LineLoggerFactory(writer),
         cache_logger_on_first_use=True,
     )
-    # Route library logs (dramatiq, alembic) through the same scrubbing formatter.
-    handler = logging.StreamHandler(sys.stderr)
+    # Library logs (dramatiq, alembic) through the same scrubbing, bounding writer.
+    handler = LineHandler(writer)
+    handler.addFilter(MessageSummaries())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[
-                structlog.stdlib.add_logger_name,
-                *shared,
-            ],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )
     )
     root = logging.getLogger()
@@ -80,6 +105,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(getattr(logging, level))
     for noisy in ("httpx", "httpx2", "httpcore", "google_genai", "urllib3", "pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    threading.excepthook = _log_thread_crash
 
 
 def get_logger(name: str | None = None) -> Any:

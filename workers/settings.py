@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # each time), the row fails instead of crashing the next worker too.
     max_claims: int = Field(default=3, ge=1, le=100)
     message_max_age_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
+    # A body over this is dead-lettered unread: ours are ids, well under 1 KiB.
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # How often a worker process checks that its consumer and worker threads live.
+    watchdog_interval_s: float = Field(default=5.0, gt=0, le=300)
 
     # Metrics and health: one HTTP server per `emotionviz worker` (/metrics, /healthz,
     # /readyz). METRICS_PORT=0 turns it off.
@@ -112,6 +116,9 @@ class Settings(BaseSettings):
     # Logging.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # At most 4092: a line plus Dramatiq's 4-byte pipe frame header must fit in
+    # PIPE_BUF (4096) to reach the parent process in one piece (workers/log_lines.py).
+    log_max_line_bytes: int = Field(default=4000, ge=512, le=4092)
 
     @field_validator(
         "database_url",

@@ -8,6 +8,7 @@ call counts apply to one test only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +46,24 @@ class Harness:
     engine: Engine
     env: dict[str, str]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Where the worker's code is imported from (default: this checkout); a test can point
+    # it at another checkout to measure that code's behaviour.
+    source_dir: Path | None = None
 
     # --- processes ------------------------------------------------------------------
 
     def start_worker(
-        self, threads: int = 8, extra_env: dict[str, str] | None = None
+        self,
+        threads: int = 8,
+        extra_modules: Sequence[str] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """A worker process (Dramatiq's CLI, one process); ``extra_modules`` are loaded
+        after the worker module, as Dramatiq loads any module named on its command line."""
+        ready_before = self.log_path.read_text(errors="replace").count("Worker process is ready")
+        env = {**self.env, **(extra_env or {})}
+        if self.source_dir is not None:
+            env["PYTHONPATH"] = str(self.source_dir)
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 [
@@ -58,20 +71,23 @@ class Harness:
                     "-m",
                     "dramatiq",
                     "workers.entrypoints.worker",
+                    *extra_modules,
                     "--processes",
                     "1",
                     "--threads",
                     str(threads),
                     "--skip-logging",
                 ],
-                env={**self.env, **(extra_env or {})},
+                env=env,
+                cwd=self.source_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         self.workers.append(proc)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if "Worker process is ready" in self.log_path.read_text(errors="replace"):
+            log_text = self.log_path.read_text(errors="replace")
+            if log_text.count("Worker process is ready") > ready_before:
                 return proc
             assert proc.poll() is None, self.log_path.read_text()[-3000:]
             time.sleep(0.1)
@@ -155,9 +171,9 @@ class Harness:
     ) -> str:
         """Write a message exactly as a non-Python producer would (docs/messages.md)."""
         redis_id = redis_id or str(uuid.uuid4())
-        client = self.redis
-        client.hset(queue_keys(self.namespace, queue).ready_bodies, redis_id, body)
-        client.rpush(queue_keys(self.namespace, queue).ready, redis_id)
+        keys = queue_keys(self.namespace, queue)
+        self.redis.hset(keys.ready_bodies, redis_id, body)
+        self.redis.rpush(keys.ready, redis_id)
         return redis_id
 
     def publish(self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None = None) -> str:
@@ -182,8 +198,7 @@ class Harness:
         return str(envelope["message_id"])
 
     def dead_letters(self, queue: str = "visualizations") -> list[dict[str, Any]]:
-        client = self.redis
-        bodies = client.hvals(queue_keys(self.namespace, queue).dead_bodies)
+        bodies = self.redis.hvals(queue_keys(self.namespace, queue).dead_bodies)
         return [json.loads(b) for b in bodies]
 
     # --- emulator -------------------------------------------------------------------
@@ -210,17 +225,22 @@ def _post(url: str, payload: dict[str, Any]) -> None:
         response.read()
 
 
-@pytest.fixture(scope="module")
-def harness(
+@contextlib.contextmanager
+def running_harness(
     database_factory: DatabaseFactory,
     redis_server_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    folder: Path,
+    *,
+    env: dict[str, str] | None = None,
+    start: bool = True,
+    threads: int = 8,
 ) -> Iterator[Harness]:
+    """A database, Redis namespace, emulator and (with ``start``) one worker; ``env``
+    overrides the worker's settings. Everything is removed afterwards."""
     name, db_url = database_factory.create()
     namespace = f"evt:{RUN_ID}:e2e:{uuid.uuid4().hex[:6]}"
     emulator = start_in_thread(EmulatorState(api_key=API_KEY))
-    folder = tmp_path_factory.mktemp("e2e")
-    env = {
+    worker_env = {
         **os.environ,
         "DATABASE_URL": db_url,
         "REDIS_URL": redis_server_url,
@@ -243,6 +263,7 @@ def harness(
         "INTAKE_MIN_BACKOFF_MS": "100",
         "INTAKE_MAX_BACKOFF_MS": "300",
         "METRICS_PORT": "0",  # off, unless a test turns it on for its own worker
+        **(env or {}),
     }
     engine = make_engine(db_url, pool_size=2)
     h = Harness(
@@ -253,18 +274,31 @@ def harness(
         folder / "media",
         folder / "worker.log",
         engine,
-        env,
+        worker_env,
     )
     h.log_path.touch()
-    h.start_worker()
-    yield h
-    h.stop_workers()
-    emulator.shutdown()
-    engine.dispose()
-    client = h.redis
-    keys = list(client.scan_iter(match=f"{namespace}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-    emulator.server_close()
-    database_factory.drop(name)
+    try:
+        if start:
+            h.start_worker(threads)
+        yield h
+    finally:
+        h.stop_workers()
+        emulator.shutdown()
+        engine.dispose()
+        client = h.redis
+        keys = list(client.scan_iter(match=f"{namespace}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+        emulator.server_close()
+        database_factory.drop(name)
+
+
+@pytest.fixture(scope="module")
+def harness(
+    database_factory: DatabaseFactory,
+    redis_server_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Harness]:
+    with running_harness(database_factory, redis_server_url, tmp_path_factory.mktemp("e2e")) as h:
+        yield h

@@ -230,11 +230,13 @@ def test_malformed_messages_are_rejected_and_the_worker_keeps_going(harness: Har
     assert harness.wait_for(entry_id)["status"] == "completed"
     assert all(proc.poll() is None for proc in harness.workers)
     log = harness.log_path.read_text()
-    assert "message rejected: body is not valid JSON" in log
-    assert "undecodable message moved to the dead-letter queue" in log
+    assert "message rejected before routing" in log and "body is not valid JSON" in log
     assert "Consumer encountered an unexpected error" not in log
-    raw_dead = harness.redis.hvals(keys.dead_bodies)
-    assert b"\x00this is not json" in raw_dead
+    dead = [json.loads(b) for b in harness.redis.hvals(keys.dead_bodies)]
+    assert {
+        "rejected": {"reason": "body is not valid JSON: Expecting value at char 0", "bytes": 17},
+        "body": "\x00this is not json",
+    } in dead
     assert harness.redis.hlen(keys.ready_bodies) == 0
     for reason in (
         "entry_id: Field required",

@@ -13,12 +13,12 @@ import dramatiq
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import IntegrityError
 
 from db.engine import make_session_factory
 from db.uow import UnitOfWork
 from domain.errors import (
     ConflictError,
+    DataRejectedError,
     InvalidMessageError,
     InvalidModelOutputError,
     NotFoundError,
@@ -357,7 +357,7 @@ def test_answer_helper_refuses_wrong_or_repeated_steps(engine: Engine, producer:
 
 def test_helpers_publish_only_after_commit(engine: Engine, producer: Producer) -> None:
     stranger = uuid.uuid4()  # no such user: the insert fails at commit, nothing is published
-    with pytest.raises(IntegrityError):
+    with pytest.raises(DataRejectedError, match="intake_sessions_user_id_fkey"):
         _start(engine, producer, stranger, "Rolled back")
     with engine.connect() as conn:
         assert count(conn, "intake_sessions", "user_id = :u", u=stranger) == 0

@@ -12,7 +12,12 @@ and faults on demand, queued through the control API:
   POST /_emulator/reset   GET /_emulator/stats[?contains=TEXT]
 
 Fault kinds: 400, 403, 404, 429, 500, 503, 504, 502html, timeout, slow, block_prompt,
-safety, image_safety, max_tokens, text_only, malformed_json, bad_image.
+safety, image_safety, max_tokens, text_only, malformed_json, bad_image; hostile ones:
+nul_text (valid JSON whose text holds \u0000 and RTL marks), surrogate_text (a lone
+surrogate, \ud800),
+raw_nul (a raw NUL inside the JSON text: invalid JSON), key_in_text (the answer quotes
+the caller's API key), echo_key_400 / echo_key_500 (an error text echoing the request
+URL with ``?key=``).
 """
 
 from __future__ import annotations
@@ -297,6 +302,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if state.over_quota() and fault is None:
             fault = Fault(kind="429")
         time.sleep(state.latency_image_s if kind == "image" else state.latency_analysis_s)
+        if fault is not None and self._hostile(fault, key, model, text, body):
+            return
         if fault is not None and self._fault(fault, kind, model):
             return
         if kind == "image":
@@ -385,6 +392,34 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             )
         else:
             return False  # bad_image is handled by the normal image answer
+        return True
+
+    def _hostile(self, fault: Fault, key: str, model: str, text: str, body: dict[str, Any]) -> bool:
+        """The hostile fault kinds (see the module docstring); False for the others."""
+        if fault.kind.startswith("echo_key_"):
+            code = int(fault.kind.rsplit("_", 1)[1])
+            status = "INVALID_ARGUMENT" if code == 400 else "INTERNAL"
+            echoed = f"Request POST /v1beta/models/{model}:generateContent?key={key} failed"
+            self._send(code, _error(code, status, f"{echoed}: backend error."))
+            return True
+        if fault.kind not in ("nul_text", "surrogate_text", "raw_nul", "key_in_text"):
+            return False
+        answer = self._analysis_answer(model, text, body)
+        part = answer["candidates"][0]["content"]["parts"][0]
+        data = json.loads(part["text"])
+        first = next(k for k, v in data.items() if isinstance(v, str) and k != "action")
+        if fault.kind == "nul_text":
+            data[first] = "\u202eNUL\x00here\u200f " + data[first]
+            part["text"] = json.dumps(data)
+        elif fault.kind == "surrogate_text":
+            data[first] = "lone \ud800 surrogate " + data[first]
+            part["text"] = json.dumps(data)
+        elif fault.kind == "key_in_text":
+            data[first] = f"Calling with ?key={key} and {key}: " + data[first]
+            part["text"] = json.dumps(data)
+        else:
+            part["text"] = json.dumps(data).replace('": "', '": "\x00', 1)
+        self._send(200, answer)
         return True
 
     @staticmethod

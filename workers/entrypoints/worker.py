@@ -7,6 +7,7 @@ from __future__ import annotations
 from workers import bootstrap
 from workers.entrypoints.actors import declare_actors
 from workers.messaging.middleware import WarmUp
+from workers.messaging.watchdog import Watchdog
 from workers.settings import get_settings
 
 settings = get_settings()
@@ -15,6 +16,7 @@ actors = declare_actors(broker, settings, bootstrap.actor_dependencies())
 broker.add_middleware(
     WarmUp(bootstrap.visualization_service, bootstrap.intake_service, bootstrap.warm_pool)
 )
+broker.add_middleware(Watchdog(settings.watchdog_interval_s))
 if settings.metrics_port:
     from workers.observability.middleware import worker_middleware
 

@@ -3,7 +3,8 @@
 Redis by default (REDIS_URL, or the embedded server); RabbitMQ when BROKER_URL is
 amqp://. Middleware: Dramatiq's defaults (age limit, time limit, shutdown, callbacks,
 pipelines, retries, current message) with our settings, plus structured logging
-context. Worker processes add the metrics middleware (workers/entrypoints/worker.py).
+context and scrubbed failure reasons. Worker processes add the metrics middleware
+(workers/entrypoints/worker.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from dramatiq.middleware.callbacks import Callbacks
 from dramatiq.middleware.pipelines import Pipelines
 
 from domain.messages import IntakeStep
+from domain.redaction import redact
 from workers.logging import get_logger
-from workers.messaging.middleware import LogContext
+from workers.messaging.consumer import AdmittingConsumer
+from workers.messaging.envelope import summary
+from workers.messaging.middleware import LogContext, ScrubFailures
 from workers.messaging.redis_keys import canonical_queue, queue_keys
 from workers.settings import Settings
 
@@ -30,10 +34,9 @@ log = get_logger("emotionviz.broker")
 
 
 class LoggingJSONEncoder(Encoder):
-    """Dramatiq's JSON encoding, with a clear log line for a body that is not JSON.
-
-    The consumer below then moves the body to the dead-letter queue.
-    """
+    """Dramatiq's JSON encoding. Decoding (used by the RabbitMQ consumer; the Redis one
+    judges bodies itself: workers/messaging/envelope.py) refuses anything but an
+    object, with a bounded log line."""
 
     def encode(self, data: dict[str, Any]) -> bytes:
         return json.dumps(data, separators=(",", ":")).encode("utf-8")
@@ -42,45 +45,34 @@ class LoggingJSONEncoder(Encoder):
         try:
             decoded = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            log.error(
-                "message rejected: body is not valid JSON",
-                reason=str(exc),
-                body_start=data[:80].decode("utf-8", errors="replace"),
-            )
+            log.error("message rejected: body is not valid JSON", **summary(data))
             raise DecodeError("message body is not valid JSON", data, exc) from exc
         if not isinstance(decoded, dict) or "actor_name" not in decoded:
-            log.error(
-                "message rejected: not a Dramatiq message envelope",
-                reason="expected an object with queue_name, actor_name, args, kwargs, options",
-                body_start=data[:80].decode("utf-8", errors="replace"),
-            )
+            log.error("message rejected: not a Dramatiq message envelope", **summary(data))
             raise DecodeError("message is not a Dramatiq envelope", data, ValueError("envelope"))
         return decoded
 
 
-class QuarantiningConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer, except that an undecodable body is dead-lettered and
-    the consumer goes on with the next message. (Dramatiq's own behaviour is to crash
-    and restart the consumer, stranding the messages it had prefetched unacked until
-    the worker process dies.)"""
-
-    def __next__(self) -> Any:
-        while True:
-            try:
-                return super().__next__()
-            except DecodeError as exc:
-                self.broker.quarantine(self.queue_name, exc.data)
-
-
 class SafeRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker with our consumer (workers/messaging/consumer.py), which
+    admits only envelopes it can route, and the Redis writes that consumer needs."""
+
     # Dramatiq's Redis consumer polls an empty queue with a backoff that grows up to
     # the worker timeout (1 s): a new message may wait that long. A person waiting for
     # an intake question should not, so a queue can have a shorter ceiling.
     idle_poll_ms: dict[str, int]
 
-    def __init__(self, *args: Any, idle_poll_ms: dict[str, int] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        idle_poll_ms: dict[str, int] | None = None,
+        max_message_bytes: int = 64 * 1024,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.idle_poll_ms = idle_poll_ms or {}
+        self.max_message_bytes = max_message_bytes
+        self._restate_script = self.client.register_script(_RESTATE_IF_PRESENT)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         ceiling = self.idle_poll_ms.get(canonical_queue(queue_name), timeout)
@@ -88,32 +80,88 @@ class SafeRedisBroker(RedisBroker):
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
-        return QuarantiningConsumer
+        return AdmittingConsumer
 
-    def quarantine(self, queue_name: str, data: bytes) -> None:
-        """Move a body we cannot decode into the queue's dead letters.
+    def stored_bodies(self, queue_name: str, redis_ids: list[str]) -> list[bytes | None]:
+        """The bodies stored under ``redis_ids`` in the queue's hash (one round trip)."""
+        bodies = queue_keys(self.namespace, queue_name).ready_bodies
+        found: Any = self.client.hmget(bodies, redis_ids)
+        return list(found)
 
-        Only the body is known here (not its id), so it is found by value in the
-        queue's hash: a scan, acceptable for the rare poison message.
+    def restate(self, queue_name: str, message: Any, reason: str) -> None:
+        """Store ``message`` with ``reason`` as its traceback, if it is still stored
+        (the nack that follows moves the stored body to the dead letters)."""
+        body = message._message.copy(options={"traceback": reason}).encode()
+        keys = queue_keys(self.namespace, queue_name)
+        redis_id = message.options["redis_message_id"]
+        self._restate_script(keys=[keys.ready_bodies], args=[redis_id, body])
+
+    def dead_letter_rejected(
+        self, queue_name: str, rejected: list[tuple[bytes | None, str]]
+    ) -> None:
+        """Dead-letter bodies the consumer refused, acknowledged: nothing of them stays
+        in the queue's hash or this worker's acks set. One log line each.
+
+        A refused body's own claims (its redis_message_id) cannot be trusted, so its key
+        is found among the ids this worker holds unacknowledged (a few per thread): the
+        fetch that returned it has just added it there.
         """
         consumed = queue_keys(self.namespace, queue_name)
-        canonical = canonical_queue(queue_name)
-        dead = queue_keys(self.namespace, canonical)
-        for key, value in self.client.hscan_iter(consumed.ready_bodies, count=1000):
-            if value == data:
-                with self.client.pipeline() as pipe:
-                    pipe.zadd(dead.dead, {key: int(time.time() * 1000)})
-                    pipe.hset(dead.dead_bodies, key, data)
+        dead = queue_keys(self.namespace, canonical_queue(queue_name)).dead
+        dead_bodies = queue_keys(self.namespace, canonical_queue(queue_name)).dead_bodies
+        acks = consumed.acks(self.broker_id)
+        held: Any = sorted(self.client.smembers(acks))
+        stored: Any = self.client.hmget(consumed.ready_bodies, held) if held else []
+        keys_of: dict[bytes | None, list[bytes]] = {}
+        for key, body in zip(held, stored, strict=True):
+            keys_of.setdefault(body, []).append(key)
+        now_ms = int(time.time() * 1000)
+        with self.client.pipeline(transaction=True) as pipe:
+            for body, reason in rejected:
+                if body is None:
+                    # Ids pushed without a body: nothing to keep, the ids to drop.
+                    orphans, keys_of[None] = keys_of.get(None, []), []
+                    if orphans:
+                        pipe.srem(acks, *orphans)
+                    log.error("message rejected before routing", reason=reason, queue=queue_name)
+                    continue
+                key = keys_of[body].pop() if keys_of.get(body) else None
+                if key is not None:
+                    pipe.zadd(dead, {key: now_ms})
+                    pipe.hset(
+                        dead_bodies, key, dead_letter_record(body, reason, self.max_message_bytes)
+                    )
                     pipe.hdel(consumed.ready_bodies, key)
-                    pipe.srem(consumed.acks(self.broker_id), key)
-                    pipe.execute()
+                    pipe.srem(acks, key)
                 log.error(
-                    "undecodable message moved to the dead-letter queue",
-                    queue=canonical,
-                    redis_id=key.decode(errors="replace"),
+                    "message rejected before routing",
+                    reason=reason,
+                    queue=queue_name,
+                    redis_id=key.decode(errors="replace")[:64] if key else None,
+                    dead_lettered=key is not None,
+                    **summary(body),
                 )
-                return
-        log.error("undecodable message dropped: not found in the queue hash", queue=canonical)
+            pipe.execute()
+
+
+# Replace a stored body only if it is still there (HSET alone would re-create it).
+_RESTATE_IF_PRESENT = """
+if redis.call("hexists", KEYS[1], ARGV[1]) == 1 then
+    redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
+end
+"""
+
+_KEPT_BODY_CHARS = 4096
+
+
+def dead_letter_record(body: bytes, reason: str, max_bytes: int) -> bytes:
+    """What the dead letters keep of a refused body: the reason, its size, and the body
+    as redacted text (only its start when it was over MAX_MESSAGE_BYTES)."""
+    text = body.decode("utf-8", errors="replace")
+    if len(body) > max_bytes:
+        text = text[:_KEPT_BODY_CHARS]
+    record = {"rejected": {"reason": reason, "bytes": len(body)}, "body": redact(text)}
+    return json.dumps(record).encode()
 
 
 def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
@@ -130,6 +178,7 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
         ),
         CurrentMessage(),
         LogContext(),
+        ScrubFailures(),
     ]
     broker: dramatiq.Broker
     broker_url = settings.broker_url.get_secret_value() if settings.broker_url else None
@@ -146,6 +195,7 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
             # messages go back to the queue.
             heartbeat_timeout=60_000,
             idle_poll_ms={IntakeStep.queue_name: settings.intake_idle_poll_ms},
+            max_message_bytes=settings.max_message_bytes,
         )
     dramatiq.set_encoder(LoggingJSONEncoder())
     dramatiq.set_broker(broker)

@@ -1,7 +1,9 @@
 """Dead letters of the Redis broker: list (with filters), show, replay, purge.
 
 Dramatiq keeps a queue's dead messages for DEAD_MESSAGE_TTL (7 days): ids by time of
-death, and their bodies (key names: workers/messaging/redis_keys.py).
+death, and their bodies (key names: workers/messaging/redis_keys.py). A failed message
+keeps its envelope, with the reason in ``options.traceback``; a body refused before
+routing is kept as ``{"rejected": {"reason", "bytes"}, "body": text}`` (not replayable).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from domain.errors import (
     OwnershipError,
     PermanentError,
     TransientError,
+    failure_reason,
 )
 from workers.logging import get_logger
 
@@ -38,8 +39,16 @@ REJECTED = (InvalidMessageError, NotFoundError, OwnershipError)
 Count = Callable[[str], None]
 
 
+def stored_reason(exc: BaseException, *, prefix: str = "") -> str:
+    """What we store about a failure (domain.errors.failure_reason), looking through
+    Dramatiq's Retry to the error that asked for it."""
+    while isinstance(exc, dramatiq.Retry) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return failure_reason(exc, prefix=prefix)
+
+
 def reject(exc: Exception, count: Count) -> None:
-    log.error("message rejected", reason=str(exc))
+    log.error("message rejected", reason=stored_reason(exc))
     count("rejected")
 
 
@@ -62,12 +71,14 @@ def run_classified(
         reject(exc, count)
         raise
     except PermanentError as exc:
-        fail(str(exc))
+        fail(stored_reason(exc))
         raise
     except Exception as exc:  # every other error is retried, or given up on
         retries = current_retries()
         if retries >= max_retries:
-            reason = f"gave up after {retries + 1} attempts; last error: {exc}"
+            reason = stored_reason(
+                exc, prefix=f"gave up after {retries + 1} attempts; last error: "
+            )
             fail(reason)
             raise PermanentError(reason) from exc
         count("retries")
@@ -76,14 +87,14 @@ def run_classified(
         # traceback (a bug to look at), never both.
         if not isinstance(exc, TransientError):
             log.exception("unexpected error, will retry", attempt=retries + 1)
-            raise dramatiq.Retry(f"{type(exc).__name__}: {exc}") from exc
+            raise dramatiq.Retry(stored_reason(exc)) from exc
         log.warning(
             "transient failure, will retry",
-            reason=str(exc),
+            reason=stored_reason(exc),
             retry_after_s=exc.retry_after_s,
             attempt=retries + 1,
         )
         delay_ms = None  # None: Dramatiq's exponential backoff with jitter
         if exc.retry_after_s is not None:
             delay_ms = int(exc.retry_after_s * 1000 + random.uniform(0, 250))
-        raise dramatiq.Retry(str(exc), delay=delay_ms) from exc
+        raise dramatiq.Retry(stored_reason(exc), delay=delay_ms) from exc

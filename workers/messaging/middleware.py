@@ -1,15 +1,19 @@
-"""Dramatiq middleware that binds message id, actor, attempt and entry id to every log
-line written while a message is processed (structlog contextvars)."""
+"""Dramatiq middleware: log context per message, scrubbed failure reasons, warm-up."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from dramatiq.middleware import Middleware
 
+from domain.errors import REASON_MAX_CHARS
+from domain.redaction import redact
+from domain.sanitize import one_line
 from workers.logging import get_logger
+from workers.messaging.failure_policy import stored_reason
 
 log = get_logger("emotionviz.worker")
 
@@ -18,6 +22,9 @@ _BOUND_IDS = ("entry_id", "user_id", "session_id")
 
 
 class LogContext(Middleware):
+    """Binds message id, actor, attempt and entry id to every log line written while a
+    message is processed (structlog contextvars)."""
+
     def before_process_message(self, broker: Any, message: Any) -> None:
         structlog.contextvars.clear_contextvars()
         context: dict[str, Any] = {
@@ -39,6 +46,27 @@ class LogContext(Middleware):
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         structlog.contextvars.clear_contextvars()
+
+
+class ScrubFailures(Middleware):
+    """Dramatiq's Retries keeps the whole traceback of a failure in the message's
+    options when it enqueues the retry; the dead letter inherits it. With a library's
+    error that is SQL and its parameters, or a server's echo of our API key, stored in
+    Redis for a week. Before a message is enqueued, its traceback becomes the stored
+    reason of the failure being handled (one line, scrubbed, bounded)."""
+
+    def before_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        traceback = message.options.get("traceback")
+        if traceback is None:
+            return
+        handling = sys.exc_info()[1]  # Retries enqueues from within Dramatiq's except
+        if handling is not None:
+            message.options["traceback"] = stored_reason(handling)
+        else:  # a delayed retry moving to its queue: already a reason, keep it short
+            lines = [line for line in str(traceback).splitlines() if line.strip()]
+            message.options["traceback"] = one_line(
+                redact(lines[-1] if lines else ""), REASON_MAX_CHARS
+            )
 
 
 class WarmUp(Middleware):

@@ -39,6 +39,7 @@ from domain.errors import (
     ProviderError,
     ProviderUnavailableError,
 )
+from domain.sanitize import from_model
 from domain.vocabulary import VisualizationStyle
 from workers.logging import get_logger
 from workers.observability import metrics
@@ -126,7 +127,8 @@ def classify_api_error(exc: genai_errors.APIError, *, model: str, setting: str) 
 
 
 def _raw(response: types.GenerateContentResponse) -> dict[str, Any]:
-    """The response as JSON, image bytes replaced by their size (never stored)."""
+    """The response as JSON fit to store (domain.sanitize.from_model), image bytes
+    replaced by their size (never stored)."""
     data = response.model_dump(mode="json", exclude_none=True)
     data.pop("sdk_http_response", None)
     for candidate in data.get("candidates", []) or []:
@@ -134,7 +136,8 @@ def _raw(response: types.GenerateContentResponse) -> dict[str, Any]:
             inline = part.get("inline_data")
             if inline and "data" in inline:
                 inline["data"] = f"<{len(inline['data'])} base64 chars omitted>"
-    return data
+    stored: dict[str, Any] = from_model(data)
+    return stored
 
 
 def _check_blocked(response: types.GenerateContentResponse, model: str) -> None:

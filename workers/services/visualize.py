@@ -18,7 +18,7 @@ from enum import StrEnum
 from db.repositories import ClaimedVisualization, EntryRow
 from db.uow import UnitOfWork
 from domain.analysis import Analysis
-from domain.errors import CrashLoopError, LeaseHeldError, require_owned
+from domain.errors import CrashLoopError, LeaseHeldError, failure_reason, require_owned
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.logging import get_logger
@@ -177,7 +177,7 @@ class VisualizationService:
     def _release(self, claim: ClaimedVisualization, exc: BaseException) -> None:
         try:
             with self.uow_factory() as uow:
-                uow.visualizations.release(claim, str(exc)[:1000])
+                uow.visualizations.release(claim, failure_reason(exc))
                 uow.commit()
         except Exception:
             log.warning("could not release the lease", exc_info=True)

@@ -1,0 +1,81 @@
+"""A worker process whose consumer or worker thread died stops, with a non-zero exit.
+
+Dramatiq runs each queue's consumer and each worker in a thread and never looks at
+them again: a thread killed by an exception leaves a process that is alive, heart-beats
+to Redis (so nobody takes its messages back) and does nothing. The watchdog checks the
+threads every WATCHDOG_INTERVAL_S; on the first dead one it logs which, asks Dramatiq
+to stop (SIGTERM to itself: held messages are given back to the queue), and exits with
+EXIT_CODE once Dramatiq has stopped the worker. Dramatiq's parent process then stops
+with that code, and the supervisor (docker ``restart:``, systemd, Kubernetes) restarts
+it. Without a supervisor, nothing would restart a process anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from dramatiq.middleware import Middleware
+
+from workers.logging import get_logger
+
+log = get_logger("emotionviz.watchdog")
+
+EXIT_CODE = 70  # EX_SOFTWARE: an internal failure; Dramatiq's own codes are 1 to 4
+# If a graceful stop has not ended the process by then, it ends without one.
+STOP_GRACE_S = 120.0
+
+
+def dead_threads(worker: Any) -> list[str]:
+    """The worker's consumer and worker threads that are no longer alive."""
+    dead = [
+        f"consumer of {queue}"
+        for queue, thread in dict(worker.consumers).items()
+        if not thread.is_alive()
+    ]
+    dead += [
+        f"worker thread {thread.name}" for thread in list(worker.workers) if not thread.is_alive()
+    ]
+    return dead
+
+
+class Watchdog(Middleware):
+    def __init__(self, interval_s: float, *, grace_s: float = STOP_GRACE_S) -> None:
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self.stopping = threading.Event()
+        self.tripped = threading.Event()
+
+    def after_worker_boot(self, broker: Any, worker: Any) -> None:
+        thread = threading.Thread(target=self._watch, args=(worker,), name="watchdog", daemon=True)
+        thread.start()
+
+    def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        self.stopping.set()  # threads ending now are being stopped, not dying
+
+    def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+        if self.tripped.is_set():
+            log.critical("worker stopped after a thread died; exiting", exit_code=EXIT_CODE)
+            os._exit(EXIT_CODE)
+
+    def _watch(self, worker: Any) -> None:
+        while not self.stopping.wait(self.interval_s):
+            dead = dead_threads(worker)
+            if dead and not self.stopping.is_set():
+                self._trip(dead)
+                return
+
+    def _trip(self, dead: list[str]) -> None:
+        log.critical(
+            "a worker thread is dead; stopping the process so that it is restarted",
+            dead=dead,
+            exit_code=EXIT_CODE,
+        )
+        self.tripped.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # Dramatiq's graceful stop
+        time.sleep(self.grace_s)  # after_worker_shutdown normally exits before
+        log.critical("the graceful stop took too long; exiting now", exit_code=EXIT_CODE)
+        os._exit(EXIT_CODE)
