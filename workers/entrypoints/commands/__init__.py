@@ -9,8 +9,9 @@ from typing import Any
 
 def register_all(add: Callable[..., Any]) -> None:
     from workers.devtools import commands as devtools
-    from workers.entrypoints.commands import analytics, ops
+    from workers.entrypoints.commands import analytics, health, ops
 
     ops.register(add)
     analytics.register(add)
+    health.register(add)
     devtools.register(add)
