@@ -66,7 +66,7 @@ def test_linters_are_pinned_exactly() -> None:
     }
     pins = _lock("dev.txt")
     for tool in ("ruff", "mypy"):
-        (spec,) = dev[tool].specifier
+        (spec,) = dev[canonicalize_name(tool)].specifier
         assert spec.operator == "==" and pins[tool] == spec.version, tool
 
 
