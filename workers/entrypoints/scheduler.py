@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import redis
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -109,8 +110,12 @@ def run_job(job: ScheduledJob, guard: FireGuard, now: datetime | None = None) ->
     return True
 
 
-def build_scheduler(jobs: list[ScheduledJob], guard: FireGuard) -> BlockingScheduler:
-    scheduler = BlockingScheduler(timezone="UTC")
+def build_scheduler(
+    jobs: list[ScheduledJob],
+    guard: FireGuard,
+    kind: type[BaseScheduler] = BlockingScheduler,
+) -> BaseScheduler:
+    scheduler = kind(timezone="UTC")
     for job in jobs:
         scheduler.add_job(
             run_job,

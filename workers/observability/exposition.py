@@ -59,14 +59,10 @@ def health() -> tuple[int, dict[str, Any]]:
 
 
 def readiness() -> tuple[int, dict[str, Any]]:
-    from workers import bootstrap
-    from workers.observability.readiness import check_readiness
+    from workers.observability.readiness import run_checks
     from workers.settings import get_settings
 
-    settings = get_settings()
-    checks = check_readiness(
-        settings, bootstrap.database_url(settings), bootstrap.redis_url(settings)
-    )
+    checks = run_checks(get_settings(), timeout_s=3.0)
     ready = all(c.ok for c in checks)
     body = {"ready": ready, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}}
     return (200 if ready else 503), body

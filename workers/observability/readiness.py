@@ -1,13 +1,20 @@
-"""Readiness: can this deployment take work? The database answers with its schema at
-the code's migration head, and the broker answers. Shared by /readyz and
-``emotionviz health``."""
+"""Readiness checks: can this deployment take work? The database answers with its
+schema at this release's migration head, and the broker (and Redis, when the broker is
+RabbitMQ) answers. Cheap enough to run every few seconds in every container: one
+connection and a one-row read, one PING; no table is counted or scanned. They observe
+only: embedded servers that are not running are reported, never started.
+
+Used by ``emotionviz health`` (container health checks) and the worker's /readyz.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-import redis
-
+from db import embedded
+from db.readiness import check_database
+from workers.logging import scrub
 from workers.settings import Settings
 
 
@@ -18,32 +25,84 @@ class Check:
     detail: str
 
 
-def check_readiness(settings: Settings, database_url: str, redis_url: str) -> list[Check]:
-    from db.readiness import schema_state
-    from workers.logging import scrub
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return scrub(text)[:300]
 
-    checks: list[Check] = []
+
+def _database_url(settings: Settings) -> str | None:
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    postgres = next(s for s in embedded.status(settings.data_dir) if s.name == "postgres")
+    return embedded.start_postgres(settings.data_dir) if postgres.running else None
+
+
+def _redis_url(settings: Settings) -> str | None:
+    if settings.redis_url is not None:
+        return settings.redis_url.get_secret_value()
+    redis = next(s for s in embedded.status(settings.data_dir) if s.name == "redis")
+    return embedded.redis_socket_url(settings.data_dir) if redis.running else None
+
+
+def _not_running(var: str) -> str:
+    return f"{var} is not set and the embedded server is not running (emotionviz services start)"
+
+
+def check_redis(name: str, url: str | None, timeout_s: float) -> Check:
+    import redis
+
+    if url is None:
+        return Check(name, False, _not_running("REDIS_URL"))
     try:
-        state = schema_state(database_url)
-        if state.at_head:
-            checks.append(Check("database", True, f"schema at {', '.join(state.head)}"))
-        else:
-            current = ", ".join(state.current) or "empty"
-            checks.append(
-                Check(
-                    "database",
-                    False,
-                    f"schema at {current}, code expects {', '.join(state.head)}: "
-                    "run 'emotionviz migrate'",
-                )
-            )
-    except Exception as exc:  # noqa: BLE001 - any failure is a failed check, in one line
-        checks.append(Check("database", False, scrub(str(exc).splitlines()[0][:300])))
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
+        with client:
+            client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return Check(name, False, _one_line(exc))
+    return Check(name, True, "answers")
+
+
+def check_rabbitmq(url: str, timeout_s: float) -> Check:
     try:
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
-        client.ping()
-        client.close()
-        checks.append(Check("broker", True, "redis answers"))
-    except redis.RedisError as exc:
-        checks.append(Check("broker", False, f"redis unreachable: {scrub(str(exc))[:300]}"))
+        import pika
+        import pika.exceptions
+    except ImportError:
+        return Check(
+            "broker",
+            False,
+            "BROKER_URL is amqp:// but pika is not installed: "
+            "pip install 'emotionviz-workers[rabbitmq]'",
+        )
+    # pika logs every connection step, and a refused one with a traceback: one line here.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    params = pika.URLParameters(url)
+    params.connection_attempts = 1
+    params.socket_timeout = timeout_s
+    params.blocked_connection_timeout = timeout_s
+    try:
+        pika.BlockingConnection(params).close()
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        reason = _one_line(exc) if str(exc) else type(exc).__name__
+        return Check("broker", False, f"{params.host}:{params.port}: {reason}")
+    return Check("broker", True, "answers")
+
+
+def run_checks(settings: Settings, timeout_s: float) -> list[Check]:
+    checks: list[Check] = [
+        Check(c.name, c.ok, scrub(c.detail))
+        for c in check_database(_database_url(settings), timeout_s, _not_running("DATABASE_URL"))
+    ]
+    redis_url = _redis_url(settings)
+    broker_url = settings.broker_url.get_secret_value() if settings.broker_url else None
+    if broker_url is None or broker_url == redis_url:
+        checks.append(check_redis("broker", redis_url, timeout_s))
+        return checks
+    if broker_url.startswith("amqp"):
+        checks.append(check_rabbitmq(broker_url, timeout_s))
+    else:
+        checks.append(check_redis("broker", broker_url, timeout_s))
+    # Rate limits, counters and dead letters stay in REDIS_URL whatever the broker.
+    checks.append(check_redis("redis", redis_url, timeout_s))
     return checks

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -91,18 +93,27 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     import redis
+    from apscheduler.schedulers.background import BackgroundScheduler
 
     from workers.bootstrap import producer
     from workers.entrypoints.scheduler import FireGuard, build_scheduler, default_jobs
 
     jobs = default_jobs(settings, producer())
     guard = FireGuard(redis.Redis.from_url(bootstrap.redis_url(settings)), settings.redis_namespace)
-    scheduler = build_scheduler(jobs, guard)
+    # In a background thread: the main thread only waits for SIGTERM/SIGINT, so a signal
+    # at any moment after the handler is installed stops it (PID 1 in a container drops
+    # a SIGTERM that has no handler, and elsewhere it would kill without a word).
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    scheduler = build_scheduler(jobs, guard, BackgroundScheduler)
+    scheduler.start()
     for job in scheduler.get_jobs():
         sys.stdout.write(f"scheduled {job.id}: {job.trigger}\n")
     sys.stdout.flush()
-    with contextlib.suppress(KeyboardInterrupt, SystemExit):
-        scheduler.start()
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    scheduler.shutdown(wait=True)  # a publish under way finishes (milliseconds)
+    sys.stdout.write("scheduler stopped\n")
     return 0
 
 

@@ -1,0 +1,79 @@
+"""``emotionviz health``: the container health check. Exit 0 when the checks of
+workers/observability/readiness.py pass (database, schema at head, broker); with
+``--worker``, also this container's worker: its /healthz (every consumer and worker
+thread alive). Else exit 1 with one line naming what failed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict
+
+from workers.observability.readiness import Check, run_checks
+from workers.settings import Settings
+
+
+def check_worker(settings: Settings, timeout_s: float) -> Check:
+    """The worker of this container, through its own /healthz."""
+    if not settings.metrics_port:
+        return Check("worker", False, "METRICS_PORT is 0: the worker serves no /healthz")
+    url = f"http://127.0.0.1:{settings.metrics_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return Check("worker", True, f"threads alive ({response.status})")
+    except urllib.error.HTTPError as exc:
+        return Check("worker", False, f"/healthz answered {exc.code}: a worker thread died")
+    except (urllib.error.URLError, OSError) as exc:
+        return Check("worker", False, f"no /healthz on port {settings.metrics_port}: {exc}")
+
+
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    checks = run_checks(settings, args.timeout)
+    if args.worker:
+        checks.append(check_worker(settings, args.timeout))
+    healthy = all(c.ok for c in checks)
+    if args.json:
+        document = {"ok": healthy, "checks": [asdict(c) for c in checks]}
+        sys.stdout.write(json.dumps(document) + "\n")
+    elif healthy:
+        sys.stdout.write("healthy: " + "; ".join(f"{c.name} {c.detail}" for c in checks) + "\n")
+    else:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
+        sys.stderr.write(f"emotionviz health: {failed}\n")
+    return 0 if healthy else 1
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 60:
+        raise argparse.ArgumentTypeError(f"not a number of seconds in (0, 60]: {value!r}")
+    return seconds
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        "health",
+        cmd_health,
+        "exit 0 if the database and broker answer and the schema is at head, else 1 "
+        "with one line naming what failed (container health checks)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--worker",
+        action="store_true",
+        help="also this machine's worker: its /healthz on METRICS_PORT (worker containers)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=3.0,
+        metavar="S",
+        help="seconds each check may take (default 3)",
+    )
