@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.repositories import (
     AnalyticsRepository,
+    ConsoleRepository,
     EntryRepository,
     IntakeRepository,
     ShowcaseRepository,
@@ -46,6 +47,7 @@ class UnitOfWork:
         self.intake = IntakeRepository(self.session)
         self.analytics = AnalyticsRepository(self.session)
         self.showcase = ShowcaseRepository(self.session)  # the devtools' read model
+        self.console = ConsoleRepository(self.session)  # the operator console's read model
         return self
 
     def __exit__(
