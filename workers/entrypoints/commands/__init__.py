@@ -9,8 +9,8 @@ from typing import Any
 
 def register_all(add: Callable[..., Any]) -> None:
     from workers.devtools import commands as devtools
-    from workers.entrypoints.commands import analytics, dlq, jobs, status, worker
+    from workers.entrypoints.commands import analytics, console, dlq, jobs, status, worker
 
-    for module in (worker, jobs, status, dlq, analytics):
+    for module in (worker, jobs, status, dlq, analytics, console):
         module.register(add)
     devtools.register(add)
