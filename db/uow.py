@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.repositories import (
     AnalyticsRepository,
+    ConsoleRepository,
     EntryRepository,
     IntakeRepository,
     MediaRepository,
@@ -61,6 +62,7 @@ class UnitOfWork:
         self.analytics = AnalyticsRepository(self.session)
         self.media = MediaRepository(self.session)
         self.showcase = ShowcaseRepository(self.session)  # the devtools' read model
+        self.console = ConsoleRepository(self.session)  # the operator console's read model
         return self
 
     def __exit__(

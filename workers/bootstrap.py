@@ -23,6 +23,7 @@ from workers.messaging.broker import build_broker
 from workers.messaging.counters import Counters
 from workers.messaging.producer import Producer
 from workers.providers.factory import Providers, build_providers
+from workers.providers.storage import LocalImageStore
 from workers.services.intake import IntakeService
 from workers.services.media import MediaLifecycle
 from workers.services.visualize import VisualizationService, VisualizeLimits
@@ -43,6 +44,7 @@ def configure_process(settings: Settings | None = None) -> Settings:
         settings.database_url,
         settings.redis_url,
         settings.broker_url,
+        settings.console_token,
     ):
         if secret is not None:
             register_secret(secret.get_secret_value())
@@ -118,6 +120,13 @@ def counters() -> Counters:
 def providers() -> Providers:
     settings = get_settings()
     return build_providers(settings, redis_url(settings))
+
+
+@lru_cache(maxsize=1)
+def image_store() -> LocalImageStore:
+    """The media store alone (the console serves its images; needs no provider)."""
+    settings = get_settings()
+    return LocalImageStore(settings.media_dir, settings.media_base_url)
 
 
 @lru_cache(maxsize=1)

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     reconcile_grace_s: int = Field(default=300, ge=0)
     analytics_parallelism: int = Field(default=2, ge=1, le=32)
 
+    # Operator console (`emotionviz console`). Every page needs CONSOLE_TOKEN; unset, the
+    # console makes one per run on loopback and refuses any other address.
+    console_token: SecretStr | None = None
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8088, ge=0, le=65535)
+    console_secure_cookie: bool = False  # true behind HTTPS: the session cookie gets Secure
+
     # Logging.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -126,6 +133,7 @@ class Settings(BaseSettings):
         "broker_url",
         "gemini_api_key",
         "gemini_base_url",
+        "console_token",
         mode="before",
     )
     @classmethod

@@ -7,6 +7,7 @@ db/analytics_statement.py.
 """
 
 from db.repositories.analytics import AnalyticsRepository, AnalyticsRow
+from db.repositories.console import ConsoleRepository
 from db.repositories.entries import EntryRepository, EntryRow
 from db.repositories.intake import IntakeRepository, IntakeSessionRow
 from db.repositories.media import MediaRepository
@@ -22,6 +23,7 @@ __all__ = [
     "AnalyticsRepository",
     "AnalyticsRow",
     "ClaimedVisualization",
+    "ConsoleRepository",
     "EntryRepository",
     "EntryRow",
     "GalleryEntry",

@@ -220,6 +220,11 @@ def _print_next_steps(console: Console, settings: Settings) -> None:
         "look around: [bold]scripts/emotionviz status[/], "
         "[bold]scripts/emotionviz job ENTRY_ID[/], [bold]scripts/emotionviz dlq list[/]"
     )
+    console.print(
+        "open the web console: [bold]scripts/emotionviz console[/] (serves "
+        f"http://{settings.console_host}:{settings.console_port}/ and prints its sign-in link; "
+        "Ctrl-C stops it)"
+    )
 
 
 def _wait(console: Console, total: int, worker: subprocess.Popen[bytes], timeout: float) -> bool:

@@ -9,8 +9,8 @@ from typing import Any
 
 def register_all(add: Callable[..., Any]) -> None:
     from workers.devtools import commands as devtools
-    from workers.entrypoints.commands import analytics, dlq, health, jobs, media, status, worker
+    from workers.entrypoints.commands import analytics, console, dlq, health, jobs, media, status, worker
 
-    for module in (worker, jobs, status, dlq, analytics, media, health):
+    for module in (worker, jobs, status, dlq, analytics, media, health, console):
         module.register(add)
     devtools.register(add)

@@ -11,7 +11,7 @@ from domain.errors import NotFoundError
 from domain.messages import QUEUES, EntryCreated
 from workers import bootstrap
 from workers.entrypoints.cli_contract import InputError, emit_json, out, positive_int
-from workers.messaging.dead_letters import DeadLetters
+from workers.messaging.dead_letters import DeadLetter, DeadLetters
 from workers.settings import Settings
 
 
@@ -62,26 +62,32 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    """Back to the queue; a failed visualization row named by the letter goes back to
-    pending first, so the worker does not find it failed and skip it."""
-    ids = [*args.ids, *(args.ids_opt or [])]
-    everything = args.all or (args.action == "replay" and not ids)  # replay's first meaning
-    if not ids and not everything:
-        raise InputError("name the message ids to retry, or --all")
+def retry_dead_letters(settings: Settings, queue: str, ids: list[str] | None) -> list[DeadLetter]:
+    """Back to the queue (all, or those with these message or Redis ids); a failed
+    visualization row named by a letter goes back to pending first, so the worker does
+    not find it failed and skip it. Returns the letters moved (the CLI and the console)."""
     dead = _dead_letters(settings)
-    chosen = None if everything else ids
     letters = [
         letter
-        for letter in dead.entries(args.queue, limit=100_000)
-        if chosen is None or letter.message_id in chosen or letter.redis_id in chosen
+        for letter in dead.entries(queue, limit=100_000)
+        if ids is None or letter.message_id in ids or letter.redis_id in ids
     ]
+    if not letters:
+        return []  # DeadLetters.replay with no ids would move every letter
     entry_ids = [uuid.UUID(e) for letter in letters for e in letter.entry_ids()]
     if entry_ids:
         with bootstrap.unit_of_work() as uow:
             uow.visualizations.replay_failed(entry_ids)
             uow.commit()
-    moved = dead.replay(args.queue, ids=[letter.redis_id for letter in letters])
+    return dead.replay(queue, ids=[letter.redis_id for letter in letters])
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    ids = [*args.ids, *(args.ids_opt or [])]
+    everything = args.all or (args.action == "replay" and not ids)  # replay's first meaning
+    if not ids and not everything:
+        raise InputError("name the message ids to retry, or --all")
+    moved = retry_dead_letters(settings, args.queue, None if everything else ids)
     if args.json:
         emit_json({"retried": [letter.message_id for letter in moved]})
     else:

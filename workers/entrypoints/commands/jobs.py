@@ -53,19 +53,26 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+def replay_failed(entry_ids: list[uuid.UUID] | None) -> list[uuid.UUID]:
+    """Failed visualizations (all, or these entries') back to pending, and published
+    again after the commit. Returns the entries replayed (the CLI and the console)."""
     with bootstrap.unit_of_work() as uow:
-        rows = uow.visualizations.replay_failed(args.entry_ids or None)
+        rows = uow.visualizations.replay_failed(entry_ids)
         for entry_id, user_id, style in rows:
             uow.publish(
                 EntryCreated(entry_id=entry_id, user_id=user_id, style=VisualizationStyle(style))
             )
         uow.commit()
     require_published(uow)
+    return [entry_id for entry_id, _, _ in rows]
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    replayed = replay_failed(args.entry_ids or None)
     if args.json:
-        emit_json({"replayed": [str(entry_id) for entry_id, _, _ in rows]})
+        emit_json({"replayed": [str(entry_id) for entry_id in replayed]})
     else:
-        out(f"replayed {len(rows)} failed visualizations")
+        out(f"replayed {len(replayed)} failed visualizations")
     return 0
 
 

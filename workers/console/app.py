@@ -1,0 +1,153 @@
+"""The console's ASGI application: templates, middleware, sign-in, error pages.
+
+Order of the layers, outermost first: security headers, the signed session cookie,
+the Guard (authentication, origin and CSRF checks), the routes (pages.py, actions.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from domain.errors import EmotionVizError
+from workers.console import actions, pages
+from workers.console.security import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE_S,
+    ConsoleAuth,
+    Guard,
+    SecurityHeaders,
+    first,
+    form_of,
+    local_path,
+    new_csrf_token,
+)
+from workers.console.web import render, signed_in, templates
+from workers.entrypoints.cli_contract import translate
+from workers.logging import get_logger, scrub
+from workers.settings import Settings
+
+log = get_logger("emotionviz.console")
+FAILED_SIGN_IN_DELAY_S = 0.5
+
+
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def refuse(request: Request, status: int, reason: str) -> Response:
+    """Guard's answer: the sign-in form (401) or one line (403, 413, 415)."""
+    if status in (401, 403):
+        log.warning(
+            "console request refused",
+            status=status,
+            path=request.url.path,
+            client=request.client.host if request.client else None,
+            reason=reason,
+        )
+    headers = {"www-authenticate": 'Bearer realm="emotionviz console"'} if status == 401 else {}
+    if not _wants_html(request):
+        return JSONResponse({"error": reason}, status_code=status, headers=headers)
+    if status == 401 and request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        response = render(request, "login.html", {"next": target, "error": None}, 401)
+    else:
+        response = render(request, "error.html", {"status": status, "message": reason}, status)
+    response.headers.update(headers)
+    return response
+
+
+# --- sign-in ---------------------------------------------------------------------------
+
+
+async def login_page(request: Request) -> Response:
+    if signed_in(request):
+        return RedirectResponse(local_path(request.query_params.get("next")), status_code=303)
+    return render(
+        request, "login.html", {"next": request.query_params.get("next", "/"), "error": None}
+    )
+
+
+async def login(request: Request) -> Response:
+    form = form_of(request)
+    auth: ConsoleAuth = request.app.state.auth
+    target = local_path(first(form, "next"))
+    if not auth.matches(first(form, "token") or ""):
+        await asyncio.sleep(FAILED_SIGN_IN_DELAY_S)  # slows guessing; the token is long anyway
+        log.warning(
+            "console sign-in failed", client=request.client.host if request.client else None
+        )
+        return render(
+            request, "login.html", {"next": target, "error": "That token is not right."}, 401
+        )
+    request.session.clear()
+    request.session.update({"auth": auth.session_mark, "csrf": new_csrf_token()})
+    log.info("console sign-in", client=_client(request))
+    return RedirectResponse(target, status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """PostgreSQL or Redis down, or a row gone: one line, like the CLI (503)."""
+    translated = translate(exc)
+    line = translated[1] if translated else f"{type(exc).__name__}: {exc}"
+    log.warning("console page failed", path=request.url.path, error=line)
+    if not _wants_html(request):
+        return JSONResponse({"error": scrub(line)}, status_code=503)
+    return render(request, "error.html", {"status": 503, "message": line}, 503)
+
+
+async def _bug(request: Request, exc: Exception) -> Response:
+    # Outside the session and header layers (Starlette sends it last): plain text.
+    log.error("console page failed", path=request.url.path, exc_info=exc)
+    return PlainTextResponse("unexpected error (the console's log has the traceback)", 500)
+
+
+def build_app(settings: Settings, auth: ConsoleAuth) -> Starlette:
+    routes = [
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        *pages.routes(),
+        *actions.routes(),
+        Mount("/static", app=StaticFiles(packages=[("workers.console", "static")]), name="static"),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(
+            SessionMiddleware,
+            secret_key=auth.signing_key,
+            session_cookie=SESSION_COOKIE,
+            max_age=SESSION_MAX_AGE_S,
+            same_site="strict",
+            https_only=settings.console_secure_cookie,
+        ),
+        Middleware(Guard, auth=auth, refuse=refuse),
+    ]
+    handlers = {EmotionVizError: _unavailable, redis.RedisError: _unavailable, Exception: _bug}
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+    app.state.settings = settings
+    app.state.auth = auth
+    app.state.templates = templates()
+    return app
