@@ -132,10 +132,13 @@ def test_long_running_services_stop_cleanly_and_report_health(compose: dict[str,
     argv = worker_command(Settings(_env_file=None), processes=1, threads=1, queues=None)  # type: ignore[call-arg]
     shutdown_s = int(argv[argv.index("--worker-shutdown-timeout") + 1]) / 1000
     long_running = {n: s for n, s in _ours(compose).items() if s.get("restart") != "no"}
-    assert set(long_running) == {"worker", "intake-worker", "scheduler"}
+    assert set(long_running) == {"worker", "intake-worker", "scheduler", "console"}
     for name, service in long_running.items():
         assert service["init"] is True, f"{name}: signals need an init as PID 1"
-        assert service["healthcheck"]["test"][:3] == ["CMD", "emotionviz", "health"], name
+        if name == "console":  # its own /healthz: it needs no database to answer
+            assert "8088/healthz" in " ".join(service["healthcheck"]["test"])
+        else:
+            assert service["healthcheck"]["test"][:3] == ["CMD", "emotionviz", "health"], name
         grace = _seconds(service["stop_grace_period"])
         if service["command"][0] == "worker":
             assert grace > shutdown_s, f"{name}: stop grace {grace}s <= shutdown {shutdown_s}s"
@@ -148,8 +151,12 @@ def test_metrics_are_published_on_loopback_only(compose: dict[str, Any]) -> None
             host_ip, host_port, container_port = str(port).split(":")
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond this host"
             published[name] = (int(host_port), int(container_port))
-    assert published == {"worker": (9191, 9191), "intake-worker": (9192, 9191)}
-    for name in published:
+    assert published == {
+        "worker": (9191, 9191),
+        "intake-worker": (9192, 9191),
+        "console": (8088, 8088),
+    }
+    for name in ("worker", "intake-worker"):
         env = compose["services"][name]["environment"]
         assert env["METRICS_HOST"] == "0.0.0.0" and env["METRICS_PORT"] == "9191"
         assert compose["services"][name]["healthcheck"]["test"][-1] == "--worker"

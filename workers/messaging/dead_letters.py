@@ -144,6 +144,9 @@ def _letter(redis_id: str, dead_at_ms: int, body: bytes | None) -> DeadLetter:
     data = _decode(body)
     options: dict[str, Any] = data["options"] if isinstance(data.get("options"), dict) else {}
     traceback = str(options.get("traceback") or "").strip().splitlines()
+    rejected = data.get("rejected")  # refused before routing (messaging/consumer.py)
+    if isinstance(rejected, dict):
+        traceback = [f"rejected: {rejected.get('reason')}"]
     retries = options.get("retries", 0)
     return DeadLetter(
         redis_id=redis_id,

@@ -9,7 +9,16 @@ from typing import Any
 
 def register_all(add: Callable[..., Any]) -> None:
     from workers.devtools import commands as devtools
-    from workers.entrypoints.commands import analytics, console, dlq, health, jobs, media, status, worker
+    from workers.entrypoints.commands import (
+        analytics,
+        console,
+        dlq,
+        health,
+        jobs,
+        media,
+        status,
+        worker,
+    )
 
     for module in (worker, jobs, status, dlq, analytics, media, health, console):
         module.register(add)

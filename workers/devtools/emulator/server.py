@@ -1,175 +1,24 @@
-"""A local emulator of the two Gemini endpoints we use, speaking their wire format.
-
-POST /{v1,v1beta}/models/{model}:generateContent with x-goog-api-key (or ?key=).
-A model whose id contains "image" answers with an inline PNG; any other answers JSON
-text built from the request's responseJsonSchema. Configurable latency per kind, a
-per-minute quota answering 429 with QuotaFailure and RetryInfo, retired models (404),
-and faults on demand, queued through the control API:
-
-  POST /_emulator/faults  {"faults": [{"kind": "503", "target": "image",
-                                       "contains": "some prompt text", "times": 1}]}
-  POST /_emulator/config  {"latency_analysis_s": 1, "latency_image_s": 4, ...}
-  POST /_emulator/reset   GET /_emulator/stats[?contains=TEXT]
-
-Fault kinds: 400, 403, 404, 429, 500, 503, 504, 502html, timeout, slow, block_prompt,
-safety, image_safety, max_tokens, text_only, malformed_json, bad_image; hostile ones:
-nul_text (valid JSON whose text holds \u0000 and RTL marks), surrogate_text (a lone
-surrogate, \ud800),
-raw_nul (a raw NUL inside the JSON text: invalid JSON), key_in_text (the answer quotes
-the caller's API key), echo_key_400 / echo_key_500 (an error text echoing the request
-URL with ``?key=``).
-"""
+"""The emulator's HTTP server: the generateContent route and the control API."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import io
 import json
-import re
 import socket
 import threading
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from PIL import Image, ImageDraw
-
-QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_requests"
-_ROUTE = re.compile(r"^/(v1|v1beta)/models/([A-Za-z0-9._-]+):generateContent$")
-
-
-@dataclass
-class Fault:
-    kind: str
-    target: str = "any"  # analysis | image | any
-    contains: str | None = None
-    times: int = 1
-    seconds: float = 0.0  # for slow / timeout
-
-
-@dataclass
-class EmulatorState:
-    api_key: str = "emulator-key"
-    latency_analysis_s: float = 0.0
-    latency_image_s: float = 0.0
-    quota_per_minute: int = 0  # 0 = unlimited
-    retry_delay_s: float = 1.0
-    retired_models: set[str] = field(default_factory=lambda: {"gemini-2.5-flash-image"})
-    image_px: int = 256
-    faults: list[Fault] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    window: deque[float] = field(default_factory=deque)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def take_fault(self, kind: str, text: str) -> Fault | None:
-        with self.lock:
-            for fault in self.faults:
-                if fault.target not in ("any", kind):
-                    continue
-                if fault.contains and fault.contains not in text:
-                    continue
-                fault.times -= 1
-                if fault.times <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
-
-    def over_quota(self) -> bool:
-        if self.quota_per_minute <= 0:
-            return False
-        now = time.monotonic()
-        with self.lock:
-            while self.window and now - self.window[0] > 60:
-                self.window.popleft()
-            if len(self.window) >= self.quota_per_minute:
-                return True
-            self.window.append(now)
-            return False
-
-
-def _pick_enum(values: list[Any], request: str) -> Any:
-    """The value the request names last in double quotes (a prompt that says 'set
-    "action" to "complete"' gets "complete"); else the first."""
-    named = [(request.rfind(f'"{v}"'), i) for i, v in enumerate(values)]
-    position, index = max(named)
-    return values[index] if position >= 0 else values[0]
-
-
-def example_from_schema(
-    schema: dict[str, Any], hint: str, path: str = "", request: str = ""
-) -> Any:
-    """A valid instance of a (plain JSON or Google OpenAPI-subset) schema."""
-    kind = str(schema.get("type", "object")).lower()
-    if "enum" in schema:
-        return _pick_enum(list(schema["enum"]), request)
-    if "anyOf" in schema:
-        return example_from_schema(schema["anyOf"][0], hint, path, request)
-    if kind == "object":
-        props = schema.get("properties", {})
-        return {
-            name: example_from_schema(sub, hint, f"{path}.{name}", request)
-            for name, sub in props.items()
-        }
-    if kind == "array":
-        count = max(int(schema.get("minItems", 1)), 2)
-        count = min(count, int(schema.get("maxItems", count)))
-        return [
-            example_from_schema(schema.get("items", {}), hint, f"{path}[{i}]", request)
-            for i in range(count)
-        ]
-    if kind in ("integer", "number"):
-        return schema.get("minimum", 1)
-    if kind == "boolean":
-        return False
-    text = f"emulated {path.strip('.') or 'value'} for: {hint}"
-    return text[: int(schema.get("maxLength", 200))]
-
-
-_PNG_CACHE: dict[tuple[int, int], bytes] = {}
-
-
-def emulated_png(prompt: str, size: int) -> bytes:
-    """A small real PNG whose colours depend on the prompt (cached per colour)."""
-    digest = hashlib.sha256(prompt.encode()).digest()
-    key = (digest[0] % 16, size)
-    if key not in _PNG_CACHE:
-        hue = key[0] * 16
-        image = Image.new("RGB", (size, size), (hue, 90, 200 - hue // 2))
-        draw = ImageDraw.Draw(image)
-        for i in range(8):
-            r = size * (8 - i) / 16
-            draw.ellipse(
-                (size / 2 - r, size / 2 - r, size / 2 + r, size / 2 + r),
-                fill=((hue + i * 20) % 256, 120 + i * 10, 230 - i * 15),
-            )
-        out = io.BytesIO()
-        image.save(out, format="PNG")
-        _PNG_CACHE[key] = out.getvalue()
-    return _PNG_CACHE[key]
-
-
-def _error(
-    code: int, status: str, message: str, details: list[Any] | None = None
-) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "status": status, "details": details or []}}
-
-
-def _request_text(body: dict[str, Any]) -> str:
-    contents = body.get("contents", [])
-    if isinstance(contents, dict):
-        contents = [contents]
-    texts = [
-        part.get("text", "")
-        for c in contents
-        for part in c.get("parts", [])
-        if isinstance(part, dict)
-    ]
-    return "\n".join(texts)
+from workers.devtools.emulator.content import (
+    emulated_png,
+    error_body,
+    example_from_schema,
+    request_text,
+)
+from workers.devtools.emulator.state import QUOTA_METRIC, ROUTE, EmulatorState, Fault
 
 
 class EmulatorHandler(BaseHTTPRequestHandler):
@@ -223,7 +72,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         elif url.path == "/_emulator/health":
             self._send(200, {"ok": True})
         else:
-            self._send(404, _error(404, "NOT_FOUND", f"no route {url.path}"))
+            self._send(404, error_body(404, "NOT_FOUND", f"no route {url.path}"))
 
     def do_POST(self) -> None:
         url = urlparse(self.path)
@@ -231,7 +80,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         try:
             body = self._body()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            self._send(400, _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received."))
+            self._send(400, error_body(400, "INVALID_ARGUMENT", "Invalid JSON payload received."))
             return
         if url.path == "/_emulator/faults":
             with state.lock:
@@ -253,10 +102,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 state.window.clear()
             self._send(200, {"ok": True})
             return
-        match = _ROUTE.match(url.path)
+        match = ROUTE.match(url.path)
         if not match:
             self._send(
-                404, _error(404, "NOT_FOUND", f"The requested URL {url.path} was not found.")
+                404, error_body(404, "NOT_FOUND", f"The requested URL {url.path} was not found.")
             )
             return
         self._generate(match.group(2), url, body)
@@ -268,13 +117,14 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         key = self.headers.get("x-goog-api-key") or parse_qs(url.query).get("key", [None])[0]
         if not key:
             self._send(
-                403, _error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers.")
+                403,
+                error_body(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers."),
             )
             return
         if key != state.api_key:
             self._send(
                 400,
-                _error(
+                error_body(
                     400,
                     "INVALID_ARGUMENT",
                     "API key not valid. Please pass a valid API key.",
@@ -291,11 +141,13 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if model in state.retired_models:
             self._send(
                 404,
-                _error(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta."),
+                error_body(
+                    404, "NOT_FOUND", f"models/{model} is not found for API version v1beta."
+                ),
             )
             return
         kind = "image" if "image" in model else "analysis"
-        text = _request_text(body)
+        text = request_text(body)
         with state.lock:
             state.calls.append({"kind": kind, "model": model, "at": time.time(), "text": text})
         fault = state.take_fault(kind, text)
@@ -329,11 +181,11 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         state = self.server.state
         if fault.kind in simple:
             code, status, message = simple[fault.kind]
-            self._send(code, _error(code, status, message))
+            self._send(code, error_body(code, status, message))
         elif fault.kind == "429":
             self._send(
                 429,
-                _error(
+                error_body(
                     429,
                     "RESOURCE_EXHAUSTED",
                     "You exceeded your current quota.",
@@ -359,7 +211,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         elif fault.kind in ("timeout", "slow"):
             time.sleep(fault.seconds or 5.0)
             if fault.kind == "timeout":
-                self._send(504, _error(504, "DEADLINE_EXCEEDED", "late answer"))
+                self._send(504, error_body(504, "DEADLINE_EXCEEDED", "late answer"))
                 return True
             return False
         elif fault.kind == "block_prompt":
@@ -400,7 +252,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             code = int(fault.kind.rsplit("_", 1)[1])
             status = "INVALID_ARGUMENT" if code == 400 else "INTERNAL"
             echoed = f"Request POST /v1beta/models/{model}:generateContent?key={key} failed"
-            self._send(code, _error(code, status, f"{echoed}: backend error."))
+            self._send(code, error_body(code, status, f"{echoed}: backend error."))
             return True
         if fault.kind not in ("nul_text", "surrogate_text", "raw_nul", "key_in_text"):
             return False
