@@ -17,6 +17,16 @@ from workers.observability.readiness import Check, run_checks
 from workers.settings import Settings
 
 
+def check_console(settings: Settings, timeout_s: float) -> Check:
+    """The console of this container answers its /healthz (it needs no database)."""
+    url = f"http://127.0.0.1:{settings.console_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return Check("console", True, f"answers ({response.status})")
+    except (urllib.error.URLError, OSError) as exc:
+        return Check("console", False, f"no answer on port {settings.console_port}: {exc}")
+
+
 def check_worker(settings: Settings, timeout_s: float) -> Check:
     """The worker of this container, through its own /healthz."""
     if not settings.metrics_port:
@@ -32,7 +42,10 @@ def check_worker(settings: Settings, timeout_s: float) -> Check:
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
-    checks = run_checks(settings, args.timeout)
+    if args.console:  # the console's own liveness; it reports the rest on its pages
+        checks = [check_console(settings, args.timeout)]
+    else:
+        checks = run_checks(settings, args.timeout)
     if args.worker:
         checks.append(check_worker(settings, args.timeout))
     healthy = all(c.ok for c in checks)
@@ -69,6 +82,11 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--worker",
         action="store_true",
         help="also this machine's worker: its /healthz on METRICS_PORT (worker containers)",
+    )
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="only this machine's console: its /healthz on CONSOLE_PORT (console container)",
     )
     p.add_argument(
         "--timeout",
