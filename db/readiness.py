@@ -55,7 +55,8 @@ class DatabaseCheck:
     detail: str
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line (no newlines, at most 300 characters)."""
     return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
 
 
@@ -83,7 +84,7 @@ def check_database(
                 rows = None
     except psycopg.Error as exc:
         return [
-            DatabaseCheck("database", False, _one_line(exc)),
+            DatabaseCheck("database", False, one_line(exc)),
             DatabaseCheck("schema", False, "unknown (database unreachable)"),
         ]
     database = DatabaseCheck("database", True, "answers")

@@ -10,24 +10,18 @@ Used by ``emotionviz health`` (container health checks) and the worker's /readyz
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from db import embedded
-from db.readiness import check_database
+from db.readiness import DatabaseCheck, check_database, one_line
 from workers.logging import scrub
 from workers.settings import Settings
 
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
+# One check's result; the database's own checks (db/readiness.py) return the same.
+Check = DatabaseCheck
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return scrub(text)[:300]
+    return scrub(one_line(exc))
 
 
 def _database_url(settings: Settings) -> str | None:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from domain.failures import failure_class
 from workers import bootstrap
+from workers.console.charts import age
 from workers.entrypoints.cli_contract import emit_json, positive_int
 from workers.messaging.broker_state import read_broker_state
 from workers.settings import Settings
@@ -40,16 +41,6 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def render(status: dict[str, Any]) -> Group:
     queues = Table(title="queues")
     columns = ("queue", "ready", "delayed", "in flight", "retrying", "dead", "oldest ready")
@@ -59,7 +50,7 @@ def render(status: dict[str, Any]) -> Group:
         queues.add_row(
             name,
             *(str(q[k]) for k in ("ready", "delayed", "in_flight", "retrying", "dead")),
-            _age(q["oldest_age_s"]),
+            age(q["oldest_age_s"]),
         )
     workers = Table(title=f"workers alive: {status['workers_alive']}")
     workers.add_column("worker")
