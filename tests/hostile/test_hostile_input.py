@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import API_KEY, Harness
-from workers.messaging.redis_keys import acks_pattern, queue_keys
+from workers.messaging.redis_keys import DELAY_SUFFIX, acks_pattern, queue_keys
 
 pytestmark = [pytest.mark.e2e]
 
@@ -144,7 +144,7 @@ def _stranded(harness: Harness) -> int:
     """Messages left in a queue's hash or list (ready and delayed), or held unacked."""
     client, total = harness.redis, 0
     for queue in QUEUES:
-        for name in (queue, f"{queue}.DQ"):
+        for name in (queue, queue + DELAY_SUFFIX):
             keys = queue_keys(harness.namespace, name)
             total += int(client.hlen(keys.ready_bodies)) + int(client.llen(keys.ready))
     for key in client.scan_iter(match=acks_pattern(harness.namespace)):
