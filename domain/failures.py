@@ -17,6 +17,7 @@ _CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("unusable", "invalid output", "not valid json", "no image", "invalid image"),
     ),
     ("configuration", ("401", "403", "404", "api key", "permission", "_model")),
+    ("request_rejected", ("(400", "invalid_argument", "request rejected")),
     ("database", ("database",)),
     ("not_found", ("does not exist", "not found")),
     ("gave_up", ("gave up",)),
