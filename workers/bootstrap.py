@@ -18,8 +18,10 @@ from db import embedded
 from db.engine import Database
 from db.engine import redact_url as redact_url  # for logs; callers use bootstrap's
 from db.uow import UnitOfWork
+from domain.messages import QUEUES
 from workers.logging import configure_logging, register_secret
 from workers.messaging.broker import build_broker
+from workers.messaging.broker_state import BrokerState, read_broker_state
 from workers.messaging.counters import Counters
 from workers.messaging.producer import Producer
 from workers.providers.factory import Providers, build_providers
@@ -106,6 +108,24 @@ def producer() -> Producer:
 def redis_client() -> redis.Redis:
     """A client for our own Redis reads and writes (counters, status, dead letters)."""
     return redis.Redis.from_url(redis_url())
+
+
+def rabbitmq_url(settings: Settings | None = None) -> str | None:
+    """BROKER_URL when it selects RabbitMQ, else None (the broker is Redis)."""
+    settings = settings or get_settings()
+    url = settings.broker_url.get_secret_value() if settings.broker_url else None
+    return url if url and url.startswith("amqp") else None
+
+
+def broker_state(queues: tuple[str, ...] = QUEUES) -> BrokerState:
+    """What the broker holds now, read from whichever broker BROKER_URL selects."""
+    settings = get_settings()
+    amqp = rabbitmq_url(settings)
+    if amqp is not None:
+        from workers.messaging.rabbitmq_state import read_rabbitmq_state  # the rabbitmq extra
+
+        return read_rabbitmq_state(amqp, queues)
+    return read_broker_state(redis_client(), settings.redis_namespace, queues)
 
 
 @lru_cache(maxsize=1)

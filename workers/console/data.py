@@ -24,7 +24,6 @@ from workers.console.charts import outcome_charts
 from workers.entrypoints.commands.jobs import entry_life, session_life
 from workers.entrypoints.commands.status import collect_status
 from workers.logging import scrub
-from workers.messaging.broker_state import read_broker_state
 from workers.messaging.dead_letters import DeadLetter, DeadLetters
 from workers.settings import Settings
 
@@ -126,7 +125,7 @@ def failures(cls: str | None, page: int) -> dict[str, Any]:
 
 
 def dead_letter_queues(settings: Settings) -> dict[str, int]:
-    state = read_broker_state(bootstrap.redis_client(), settings.redis_namespace)
+    state = bootstrap.broker_state()
     return {name: q.dead for name, q in state.queues.items()}
 
 
@@ -252,9 +251,7 @@ def image_file(entry_id: uuid.UUID, size: str) -> tuple[bytes, str] | None:
 def analytics(settings: Settings) -> dict[str, Any]:
     with bootstrap.unit_of_work() as uow:
         fresh = {f.kind: f for f in uow.console.analytics_freshness()}
-    state = read_broker_state(
-        bootstrap.redis_client(), settings.redis_namespace, (AnalyticsRecompute.queue_name,)
-    )
+    state = bootstrap.broker_state((AnalyticsRecompute.queue_name,))
     return {
         "kinds": [(kind, fresh.get(kind)) for kind in PERIOD_KINDS],
         "schedule": next_runs(settings, datetime.now(UTC)),

@@ -183,9 +183,11 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
     broker: dramatiq.Broker
     broker_url = settings.broker_url.get_secret_value() if settings.broker_url else None
     if broker_url and broker_url.startswith("amqp"):
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+        from workers.messaging.rabbitmq import SafeRabbitmqBroker  # needs the rabbitmq extra
 
-        broker = RabbitmqBroker(url=broker_url, middleware=middleware)
+        broker = SafeRabbitmqBroker(
+            url=broker_url, middleware=middleware, max_message_bytes=settings.max_message_bytes
+        )
     else:
         broker = SafeRedisBroker(
             url=broker_url or redis_url,

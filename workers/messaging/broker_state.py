@@ -41,9 +41,10 @@ class QueueState:
     retrying: int = 0
     dead: int = 0
     oldest_age_s: float | None = None  # of the oldest ready message
+    consumers: int | None = None  # RabbitMQ only (Redis: see the workers' holdings)
 
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {
+    def as_dict(self, not_measured: tuple[str, ...] = ()) -> dict[str, float | int | None]:
+        values: dict[str, float | int | None] = {
             "ready": self.ready,
             "delayed": self.delayed,
             "in_flight": self.in_flight,
@@ -51,6 +52,9 @@ class QueueState:
             "dead": self.dead,
             "oldest_age_s": self.oldest_age_s,
         }
+        if self.consumers is not None:
+            values["consumers"] = self.consumers
+        return {k: None if k in not_measured else v for k, v in values.items()}
 
 
 @dataclass
@@ -71,12 +75,21 @@ class WorkerState:
 class BrokerState:
     queues: dict[str, QueueState]
     workers: list[WorkerState]
+    broker: str = "redis"
+    # Fields this broker cannot tell (workers/messaging/rabbitmq_state.py): None in
+    # as_dict, "n/a" in status, left out of the metrics; "workers" when it has no
+    # heartbeats to list workers by.
+    not_measured: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "queues": {name: q.as_dict() for name, q in self.queues.items()},
+        values: dict[str, object] = {
+            "queues": {name: q.as_dict(self.not_measured) for name, q in self.queues.items()},
             "workers": [w.as_dict() for w in self.workers],
         }
+        if self.broker != "redis":
+            values["broker"] = self.broker
+            values["not_measured"] = list(self.not_measured)
+        return values
 
 
 def _timestamp_ms(body: bytes | None) -> int | None:

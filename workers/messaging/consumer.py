@@ -108,17 +108,20 @@ class AdmittingConsumer(_RedisConsumer):
     def nack(self, message: MessageProxy) -> None:
         """Dead-letter a failed message with its reason (scrubbed, one line) in
         ``options.traceback``, where Dramatiq keeps one and ``dlq list`` reads it."""
-        exc = message._exception
-        if exc is None:
-            reason = "failed without an error: a middleware gave up on it"
-        elif isinstance(exc, SkipMessage):
-            reason = "skipped: older than MESSAGE_MAX_AGE_MS"  # AgeLimit, our one skipper
-        else:
-            reason = stored_reason(exc)
         try:
-            self.broker.restate(self.queue_name, message, reason)
+            self.broker.restate(self.queue_name, message, failure_reason(message))
         except redis.ConnectionError as error:
             raise ConnectionClosed(error) from None  # Dramatiq retries the nack
         except Exception:  # the reason is a courtesy; the nack is not
             log.warning("could not keep the failure reason with the dead letter", exc_info=True)
         super().nack(message)
+
+
+def failure_reason(message: MessageProxy) -> str:
+    """Why a message is being dead-lettered, in one scrubbed line (both brokers)."""
+    exc = message._exception
+    if exc is None:
+        return "failed without an error: a middleware gave up on it"
+    if isinstance(exc, SkipMessage):
+        return "skipped: older than MESSAGE_MAX_AGE_MS"  # AgeLimit, our one skipper
+    return stored_reason(exc)

@@ -105,10 +105,16 @@ def _depth(value: Any, limit: int) -> int:
 
 
 def inspect(
-    data: bytes | None, *, queue: str, actor_queues: Mapping[str, str], max_bytes: int
+    data: bytes | None,
+    *,
+    queue: str,
+    actor_queues: Mapping[str, str],
+    max_bytes: int,
+    redis_id: bool = True,
 ) -> Verdict:
     """The verdict on ``data``, taken from ``queue``; ``actor_queues`` maps each
-    declared actor to its queue."""
+    declared actor to its queue. ``redis_id``: the body must carry
+    ``options.redis_message_id`` (Redis only; RabbitMQ acknowledges by delivery tag)."""
     if data is None:
         return _reject("the message id has no body in the queue's hash")
     if len(data) > max_bytes:
@@ -123,7 +129,7 @@ def inspect(
         return _reject(f"body is not valid JSON: {one_line(str(exc), 80)}")
     if not isinstance(body, dict):
         return _reject(f"body is {_json_type(body)}, not a message object")
-    problem = _field_problem(body) or _option_problem(body["options"], actor_queues)
+    problem = _field_problem(body) or _option_problem(body["options"], actor_queues, redis_id)
     problem = problem or _route_problem(body, queue, actor_queues)
     return _reject(problem) if problem else Verdict(body, None)
 
@@ -156,9 +162,13 @@ def _field_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _option_problem(options: dict[str, Any], actor_queues: Mapping[str, str]) -> str | None:
+def _option_problem(
+    options: dict[str, Any], actor_queues: Mapping[str, str], need_redis_id: bool
+) -> str | None:
     redis_id = options.get("redis_message_id")
-    if not isinstance(redis_id, str) or not redis_id or len(redis_id) > MAX_ID_CHARS:
+    if need_redis_id and (
+        not isinstance(redis_id, str) or not redis_id or len(redis_id) > MAX_ID_CHARS
+    ):
         return "options.redis_message_id is missing or not a string of 1 to 200 characters"
     if "throws" in options:
         return "options.throws cannot be set in a message (it names exception classes)"

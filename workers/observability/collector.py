@@ -123,10 +123,14 @@ def _broker_metrics(broker: BrokerState) -> Iterator[Any]:
     )
     for name, queue in broker.queues.items():
         for state in ("ready", "delayed", "in_flight", "retrying", "dead"):
-            messages.add_metric([name, state], getattr(queue, state))
-        oldest.add_metric([name], queue.oldest_age_s or 0.0)
+            if state not in broker.not_measured:  # absent, not 0: an alert must not read it
+                messages.add_metric([name, state], getattr(queue, state))
+        if "oldest_age_s" not in broker.not_measured:
+            oldest.add_metric([name], queue.oldest_age_s or 0.0)
     yield messages
     yield oldest
+    if "workers" in broker.not_measured:
+        return
     yield GaugeMetricFamily(
         "emotionviz_workers_alive",
         "Worker processes whose heartbeat is fresh (all machines on this broker)",

@@ -23,13 +23,12 @@ log = get_logger("emotionviz.metrics")
 @lru_cache(maxsize=1)
 def _state_collector() -> Any:
     from workers import bootstrap
-    from workers.messaging.broker_state import read_broker_state
     from workers.observability.collector import StateCollector
     from workers.settings import get_settings
 
     settings = get_settings()
     return StateCollector(
-        lambda: read_broker_state(bootstrap.redis_client(), settings.redis_namespace),
+        bootstrap.broker_state,
         bootstrap.unit_of_work,
         cache_s=settings.metrics_cache_s,
     )

@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Callable
 
-from domain.errors import NotFoundError
+from domain.errors import ConfigurationError, NotFoundError
 from domain.messages import QUEUES, EntryCreated
 from workers import bootstrap
 from workers.entrypoints.cli_contract import InputError, emit_json, out, positive_int
@@ -25,6 +25,13 @@ def _age(value: str) -> float:
 
 
 def _dead_letters(settings: Settings) -> DeadLetters:
+    if bootstrap.rabbitmq_url(settings) is not None:
+        # Reading a RabbitMQ queue means taking its messages off it; we do not.
+        raise ConfigurationError(
+            "dead letters on RabbitMQ are in the queue <queue>.XQ: read them in the "
+            "management UI; 'emotionviz dlq purge --yes' empties it; list, show and "
+            "retry need the Redis broker"
+        )
     return DeadLetters(bootstrap.redis_client(), settings.redis_namespace)
 
 
@@ -98,7 +105,13 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     if not args.yes:
         raise InputError(f"purge deletes every dead letter on {args.queue}: add --yes to confirm")
-    removed = _dead_letters(settings).purge(args.queue)
+    amqp = bootstrap.rabbitmq_url(settings)
+    if amqp is not None:
+        from workers.messaging.rabbitmq_state import purge_dead_letters  # the rabbitmq extra
+
+        removed = purge_dead_letters(amqp, args.queue)
+    else:
+        removed = _dead_letters(settings).purge(args.queue)
     if args.json:
         emit_json({"purged": removed})
     else:

@@ -16,7 +16,6 @@ from domain.failures import failure_class
 from workers import bootstrap
 from workers.console.charts import age
 from workers.entrypoints.cli_contract import emit_json, positive_int
-from workers.messaging.broker_state import read_broker_state
 from workers.settings import Settings
 
 FAILURE_WINDOW_S = 3600
@@ -24,7 +23,7 @@ FAILURE_WINDOW_S = 3600
 
 def collect_status(settings: Settings) -> dict[str, Any]:
     """Everything ``status`` shows, as plain data (also its --json)."""
-    broker = read_broker_state(bootstrap.redis_client(), settings.redis_namespace)
+    broker = bootstrap.broker_state()
     with bootstrap.unit_of_work() as uow:
         rows = uow.visualizations.status_counts()
         stuck = uow.visualizations.stuck_count()
@@ -33,7 +32,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     failures = Counter(failure_class(reason) for reason in reasons)
     return {
         **broker.as_dict(),
-        "workers_alive": len(broker.workers),
+        "workers_alive": None if "workers" in broker.not_measured else len(broker.workers),
         "visualizations": rows,
         "visualizations_stuck": stuck,
         "failures_last_hour": dict(failures.most_common()),
@@ -41,18 +40,31 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     }
 
 
+NOT_MEASURED = "n/a"  # a number this broker cannot tell (RabbitMQ without its management API)
+
+
+def _count(value: int | None) -> str:
+    return NOT_MEASURED if value is None else str(value)
+
+
 def render(status: dict[str, Any]) -> Group:
-    queues = Table(title="queues")
+    rabbit = status.get("broker") == "rabbitmq"
+    queues = Table(title="queues (RabbitMQ: n/a = not readable over AMQP)" if rabbit else "queues")
     columns = ("queue", "ready", "delayed", "in flight", "retrying", "dead", "oldest ready")
     for column in columns:
         queues.add_column(column, justify="left" if column == "queue" else "right")
     for name, q in status["queues"].items():
         queues.add_row(
             name,
-            *(str(q[k]) for k in ("ready", "delayed", "in_flight", "retrying", "dead")),
-            age(q["oldest_age_s"]),
+            *(_count(q[k]) for k in ("ready", "delayed", "in_flight", "retrying", "dead")),
+            NOT_MEASURED if rabbit else age(q["oldest_age_s"]),
         )
-    workers = Table(title=f"workers alive: {status['workers_alive']}")
+    if rabbit:
+        consumers = ", ".join(f"{n}: {q.get('consumers', 0)}" for n, q in status["queues"].items())
+        title = f"workers alive: n/a on RabbitMQ (consumers per queue: {consumers})"
+    else:
+        title = f"workers alive: {status['workers_alive']}"
+    workers = Table(title=title)
     workers.add_column("worker")
     workers.add_column("last heartbeat", justify="right")
     workers.add_column("holding")
