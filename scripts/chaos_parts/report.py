@@ -95,6 +95,8 @@ def render(o: Outcome) -> str:
         "",
         "all terminal s: from the disruption until every entry then unfinished was completed",
         "or failed (the poison entry excepted); resumed s: until the next entry finished.",
+        "Disruptions overlap: only the last is held to the 120 s limit; earlier figures are",
+        "upper bounds that include every later disruption and the poison entry's crashes.",
     ]
     lines += [f"note: {n}" for n in o.notes]
     problems = o.problems()
