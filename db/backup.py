@@ -17,7 +17,9 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from db.embedded import postgres_bin_dir
 from domain.errors import EmotionVizError
@@ -28,6 +30,48 @@ CHUNK_BYTES = 1024 * 1024
 
 class BackupError(EmotionVizError):
     """pg_dump, pg_restore or psql failed."""
+
+
+class DatabaseNotEmptyError(BackupError):
+    """The target of a restore already holds tables or other objects of its own."""
+
+
+# Objects a restore would collide with: relations, functions and types outside the
+# system schemas, and schemas other than public (every fresh database has public).
+_SYSTEM = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+)
+_USER_OBJECTS_SQL = f"""
+SELECT
+  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE {_SYSTEM})
++ (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+   WHERE {_SYSTEM})
++ (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+   WHERE {_SYSTEM} AND t.typtype IN ('e', 'd', 'r', 'm'))
++ (SELECT count(*) FROM pg_namespace n WHERE {_SYSTEM} AND n.nspname <> 'public')
++ (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
+"""
+
+# Drop what a restore would collide with and leave a fresh database's public schema,
+# with PostgreSQL 15's default privileges on it. A worker holding a lock makes this
+# fail after the lock timeout instead of waiting forever.
+_CLEAN_SQL = f"""
+DO $$
+DECLARE name text;
+BEGIN
+  FOR name IN SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' LOOP
+    EXECUTE format('DROP EXTENSION %I CASCADE', name);
+  END LOOP;
+  FOR name IN SELECT n.nspname FROM pg_namespace n WHERE {_SYSTEM} LOOP
+    EXECUTE format('DROP SCHEMA %I CASCADE', name);
+  END LOOP;
+END $$;
+CREATE SCHEMA public;
+GRANT USAGE ON SCHEMA public TO PUBLIC;
+"""
+_CLEAN_LOCK_TIMEOUT = "10s"
 
 
 def _tool(name: str) -> str:
@@ -114,11 +158,63 @@ def backup(database_url: str, output: Path) -> Path:
     return output
 
 
-def restore(database_url: str, source: Path) -> None:
-    """Restore into an existing (normally empty) database. A .sql.gz is decompressed
-    chunk by chunk into psql's standard input, which stops at the first error."""
+def _engine(database_url: str) -> Engine:
+    from db.engine import make_engine
+
+    return make_engine(database_url, null_pool=True, application_name="emotionviz-restore")
+
+
+def database_name(database_url: str) -> str:
+    return make_url(database_url).database or "postgres"
+
+
+def user_object_count(database_url: str) -> int:
+    """How many tables, sequences, functions, types, schemas and extensions the database
+    holds beyond what a freshly created one has (0: empty)."""
+    engine = _engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text(_USER_OBJECTS_SQL)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def clean(database_url: str) -> None:
+    """Drop every schema (public is recreated empty) and extension: the database is then
+    as empty as a new one. One transaction: on failure nothing is dropped."""
+    engine = _engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_CLEAN_LOCK_TIMEOUT}'")
+            conn.execute(text(_CLEAN_SQL))
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+            raise BackupError(
+                f"database {database_name(database_url)!r} is in use (a lock was held for "
+                f"{_CLEAN_LOCK_TIMEOUT}): stop the workers and the scheduler, then retry; "
+                "nothing was dropped"
+            ) from None
+        raise
+    finally:
+        engine.dispose()
+
+
+def restore(database_url: str, source: Path, *, clean_first: bool = False) -> None:
+    """Restore into an empty database; with ``clean_first``, empty it first (see
+    ``clean``). A database that holds objects is refused, before anything runs, rather
+    than half-restored into. A .sql.gz is decompressed chunk by chunk into psql's
+    standard input, which stops at the first error."""
     if not source.exists():
         raise BackupError(f"backup file not found: {source}")
+    if clean_first:
+        clean(database_url)
+    else:
+        found = user_object_count(database_url)
+        if found:
+            raise DatabaseNotEmptyError(
+                f"database {database_name(database_url)!r} is not empty ({found} objects): "
+                "restore into an empty database, or add --clean to replace its contents"
+            )
     args, env = _libpq_args(database_url)
     if not source.name.endswith(".sql.gz"):
         _run([_tool("pg_restore"), *args, "--no-owner", "--exit-on-error", str(source)], env)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import bcrypt
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
 from db import backup
 from db.readiness import schema_state
@@ -116,14 +121,122 @@ def test_backup_and_restore_stream_a_dump_larger_than_what_they_hold(
         restored.dispose()
 
 
-def test_a_failed_sql_restore_names_psql_and_its_error(
-    uow: UnitOfWork, db_url: str, tmp_path: Path
+def test_a_failed_sql_restore_names_psql_and_its_error(empty_db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "broken.sql.gz"
+    with gzip.open(path, "wb") as sink:
+        sink.write(b"CREATE TABLE fine (id int);\nSELECT no_such_function();\n")
+    with pytest.raises(backup.BackupError, match=r"^psql failed: .*no_such_function"):
+        backup.restore(empty_db_url, path)
+
+
+def test_restore_refuses_a_database_that_is_not_empty_and_runs_nothing(
+    uow: UnitOfWork, engine: Engine, db_url: str, tmp_path: Path
 ) -> None:
     seed_dev_data(uow)
-    path = backup.backup(db_url, tmp_path / "again.sql.gz")
-    # Into the database it came from: the first CREATE fails and psql stops there.
-    with pytest.raises(backup.BackupError, match=r"^psql failed: .*already exists"):
+    path = backup.backup(db_url, tmp_path / "again.dump")
+    before = _snapshot(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM emotion_entries"))
+    with pytest.raises(backup.DatabaseNotEmptyError, match=r"is not empty .*--clean"):
         backup.restore(db_url, path)
+    assert _snapshot(engine) != before  # nothing was restored over it
+
+
+def test_an_empty_database_counts_no_objects_a_migrated_one_does(
+    empty_db_url: str, db_url: str
+) -> None:
+    assert backup.user_object_count(empty_db_url) == 0
+    assert backup.user_object_count(db_url) > 10
+
+
+# --- the CLI, as an operator runs it --------------------------------------------------
+
+PLANTED_PASSWORD = "pw-planted-9c1e"
+
+
+def _with_password(url: str) -> str:
+    """The URL with a password (the test servers trust loopback, so any will do): the
+    output is then searched for it."""
+    parsed = make_url(url)
+    if parsed.password:
+        return url
+    return parsed.set(password=PLANTED_PASSWORD).render_as_string(hide_password=False)
+
+
+def _cli(args: list[str], url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.entrypoints.cli", *args],
+        env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(Path.cwd())},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,  # no terminal: nobody to confirm
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _one_clean_line(proc: subprocess.CompletedProcess[str], url: str) -> str:
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output and "CREATE FUNCTION" not in output, output
+    password = make_url(url).password
+    assert password and str(password) not in output, output
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("filename", ["live.dump", "live.sql.gz"])
+def test_cli_restore_into_a_live_database_refuses_in_one_line(
+    uow: UnitOfWork, engine: Engine, db_url: str, tmp_path: Path, filename: str
+) -> None:
+    seed_dev_data(uow)
+    path = backup.backup(db_url, tmp_path / filename)
+    url = _with_password(db_url)
+    proc = _cli(["restore", str(path)], url, tmp_path)
+    assert proc.returncode == 1
+    line = _one_clean_line(proc, url)
+    assert line.startswith("emotionviz restore: database ") and "not empty" in line, line
+    assert "--clean" in line
+
+
+def test_cli_restore_clean_without_a_terminal_or_yes_refuses_and_keeps_the_data(
+    uow: UnitOfWork, engine: Engine, db_url: str, tmp_path: Path
+) -> None:
+    seed_dev_data(uow)
+    path = backup.backup(db_url, tmp_path / "b.dump")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM emotion_entries WHERE intensity > 5"))
+    changed = _snapshot(engine)
+    url = _with_password(db_url)
+    proc = _cli(["restore", "--clean", str(path)], url, tmp_path)
+    assert proc.returncode == 2
+    assert "--yes" in _one_clean_line(proc, url)
+    assert _snapshot(engine) == changed
+
+
+@pytest.mark.parametrize("filename", ["replace.dump", "replace.sql.gz"])
+def test_cli_restore_clean_yes_replaces_the_database_with_the_backup(
+    uow: UnitOfWork, engine: Engine, db_url: str, tmp_path: Path, filename: str
+) -> None:
+    seed_dev_data(uow)
+    original = _snapshot(engine)
+    path = backup.backup(db_url, tmp_path / filename)
+    with engine.begin() as conn:  # the live database moves on after the backup
+        conn.execute(text("DELETE FROM emotion_entries WHERE intensity > 5"))
+        conn.execute(text("UPDATE users SET name = 'changed since the backup'"))
+        conn.exec_driver_sql("CREATE TABLE stray (id int)")
+    engine.dispose()  # the restore must not wait for this test's own idle connections
+    url = _with_password(db_url)
+    proc = _cli(["restore", "--clean", "--yes", str(path)], url, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "previous contents replaced" in proc.stdout
+    assert PLANTED_PASSWORD not in proc.stdout + proc.stderr
+    assert _snapshot(engine) == original
+    with engine.connect() as conn:
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        stray = conn.execute(text("SELECT to_regclass('stray')")).scalar_one()
+    assert (version,) == schema_state(db_url).head
+    assert stray is None
 
 
 def test_a_failed_backup_leaves_no_file(tmp_path: Path) -> None:

@@ -87,11 +87,30 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from db.backup import restore
+    from db.backup import BackupError, database_name, restore, user_object_count
     from workers.bootstrap import database_url
+    from workers.entrypoints.cli_contract import InputError
 
-    restore(database_url(settings), Path(args.input))
-    _out(f"restored from {args.input}")
+    url = database_url(settings)
+    source = Path(args.input)
+    if not source.exists():
+        raise BackupError(f"backup file not found: {source}")
+    # --clean on an empty database has nothing to replace: no question to ask.
+    clean_first = bool(args.clean) and user_object_count(url) > 0
+    if clean_first and not args.yes:
+        name = database_name(url)
+        if not sys.stdin.isatty():
+            raise InputError("--clean replaces the whole database: confirm with --yes")
+        sys.stderr.write(
+            f"This drops every table of database {name!r} and restores {source.name}.\n"
+            f"Type the database name to confirm: "
+        )
+        sys.stderr.flush()
+        if sys.stdin.readline().strip() != name:
+            raise BackupError("not confirmed: nothing was changed")
+    restore(url, source, clean_first=clean_first)
+    replaced = " (the previous contents replaced)" if clean_first else ""
+    _out(f"restored from {args.input}{replaced}")
     return 0
 
 
@@ -131,8 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("backup", cmd_backup, "pg_dump the database: FILE.dump (custom) or FILE.sql.gz")
     p.add_argument("output", help="target file; .sql.gz for gzipped SQL, else custom format")
 
-    p = add("restore", cmd_restore, "restore a .dump or .sql.gz backup into the database")
+    p = add("restore", cmd_restore, "restore a .dump or .sql.gz backup into an empty database")
     p.add_argument("input", help="backup file written by 'emotionviz backup'")
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="replace a non-empty database: drop everything in it first (asks to confirm)",
+    )
+    p.add_argument("--yes", action="store_true", help="with --clean: do not ask (for scripts)")
+    p.epilog = (
+        "Exit 0: restored. Exit 1: the operation failed, including a database that is not "
+        "empty (without --clean), one in use, or a declined confirmation. Exit 2: bad "
+        "input, including --clean with no terminal to confirm on and no --yes."
+    )
 
     from workers.entrypoints.commands import register_all
 

@@ -1,0 +1,169 @@
+"""Processes of the chaos run: `emotionviz worker` groups restarted by a supervisor loop
+(as systemd or compose would), the scheduler, and which process holds a socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def socket_owner(local_port: int, remote_port: int, candidates: list[int]) -> int | None:
+    """The pid among ``candidates`` holding the loopback TCP connection
+    local_port -> remote_port (Linux /proc)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if int(local.rsplit(":", 1)[1], 16) == local_port and (
+                int(remote.rsplit(":", 1)[1], 16) == remote_port
+            ):
+                inode = fields[9]
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in candidates:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if os.readlink(fd) == target:
+                        return pid
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None
+
+
+def client_ports(pids: list[int], remote_port: int) -> set[int]:
+    """Local ports of the loopback TCP connections these pids hold to ``remote_port``."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    link = os.readlink(fd)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class Supervised:
+    """One command kept running: started again whenever it exits, until stopped."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.argv, self.env, self.log = name, argv, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.exit_codes: list[int] = []
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.entrypoints.cli", *self.argv],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def check(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.exit_codes.append(int(self.proc.returncode))
+            self.restarts += 1
+            self.start()
+
+    def pids(self) -> list[int]:
+        """The parent and its worker processes (and their children)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        found, queue = [self.proc.pid], [self.proc.pid]
+        while queue:
+            more = children(queue.pop())
+            found += more
+            queue += more
+        return found
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+class Supervisor:
+    """Restarts any supervised command that exits, every half second, as
+    `Restart=always` does; a short pause first, as a restart policy would."""
+
+    def __init__(self, units: list[Supervised]) -> None:
+        self.units = units
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for unit in self.units:
+            unit.start()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            with self._lock:
+                for unit in self.units:
+                    unit.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with self._lock:
+            for unit in self.units:
+                unit.stop()
+
+    def worker_pids(self) -> list[int]:
+        """Worker processes only (the children that run jobs), of every group."""
+        found: list[int] = []
+        for unit in self.units:
+            if unit.name.startswith("worker") and unit.proc is not None:
+                found += children(unit.proc.pid)
+        return found
+
+    def all_pids(self) -> list[int]:
+        return [pid for unit in self.units for pid in unit.pids()]
