@@ -24,6 +24,7 @@ from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.logging import get_logger
 from workers.providers.factory import Providers
 from workers.services.imaging import check_image, thumbnail
+from workers.services.isolation import SuspectLock
 from workers.services.leases import LeaseKeeper
 from workers.services.media import MediaLifecycle, image_key, thumbnail_key
 
@@ -59,17 +60,29 @@ class VisualizationService:
         self.limits = limits
         self.leases = leases or LeaseKeeper(uow_factory, limits.lease_s)
         self.media = MediaLifecycle(uow_factory, providers.store)
+        self.suspects = SuspectLock()
 
     def process(self, message: EntryCreated) -> Outcome:
-        entry, claim = self._claim(message)
-        if claim is None:
-            return self._not_claimed(message.entry_id)
-        crashes = claim.claim_count - 1  # earlier claims of this row that never finished
-        if crashes >= self.limits.max_claims:
-            raise CrashLoopError(
-                f"the worker stopped {crashes} times while processing this entry; "
-                "'emotionviz replay' tries it again"
-            )
+        # Claimed under an ordinary share of the suspect lock: a suspect of this
+        # process runs alone (services/isolation.py).
+        with self.suspects.ordinary():
+            entry, claim = self._claim(message)
+            if claim is None:
+                return self._not_claimed(message.entry_id)
+            crashes = claim.claim_count - 1  # earlier claims of this row that never finished
+            if crashes >= self.limits.max_claims:
+                raise CrashLoopError(
+                    f"the worker stopped {crashes} times while processing this entry; "
+                    "'emotionviz replay' tries it again"
+                )
+            if crashes == 0:
+                return self._run(entry, claim)
+            self.leases.hold(claim)  # renewed while it waits for the jobs under way
+            log.warning("row held by a worker that died: processing it alone", crashes=crashes)
+            with self.suspects.alone(holding_ordinary=True):
+                return self._run(entry, claim)
+
+    def _run(self, entry: EntryRow, claim: ClaimedVisualization) -> Outcome:
         style = VisualizationStyle(claim.style)
         started = time.monotonic()
         self.leases.hold(claim)

@@ -1,0 +1,63 @@
+"""Suspects run alone, so a crash is blamed on the row that caused it.
+
+A row whose earlier claim never finished (its worker process died holding it) is a
+suspect: it may be the poison that kills processes. If it ran beside other jobs and
+killed the process again, every row the process held would be counted as a crash
+(``claim_count``), and innocent rows could reach ``MAX_CLAIMS`` beside a poison entry.
+So within a process, ordinary jobs share a lock and a suspect takes it exclusively:
+it waits for the jobs under way, new jobs wait for it (before they claim anything),
+and if it kills the process it is the only row held. Suspects are rare (only after a
+crash) and brief; ordinary jobs never wait for each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+
+class SuspectLock:
+    """A readers-writer lock that prefers the writer: ordinary jobs are readers, a
+    suspect is the writer."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def ordinary(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self, holding_ordinary: bool = False) -> Iterator[None]:
+        """Exclusive. ``holding_ordinary``: the caller holds an ordinary share it gives
+        up while it waits (it has just learned that its row is a suspect)."""
+        with self._cond:
+            self._writers_waiting += 1
+            if holding_ordinary:
+                self._readers -= 1
+                self._cond.notify_all()
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                if holding_ordinary:
+                    self._readers += 1  # given back to the caller's ordinary share
+                self._cond.notify_all()
