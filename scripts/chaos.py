@@ -133,7 +133,7 @@ class Chaos:
             "MEDIA_BASE_URL": "http://media.chaos/m",
             "LEASE_S": "10",
             "RECONCILE_GRACE_S": str(self.args.grace),
-            "SCHEDULE_RECONCILE": "* * * * *",
+            "RECONCILE_EVERY_S": "15",  # the deployed default
             "MIN_BACKOFF_MS": "200",
             "MAX_BACKOFF_MS": "2000",
             "REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"chaos {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {args.entries} entries over "
         f"{args.window:.0f} s, 2 worker groups x 1 process x {args.threads} threads, "
-        f"LEASE_S=10, RECONCILE_GRACE_S={args.grace}, reconcile every minute, seed {args.seed}",
+        f"LEASE_S=10, RECONCILE_GRACE_S={args.grace}, reconcile every 15 s, seed {args.seed}",
         flush=True,
     )
     try:

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     schedule_analytics_month: str = "45 0 1 * *"
     # Every minute: a crash or a broker flush heals within about two minutes, unattended.
     schedule_reconcile: str = "* * * * *"
+    # Every this many seconds instead (0: use SCHEDULE_RECONCILE): a crash heals about
+    # LEASE_S + RECONCILE_EVERY_S after it, well inside two minutes.
+    reconcile_every_s: int = Field(default=15, ge=0, le=3600)
     reconcile_grace_s: int = Field(default=300, ge=0)
     analytics_parallelism: int = Field(default=2, ge=1, le=32)
 

@@ -82,9 +82,12 @@ class EntryRepository:
     def ids_without_finished_visualization(
         self, limit: int = 1000, older_than_s: int = 0
     ) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """Entries whose visualization is missing or still pending, created more than
-        ``older_than_s`` ago (younger ones are probably still in the queue)."""
+        """Entries whose visualization is missing or still pending, untouched for more
+        than ``older_than_s`` (younger ones are probably still in the queue): the entry's
+        age when it has no row yet, else the row's last change (a replay, a released
+        lease), so a row just put back to pending is not published twice."""
         grace = text(f"interval '{int(older_than_s)} seconds'")
+        last_change = func.coalesce(Visualization.updated_at, EmotionEntry.created_at)
         stmt = (
             select(EmotionEntry.id, EmotionEntry.user_id)
             .outerjoin(Visualization, Visualization.entry_id == EmotionEntry.id)
@@ -93,6 +96,7 @@ class EntryRepository:
                 | (Visualization.status == VisualizationStatus.PENDING.value)
             )
             .where(EmotionEntry.created_at < func.now() - grace)
+            .where(last_change < func.now() - grace)
             .order_by(EmotionEntry.created_at)
             .limit(limit)
         )

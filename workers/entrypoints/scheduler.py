@@ -17,6 +17,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from domain.messages import AnalyticsRecompute, MaintenanceReconcile, Publisher
 from domain.periods import PeriodKind, period_containing
@@ -85,11 +86,21 @@ def default_jobs(settings: Settings, producer: Publisher) -> list[ScheduledJob]:
                     lambda k=kind: len([producer.publish(recompute_messages(k))]),  # type: ignore[misc]
                 )
             )
-    if settings.schedule_reconcile:
+    reconcile_trigger: BaseTrigger | None = None
+    if settings.reconcile_every_s:
+        # Anchored on the epoch, so every scheduler computes the same fire times.
+        reconcile_trigger = IntervalTrigger(
+            seconds=settings.reconcile_every_s,
+            start_date=datetime(2000, 1, 1, tzinfo=UTC),
+            timezone="UTC",
+        )
+    elif settings.schedule_reconcile:
+        reconcile_trigger = CronTrigger.from_crontab(settings.schedule_reconcile, timezone="UTC")
+    if reconcile_trigger is not None:
         jobs.append(
             ScheduledJob(
                 "reconcile",
-                CronTrigger.from_crontab(settings.schedule_reconcile, timezone="UTC"),
+                reconcile_trigger,
                 lambda: len([producer.publish(MaintenanceReconcile())]),
             )
         )
