@@ -21,10 +21,9 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def socket_owner(local_port: int, remote_port: int, candidates: list[int]) -> int | None:
-    """The pid among ``candidates`` holding the loopback TCP connection
-    local_port -> remote_port (Linux /proc)."""
-    inode = None
+def _tcp_connections() -> list[tuple[int, int, str]]:
+    """(local port, remote port, socket inode) of every TCP connection (Linux /proc)."""
+    found: list[tuple[int, int, str]] = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -32,52 +31,47 @@ def socket_owner(local_port: int, remote_port: int, candidates: list[int]) -> in
             continue
         for line in lines:
             fields = line.split()
-            local, remote = fields[1], fields[2]
-            if int(local.rsplit(":", 1)[1], 16) == local_port and (
-                int(remote.rsplit(":", 1)[1], 16) == remote_port
-            ):
-                inode = fields[9]
-    if inode is None:
-        return None
-    target = f"socket:[{inode}]"
-    for pid in candidates:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                try:
-                    if os.readlink(fd) == target:
-                        return pid
-                except OSError:
-                    continue
-        except OSError:
-            continue
-    return None
+            local = int(fields[1].rsplit(":", 1)[1], 16)
+            remote = int(fields[2].rsplit(":", 1)[1], 16)
+            found.append((local, remote, fields[9]))
+    return found
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets ``pid`` holds open."""
+    inodes: set[str] = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def socket_owner(local_port: int, remote_port: int, candidates: list[int]) -> int | None:
+    """The pid among ``candidates`` holding the loopback TCP connection
+    local_port -> remote_port."""
+    inodes = {
+        inode
+        for local, remote, inode in _tcp_connections()
+        if local == local_port and remote == remote_port
+    }
+    return next((pid for pid in candidates if _socket_inodes(pid) & inodes), None)
 
 
 def client_ports(pids: list[int], remote_port: int) -> set[int]:
     """Local ports of the loopback TCP connections these pids hold to ``remote_port``."""
-    inodes: set[str] = set()
-    for pid in pids:
-        try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                try:
-                    link = os.readlink(fd)
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-        except OSError:
-            continue
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+    inodes = set().union(*(_socket_inodes(pid) for pid in pids)) if pids else set()
+    return {
+        local
+        for local, remote, inode in _tcp_connections()
+        if remote == remote_port and inode in inodes
+    }
 
 
 class Supervised:

@@ -43,8 +43,16 @@ def test_a_dropped_connection_is_published_again() -> None:
     assert broker.calls == 3
 
 
-def test_a_broker_that_stays_down_gives_our_error() -> None:
+def _publish_failures() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("emotionviz_publish_failures_total") or 0.0
+
+
+def test_a_broker_that_stays_down_gives_our_error_and_is_counted() -> None:
     broker = FlakyBroker(failures=100)
+    before = _publish_failures()
     with pytest.raises(BrokerUnavailableError, match="after 4 attempts"):
         Producer(broker).publish(_message())  # type: ignore[arg-type]
     assert broker.calls == producer_module.PUBLISH_ATTEMPTS
+    assert _publish_failures() == before + 1

@@ -21,7 +21,7 @@ from domain.failures import failure_class
 from domain.messages import QUEUES, AnalyticsRecompute
 from workers import bootstrap
 from workers.console.charts import outcome_charts
-from workers.entrypoints.commands.jobs import entry_life, session_life
+from workers.entrypoints.commands.jobs import entry_life, read_entry, read_session, session_life
 from workers.entrypoints.commands.status import collect_status
 from workers.logging import scrub
 from workers.messaging.dead_letters import DeadLetter, DeadLetters
@@ -195,14 +195,10 @@ def find_job(ident: uuid.UUID) -> str | None:
 
 def entry_job(settings: Settings, entry_id: uuid.UUID) -> dict[str, Any] | None:
     try:
-        life = entry_life(settings, entry_id)
+        entry, row = read_entry(entry_id)
     except NotFoundError:
         return None
-    with bootstrap.unit_of_work() as uow:
-        entry = uow.entries.get(entry_id)
-        row = uow.visualizations.get_by_entry(entry_id)
-    if entry is None:  # deleted between the two reads
-        return None
+    life = entry_life(settings, entry_id, (entry, row))
     return {
         "life": life,
         "entry": entry.snapshot,
@@ -216,15 +212,15 @@ def entry_job(settings: Settings, entry_id: uuid.UUID) -> dict[str, Any] | None:
 
 def session_job(settings: Settings, session_id: uuid.UUID) -> dict[str, Any] | None:
     try:
-        life = session_life(settings, session_id)
+        session = read_session(session_id)
     except NotFoundError:
         return None
+    life = session_life(settings, session_id, session)
     with bootstrap.unit_of_work() as uow:
-        session = uow.intake.get(session_id)
         entry_id = uow.console.entry_of_session(session_id)
     return {
         "life": life,
-        "situation": session.initial_situation if session else "",
+        "situation": session.initial_situation,
         "entry_id": entry_id,
     }
 

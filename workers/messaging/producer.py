@@ -29,6 +29,7 @@ from domain.errors import BrokerUnavailableError
 from domain.messages import MessageV1
 from workers.logging import get_logger
 from workers.messaging.redis_keys import queue_keys
+from workers.observability import metrics
 
 PIPELINE_BATCH = 500
 T = TypeVar("T")
@@ -88,6 +89,7 @@ def _retrying(what: str) -> Callable[[Callable[[], T]], T]:
                 with attempt:
                     return call()
         except BROKER_ERRORS as exc:
+            metrics.count_publish_failure()
             raise BrokerUnavailableError(
                 f"the broker did not take the {what} after {PUBLISH_ATTEMPTS} attempts: {exc}"
             ) from exc

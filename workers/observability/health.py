@@ -31,19 +31,21 @@ STALE_AFTER_S = 20.0
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def _port_dir(port: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"emotionviz-metrics-{port}"
+
+
 def metrics_dir(port: int) -> Path:
     """The directory every process of one ``emotionviz worker`` shares (metrics files
     and health reports): set by the worker command, else derived from the port."""
     configured = os.environ.get(MULTIPROC_ENV)
-    if configured:
-        return Path(configured)
-    return Path(tempfile.gettempdir()) / f"emotionviz-metrics-{port}"
+    return Path(configured) if configured else _port_dir(port)
 
 
 def prepare_metrics_dir(port: int, env: dict[str, str]) -> Path:
     """A fresh, empty directory for a worker about to start (old processes' counters
     and health reports would lie), exported to the processes through ``env``."""
-    path = Path(tempfile.gettempdir()) / f"emotionviz-metrics-{port}"
+    path = _port_dir(port)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     env[MULTIPROC_ENV] = str(path)

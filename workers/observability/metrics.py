@@ -63,6 +63,11 @@ def _metrics() -> dict[str, Any]:
             "Messages whose processing ended, by result (ok, retry, failed)",
             ["queue", "actor", "result"],
         ),
+        "unpublished": Counter(
+            "emotionviz_publish_failures_total",
+            "Publishes the broker still refused after the producer's retries (the work "
+            "stays in the database; the reconciler publishes it again)",
+        ),
         "reconciled": Counter(
             "emotionviz_reconciler_republished_total",
             "Messages the reconciler published again, by kind of lost work",
@@ -98,6 +103,10 @@ def count_dead_letter(queue: str, actor: str) -> None:
 
 def count_processed(queue: str, actor: str, result: str) -> None:
     _safely(lambda: _metrics()["processed"].labels(queue, actor, result).inc())
+
+
+def count_publish_failure() -> None:
+    _safely(lambda: _metrics()["unpublished"].inc())
 
 
 def count_reconciled(kind: str, number: int) -> None:

@@ -17,28 +17,28 @@ from workers.observability.readiness import Check, run_checks
 from workers.settings import Settings
 
 
-def check_console(settings: Settings, timeout_s: float) -> Check:
-    """The console of this container answers its /healthz (it needs no database)."""
-    url = f"http://127.0.0.1:{settings.console_port}/healthz"
+def _answers(name: str, port: int, timeout_s: float, dead: str) -> Check:
+    """This machine's own server on ``port``: its /healthz answers 200."""
+    url = f"http://127.0.0.1:{port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return Check("console", True, f"answers ({response.status})")
+            return Check(name, True, f"/healthz answered {response.status}")
+    except urllib.error.HTTPError as exc:
+        return Check(name, False, f"/healthz answered {exc.code}: {dead}")
     except (urllib.error.URLError, OSError) as exc:
-        return Check("console", False, f"no answer on port {settings.console_port}: {exc}")
+        return Check(name, False, f"no /healthz on port {port}: {exc}")
+
+
+def check_console(settings: Settings, timeout_s: float) -> Check:
+    """The console of this container (it needs no database to answer)."""
+    return _answers("console", settings.console_port, timeout_s, "the console is unwell")
 
 
 def check_worker(settings: Settings, timeout_s: float) -> Check:
-    """The worker of this container, through its own /healthz."""
+    """The worker of this container: every consumer and worker thread alive."""
     if not settings.metrics_port:
         return Check("worker", False, "METRICS_PORT is 0: the worker serves no /healthz")
-    url = f"http://127.0.0.1:{settings.metrics_port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return Check("worker", True, f"threads alive ({response.status})")
-    except urllib.error.HTTPError as exc:
-        return Check("worker", False, f"/healthz answered {exc.code}: a worker thread died")
-    except (urllib.error.URLError, OSError) as exc:
-        return Check("worker", False, f"no /healthz on port {settings.metrics_port}: {exc}")
+    return _answers("worker", settings.metrics_port, timeout_s, "a worker thread died")
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from db.repositories import EntryRow, IntakeSessionRow, VisualizationRow
 from domain.errors import NotFoundError
 from domain.failures import failure_class
 from domain.intake import next_step, parse_history
@@ -99,12 +100,30 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 # --- job: one job's life ------------------------------------------------------------
 
 
-def entry_life(settings: Settings, entry_id: uuid.UUID) -> dict[str, Any]:
+def read_entry(entry_id: uuid.UUID) -> tuple[EntryRow, VisualizationRow | None]:
+    """An entry and its visualization row, in one read (NotFoundError if no entry)."""
     with bootstrap.unit_of_work() as uow:
         entry = uow.entries.get(entry_id)
         if entry is None:
             raise NotFoundError(f"entry {entry_id} does not exist")
-        row = uow.visualizations.get_by_entry(entry_id)
+        return entry, uow.visualizations.get_by_entry(entry_id)
+
+
+def read_session(session_id: uuid.UUID) -> IntakeSessionRow:
+    with bootstrap.unit_of_work() as uow:
+        session = uow.intake.get(session_id)
+    if session is None:
+        raise NotFoundError(f"intake session {session_id} does not exist")
+    return session
+
+
+def entry_life(
+    settings: Settings,
+    entry_id: uuid.UUID,
+    rows: tuple[EntryRow, VisualizationRow | None] | None = None,
+) -> dict[str, Any]:
+    """One entry's life; ``rows`` when the caller has read them already."""
+    entry, row = rows or read_entry(entry_id)
     life: dict[str, Any] = {"entry_id": str(entry_id), "user_id": str(entry.user_id)}
     if row is None:
         life["visualization"] = None
@@ -124,11 +143,11 @@ def entry_life(settings: Settings, entry_id: uuid.UUID) -> dict[str, Any]:
     return life
 
 
-def session_life(settings: Settings, session_id: uuid.UUID) -> dict[str, Any]:
-    with bootstrap.unit_of_work() as uow:
-        session = uow.intake.get(session_id)
-        if session is None:
-            raise NotFoundError(f"intake session {session_id} does not exist")
+def session_life(
+    settings: Settings, session_id: uuid.UUID, session: IntakeSessionRow | None = None
+) -> dict[str, Any]:
+    """One intake session's life; ``session`` when the caller has read it already."""
+    session = session or read_session(session_id)
     history = parse_history(session.conversation_history)
     context = session.ai_context or {}
     life: dict[str, Any] = {
