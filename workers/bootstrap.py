@@ -8,6 +8,7 @@ in the product looks a dependency up; services receive theirs from here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from db import embedded
 from db.engine import Database
 from db.engine import redact_url as redact_url  # for logs; callers use bootstrap's
 from db.uow import UnitOfWork
-from domain.messages import QUEUES
+from domain.messages import QUEUES, MessageV1
 from workers.logging import configure_logging, register_secret
 from workers.messaging.broker import build_broker
 from workers.messaging.broker_state import BrokerState, read_broker_state
@@ -87,7 +88,19 @@ def warm_pool() -> None:
 
 
 def unit_of_work() -> UnitOfWork:
-    return database().unit_of_work(producer())
+    return database().unit_of_work(_LazyPublisher())
+
+
+class _LazyPublisher:
+    """The producer, built when a unit of work first publishes: a command that only
+    reads or writes the database (migrate, seed, an inline recompute) never connects to
+    the broker, nor starts the embedded Redis."""
+
+    def publish(self, message: MessageV1, *, delay_ms: int | None = None) -> str:
+        return producer().publish(message, delay_ms=delay_ms)
+
+    def publish_many(self, messages: Sequence[MessageV1]) -> list[str]:
+        return producer().publish_many(messages)
 
 
 # --- messaging -----------------------------------------------------------------------

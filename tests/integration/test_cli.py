@@ -51,6 +51,7 @@ def test_migrate_check_and_seed_via_cli(db_url: str, tmp_path: Path) -> None:
     second = _run(["seed"], env, tmp_path)
     assert "3 users and 32 entries created" in first.stdout, first.stderr
     assert "0 users and 0 entries created" in second.stdout
+    assert not (tmp_path / ".data" / "redis").exists()  # no broker needed: none started
     assert (
         "postgresql" not in first.stderr.lower() or "***" in first.stderr or "@" not in first.stderr
     )
