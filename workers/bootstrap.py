@@ -25,6 +25,7 @@ from workers.messaging.broker import build_broker
 from workers.messaging.broker_state import BrokerState, read_broker_state
 from workers.messaging.counters import Counters
 from workers.messaging.producer import Producer
+from workers.messaging.redis_clients import pooled_client
 from workers.providers.factory import Providers, build_providers
 from workers.providers.storage import LocalImageStore
 from workers.services.intake import IntakeService
@@ -119,8 +120,10 @@ def producer() -> Producer:
 
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis:
-    """A client for our own Redis reads and writes (counters, status, dead letters)."""
-    return redis.Redis.from_url(redis_url())
+    """The process's client for our own Redis reads and writes (rate gates, counters,
+    status, dead letters), on a blocking pool of REDIS_MAX_CONNECTIONS."""
+    settings = get_settings()
+    return pooled_client(redis_url(settings), settings.redis_max_connections)
 
 
 def rabbitmq_url(settings: Settings | None = None) -> str | None:
@@ -152,7 +155,7 @@ def counters() -> Counters:
 @lru_cache(maxsize=1)
 def providers() -> Providers:
     settings = get_settings()
-    return build_providers(settings, redis_url(settings))
+    return build_providers(settings, redis_client())
 
 
 @lru_cache(maxsize=1)

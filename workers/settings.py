@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     redis_namespace: str = Field(default="emotionviz", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     data_dir: Path = Path(".data")
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    redis_max_connections: int = Field(default=64, ge=2, le=10_000)
 
     # Model providers.
     provider: ProviderChoice = "auto"

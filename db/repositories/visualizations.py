@@ -15,12 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import Table, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from db.models import Visualization
-from domain.vocabulary import VisualizationStatus
+from db.repositories.entries import EntryRow
+from domain.analysis import EntrySnapshot
+from domain.vocabulary import VisualizationStatus, VisualizationStyle
+
+DEFAULT_STYLE = VisualizationStyle.ABSTRACT.value  # the column's default
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,44 @@ def _seconds(value: int) -> Any:
     return text(f"interval '{int(value)} seconds'")
 
 
+# The hot path's claim in one round trip: read the entry, create the row if upstream
+# did not, and take the lease (on a new row, a pending one, or one whose lease ran out).
+# The entry comes back even when the claim does not (a duplicate, a held lease), so the
+# caller can tell "missing", "someone else's" and "not claimable" apart.
+_CLAIM_ENTRY = text(
+    """
+WITH entry AS (
+    SELECT id, user_id, situation, emotions, intensity, notes, created_at
+    FROM emotion_entries WHERE id = :entry_id
+), claimed AS (
+    INSERT INTO visualizations AS v
+        (entry_id, user_id, style, status, processing_started_at, lease_expires_at,
+         claim_count)
+    SELECT id, user_id, :style, 'processing', clock_timestamp(),
+           clock_timestamp() + make_interval(secs => :lease_s), 1
+    FROM entry WHERE user_id = :user_id
+    ON CONFLICT (entry_id) DO UPDATE
+        SET status = 'processing',
+            processing_started_at = clock_timestamp(),
+            lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
+            claim_count = v.claim_count + 1
+        WHERE v.status = 'pending'
+           OR (v.status = 'processing'
+               AND coalesce(v.lease_expires_at, v.processing_started_at) < now())
+    RETURNING v.id, v.processing_started_at, v.style, v.gemini_analysis, v.image_url,
+              v.claim_count
+)
+SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created_at,
+       c.id, c.processing_started_at, c.style, c.gemini_analysis, c.image_url, c.claim_count
+FROM entry e LEFT JOIN claimed c ON true
+"""
+)
+
+# Core (not ORM-enabled) statements on the table: the ORM's bulk-update machinery cost
+# more CPU than the statement itself on the per-entry path.
+_TABLE: Table = Visualization.__table__  # type: ignore[assignment]
+
+
 class VisualizationRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -92,6 +134,38 @@ class VisualizationRepository:
             .on_conflict_do_nothing(index_elements=["entry_id"])
         )
         self.session.execute(stmt)
+
+    def claim_entry(
+        self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None, lease_s: int
+    ) -> tuple[EntryRow | None, ClaimedVisualization | None]:
+        """The entry, and the lease on its visualization if it could be taken (the row
+        is created first if missing, with ``style`` or the default). A row is only
+        created or claimed for ``user_id``'s own entry."""
+        row = self.session.execute(
+            _CLAIM_ENTRY,
+            {
+                "entry_id": entry_id,
+                "user_id": user_id,
+                "style": style or DEFAULT_STYLE,
+                "lease_s": lease_s,
+            },
+        ).one_or_none()
+        if row is None:
+            return None, None
+        entry = EntryRow(
+            snapshot=EntrySnapshot(
+                entry_id=str(row[0]),
+                situation=row[2],
+                emotions=tuple(row[3]),
+                intensity=row[4],
+                notes=row[5],
+            ),
+            user_id=row[1],
+            created_at=row[6],
+        )
+        if row[7] is None:
+            return entry, None
+        return entry, ClaimedVisualization(row[7], row[8], row[9], row[10], row[11], row[12])
 
     def get_by_entry(self, entry_id: uuid.UUID) -> VisualizationRow | None:
         row = self.session.scalar(select(Visualization).where(Visualization.entry_id == entry_id))
@@ -151,12 +225,12 @@ class VisualizationRepository:
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _held(self, claim: ClaimedVisualization) -> Any:
-        v = Visualization
+        c = _TABLE.c
         return (
-            update(v)
-            .where(v.id == claim.id)
-            .where(v.status == VisualizationStatus.PROCESSING.value)
-            .where(v.processing_started_at == claim.lease)
+            update(_TABLE)
+            .where(c.id == claim.id)
+            .where(c.status == VisualizationStatus.PROCESSING.value)
+            .where(c.processing_started_at == claim.lease)
         )
 
     def save_analysis(
@@ -193,7 +267,10 @@ class VisualizationRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def complete(self, claim: ClaimedVisualization) -> bool:
+    def complete(self, claim: ClaimedVisualization, **image: Any) -> bool:
+        """Mark completed (with the picture's ``image_url``, ``thumbnail_url`` and
+        ``nanobanana_response`` when given: the last step and the completion in one
+        write)."""
         result = self.session.execute(
             self._held(claim).values(
                 status=VisualizationStatus.COMPLETED.value,
@@ -201,6 +278,7 @@ class VisualizationRepository:
                 lease_expires_at=None,
                 claim_count=0,
                 error_message=None,
+                **image,
             )
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -103,19 +103,32 @@ def status_counts(db_url: str) -> dict[str, int]:
         )
 
 
+_GEVENT_DRAMATIQ = (
+    "from gevent import monkey; monkey.patch_all(); "
+    "import sys; from dramatiq.__main__ import main; sys.exit(main())"
+)
+
+
 class Workers:
     """``processes`` x ``threads`` Dramatiq worker processes, as `emotionviz worker` runs them."""
 
     def __init__(
-        self, env: dict[str, str], processes: int, threads: int, queues: list[str]
+        self,
+        env: dict[str, str],
+        processes: int,
+        threads: int,
+        queues: list[str],
+        *,
+        gevent: bool = False,
     ) -> None:
         self.env, self.processes = env, processes
         self.log = (OUT / f"worker-{uuid.uuid4().hex[:6]}.log").open("wb")
+        # Dramatiq's gevent worker is its CLI after gevent's monkey-patching.
+        launcher = ["-c", _GEVENT_DRAMATIQ] if gevent else ["-m", "dramatiq"]
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "dramatiq",
+                *launcher,
                 "workers.entrypoints.worker",
                 "noop_actors",
                 "--path",

@@ -70,6 +70,15 @@ class FakeVisualizations:
         row = next(r for r in self.db.rows.values() if r.id == claim.id)
         return row if row.status == "processing" and row.lease == claim.lease else None
 
+    def claim_entry(
+        self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None, lease_s: int
+    ) -> tuple[EntryRow | None, ClaimedVisualization | None]:
+        entry = self.db.entries.get(entry_id)
+        if entry is None or entry.user_id != user_id:
+            return entry, None
+        self.ensure_row(entry_id, user_id, style)
+        return entry, self.claim(entry_id, lease_s)
+
     def save_analysis(self, claim: ClaimedVisualization, **values: Any) -> bool:
         row = self._held(claim)
         if row is not None:
@@ -82,10 +91,12 @@ class FakeVisualizations:
             self.pending.append(lambda: setattr(row, "image_url", values["image_url"]))
         return row is not None
 
-    def complete(self, claim: ClaimedVisualization) -> bool:
+    def complete(self, claim: ClaimedVisualization, **image: Any) -> bool:
         row = self._held(claim)
         if row is not None:
             self.pending.append(lambda: setattr(row, "status", "completed"))
+            if "image_url" in image:
+                self.pending.append(lambda: setattr(row, "image_url", image["image_url"]))
         return row is not None
 
     def release(self, claim: ClaimedVisualization, reason: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 from dramatiq.rate_limits.backends import RedisBackend
 
 from domain.errors import ConfigurationError
@@ -24,9 +25,9 @@ class Providers:
     intake: IntakeProvider
 
 
-def build_providers(settings: Settings, redis_url: str) -> Providers:
+def build_providers(settings: Settings, redis_client: redis.Redis) -> Providers:
     """The configured providers, each counting its failures by class (metrics)."""
-    built = _build(settings, redis_url)
+    built = _build(settings, redis_client)
     local = settings.resolved_provider() == "local"
     analysis_model = "local" if local else settings.analysis_model
     image_model = "local" if local else settings.image_model
@@ -38,7 +39,7 @@ def build_providers(settings: Settings, redis_url: str) -> Providers:
     )
 
 
-def _build(settings: Settings, redis_url: str) -> Providers:
+def _build(settings: Settings, redis_client: redis.Redis) -> Providers:
     store = LocalImageStore(settings.media_dir, settings.media_base_url)
     if settings.resolved_provider() == "local":
         return Providers(
@@ -50,7 +51,7 @@ def _build(settings: Settings, redis_url: str) -> Providers:
 
     if settings.gemini_api_key is None:
         raise ConfigurationError("PROVIDER=gemini needs GEMINI_API_KEY")
-    backend = RedisBackend(url=redis_url)
+    backend = RedisBackend(client=redis_client)
     slot_ttl_ms = int(settings.request_timeout_s * 1000 * 3)
     prefix = f"{settings.redis_namespace}:ratelimit"
     analysis_gate = RateGate(
@@ -74,6 +75,7 @@ def _build(settings: Settings, redis_url: str) -> Providers:
         base_url=settings.gemini_base_url,
         api_version=settings.gemini_api_version,
         timeout_s=settings.request_timeout_s,
+        max_connections=settings.worker_threads,
     )
     return Providers(
         GeminiAnalysisProvider(client, settings.analysis_model, analysis_gate),

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -165,8 +166,19 @@ class GeminiClient:
         base_url: str | None,
         api_version: str,
         timeout_s: float,
+        max_connections: int,
     ) -> None:
-        options = types.HttpOptions(api_version=api_version, timeout=int(timeout_s * 1000))
+        # The HTTP library's default pool (100 connections, only 20 kept alive) capped
+        # the calls in flight and re-opened a connection for most calls past 20: one
+        # kept-alive connection per worker thread instead.
+        limits = httpx2.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        options = types.HttpOptions(
+            api_version=api_version,
+            timeout=int(timeout_s * 1000),
+            client_args={"limits": limits},
+        )
         if base_url:
             options.base_url = base_url
         self._client = genai.Client(api_key=api_key, http_options=options)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from db.repositories import ClaimedVisualization, EntryRow
 from db.uow import UnitOfWork
@@ -90,10 +91,10 @@ class VisualizationService:
             analysis = self._analysis_step(entry, claim, style)
             if analysis is None:
                 return Outcome.LEASE_LOST
-            if claim.image_url is None and not self._image_step(entry, claim, analysis, style):
-                return Outcome.LEASE_LOST
+            # The picture is saved with the completion, in one write.
+            picture = {} if claim.image_url else self._image_step(entry, claim, analysis, style)
             with self.uow_factory() as uow:
-                if not uow.visualizations.complete(claim):
+                if not uow.visualizations.complete(claim, **picture):
                     return Outcome.LEASE_LOST
                 uow.analytics.refresh_for_entry(entry.user_id, entry.created_at, removed=False)
                 uow.commit()
@@ -109,19 +110,20 @@ class VisualizationService:
 
     def _claim(self, message: EntryCreated) -> tuple[EntryRow, ClaimedVisualization | None]:
         with self.uow_factory() as uow:
-            entry = require_owned(
-                uow.entries.get(message.entry_id), "entry", message.entry_id, message.user_id
+            found, claim = uow.visualizations.claim_entry(
+                message.entry_id,
+                message.user_id,
+                message.style.value if message.style else None,
+                self.limits.lease_s,
             )
-            style = message.style.value if message.style else None
-            uow.visualizations.ensure_row(message.entry_id, message.user_id, style)
-            claim = uow.visualizations.claim(message.entry_id, self.limits.lease_s)
+            entry = require_owned(found, "entry", message.entry_id, message.user_id)
             uow.commit()
         return entry, claim
 
     def _not_claimed(self, entry_id: uuid.UUID) -> Outcome:
         with self.uow_factory() as uow:
             row = uow.visualizations.get_by_entry(entry_id)
-        assert row is not None  # ensure_row just made sure it exists
+        assert row is not None  # the claim made sure it exists
         status, error = row.status, row.error_message
         if status == VisualizationStatus.COMPLETED:
             log.info("duplicate message: visualization already completed")
@@ -160,7 +162,8 @@ class VisualizationService:
         claim: ClaimedVisualization,
         analysis: Analysis,
         style: VisualizationStyle,
-    ) -> bool:
+    ) -> dict[str, Any]:
+        """Draw, check and store the picture and its thumbnail; the columns to save."""
         drawn = self.providers.images.draw(entry.snapshot, analysis, style)
         image = check_image(
             drawn.data,
@@ -180,12 +183,7 @@ class VisualizationService:
             "bytes": len(image.data),
             "mime_type": image.mime_type,
         }
-        with self.uow_factory() as uow:
-            saved = uow.visualizations.save_image(
-                claim, image_url=image_url, thumbnail_url=thumb_url, raw=raw
-            )
-            uow.commit()
-        return saved
+        return {"image_url": image_url, "thumbnail_url": thumb_url, "nanobanana_response": raw}
 
     def _release(self, claim: ClaimedVisualization, exc: BaseException) -> None:
         try:

@@ -1,0 +1,178 @@
+"""Calls in flight on one machine (issue 14, deliverable 1). Prints figures measured in
+one run; it asserts nothing.
+
+1,024 entries through the gemini provider (google-genai SDK) against the emulator at
+analysis 2 s + image 8 s, with 512 calls in flight (``processes`` x ``WORKER_THREADS``):
+the ideal is ceil(1024 / 512) x 10 s = 20 s; the figure is wall / ideal (target <= 1.2,
+moonshot <= 1.05). Also: worker RSS per call in flight (peak RSS during the run over the
+calls in flight, and the growth over the idle RSS), and the CPU seconds per entry of the
+workers, the emulator, PostgreSQL and Redis, sampled from /proc.
+
+Each ``--model`` is a separate run in this invocation, so their figures compare:
+  threads  Dramatiq's worker threads (the default; WORKER_THREADS per process)
+  gevent   Dramatiq's gevent worker (``dramatiq-gevent``; needs the gevent package)
+
+Usage: .venv/bin/python scripts/bench_scale.py [--in-flight 512] [--entries 1024]
+       [--processes 2] [--models threads] [--analysis-s 2] [--image-s 8]
+Uses DATABASE_URL / REDIS_URL when set, else the embedded servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
+
+import psutil
+from common import (
+    OUT,
+    Emulator,
+    Workers,
+    base_env,
+    bench_database,
+    entry_ids,
+    make_entries,
+    publish_raw,
+    status_counts,
+    wait_drained,
+)
+
+
+@dataclass
+class Sampler:
+    """Peak RSS of the workers and CPU seconds of each group of processes, sampled."""
+
+    workers: Workers
+    groups: dict[str, list[psutil.Process]]
+    peak_rss_mb: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _cpu0: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._cpu0 = {name: _cpu(procs) for name, procs in self.groups.items()}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak_rss_mb = max(self.peak_rss_mb, self.workers.children_rss_mb())
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {name: _cpu(procs) - self._cpu0[name] for name, procs in self.groups.items()}
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def _server_processes(name: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if name in (proc.info["name"] or "") or name in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def run(args: argparse.Namespace, db_url: str, model: str) -> None:
+    count, in_flight = args.entries, args.in_flight
+    per_entry = args.analysis_s + args.image_s
+    ideal = math.ceil(count / in_flight) * per_entry
+    threads = in_flight // args.processes
+    emulator = Emulator(args.analysis_s, args.image_s)
+    env = {
+        **base_env(db_url, f"bench-scale-{model}-{os.getpid()}"),
+        "PROVIDER": "gemini",
+        "GEMINI_API_KEY": "bench-key",
+        "GEMINI_BASE_URL": emulator.url,
+        "ANALYSIS_MAX_CONCURRENT": str(in_flight),
+        "IMAGE_MAX_CONCURRENT": str(in_flight),
+        "WORKER_THREADS": str(threads),
+    }
+    make_entries(db_url, count)
+    ids = entry_ids(db_url)
+    workers = Workers(env, args.processes, threads, ["visualizations"], gevent=model == "gevent")
+    try:
+        idle_rss = workers.children_rss_mb()
+        sampler = Sampler(
+            workers,
+            {
+                "workers": psutil.Process(workers.proc.pid).children(recursive=True),
+                "emulator": [psutil.Process(emulator.proc.pid)],
+                "postgres": _server_processes("postgres"),
+                "redis": _server_processes("redis-server"),
+            },
+        )
+        started = time.perf_counter()
+        publish_raw(
+            env["REDIS_URL"],
+            env["REDIS_NAMESPACE"],
+            "visualizations",
+            "entry.created",
+            [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids],
+        )
+        wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations")
+        elapsed = time.perf_counter() - started
+        cpu = sampler.stop()
+    finally:
+        workers.stop()
+        emulator.stop()
+    counts = status_counts(db_url)
+    done = counts.get("completed", 0)
+    peak = sampler.peak_rss_mb
+    print(
+        f"\n{model}: {args.processes} processes x {threads} = {in_flight} in flight, "
+        f"{count} entries, analysis {args.analysis_s:g} s + image {args.image_s:g} s"
+    )
+    print(
+        f"    wall {elapsed:.2f} s, ideal {ideal:.1f} s, ratio {elapsed / ideal:.3f} "
+        f"(target <= 1.2, moonshot <= 1.05); completed {done}/{count} {counts}"
+    )
+    print(
+        f"    worker RSS idle {idle_rss:.0f} MB, peak {peak:.0f} MB: "
+        f"{peak * 1024 / in_flight:.0f} KB per call in flight "
+        f"({(peak - idle_rss) * 1024 / in_flight:.0f} KB over idle)"
+    )
+    cpu_line = ", ".join(f"{k} {v:.1f} s ({v * 1000 / count:.1f} ms/entry)" for k, v in cpu.items())
+    print(f"    CPU {cpu_line}; total {sum(cpu.values()) / elapsed:.2f} cores busy")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--entries", type=int, default=1024)
+    parser.add_argument("--in-flight", type=int, default=512)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--analysis-s", type=float, default=2.0)
+    parser.add_argument("--image-s", type=float, default=8.0)
+    parser.add_argument("--models", nargs="+", choices=["threads", "gevent"], default=["threads"])
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    with bench_database() as db_url:
+        for model in args.models:
+            run(args, db_url, model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
