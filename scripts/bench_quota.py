@@ -176,7 +176,7 @@ def run_limiter(args: argparse.Namespace, db_url: str, limiter: str) -> dict[str
         figures = stats(servers[0].url, t0, end)
         arrivals = image_arrivals(state)
     pairs = zip(arrivals, arrivals[quota:], strict=False)
-    slack = min((b - a - 60 for a, b in pairs), default=None)
+    slack = min(((b - a - 60, b - t0) for a, b in pairs), default=None)
     return {"limiter": limiter, "figures": figures, "slack": slack, "db": status_counts(db_url)}
 
 
@@ -186,11 +186,13 @@ def report(result: dict[str, Any], quota: int, minutes: int) -> tuple[float, flo
     refused = image.get("rate_limited", 0)
     used = accepted / (quota * minutes)
     share = refused / calls if calls else 0.0
-    slack = result["slack"]
+    slack = "n/a"
+    if result["slack"] is not None:
+        seconds, at = result["slack"]
+        slack = f"{seconds * 1000:+.1f} ms (at t0 + {at:.1f} s)"
     print(
         f"  {result['limiter']:9s} quota used {accepted}/{quota * minutes} = {used * 100:6.2f} %"
-        f"   429 share {refused}/{calls} = {share * 100:5.2f} %"
-        f"   slack {'n/a' if slack is None else f'{slack * 1000:+.1f} ms'}"
+        f"   429 share {refused}/{calls} = {share * 100:5.2f} %   slack {slack}"
     )
     for label, kinds in result["figures"]["listeners"].items():
         g = kinds.get("image", {})
@@ -273,7 +275,7 @@ def main() -> int:
         f"image quota Q = {args.quota}/min, {args.minutes} min measured; latency analysis "
         f"{args.analysis_latency:g} s, image {args.image_latency:g} s; 2 groups x "
         f"{args.processes} processes x {args.threads} threads; exact limiter window "
-        f"60 s + {margin:g} s margin (long-run ceiling {60 / (60 + margin) * 100:.2f} %)"
+        f"60 s + {margin:g} s margin (costs <= {margin / (60 + margin) * 100:.2f} % of the quota)"
     )
     if args.micro:
         micro(bootstrap.redis_url(get_settings()), args.micro)

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # held this much longer than 60 s so that jitter never makes us early (cost:
     # margin / (60 + margin) of the quota). "dramatiq" selects the previous limiter
     # (Dramatiq's, for comparison benchmarks).
-    rate_limit_margin_s: float = Field(default=0.25, ge=0, le=60)
+    rate_limit_margin_s: float = Field(default=0.5, ge=0, le=60)
     rate_limiter: Literal["exact", "dramatiq"] = "exact"
 
     # Media.
