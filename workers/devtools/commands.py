@@ -19,6 +19,8 @@ def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
         latency_analysis_s=args.analysis_latency,
         latency_image_s=args.image_latency,
         quota_per_minute=args.quota,
+        quota_image_per_minute=args.image_quota,
+        quota_analysis_per_minute=args.analysis_quota,
     )
     server = EmulatorServer((args.host, args.port), state)
     sys.stdout.write(
@@ -57,7 +59,18 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--api-key", default="emulator-key")
     p.add_argument("--analysis-latency", type=float, default=0.0, metavar="S")
     p.add_argument("--image-latency", type=float, default=0.0, metavar="S")
-    p.add_argument("--quota", type=int, default=0, help="requests per minute; 0 = unlimited")
+    p.add_argument(
+        "--quota", type=int, default=0, help="requests per minute, all calls; 0 = unlimited"
+    )
+    p.add_argument(
+        "--image-quota", type=int, default=0, help="image requests per minute; 0 = unlimited"
+    )
+    p.add_argument(
+        "--analysis-quota",
+        type=int,
+        default=0,
+        help="analysis requests per minute; 0 = unlimited",
+    )
 
     p = add("schemas", cmd_schemas, "write the messages' JSON Schemas (docs/messages)")
     p.add_argument("--output", default="docs/messages", help="directory (default docs/messages)")

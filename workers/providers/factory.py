@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from dramatiq.rate_limits.backends import RedisBackend
 
 from domain.errors import ConfigurationError
 from domain.providers import AnalysisProvider, ImageProvider, IntakeProvider
 from workers.providers.instrumented import CountedAnalysis, CountedImages, CountedIntake
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
-from workers.providers.ratelimit import RateGate
+from workers.providers.ratelimit import DramatiqRateGate, RateGate
 from workers.providers.storage import LocalImageStore
 from workers.settings import Settings
 
@@ -51,24 +50,26 @@ def _build(settings: Settings, redis_client: redis.Redis) -> Providers:
 
     if settings.gemini_api_key is None:
         raise ConfigurationError("PROVIDER=gemini needs GEMINI_API_KEY")
-    backend = RedisBackend(client=redis_client)
+    gate = DramatiqRateGate if settings.rate_limiter == "dramatiq" else RateGate
     slot_ttl_ms = int(settings.request_timeout_s * 1000 * 3)
     prefix = f"{settings.redis_namespace}:ratelimit"
-    analysis_gate = RateGate(
-        backend,
+    analysis_gate = gate(
+        redis_client,
         f"{prefix}:{settings.analysis_model}",
         per_minute=settings.analysis_rpm,
         max_concurrent=settings.analysis_max_concurrent,
         max_wait_s=settings.rate_limit_wait_s,
         slot_ttl_ms=slot_ttl_ms,
+        margin_s=settings.rate_limit_margin_s,
     )
-    image_gate = RateGate(
-        backend,
+    image_gate = gate(
+        redis_client,
         f"{prefix}:{settings.image_model}",
         per_minute=settings.image_rpm,
         max_concurrent=settings.image_max_concurrent,
         max_wait_s=settings.rate_limit_wait_s,
         slot_ttl_ms=slot_ttl_ms,
+        margin_s=settings.rate_limit_margin_s,
     )
     client = GeminiClient(
         api_key=settings.gemini_api_key.get_secret_value(),

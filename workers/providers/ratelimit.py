@@ -1,39 +1,218 @@
-"""Rate limits per model, shared by every worker process through Redis.
+"""Rate limits per model, shared by every worker process (on any machine) through Redis.
 
-Two Dramatiq limiters per model: a WindowRateLimiter for requests per minute and a
-ConcurrentRateLimiter for calls in flight. A call waits (with jitter) for both, at most
-RATE_LIMIT_WAIT_S; past that the job is retried later instead of holding a thread.
+One Lua script per gate enforces both limits atomically, on Redis's clock (TIME), so
+processes on different machines agree on what "the last minute" is:
+
+- requests per window: a sliding log (a ZSET of admission times), exact to the
+  microsecond, the way the API's per-minute quota counts;
+- calls in flight: a ZSET of slot tokens scored by their expiry, so the slot of a holder
+  that died without releasing frees itself after ``slot_ttl_ms``.
+
+Acquire is ONE round trip that answers "admitted" or the exact time until the window has
+room; release is one ZREM. A caller that is refused sleeps that long (plus a little
+jitter) instead of polling blindly. Only one thread per process and gate talks to Redis
+while the gate is full (the others queue on a local lock behind it), so a full gate
+costs one round trip per process per freed slot, not one per waiting thread.
+
+The window is held ``margin_s`` longer than 60 s. We count a call when we admit it, the
+API when it arrives, a little later; that delay varies (GIL, scheduling: a burst of
+admissions leaves one process one request at a time), and a call whose delay is shorter
+than that of the call it replaces 60 s earlier would arrive while the API still counts
+the old one. The margin absorbs that jitter (on a loaded 2-core machine the spread
+reached ~0.2 s: scripts/bench_quota.py, margin 0, gets 429s); its cost is at most
+margin / (60 + margin) of the quota when every second of the minute is busy (0.5 s:
+0.8 %), nothing when the quota is filled in bursts.
+
+``DramatiqRateGate`` is the previous limiter (Dramatiq's WindowRateLimiter, counted in
+1-second buckets, and ConcurrentRateLimiter, with blind polling), kept so a benchmark
+can compare both in one run (RATE_LIMITER=dramatiq).
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
+import uuid
 from collections.abc import Iterator
+from typing import NamedTuple
 
+import redis
 from dramatiq.rate_limits import ConcurrentRateLimiter, WindowRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
 
 from domain.errors import ProviderUnavailableError
+from workers.logging import get_logger
 from workers.observability import metrics
+
+log = get_logger("emotionviz.ratelimit")
+
+WINDOW_S = 60.0
+# Added to a wait so that waiters of different processes do not all hit Redis at once.
+JITTER_S = 0.005
+# A slot freed by another process wakes nobody here: look again this often meanwhile.
+CONCURRENCY_RECHECK_S = 0.1
+
+# KEYS: admissions log, holders. ARGV: token, limit, window_us, max_concurrent, ttl_us.
+# Returns {1, 0, 0, now_us} (admitted at now) or {0, wait_us, why, now_us}: why 1 = the
+# window is full (the wait is exact), 2 = every slot is held (the wait is the first
+# holder's expiry, an upper bound: a holder usually releases sooner).
+ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit, window = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_concurrent, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('(%.0f', now - window))
+local admitted = redis.call('ZCARD', KEYS[1])
+if admitted >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], admitted - limit, admitted - limit, 'WITHSCORES')
+  return {0, tonumber(oldest[2]) + window - now + 1, 1, now}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now))
+if redis.call('ZCARD', KEYS[2]) >= max_concurrent then
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {0, tonumber(first[2]) - now, 2, now}
+end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1000)
+redis.call('ZADD', KEYS[2], string.format('%.0f', now + ttl), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], math.floor(ttl / 1000) + 1000)
+return {1, 0, 0, now}
+"""
+FULL_WINDOW, FULL_SLOTS = 1, 2
+WHAT = {FULL_WINDOW: "requests per minute", FULL_SLOTS: "concurrent calls"}
+
+
+class Attempt(NamedTuple):
+    admitted: bool
+    wait_s: float  # until a slot could free (0 when admitted)
+    why: int  # FULL_WINDOW | FULL_SLOTS (0 when admitted)
+    at_us: int  # Redis's clock when the script ran: the admission time if admitted
+
+
+def redis_client(connection: redis.Redis | RedisBackend) -> redis.Redis:
+    """The client itself; a Dramatiq RedisBackend (what callers used to pass) is unwrapped."""
+    return connection.client if isinstance(connection, RedisBackend) else connection
 
 
 class RateGate:
+    """``slot()`` admits a call within both limits, or raises ProviderUnavailableError
+    after ``max_wait_s`` (the job is then retried later instead of holding a thread)."""
+
     def __init__(
         self,
-        backend: RedisBackend,
+        connection: redis.Redis | RedisBackend,
         key: str,
         *,
         per_minute: int,
         max_concurrent: int,
         max_wait_s: float,
         slot_ttl_ms: int,
+        margin_s: float = 0.5,
+        window_s: float = WINDOW_S,
+    ) -> None:
+        """``per_minute`` calls per ``window_s`` (60 s; shorter in tests), the window held
+        ``margin_s`` longer (see the module docstring)."""
+        self.key = key
+        self.name = key.rsplit(":", 1)[-1]
+        self.max_wait_s = max_wait_s
+        self._client = redis_client(connection)
+        self._acquire_script = self._client.register_script(ACQUIRE_LUA)
+        self._keys = [f"{key}:admitted", f"{key}:holders"]
+        self._limits = [
+            per_minute,
+            int((window_s + margin_s) * 1_000_000),
+            max_concurrent,
+            slot_ttl_ms * 1000,
+        ]
+        # The thread at the front of this process's line; the others wait behind it.
+        self._front = threading.Lock()
+        # Set by a release in this process: the front thread looks again at once.
+        self._freed = threading.Event()
+        self._last_refusal = (0.0, FULL_WINDOW)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        started = time.monotonic()
+        token = self._acquire(started + self.max_wait_s)
+        metrics.observe_rate_limit_wait(self.name, time.monotonic() - started)
+        try:
+            yield
+        finally:
+            self.release(token)
+
+    def try_acquire(self, token: str) -> Attempt:
+        """One attempt (one round trip); if admitted, ``token`` holds a slot."""
+        admitted, wait_us, why, at_us = self._acquire_script(
+            keys=self._keys, args=[token, *self._limits]
+        )
+        return Attempt(bool(admitted), int(wait_us) / 1_000_000, int(why), int(at_us))
+
+    def _acquire(self, deadline: float) -> str:
+        if not self._front.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise self._still_full(*self._last_refusal)
+        try:
+            while True:
+                token = uuid.uuid4().hex
+                self._freed.clear()
+                admitted, wait_s, why, _ = self.try_acquire(token)
+                if admitted:
+                    return token
+                self._last_refusal = (wait_s, why)
+                if why == FULL_SLOTS:
+                    wait_s = min(wait_s, CONCURRENCY_RECHECK_S)
+                wait_s += random.uniform(0, JITTER_S)
+                if time.monotonic() + wait_s > deadline:
+                    raise self._still_full(self._last_refusal[0], why)
+                if why == FULL_SLOTS:
+                    self._freed.wait(wait_s)
+                else:
+                    time.sleep(wait_s)
+        finally:
+            self._front.release()
+
+    def release(self, token: str) -> None:
+        try:
+            self._client.zrem(self._keys[1], token)
+        except redis.RedisError as exc:
+            # The slot frees itself when its ttl runs out; the call itself succeeded.
+            log.warning("could not release a rate-limit slot", gate=self.key, error=str(exc))
+        self._freed.set()
+
+    def _still_full(self, wait_s: float, why: int) -> ProviderUnavailableError:
+        return ProviderUnavailableError(
+            f"rate limit for {self.key} ({WHAT[why]}) still full after {self.max_wait_s:.0f}s",
+            # Others are queued for the next free slot too: look again no sooner than
+            # this gate would have waited.
+            retry_after_s=max(wait_s, self.max_wait_s),
+        )
+
+
+class DramatiqRateGate(RateGate):
+    """The previous limiter, for comparison: Dramatiq's WindowRateLimiter (1-second
+    buckets: it can admit a call the API's exact window refuses) and
+    ConcurrentRateLimiter, polled with a backoff to 1 s (freed slots sit unused)."""
+
+    def __init__(
+        self,
+        connection: redis.Redis | RedisBackend,
+        key: str,
+        *,
+        per_minute: int,
+        max_concurrent: int,
+        max_wait_s: float,
+        slot_ttl_ms: int,
+        margin_s: float = 0.0,
+        window_s: float = WINDOW_S,
     ) -> None:
         self.key = key
+        self.name = key.rsplit(":", 1)[-1]
         self.max_wait_s = max_wait_s
-        self._window = WindowRateLimiter(backend, f"{key}:rpm", limit=per_minute, window=60)
-        # ttl frees a slot whose holder died without releasing it.
+        backend = RedisBackend(client=redis_client(connection))
+        self._window = WindowRateLimiter(
+            backend, f"{key}:rpm", limit=per_minute, window=max(1, round(window_s))
+        )
         self._concurrent = ConcurrentRateLimiter(
             backend, f"{key}:inflight", limit=max_concurrent, ttl=slot_ttl_ms
         )
@@ -43,28 +222,24 @@ class RateGate:
         started = time.monotonic()
         deadline = started + self.max_wait_s
         with contextlib.ExitStack() as stack:
-            self._wait(stack, self._concurrent, "concurrent calls", deadline)
-            self._wait(stack, self._window, "requests per minute", deadline)
-            metrics.observe_rate_limit_wait(self.key.rsplit(":", 1)[-1], time.monotonic() - started)
+            self._wait(stack, self._concurrent, FULL_SLOTS, deadline)
+            self._wait(stack, self._window, FULL_WINDOW, deadline)
+            metrics.observe_rate_limit_wait(self.name, time.monotonic() - started)
             yield
 
     def _wait(
         self,
         stack: contextlib.ExitStack,
         limiter: ConcurrentRateLimiter | WindowRateLimiter,
-        what: str,
+        why: int,
         deadline: float,
     ) -> None:
         delay = 0.05
         while True:
-            context = limiter.acquire(raise_on_failure=False)
-            acquired = stack.enter_context(context)
+            acquired = stack.enter_context(limiter.acquire(raise_on_failure=False))
             if acquired:
                 return
             if time.monotonic() + delay > deadline:
-                raise ProviderUnavailableError(
-                    f"rate limit for {self.key} ({what}) still full after {self.max_wait_s:.0f}s",
-                    retry_after_s=self.max_wait_s,
-                )
+                raise self._still_full(0.0, why)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)

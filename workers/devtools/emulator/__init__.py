@@ -2,14 +2,20 @@
 
 POST /{v1,v1beta}/models/{model}:generateContent with x-goog-api-key (or ?key=).
 A model whose id contains "image" answers with an inline PNG; any other answers JSON
-text built from the request's responseJsonSchema. Configurable latency per kind, a
-per-minute quota answering 429 with QuotaFailure and RetryInfo, retired models (404),
-and faults on demand, queued through the control API:
+text built from the request's responseJsonSchema. Configurable latency per kind,
+per-minute quotas (over all calls, and per kind: exact 60 s sliding windows of arrivals)
+answering 429 with QuotaFailure and RetryInfo, retired models (404), and faults on
+demand, queued through the control API:
 
   POST /_emulator/faults  {"faults": [{"kind": "503", "target": "image",
                                        "contains": "some prompt text", "times": 1}]}
-  POST /_emulator/config  {"latency_analysis_s": 1, "latency_image_s": 4, ...}
-  POST /_emulator/reset   GET /_emulator/stats[?contains=TEXT]
+  POST /_emulator/config  {"latency_analysis_s": 1, "latency_image_s": 4,
+                           "quota_per_minute": 0, "quota_image_per_minute": 300, ...}
+  POST /_emulator/reset   GET /_emulator/stats[?contains=TEXT&since=EPOCH&until=EPOCH]
+
+The stats count, per kind ("kinds") and per listener ("listeners"), the calls seen, the
+calls the quotas accepted, and the 429s answered, among calls that arrived in
+[since, until).
 
 Fault kinds: 400, 403, 404, 429, 500, 503, 504, 502html, timeout, slow, block_prompt,
 safety, image_safety, max_tokens, text_only, malformed_json, bad_image; hostile ones:

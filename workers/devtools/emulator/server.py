@@ -55,9 +55,16 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         state = self.server.state
         if url.path == "/_emulator/stats":
-            contains = parse_qs(url.query).get("contains", [None])[0]
+            query = parse_qs(url.query)
+            contains = query.get("contains", [None])[0]
+            since = float(query.get("since", ["-inf"])[0])
+            until = float(query.get("until", ["inf"])[0])
             with state.lock:
-                calls = [c for c in state.calls if not contains or contains in c["text"]]
+                calls = [
+                    c
+                    for c in state.calls
+                    if (not contains or contains in c["text"]) and since <= c["at"] < until
+                ]
             counts: dict[str, int] = {}
             for call in calls:
                 counts[call["kind"]] = counts.get(call["kind"], 0) + 1
@@ -66,6 +73,11 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 {
                     "counts": counts,
                     "total": len(calls),
+                    "kinds": call_summary(calls),
+                    "listeners": {
+                        label: call_summary([c for c in calls if c["via"] == label])
+                        for label in sorted({c["via"] for c in calls})
+                    },
                     "calls": [{k: v for k, v in c.items() if k != "text"} for c in calls[-200:]],
                 },
             )
@@ -99,7 +111,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             with state.lock:
                 state.faults.clear()
                 state.calls.clear()
-                state.window.clear()
+                state.clear_windows()
             self._send(200, {"ok": True})
             return
         match = ROUTE.match(url.path)
@@ -148,11 +160,23 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return
         kind = "image" if "image" in model else "analysis"
         text = request_text(body)
-        with state.lock:
-            state.calls.append({"kind": kind, "model": model, "at": time.time(), "text": text})
+        arrived = time.time()
         fault = state.take_fault(kind, text)
-        if state.over_quota() and fault is None:
+        accepted = state.admit(kind)
+        if not accepted and fault is None:
             fault = Fault(kind="429")
+        with state.lock:
+            state.calls.append(
+                {
+                    "kind": kind,
+                    "model": model,
+                    "at": arrived,
+                    "text": text,
+                    "via": self.server.label,
+                    "accepted": accepted,
+                    "answered_429": fault is not None and fault.kind == "429",
+                }
+            )
         time.sleep(state.latency_image_s if kind == "image" else state.latency_analysis_s)
         if fault is not None and self._hostile(fault, key, model, text, body):
             return
@@ -340,13 +364,42 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         }
 
 
+def call_summary(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per kind: calls seen, calls the quotas counted, 429s answered, and when the first
+    and last counted call arrived (epoch seconds)."""
+    summary: dict[str, dict[str, Any]] = {}
+    for call in calls:
+        kind = summary.setdefault(
+            call["kind"],
+            {
+                "calls": 0,
+                "accepted": 0,
+                "rate_limited": 0,
+                "first_accepted_at": None,
+                "last_accepted_at": None,
+            },
+        )
+        kind["calls"] += 1
+        kind["rate_limited"] += call["answered_429"]
+        if call["accepted"]:
+            kind["accepted"] += 1
+            at = call["at"]
+            kind["first_accepted_at"] = min(kind["first_accepted_at"] or at, at)
+            kind["last_accepted_at"] = max(kind["last_accepted_at"] or at, at)
+    return summary
+
+
 class EmulatorServer(ThreadingHTTPServer):
+    """``label`` marks the calls this listener received: two listeners sharing one state
+    tell apart two groups of callers (stats: "listeners")."""
+
     daemon_threads = True
     request_queue_size = 512
 
-    def __init__(self, address: tuple[str, int], state: EmulatorState) -> None:
+    def __init__(self, address: tuple[str, int], state: EmulatorState, label: str = "") -> None:
         super().__init__(address, EmulatorHandler)
         self.state = state
+        self.label = label
 
     @property
     def url(self) -> str:
@@ -354,7 +407,9 @@ class EmulatorServer(ThreadingHTTPServer):
         return f"http://{host!s}:{port}"
 
 
-def start_in_thread(state: EmulatorState | None = None, port: int = 0) -> EmulatorServer:
-    server = EmulatorServer(("127.0.0.1", port), state or EmulatorState())
+def start_in_thread(
+    state: EmulatorState | None = None, port: int = 0, label: str = ""
+) -> EmulatorServer:
+    server = EmulatorServer(("127.0.0.1", port), state or EmulatorState(), label)
     threading.Thread(target=server.serve_forever, name="gemini-emulator", daemon=True).start()
     return server
