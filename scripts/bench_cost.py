@@ -7,9 +7,12 @@ Prints figures measured in one run; it asserts nothing.
 2. The pipeline at zero provider latency: ENTRIES entries through real worker processes
    (gemini provider, SDK, emulator), CPU seconds of every process group read from /proc
    (workers, emulator, PostgreSQL, Redis), and the workers' CPU split by part from a
-   py-spy sampling profile (on-CPU samples of every worker process; each sample goes to
-   the innermost part its stack passes through: e.g. a log line written while the rate
-   limiter waits counts as logging).
+   py-spy sampling profile of every worker process: the thread holding the GIL, sampled
+   RATE_HZ times a second; each sample goes to the innermost part its stack passes
+   through (a log line written while the rate limiter waits counts as logging), and a
+   part's share of the samples is its share of the workers' CPU. (Samples / RATE_HZ
+   over-count CPU on a busy machine: a GIL holder the kernel has descheduled still
+   holds it. The shares are what the profile can tell.)
 
 The figure: worker CPU per entry / floor (target <= 1.5, moonshot <= 1.2). The servers'
 CPU on our behalf (PostgreSQL, Redis) and the emulator's are printed beside it.
@@ -69,6 +72,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("Dramatiq + broker", ("dramatiq/", "workers/messaging/")),
 ]
 SHARED = ("redis/",)
+RATE_HZ = 100
 
 
 class _NoGate:
@@ -269,10 +273,10 @@ def run_pipeline(
     samples = split_by_part(outputs)
     total_samples = sum(samples.values())
     if total_samples:
-        print(f"    worker CPU by part ({total_samples} samples):")
+        print(f"    worker CPU by part ({total_samples} samples of the GIL holder):")
         for part, count in sorted(samples.items(), key=lambda kv: -kv[1]):
             share = count / total_samples
-            print(f"      {part:34s} {share * per_entry['workers']:7.2f} ms  {share * 100:5.1f} %")
+            print(f"      {part:36s} {share * per_entry['workers']:7.2f} ms  {share * 100:5.1f} %")
     for name, ms in per_entry.items():
         print(f"    {name:36s} {ms:7.2f} ms per entry")
     ratio = per_entry["workers"] / floor_ms
