@@ -1,4 +1,4 @@
-"""The per-entry hot path's claim: one statement reads the entry, creates the row if
+"""The per-entry hot path's SQL: one statement reads the entry, creates the row if
 upstream did not, and takes the lease; and the pool pings only connections that sat
 idle (a dead one is replaced without failing the transaction)."""
 
@@ -88,5 +88,18 @@ def test_an_idle_pooled_connection_that_died_is_replaced(
         time.sleep(0.3)
         with pooled.connect() as conn:  # idle past PING_IDLE_S: pinged, found dead, replaced
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != first_pid
+    finally:
+        pooled.dispose()
+
+
+def test_session_settings_hold_for_every_transaction_of_a_pooled_connection(
+    db_url: str,
+) -> None:
+    pooled = make_engine(db_url, pool_size=1)
+    try:
+        for _ in range(3):  # the pool rolls back at every check-in
+            with pooled.connect() as conn:
+                assert conn.execute(text("SHOW TimeZone")).scalar_one() == "UTC"
+                assert conn.execute(text("SHOW jit")).scalar_one() == "off"
     finally:
         pooled.dispose()
