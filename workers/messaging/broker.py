@@ -14,7 +14,9 @@ import time
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
 from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
@@ -28,6 +30,7 @@ from workers.messaging.consumer import AdmittingConsumer
 from workers.messaging.envelope import summary
 from workers.messaging.middleware import LogContext, ScrubFailures
 from workers.messaging.redis_keys import canonical_queue, queue_keys
+from workers.messaging.wake_ups import WakeUps, channel
 from workers.settings import Settings
 
 log = get_logger("emotionviz.broker")
@@ -55,11 +58,13 @@ class LoggingJSONEncoder(Encoder):
 
 class SafeRedisBroker(RedisBroker):
     """Dramatiq's Redis broker with our consumer (workers/messaging/consumer.py), which
-    admits only envelopes it can route, and the Redis writes that consumer needs."""
+    admits only envelopes it can route, and the Redis writes that consumer needs; every
+    enqueue also announces itself to idle consumers (workers/messaging/wake_ups.py)."""
 
     # Dramatiq's Redis consumer polls an empty queue with a backoff that grows up to
-    # the worker timeout (1 s): a new message may wait that long. A person waiting for
-    # an intake question should not, so a queue can have a shorter ceiling.
+    # the worker timeout (1 s). Wake-ups end that wait when a message is announced; a
+    # queue can also have a shorter ceiling for messages nobody announces
+    # (INTAKE_IDLE_POLL_MS).
     idle_poll_ms: dict[str, int]
 
     def __init__(
@@ -67,16 +72,102 @@ class SafeRedisBroker(RedisBroker):
         *args: Any,
         idle_poll_ms: dict[str, int] | None = None,
         max_message_bytes: int = 64 * 1024,
+        wake_ups: bool = True,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.idle_poll_ms = idle_poll_ms or {}
         self.max_message_bytes = max_message_bytes
         self._restate_script = self.client.register_script(_RESTATE_IF_PRESENT)
+        # Announce (PUBLISH) on enqueue, and wait on wake-ups when idle.
+        self.wake_ups_enabled = wake_ups
+        self.wake_channel = channel(self.namespace)
+        self._wake_ups: WakeUps | None = None
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         ceiling = self.idle_poll_ms.get(canonical_queue(queue_name), timeout)
         return super().consume(queue_name, prefetch, min(timeout, ceiling))
+
+    def wake_ups(self) -> WakeUps | None:
+        """This process's wake-up subscriber (started on first use), or None when
+        wake-ups are off."""
+        if not self.wake_ups_enabled:
+            return None
+        if self._wake_ups is None:
+            self._wake_ups = WakeUps(self.client.connection_pool, self.namespace)
+        return self._wake_ups
+
+    def close(self) -> None:
+        if self._wake_ups is not None:
+            self._wake_ups.close()
+        super().close()
+
+    # --- enqueue, announced -------------------------------------------------------------
+
+    def do_enqueue(self, queue_name: str, redis_id: str, body: bytes) -> Any:
+        """Dramatiq's enqueue script and the queue's wake-up, in one round trip."""
+        if not self.wake_ups_enabled:
+            return self._dispatch("enqueue")(queue_name, redis_id, body)
+        script = self.scripts["dispatch"]
+        with self.client.pipeline(transaction=False) as pipe:
+            # EVALSHA, not the Script object: on a pipeline, that costs a SCRIPT EXISTS
+            # round trip first. The arguments are Dramatiq's (RedisBroker._dispatch).
+            pipe.evalsha(
+                script.sha,
+                1,
+                self.namespace,
+                "enqueue",
+                current_millis(),
+                queue_name,
+                self.broker_id,
+                self.heartbeat_timeout,
+                self.dead_message_ttl,
+                self._should_do_maintenance("enqueue"),
+                self._max_unpack_size(),
+                redis_id,
+                body,
+            )
+            try:
+                [result] = self.execute_announced(pipe, [queue_name])
+            except redis.exceptions.NoScriptError:
+                # Redis restarted or flushed its scripts: Dramatiq's call loads it.
+                result = self._dispatch("enqueue")(queue_name, redis_id, body)
+                self.announce([queue_name])
+        return result
+
+    def execute_announced(self, pipe: Any, queue_names: list[str]) -> list[Any]:
+        """Execute ``pipe`` (transaction=False) with one wake-up per queue added: the
+        results of the pipe's own commands; the first error among them is raised. A
+        Redis that refuses PUBLISH (an ACL, a proxy) only turns wake-ups off."""
+        queues = list(dict.fromkeys(queue_names)) if self.wake_ups_enabled else []
+        for queue_name in queues:
+            pipe.publish(self.wake_channel, queue_name)
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        own = results[: len(results) - len(queues)]
+        for result in own:
+            if isinstance(result, Exception):
+                raise result
+        refused = [r for r in results[len(own) :] if isinstance(r, Exception)]
+        if refused:
+            self._refuse_wake_ups(refused[0])
+        return own
+
+    def announce(self, queue_names: list[str]) -> None:
+        """Wake the idle consumers of ``queue_names`` (best effort)."""
+        if not self.wake_ups_enabled or not queue_names:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                self.execute_announced(pipe, queue_names)
+        except redis.RedisError:
+            log.debug("wake-up not sent", exc_info=True)
+
+    def _refuse_wake_ups(self, error: Exception) -> None:
+        self.wake_ups_enabled = False
+        log.warning(
+            "Redis refused the wake-up PUBLISH; consumers poll every second instead",
+            reason=f"{type(error).__name__}: {str(error)[:200]}",
+        )
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:

@@ -28,6 +28,7 @@ from dramatiq.brokers.redis import RedisBroker
 from domain.errors import BrokerUnavailableError
 from domain.messages import MessageV1
 from workers.logging import get_logger
+from workers.messaging.broker import SafeRedisBroker
 from workers.messaging.redis_keys import queue_keys
 from workers.observability import metrics
 
@@ -118,8 +119,9 @@ class Producer:
         ids: list[str] = []
         client = self.broker.client
         for start in range(0, len(items), PIPELINE_BATCH):
+            batch = items[start : start + PIPELINE_BATCH]
             with client.pipeline(transaction=False) as pipe:
-                for item in items[start : start + PIPELINE_BATCH]:
+                for item in batch:
                     msg = envelope(item)
                     # Exactly what the broker's enqueue script does: the body in the
                     # queue's hash under a unique id, that id pushed on the queue list.
@@ -129,5 +131,9 @@ class Producer:
                     pipe.hset(keys.ready_bodies, redis_id, msg.encode())
                     pipe.rpush(keys.ready, redis_id)
                     ids.append(msg.message_id)
-                pipe.execute()
+                if isinstance(self.broker, SafeRedisBroker):
+                    # The batch's wake-ups ride in the same round trip.
+                    self.broker.execute_announced(pipe, [m.queue_name for m in batch])
+                else:
+                    pipe.execute()
         return ids
