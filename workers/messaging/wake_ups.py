@@ -25,6 +25,8 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from workers.logging import get_logger
 
@@ -61,8 +63,14 @@ class WakeUps:
             **pool.connection_kwargs,
             "client_name": client_name(namespace),
             "health_check_interval": HEALTH_CHECK_S,
-            "socket_keepalive": True,
+            # No silent retries inside redis-py: a lost connection comes to _run, which
+            # reconnects, logs and wakes the consumers.
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_timeout": False,
         }
+        kwargs.pop("retry_on_error", None)
+        if issubclass(pool.connection_class, redis.Connection):  # TCP, not a Unix socket
+            kwargs["socket_keepalive"] = True
         self._pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
         self.channel = channel(namespace)
         self._events: dict[str, set[threading.Event]] = {}
@@ -110,6 +118,7 @@ class WakeUps:
 
     def close(self) -> None:
         self._closing.set()
+        self._pool.disconnect()  # ends the subscriber's read at once
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=LISTEN_S + 1)
