@@ -167,6 +167,29 @@ def test_a_delay_queue_consumer_stops_waiting_when_its_message_is_due(
     assert time.time() * 1000 >= held.options["eta"] - 50  # it waited until it was due
 
 
+def test_only_a_push_onto_an_empty_queue_is_announced(
+    broker: dramatiq.Broker, actor: dramatiq.Actor[..., None]
+) -> None:
+    """Nobody can be waiting on a queue that holds messages: under load, no PUBLISH."""
+    assert isinstance(broker, SafeRedisBroker)
+    listener = broker.client.pubsub()  # type: ignore[no-untyped-call]
+    listener.subscribe(broker.wake_channel)
+    assert listener.get_message(timeout=SOON_S)["type"] == "subscribe"
+
+    actor.send({})  # onto the empty queue: announced
+    Producer(broker).publish_many([MaintenanceReconcile(), MaintenanceReconcile()])
+    actor.send({})  # three messages wait: not announced
+    consumer = broker.consume(QUEUE, prefetch=10, timeout=LONG_MS)
+    assert len([m for m in (next(consumer) for _ in range(4)) if m is not None]) == 4
+    actor.send_with_options(args=({},), delay=60_000)  # the delay queue was empty
+
+    heard = []
+    while (message := listener.get_message(timeout=0.5)) is not None:
+        heard.append(message["data"])
+    assert heard == [QUEUE.encode(), f"{QUEUE}.DQ".encode()]
+    listener.close()
+
+
 def _client_id(client: redis.Redis, name: str) -> int | None:
     for entry in client.client_list():
         if entry.get("name") == name:

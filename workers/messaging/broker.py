@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
 from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
@@ -26,6 +26,7 @@ from dramatiq.middleware.pipelines import Pipelines
 from domain.messages import IntakeStep
 from domain.redaction import redact
 from workers.logging import get_logger
+from workers.messaging.announced import AnnouncedEnqueue, Row
 from workers.messaging.consumer import AdmittingConsumer
 from workers.messaging.envelope import summary
 from workers.messaging.middleware import LogContext, ScrubFailures
@@ -58,8 +59,8 @@ class LoggingJSONEncoder(Encoder):
 
 class SafeRedisBroker(RedisBroker):
     """Dramatiq's Redis broker with our consumer (workers/messaging/consumer.py), which
-    admits only envelopes it can route, and the Redis writes that consumer needs; every
-    enqueue also announces itself to idle consumers (workers/messaging/wake_ups.py)."""
+    admits only envelopes it can route, and the Redis writes that consumer needs; an
+    enqueue onto an empty queue wakes its idle consumers (workers/messaging/wake_ups.py)."""
 
     # Dramatiq's Redis consumer polls an empty queue with a backoff that grows up to
     # the worker timeout (1 s). Wake-ups end that wait when a message is announced; a
@@ -83,6 +84,7 @@ class SafeRedisBroker(RedisBroker):
         self.wake_ups_enabled = wake_ups
         self.wake_channel = channel(self.namespace)
         self._wake_ups: WakeUps | None = None
+        self._announced_enqueue = AnnouncedEnqueue(self.client, self.namespace, self.wake_channel)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         ceiling = self.idle_poll_ms.get(canonical_queue(queue_name), timeout)
@@ -105,68 +107,43 @@ class SafeRedisBroker(RedisBroker):
     # --- enqueue, announced -------------------------------------------------------------
 
     def do_enqueue(self, queue_name: str, redis_id: str, body: bytes) -> Any:
-        """Dramatiq's enqueue script and the queue's wake-up, in one round trip."""
+        """What Dramatiq's enqueue (Actor.send, Retries, the delayed-message mover)
+        calls: the message, announced (workers/messaging/announced.py)."""
         if not self.wake_ups_enabled:
             return self._dispatch("enqueue")(queue_name, redis_id, body)
-        script = self.scripts["dispatch"]
-        with self.client.pipeline(transaction=False) as pipe:
-            # EVALSHA, not the Script object: on a pipeline, that costs a SCRIPT EXISTS
-            # round trip first. The arguments are Dramatiq's (RedisBroker._dispatch).
-            pipe.evalsha(
-                script.sha,
-                1,
-                self.namespace,
-                "enqueue",
-                current_millis(),
-                queue_name,
-                self.broker_id,
-                self.heartbeat_timeout,
-                self.dead_message_ttl,
-                self._should_do_maintenance("enqueue"),
-                self._max_unpack_size(),
-                redis_id,
-                body,
-            )
-            try:
-                [result] = self.execute_announced(pipe, [queue_name])
-            except redis.exceptions.NoScriptError:
-                # Redis restarted or flushed its scripts: Dramatiq's call loads it.
-                result = self._dispatch("enqueue")(queue_name, redis_id, body)
-                self.announce([queue_name])
-        return result
+        self.enqueue_rows([(queue_name, redis_id, body)])
+        return None
 
-    def execute_announced(self, pipe: Any, queue_names: list[str]) -> list[Any]:
-        """Execute ``pipe`` (transaction=False) with one wake-up per queue added: the
-        results of the pipe's own commands; the first error among them is raised. A
-        Redis that refuses PUBLISH (an ACL, a proxy) only turns wake-ups off."""
-        queues = list(dict.fromkeys(queue_names)) if self.wake_ups_enabled else []
-        for queue_name in queues:
-            pipe.publish(self.wake_channel, queue_name)
-        results: list[Any] = pipe.execute(raise_on_error=False)
-        own = results[: len(results) - len(queues)]
-        for result in own:
-            if isinstance(result, Exception):
-                raise result
-        refused = [r for r in results[len(own) :] if isinstance(r, Exception)]
-        if refused:
-            self._refuse_wake_ups(refused[0])
-        return own
+    def enqueue_rows(self, rows: Sequence[Row]) -> None:
+        """Enqueue encoded messages (queue, redis message id, body) in one round trip,
+        announced unless wake-ups are off (then exactly as Dramatiq stores them)."""
+        if not self.wake_ups_enabled:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue_name, redis_id, body in rows:
+                    keys = queue_keys(self.namespace, queue_name)
+                    pipe.hset(keys.ready_bodies, redis_id, body)
+                    pipe.rpush(keys.ready, redis_id)
+                pipe.execute()
+            return
+        outcome = self._announced_enqueue(rows)
+        if outcome.refused is not None:
+            self._refuse_wake_ups(outcome.refused)
 
     def announce(self, queue_names: list[str]) -> None:
         """Wake the idle consumers of ``queue_names`` (best effort)."""
-        if not self.wake_ups_enabled or not queue_names:
+        if not self.wake_ups_enabled:
             return
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                self.execute_announced(pipe, queue_names)
+            for queue_name in dict.fromkeys(queue_names):
+                self.client.publish(self.wake_channel, queue_name)
         except redis.RedisError:
             log.debug("wake-up not sent", exc_info=True)
 
-    def _refuse_wake_ups(self, error: Exception) -> None:
+    def _refuse_wake_ups(self, reason: str) -> None:
         self.wake_ups_enabled = False
         log.warning(
             "Redis refused the wake-up PUBLISH; consumers poll every second instead",
-            reason=f"{type(error).__name__}: {str(error)[:200]}",
+            reason=reason[:200],
         )
 
     @property

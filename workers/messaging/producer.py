@@ -120,20 +120,22 @@ class Producer:
         client = self.broker.client
         for start in range(0, len(items), PIPELINE_BATCH):
             batch = items[start : start + PIPELINE_BATCH]
+            rows: list[tuple[str, str, bytes]] = []
+            for item in batch:
+                msg = envelope(item)
+                # Exactly what the broker's enqueue script does: the body in the
+                # queue's hash under a unique id, that id pushed on the queue list.
+                redis_id = str(uuid.uuid4())
+                msg = msg.copy(options={"redis_message_id": redis_id})
+                rows.append((msg.queue_name, redis_id, msg.encode()))
+                ids.append(msg.message_id)
+            if isinstance(self.broker, SafeRedisBroker):
+                self.broker.enqueue_rows(rows)  # and the wake-ups, in the same round trip
+                continue
             with client.pipeline(transaction=False) as pipe:
-                for item in batch:
-                    msg = envelope(item)
-                    # Exactly what the broker's enqueue script does: the body in the
-                    # queue's hash under a unique id, that id pushed on the queue list.
-                    redis_id = str(uuid.uuid4())
-                    msg = msg.copy(options={"redis_message_id": redis_id})
-                    keys = queue_keys(self.broker.namespace, msg.queue_name)
-                    pipe.hset(keys.ready_bodies, redis_id, msg.encode())
+                for queue_name, redis_id, body in rows:
+                    keys = queue_keys(self.broker.namespace, queue_name)
+                    pipe.hset(keys.ready_bodies, redis_id, body)
                     pipe.rpush(keys.ready, redis_id)
-                    ids.append(msg.message_id)
-                if isinstance(self.broker, SafeRedisBroker):
-                    # The batch's wake-ups ride in the same round trip.
-                    self.broker.execute_announced(pipe, [m.queue_name for m in batch])
-                else:
-                    pipe.execute()
+                pipe.execute()
         return ids

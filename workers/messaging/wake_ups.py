@@ -1,9 +1,9 @@
 """Wake-ups: an idle consumer learns of a new message at once, without polling fast.
 
 Dramatiq's Redis consumer polls an empty queue with a backoff growing to the worker
-timeout (1 s), so the first message after a quiet spell waits up to a second. Here,
-whoever enqueues also PUBLISHes the queue's name on one channel per namespace
-(``channel``), in the same round trip as the enqueue (broker.py, producer.py). Each
+timeout (1 s), so the first message after a quiet spell waits up to a second. Here an
+enqueue onto an empty queue also PUBLISHes the queue's name on one channel per
+namespace (``channel``), in the same Lua script (workers/messaging/announced.py). Each
 worker process keeps one subscriber thread (``WakeUps``) that sets the events of the
 consumers of that queue; an idle consumer waits on its event instead of sleeping
 (consumer.py). The backoff stays as the fallback for messages nobody announces: a
