@@ -109,7 +109,10 @@ class Settings(BaseSettings):
     intake_max_retries: int = Field(default=6, ge=0, le=50)
     intake_min_backoff_ms: int = Field(default=100, ge=1)
     intake_max_backoff_ms: int = Field(default=5_000, ge=1)
-    intake_idle_poll_ms: int = Field(default=10, ge=1, le=1000)
+    # Wake-ups (workers/messaging/wake_ups.py) make an idle consumer take an announced
+    # message at once; this caps the idle poll for messages nobody announces (a
+    # producer that writes the envelope without the PUBLISH). 1000: no cap.
+    intake_idle_poll_ms: int = Field(default=1000, ge=1, le=1000)
 
     # Scheduler (cron expressions, UTC). Empty disables a job.
     schedule_analytics_day: str = "15 0 * * *"

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
@@ -24,10 +26,12 @@ from dramatiq.middleware.pipelines import Pipelines
 from domain.messages import IntakeStep
 from domain.redaction import redact
 from workers.logging import get_logger
+from workers.messaging.announced import AnnouncedEnqueue, Row
 from workers.messaging.consumer import AdmittingConsumer
 from workers.messaging.envelope import summary
 from workers.messaging.middleware import LogContext, ScrubFailures
 from workers.messaging.redis_keys import canonical_queue, queue_keys
+from workers.messaging.wake_ups import WakeUps, channel
 from workers.settings import Settings
 
 log = get_logger("emotionviz.broker")
@@ -55,11 +59,13 @@ class LoggingJSONEncoder(Encoder):
 
 class SafeRedisBroker(RedisBroker):
     """Dramatiq's Redis broker with our consumer (workers/messaging/consumer.py), which
-    admits only envelopes it can route, and the Redis writes that consumer needs."""
+    admits only envelopes it can route, and the Redis writes that consumer needs; an
+    enqueue onto an empty queue wakes its idle consumers (workers/messaging/wake_ups.py)."""
 
     # Dramatiq's Redis consumer polls an empty queue with a backoff that grows up to
-    # the worker timeout (1 s): a new message may wait that long. A person waiting for
-    # an intake question should not, so a queue can have a shorter ceiling.
+    # the worker timeout (1 s). Wake-ups end that wait when a message is announced; a
+    # queue can also have a shorter ceiling for messages nobody announces
+    # (INTAKE_IDLE_POLL_MS).
     idle_poll_ms: dict[str, int]
 
     def __init__(
@@ -67,16 +73,78 @@ class SafeRedisBroker(RedisBroker):
         *args: Any,
         idle_poll_ms: dict[str, int] | None = None,
         max_message_bytes: int = 64 * 1024,
+        wake_ups: bool = True,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.idle_poll_ms = idle_poll_ms or {}
         self.max_message_bytes = max_message_bytes
         self._restate_script = self.client.register_script(_RESTATE_IF_PRESENT)
+        # Announce (PUBLISH) on enqueue, and wait on wake-ups when idle.
+        self.wake_ups_enabled = wake_ups
+        self.wake_channel = channel(self.namespace)
+        self._wake_ups: WakeUps | None = None
+        self._announced_enqueue = AnnouncedEnqueue(self.client, self.namespace, self.wake_channel)
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
         ceiling = self.idle_poll_ms.get(canonical_queue(queue_name), timeout)
         return super().consume(queue_name, prefetch, min(timeout, ceiling))
+
+    def wake_ups(self) -> WakeUps | None:
+        """This process's wake-up subscriber (started on first use), or None when
+        wake-ups are off."""
+        if not self.wake_ups_enabled:
+            return None
+        if self._wake_ups is None:
+            self._wake_ups = WakeUps(self.client.connection_pool, self.namespace)
+        return self._wake_ups
+
+    def close(self) -> None:
+        if self._wake_ups is not None:
+            self._wake_ups.close()
+        super().close()
+
+    # --- enqueue, announced -------------------------------------------------------------
+
+    def do_enqueue(self, queue_name: str, redis_id: str, body: bytes) -> Any:
+        """What Dramatiq's enqueue (Actor.send, Retries, the delayed-message mover)
+        calls: the message, announced (workers/messaging/announced.py)."""
+        if not self.wake_ups_enabled:
+            return self._dispatch("enqueue")(queue_name, redis_id, body)
+        self.enqueue_rows([(queue_name, redis_id, body)])
+        return None
+
+    def enqueue_rows(self, rows: Sequence[Row]) -> None:
+        """Enqueue encoded messages (queue, redis message id, body) in one round trip,
+        announced unless wake-ups are off (then exactly as Dramatiq stores them)."""
+        if not self.wake_ups_enabled:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue_name, redis_id, body in rows:
+                    keys = queue_keys(self.namespace, queue_name)
+                    pipe.hset(keys.ready_bodies, redis_id, body)
+                    pipe.rpush(keys.ready, redis_id)
+                pipe.execute()
+            return
+        outcome = self._announced_enqueue(rows)
+        if outcome.refused is not None:
+            self._refuse_wake_ups(outcome.refused)
+
+    def announce(self, queue_names: list[str]) -> None:
+        """Wake the idle consumers of ``queue_names`` (best effort)."""
+        if not self.wake_ups_enabled:
+            return
+        try:
+            for queue_name in dict.fromkeys(queue_names):
+                self.client.publish(self.wake_channel, queue_name)
+        except redis.RedisError:
+            log.debug("wake-up not sent", exc_info=True)
+
+    def _refuse_wake_ups(self, reason: str) -> None:
+        self.wake_ups_enabled = False
+        log.warning(
+            "Redis refused the wake-up PUBLISH; consumers poll every second instead",
+            reason=reason[:200],
+        )
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:

@@ -10,17 +10,24 @@ once; the rest is handed on exactly as Dramatiq would.
 The batch check includes one Redis round trip: ``options.redis_message_id`` must name
 the key the body is stored under, or the message could never be acknowledged (it would
 stay in the queue's hash and the worker's acks set, and run again after every restart).
+
+An idle consumer waits on its queue's wake-up (workers/messaging/wake_ups.py) with
+Dramatiq's growing backoff as the timeout, so an announced message is fetched at once
+and an unannounced one within the backoff (at most the worker timeout, 1 s). A consumer
+of a delay queue also stops waiting when the earliest message it holds falls due, so a
+retry runs on time rather than up to a backoff late.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import _RedisConsumer
-from dramatiq.common import compute_backoff
+from dramatiq.common import compute_backoff, current_millis
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.middleware import SkipMessage
@@ -39,17 +46,27 @@ class AdmittingConsumer(_RedisConsumer):
     broker: SafeRedisBroker
     message_cache: list[Any]  # admitted Messages (Dramatiq's holds raw bodies)
 
+    def __init__(self, broker: SafeRedisBroker, queue_name: str, prefetch: int, timeout: int):
+        super().__init__(broker, queue_name, prefetch, timeout)
+        wake_ups = broker.wake_ups()
+        # Set by a wake-up for this queue; without wake-ups, never (a plain sleep).
+        self.woken = wake_ups.register(queue_name) if wake_ups else threading.Event()
+        self.due: dict[str, int] = {}  # message id -> eta (ms) of the delayed ones held
+
     def __next__(self) -> MessageProxy | None:
         try:
             if not self.message_cache:
                 fetched: list[bytes | None] = []
-                if self.outstanding_message_count < self.prefetch:
+                can_fetch = self.outstanding_message_count < self.prefetch
+                if can_fetch:
+                    # Cleared before the fetch: a wake-up sent after it is not lost.
+                    self.woken.clear()
                     wanted = self.prefetch - self.outstanding_message_count
                     fetched = self.broker.do_fetch(self.queue_name, wanted)
                 if not fetched:
-                    # Nothing to do: poll again with Dramatiq's growing backoff.
+                    # Nothing to do: wait for a wake-up, at most Dramatiq's growing backoff.
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
-                    time.sleep(backoff_ms / 1000)
+                    self._idle(backoff_ms / 1000, wakeable=can_fetch)
                     return None
                 self.misses = 0
                 self.message_cache = self._admit(fetched)
@@ -57,9 +74,42 @@ class AdmittingConsumer(_RedisConsumer):
                     return None  # all rejected: let the consumer thread look around
             message = self.message_cache.pop(0)
             self.queued_message_ids.add(message.message_id)
+            eta = message.options.get("eta")
+            if isinstance(eta, int | float):
+                self.due[message.message_id] = int(eta)
             return MessageProxy(message)
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
+
+    def _idle(self, seconds: float, *, wakeable: bool) -> None:
+        if self.due:  # the consumer thread moves a delayed message only between waits
+            seconds = min(seconds, max(0.0, (min(self.due.values()) - current_millis()) / 1000))
+        if not wakeable:
+            # Every prefetch slot is taken: a new message could not be fetched anyway.
+            time.sleep(seconds)
+            return
+        wake_ups = self.broker.wake_ups()
+        if wake_ups is not None:
+            wake_ups.ensure_running()
+        self.woken.wait(seconds)
+
+    def ack(self, message: MessageProxy) -> None:
+        self.due.pop(message.message_id, None)
+        super().ack(message)
+
+    def requeue(self, messages: Any) -> None:
+        """Give prefetched messages back (shutdown, lost connection), announced so that
+        another worker's idle consumer takes them at once."""
+        messages = list(messages)
+        super().requeue(messages)
+        if messages:
+            self.broker.announce([self.queue_name])
+
+    def close(self) -> None:
+        wake_ups = self.broker.wake_ups()
+        if wake_ups is not None:
+            wake_ups.unregister(self.queue_name, self.woken)
+        super().close()
 
     def _admit(self, bodies: list[bytes | None]) -> list[Message[Any]]:
         actor_queues = {name: actor.queue_name for name, actor in self.broker.actors.items()}
@@ -114,6 +164,7 @@ class AdmittingConsumer(_RedisConsumer):
             raise ConnectionClosed(error) from None  # Dramatiq retries the nack
         except Exception:  # the reason is a courtesy; the nack is not
             log.warning("could not keep the failure reason with the dead letter", exc_info=True)
+        self.due.pop(message.message_id, None)
         super().nack(message)
 
 

@@ -28,6 +28,7 @@ from dramatiq.brokers.redis import RedisBroker
 from domain.errors import BrokerUnavailableError
 from domain.messages import MessageV1
 from workers.logging import get_logger
+from workers.messaging.broker import SafeRedisBroker
 from workers.messaging.redis_keys import queue_keys
 from workers.observability import metrics
 
@@ -118,16 +119,23 @@ class Producer:
         ids: list[str] = []
         client = self.broker.client
         for start in range(0, len(items), PIPELINE_BATCH):
+            batch = items[start : start + PIPELINE_BATCH]
+            rows: list[tuple[str, str, bytes]] = []
+            for item in batch:
+                msg = envelope(item)
+                # Exactly what the broker's enqueue script does: the body in the
+                # queue's hash under a unique id, that id pushed on the queue list.
+                redis_id = str(uuid.uuid4())
+                msg = msg.copy(options={"redis_message_id": redis_id})
+                rows.append((msg.queue_name, redis_id, msg.encode()))
+                ids.append(msg.message_id)
+            if isinstance(self.broker, SafeRedisBroker):
+                self.broker.enqueue_rows(rows)  # and the wake-ups, in the same round trip
+                continue
             with client.pipeline(transaction=False) as pipe:
-                for item in items[start : start + PIPELINE_BATCH]:
-                    msg = envelope(item)
-                    # Exactly what the broker's enqueue script does: the body in the
-                    # queue's hash under a unique id, that id pushed on the queue list.
-                    redis_id = str(uuid.uuid4())
-                    msg = msg.copy(options={"redis_message_id": redis_id})
-                    keys = queue_keys(self.broker.namespace, msg.queue_name)
-                    pipe.hset(keys.ready_bodies, redis_id, msg.encode())
+                for queue_name, redis_id, body in rows:
+                    keys = queue_keys(self.broker.namespace, queue_name)
+                    pipe.hset(keys.ready_bodies, redis_id, body)
                     pipe.rpush(keys.ready, redis_id)
-                    ids.append(msg.message_id)
                 pipe.execute()
         return ids
