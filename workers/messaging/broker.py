@@ -30,6 +30,7 @@ from workers.messaging.announced import AnnouncedEnqueue, Row
 from workers.messaging.consumer import AdmittingConsumer
 from workers.messaging.envelope import summary
 from workers.messaging.middleware import LogContext, ScrubFailures
+from workers.messaging.redis_clients import pooled_client
 from workers.messaging.redis_keys import canonical_queue, queue_keys
 from workers.messaging.wake_ups import WakeUps, channel
 from workers.settings import Settings
@@ -258,7 +259,9 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
         )
     else:
         broker = SafeRedisBroker(
-            url=broker_url or redis_url,
+            # A blocking pool: with hundreds of worker threads retrying at once, the
+            # default pool's 101st connection failed (workers/messaging/redis_clients.py).
+            client=pooled_client(broker_url or redis_url, settings.redis_max_connections),
             namespace=settings.redis_namespace,
             middleware=middleware,
             # A worker that stops heart-beating for this long is dead: its unacked
