@@ -20,6 +20,7 @@ Uses DATABASE_URL / REDIS_URL when set, else the embedded servers.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -168,6 +169,9 @@ def main() -> int:
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    if "gevent" in args.models and importlib.util.find_spec("gevent") is None:
+        print("gevent is not installed (pip install gevent): that model is skipped")
+        args.models = [m for m in args.models if m != "gevent"]
     with bench_database() as db_url:
         for model in args.models:
             run(args, db_url, model)
