@@ -103,3 +103,18 @@ def test_session_settings_hold_for_every_transaction_of_a_pooled_connection(
                 assert conn.execute(text("SHOW jit")).scalar_one() == "off"
     finally:
         pooled.dispose()
+
+
+def test_a_single_statement_unit_commits_its_write_by_itself(engine: Engine) -> None:
+    entry_id, user_id = _entry(engine)
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
+        uow.single_statement()
+        _, claim = uow.visualizations.claim_entry(entry_id, user_id, None, 60)
+        # no commit(): the unit's exit rolls back, and there is nothing left to undo
+    assert claim is not None
+    with UnitOfWork(factory) as uow:  # the pooled connection is back to transactions
+        uow.visualizations.fail(entry_id, "rolled back")
+    with engine.connect() as conn:
+        status = conn.execute(text("SELECT status FROM visualizations")).scalar_one()
+    assert status == "processing"

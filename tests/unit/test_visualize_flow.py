@@ -145,6 +145,9 @@ class FakeUnitOfWork:
             },
         )()
 
+    def single_statement(self) -> FakeUnitOfWork:
+        return self
+
     def __enter__(self) -> FakeUnitOfWork:
         self.pending.clear()
         return self

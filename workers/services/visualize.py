@@ -110,6 +110,7 @@ class VisualizationService:
 
     def _claim(self, message: EntryCreated) -> tuple[EntryRow, ClaimedVisualization | None]:
         with self.uow_factory() as uow:
+            uow.single_statement()
             found, claim = uow.visualizations.claim_entry(
                 message.entry_id,
                 message.user_id,
@@ -146,6 +147,7 @@ class VisualizationService:
         result = self.providers.analysis.analyse(entry.snapshot, style)
         analysis = result.analysis
         with self.uow_factory() as uow:
+            uow.single_statement()
             saved = uow.visualizations.save_analysis(
                 claim,
                 summary=analysis.summary,
