@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
+import psycopg
 from sqlalchemy import delete, select, text
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.orm import Session
 
 from db import analytics_statement
@@ -21,6 +23,11 @@ from domain.periods import PeriodKind, periods_containing
 # a millisecond of CPU on every entry's refresh.
 _RECOMPUTE = text(analytics_statement.RECOMPUTE_SQL)
 _RECOMPUTE_AND_DROP_EMPTY = text(analytics_statement.RECOMPUTE_AND_DROP_EMPTY_SQL)
+# The same in the driver's own parameter style, for the per-entry refresh (by removed).
+_DRIVER_SQL = {
+    removed: str(statement.compile(dialect=postgresql_psycopg.dialect()))  # type: ignore[no-untyped-call]
+    for removed, statement in ((False, _RECOMPUTE), (True, _RECOMPUTE_AND_DROP_EMPTY))
+}
 
 # One lock per (period kind, lane), held until the transaction ends.
 _LANE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('emotion_analytics:' || :k), :lane)")
@@ -89,9 +96,16 @@ class AnalyticsRepository:
         depend on it). Only a removal can leave a period empty, so only then are empty
         periods' rows deleted.
         """
-        for period in periods_containing(moment):
-            end = shift_periods(period.kind, period.start, STREAK_CAP + 1)
-            self.recompute(period.kind, [user_id], period.start, end, drop_empty=removed)
+        sql = _DRIVER_SQL[removed]
+        # The three statements in one round trip (psycopg's pipeline mode): this runs
+        # after every completed entry.
+        driver = self.session.connection().connection.dbapi_connection
+        assert isinstance(driver, psycopg.Connection)
+        with driver.pipeline(), driver.cursor() as cursor:
+            for period in periods_containing(moment):
+                end = shift_periods(period.kind, period.start, STREAK_CAP + 1)
+                params = analytics_statement.parameters(period.kind, [user_id], period.start, end)
+                cursor.execute(sql, params)
 
     def for_user(self, user_id: uuid.UUID) -> list[AnalyticsRow]:
         stmt = (
