@@ -398,6 +398,7 @@ class Chaos:
                     failed_expected += 1
                 else:
                     failed_unexpected += 1
+                    print(f"failed unexpectedly: entry {entry_id}: {rows[0][1]}")
             else:
                 lost += 1
         poison_rows = seen.get(self.poison_id, [])
