@@ -36,6 +36,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+# This checkout's modules (the bare aggregate imports the statement's fragments), not
+# those of whichever checkout the virtualenv was installed from; then the bench helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 
 import psycopg
