@@ -43,7 +43,17 @@ def each(template: str, sep: str = ", ") -> str:
 EMOTION_COUNTS = each("count(*) FILTER (WHERE '{e}' = ANY(en.emotions)) AS c_{e}", ",\n           ")
 
 # Rule "emotion_counts": the JSONB object holds only the emotions present in the period.
-COUNTS_JSON = "jsonb_strip_nulls(jsonb_build_object(" + each("'{e}', nullif(t.c_{e}, 0)") + "))"
+# Written as JSON text and cast: jsonb_strip_nulls(jsonb_build_object(...)) of the same
+# pairs gives the same value at 2.6 x the cost per row (jsonb_build_object resolves the
+# type and output function of each of its 20 arguments on every call), and the statement
+# evaluates it once per row it computes. Emotion names are plain lowercase words (checked
+# below), so the text needs no escaping.
+assert all(e.isascii() and e.isalpha() and e.islower() for e in EMOTION_ORDER)
+COUNTS_JSON = (
+    "CAST('{' || concat_ws(',', "
+    + each("""CASE WHEN t.c_{e} > 0 THEN '"{e}":' || t.c_{e} END""")
+    + ") || '}' AS jsonb)"
+)
 
 # Rule "most_common_emotions": emotions present, by count descending then name; the
 # first TOP_EMOTIONS of them.
@@ -243,21 +253,35 @@ RECOMPUTE_SQL = _RECOMPUTE_CTES + "\nSELECT count(*) FROM up"
 # believes. (An anti-join against the CTE of computed periods was planned as a nested
 # loop over that CTE when the statistics still showed the table empty, e.g. right after
 # a first run: 4 x slower.)
+# The existing rows are found user by user (a LATERAL kept apart by OFFSET 0: one range
+# scan of the (user_id, period_start, period_end) index per user), then deleted by id.
+# With ``user_id = ANY(batch)`` as a plain condition, a table never analyzed (a fresh
+# one, or autovacuum off) made 500 users look like the whole table, and the planner
+# read every row of the range, of all users, through the period index for each batch:
+# half the time of a re-run over unchanged data.
 RECOMPUTE_AND_DROP_EMPTY_SQL = (
     _RECOMPUTE_CTES
     + """,
 gone AS (
     DELETE FROM emotion_analytics ea
-    WHERE ea.user_id = ANY(CAST(:user_ids AS uuid[]))
-      AND ea.period_start >= CAST(:from_day AS date)
-      AND ea.period_start < CAST(:to_day AS date)
-      AND ea.period_end = (ea.period_start + CAST(:step AS interval) - interval '1 day')::date
-      AND NOT EXISTS (
-          SELECT 1 FROM emotion_entries en
-          WHERE en.user_id = ea.user_id
-            AND en.created_at >= ea.period_start::timestamp AT TIME ZONE 'UTC'
-            AND en.created_at < (ea.period_end + 1)::timestamp AT TIME ZONE 'UTC'
-      )
+    WHERE ea.id = ANY(ARRAY(
+        SELECT x.id
+        FROM unnest(CAST(:user_ids AS uuid[])) AS u(user_id)
+        CROSS JOIN LATERAL (
+            SELECT a.id FROM emotion_analytics a
+            WHERE a.user_id = u.user_id
+              AND a.period_start >= CAST(:from_day AS date)
+              AND a.period_start < CAST(:to_day AS date)
+              AND a.period_end = (a.period_start + CAST(:step AS interval) - interval '1 day')::date
+              AND NOT EXISTS (
+                  SELECT 1 FROM emotion_entries en
+                  WHERE en.user_id = a.user_id
+                    AND en.created_at >= a.period_start::timestamp AT TIME ZONE 'UTC'
+                    AND en.created_at < (a.period_end + 1)::timestamp AT TIME ZONE 'UTC'
+              )
+            OFFSET 0
+        ) AS x
+    ))
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM up) + 0 * (SELECT count(*) FROM gone)"""

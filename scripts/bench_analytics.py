@@ -2,13 +2,25 @@
 
 Generates ENTRIES entries for USERS users over one year with a realistic skew (a few
 people write a lot, most write a little; more entries on weekdays; 1-3 emotions with a
-skewed popularity), then for the week and the month:
-  - the bare aggregate SELECT over the same rows (streamed to the client),
+skewed popularity), then for the week and the month, over the same whole periods:
+  - the bare aggregate (the recomputation's counts, average and top three, for all users
+    at once: no batches, no insights, no window functions, no writes), two ways:
+      streamed: a server-side cursor to the client. PostgreSQL never plans a cursor in
+        parallel, so this is the aggregate on one core;
+      fastest: a plain SELECT, as PostgreSQL runs it fastest with the server's settings
+        (a parallel plan where it chooses one: EXPLAIN ANALYZE shows Workers Planned and
+        Launched), with JIT on (the server's default) and off, the faster counted. It
+        returns ``count(*), count(counts), count(top)`` over the aggregate rather than
+        the rows: fetching them (psycopg turns every JSON object and array into Python
+        objects) took twice as long as computing them, and the recomputation sends
+        nothing to the client either. The counts of the two computed columns are what
+        make PostgreSQL compute them: a column nobody reads is dropped from a subquery.
   - the full recomputation as operators run it: `emotionviz analytics recompute
     --inline` in its own process (batches of 500 users, two at a time, insights,
     upsert), timed, with its peak RSS; again over existing rows; and one batch at a
     time,
-and prints the ratio (target <= 1.5 x), rows/s, and the plan of one batch (indexes).
+and prints both ratios (recompute / streamed, recompute / fastest; target <= 1.5 x),
+rows/s, and the plan of one batch (indexes).
 
 Usage: .venv/bin/python scripts/bench_analytics.py [--entries 1000000] [--users 10000]
 """
@@ -24,10 +36,15 @@ import time
 from datetime import date
 from pathlib import Path
 
+# This checkout's modules (the bare aggregate imports the statement's fragments), not
+# those of whichever checkout the virtualenv was installed from; then the bench helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 
 import psycopg
 from common import ROOT, bench_database, libpq
+
+from domain.periods import PeriodKind, period_containing
 
 GENERATE = """
 INSERT INTO users (email, hashed_password, name)
@@ -64,6 +81,19 @@ CROSS JOIN LATERAL (
 ) v;
 """
 
+# What decides whether, and how wide, PostgreSQL runs a plain SELECT in parallel.
+SETTINGS = (
+    "max_parallel_workers_per_gather",
+    "max_parallel_workers",
+    "max_worker_processes",
+    "parallel_setup_cost",
+    "min_parallel_table_scan_size",
+    "jit",
+    "work_mem",
+    "shared_buffers",
+    "autovacuum",
+)
+
 
 def bare_query() -> str:
     """The same aggregate as the recomputation (counts, average, top three), over all
@@ -86,17 +116,52 @@ FROM totals t
 """
 
 
-def bare_select(db_url: str, kind: str, first: date, end: date) -> tuple[float, int]:
+# Every row computed in full (count(col) evaluates col), none sent to the client.
+FASTEST = "SELECT count(*), count(counts), count(top) FROM ({bare}) AS bare"
+
+
+def bare_streamed(db_url: str, kind: str, first: date, end: date) -> tuple[float, int]:
     with psycopg.connect(libpq(db_url)) as conn:
         conn.execute("SET jit = off")  # as the recomputation does
         started = time.perf_counter()
         rows = 0
-        with conn.cursor(name="bare") as cursor:  # server-side: streamed, not all in memory
+        with conn.cursor(name="bare") as cursor:  # server-side: streamed, never parallel
             cursor.itersize = 10_000
             cursor.execute(bare_query(), {"kind": kind, "from": first, "to": end})
             for _ in cursor:
                 rows += 1
         return time.perf_counter() - started, rows
+
+
+def bare_fastest(db_url: str, kind: str, first: date, end: date, jit: str) -> tuple[float, int]:
+    """One plain SELECT (default cursor) with the server's settings but ``jit``."""
+    with psycopg.connect(libpq(db_url)) as conn:
+        conn.execute(f"SET jit = {jit}")
+        started = time.perf_counter()
+        row = conn.execute(
+            FASTEST.format(bare=bare_query()), {"kind": kind, "from": first, "to": end}
+        ).fetchone()
+        elapsed = time.perf_counter() - started
+    assert row is not None and row[0] == row[1] == row[2], row
+    return elapsed, int(row[0])
+
+
+def bare_plan(db_url: str, kind: str, first: date, end: date, jit: str) -> list[str]:
+    """EXPLAIN ANALYZE of the fastest form: whether the plan went parallel, and how wide."""
+    with psycopg.connect(libpq(db_url)) as conn:
+        conn.execute(f"SET jit = {jit}")
+        plan = [
+            str(line[0])
+            for line in conn.execute(
+                "EXPLAIN (ANALYZE, TIMING OFF, COSTS OFF) " + FASTEST.format(bare=bare_query()),
+                {"kind": kind, "from": first, "to": end},
+            )
+        ]
+    keep = ("Workers", "Gather", "Parallel", "Execution Time")
+    shown = [line.strip() for line in plan if any(k in line for k in keep)]
+    if not any("Workers Planned" in line for line in shown):
+        shown.insert(0, "no parallel plan (no Gather node)")
+    return shown
 
 
 def full_recompute(
@@ -137,14 +202,14 @@ def full_recompute(
 def explain_batch(db_url: str, kind: str, first: date, end: date) -> list[str]:
     from sqlalchemy import create_engine, text
 
-    from db.analytics_statement import RECOMPUTE_SQL, parameters
+    from db.analytics_statement import RECOMPUTE_AND_DROP_EMPTY_SQL, parameters
 
     engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.connect() as conn:
         users = list(conn.execute(text("SELECT id FROM users ORDER BY id LIMIT 500")).scalars())
         plan = (
             conn.execute(
-                text("EXPLAIN " + RECOMPUTE_SQL),
+                text("EXPLAIN " + RECOMPUTE_AND_DROP_EMPTY_SQL),
                 parameters(kind, users, first, end),  # type: ignore[arg-type]
             )
             .scalars()
@@ -152,6 +217,19 @@ def explain_batch(db_url: str, kind: str, first: date, end: date) -> list[str]:
         )
     engine.dispose()
     return [line for line in plan if "Scan" in line or "Index" in line]
+
+
+def server_settings(db_url: str) -> str:
+    with psycopg.connect(libpq(db_url)) as conn:
+        values = dict(
+            conn.execute(
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)",
+                (list(SETTINGS),),
+            ).fetchall()
+        )
+        version = conn.execute("SHOW server_version").fetchone()
+    shown = ", ".join(f"{name}={values[name]}" for name in SETTINGS)
+    return f"PostgreSQL {version[0] if version else '?'} on {os.cpu_count()} cores: {shown}"
 
 
 def main() -> int:
@@ -180,32 +258,62 @@ def main() -> int:
             f"generated {args.entries:,} entries for {args.users:,} users in {time.perf_counter() - started:.1f} s "
             f"({stats[1]:,} users wrote; entries per user: median {stats[3]}, max {stats[2]})"
         )
-        for kind in ("week", "month"):
+        print(server_settings(db_url))
+        kinds: tuple[PeriodKind, ...] = ("week", "month")
+        for kind in kinds:
             last = year_end - date.resolution
-            bare_s, bare_rows = bare_select(db_url, kind, year_start, year_end)
-            full_s, peak_mb, summary = full_recompute(db_url, kind, year_start, last)
-            _, _, rerun = full_recompute(db_url, kind, year_start, last)
+            # The recomputation's whole periods, so that both produce the same groups.
+            first, end = (
+                period_containing(kind, year_start).start,
+                period_containing(kind, last).end_exclusive,
+            )
+            streamed_s, groups = bare_streamed(db_url, kind, first, end)
+            timed = {jit: bare_fastest(db_url, kind, first, end, jit) for jit in ("on", "off")}
+            jit = min(timed, key=lambda j: timed[j][0])
+            fastest_s, fastest_groups = timed[jit]
+            plan = bare_plan(db_url, kind, first, end, jit)
+            full_s, peak_mb, summary = full_recompute(db_url, kind, first, last)
+            _, _, rerun = full_recompute(db_url, kind, first, last)
             with psycopg.connect(libpq(db_url), autocommit=True) as conn:
                 conn.execute("TRUNCATE emotion_analytics")
-            _, _, serial = full_recompute(db_url, kind, year_start, last, parallel=1)
+            _, _, serial = full_recompute(db_url, kind, first, last, parallel=1)
 
-            def inner(line: str) -> float:  # the command's own timing
-                return float(line.rsplit("seconds=", 1)[1])
+            def field(line: str, name: str) -> float:  # from the command's summary line
+                return float(line.rsplit(f"{name}=", 1)[1].split()[0])
 
-            full, again, one = inner(summary), inner(rerun), inner(serial)
+            full, again, one = (
+                field(summary, "seconds"),
+                field(rerun, "seconds"),
+                field(serial, "seconds"),
+            )
+            written = int(field(summary, "rows"))  # into an empty table: one row per group
+            same = "same groups" if groups == fastest_groups == written else "GROUPS DIFFER"
             print(
-                f"\n{kind}: bare aggregate SELECT  {bare_s:6.2f} s ({bare_rows:,} groups, one connection)"
+                f"\n{kind} ({first} to {end}, exclusive): {groups:,} groups; recompute wrote {written:,} rows ({same})"
             )
             print(
-                f"{kind}: full recompute        {full:6.2f} s  ratio {full / bare_s:.2f} (target <= 1.5)"
-                f"  {bare_rows / full:,.0f} rows/s, {args.entries / full:,.0f} entries/s"
-                "  [2 batches at a time, the default]"
+                f"{kind}: bare aggregate, streamed   {streamed_s:6.2f} s  (server-side cursor: one core)"
             )
             print(
-                f"{kind}:   the whole command   {full_s:6.2f} s  (with Python start-up), peak RSS {peak_mb:.0f} MB"
+                f"{kind}: bare aggregate, fastest    {fastest_s:6.2f} s  (plain SELECT, jit {jit}; "
+                f"jit on {timed['on'][0]:.2f} s, off {timed['off'][0]:.2f} s)"
             )
-            print(f"{kind}: re-run, same data   {again:6.2f} s  ratio {again / bare_s:.2f}")
-            print(f"{kind}: one batch at a time   {one:6.2f} s  ratio {one / bare_s:.2f}")
+            for line in plan:
+                print(f"    {line}")
+            print(
+                f"{kind}: full recompute             {full:6.2f} s  ratio {full / streamed_s:.2f} to streamed, "
+                f"{full / fastest_s:.2f} to fastest (target <= 1.5)  {written / full:,.0f} rows/s, "
+                f"{args.entries / full:,.0f} entries/s  [2 batches at a time, the default]"
+            )
+            print(
+                f"{kind}:   the whole command        {full_s:6.2f} s  (with Python start-up), peak RSS {peak_mb:.0f} MB"
+            )
+            print(
+                f"{kind}: re-run, same data          {again:6.2f} s  ratio {again / streamed_s:.2f} / {again / fastest_s:.2f}"
+            )
+            print(
+                f"{kind}: one batch at a time        {one:6.2f} s  ratio {one / streamed_s:.2f} / {one / fastest_s:.2f}"
+            )
             print(f"    {summary}")
         print("\nplan of one batch (500 users, week):")
         for line in explain_batch(db_url, "week", year_start, year_end):

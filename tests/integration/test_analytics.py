@@ -4,10 +4,12 @@ idempotency, overlapping runs, and incremental == full (hypothesis)."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -93,6 +95,103 @@ def test_fields_ties_rounding_and_duplicates(engine: Engine, uow: UnitOfWork) ->
     assert day[3] == Decimal("0.34")  # 1.01 / 3 = 0.3366...
     assert day[4] == 3
     assert day[5] == ["anger", "fear", "joy"]  # three-way tie: by name
+
+
+def test_counts_and_top_three_agree_with_a_count_in_python(engine: Engine, uow: UnitOfWork) -> None:
+    """emotion_counts and most_common_emotions against an independent count, with every
+    emotion, counts of one to three digits, ties and duplicates, for each period kind."""
+    rng = random.Random(14)
+    weights = [60, 30, 30, 12, 6, 3, 2, 1, 1, 0.2]  # popular and rare, in vocabulary order
+    entries = []
+    for i in range(600):
+        emotions = rng.choices(EMOTIONS, weights=weights, k=rng.randint(1, 3))
+        moment = datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=97 * i)  # Feb to early Mar
+        entries.append({"emotions": emotions, "at": moment})
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        for entry in entries:
+            insert_entry(conn, user, emotions=entry["emotions"], created_at=entry["at"])
+    _full(uow, [user], date(2026, 2, 1), date(2026, 3, 31))
+    for kind in PERIOD_KINDS:
+        expected: dict[date, Counter[str]] = {}
+        for entry in entries:
+            start = period_containing(kind, entry["at"].date()).start
+            expected.setdefault(start, Counter()).update(set(entry["emotions"]))
+        rows = {r[0]: (r[2], r[5]) for r in _rows(engine, user, kind)}
+        assert rows.keys() == expected.keys()
+        for start, counts in expected.items():
+            top = sorted(counts, key=lambda e: (-counts[e], e))[:3]
+            assert rows[start] == (dict(counts), top), (kind, start)
+    month = _rows(engine, user, "month")[0][2]
+    assert max(month.values()) >= 100 and min(month.values()) < 10  # 1 to 3 digits
+    assert len(month) == len(EMOTIONS)
+
+
+def test_finding_empty_periods_reads_only_the_batchs_rows(engine: Engine, uow: UnitOfWork) -> None:
+    """Rows of periods left empty are found among the batch's own users' rows, whether
+    or not emotion_analytics has statistics. (A plain ``user_id = ANY(batch)`` made a
+    batch of hundreds of users look like the whole of a never-analyzed table, and the
+    planner read every row in the range, of all users, through the period index.)"""
+    from db.analytics_statement import RECOMPUTE_AND_DROP_EMPTY_SQL, parameters
+
+    first, end, weeks = date(2026, 1, 5), date(2026, 4, 6), 13
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (email, hashed_password, name) "
+                "SELECT 'p' || g || '@example.com', 'x', 'P' FROM generate_series(1, 2000) g"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO emotion_entries (user_id, situation, emotions, intensity, created_at) "
+                "SELECT u.id, 'x', ARRAY['joy'], 0.5, CAST(:first AS timestamptz) + w * interval '1 week' "
+                "FROM users u, generate_series(0, :weeks - 1) w"
+            ),
+            {"first": first, "weeks": weeks},
+        )
+        users = list(conn.execute(text("SELECT id FROM users ORDER BY id")).scalars())
+    with uow:
+        uow.analytics.recompute("week", users, first, end)
+        uow.commit()
+    batch, mine = users[:250], users[0]
+    with engine.begin() as conn:
+        conn.execute(  # its first week is now empty: its row must go
+            text("DELETE FROM emotion_entries WHERE user_id = :u AND created_at < :t"),
+            {"u": mine, "t": first + timedelta(days=7)},
+        )
+
+    def rows_read_in_deletion() -> int:
+        with engine.connect() as conn:
+            plan = conn.execute(
+                text("EXPLAIN (ANALYZE, FORMAT JSON) " + RECOMPUTE_AND_DROP_EMPTY_SQL),
+                parameters("week", batch, first, end),
+            ).scalar_one()
+            conn.rollback()
+        return _rows_read(plan[0]["Plan"], "emotion_analytics", under="gone")
+
+    # The batch's own rows, then the one to delete again by id; not the 2000 users' rows.
+    assert rows_read_in_deletion() <= len(batch) * weeks + 1  # never analyzed
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE emotion_analytics"))
+    assert rows_read_in_deletion() <= len(batch) * weeks + 1  # with statistics
+    with uow:
+        uow.analytics.recompute("week", batch, first, end)
+        uow.commit()
+    kept = [r[0] for r in _rows(engine, mine, "week")]
+    assert kept == [first + timedelta(weeks=w) for w in range(1, weeks)]  # the empty one went
+
+
+def _rows_read(node: dict[str, Any], table: str, under: str, inside: bool = False) -> int:
+    """Rows the scans of ``table`` below the CTE ``under`` returned or filtered out."""
+    inside = inside or node.get("Subplan Name") == f"CTE {under}"
+    read = 0
+    if inside and node.get("Relation Name") == table and "Scan" in node["Node Type"]:
+        loops = node.get("Actual Loops", 1)
+        read += (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * loops
+    for child in node.get("Plans", []):
+        read += _rows_read(child, table, under, inside)
+    return read
 
 
 def test_midnight_iso_weeks_month_ends_and_leap_day(engine: Engine, uow: UnitOfWork) -> None:
