@@ -45,11 +45,12 @@ from common import (
     Workers,
     base_env,
     bench_database,
+    cpu_seconds,
     entry_ids,
     make_entries,
-    publish_raw,
+    server_processes,
     status_counts,
-    wait_drained,
+    visualize_and_wait,
 )
 
 from domain.analysis import EntrySnapshot
@@ -182,25 +183,6 @@ def _part_of(frames: list[str]) -> str:
     return "Dramatiq + broker" if shared else "other (our code, threads, runtime)"
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
-
-
-def servers(name: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["name"]):
-        if name in (proc.info["name"] or ""):
-            found.append(proc)
-    return found
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -245,20 +227,13 @@ def run_pipeline(
         groups = {
             "workers": kids,
             "emulator": [psutil.Process(emulator.proc.pid)],
-            "PostgreSQL": servers("postgres"),
-            "Redis": servers("redis-server"),
+            "PostgreSQL": server_processes("postgres"),
+            "Redis": server_processes("redis-server"),
         }
         before = {name: cpu_seconds(procs) for name, procs in groups.items()}
         with profiled([k.pid for k in kids], not args.no_profile) as outputs:
             started = time.perf_counter()
-            publish_raw(
-                env["REDIS_URL"],
-                env["REDIS_NAMESPACE"],
-                "visualizations",
-                "entry.created",
-                [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids],
-            )
-            wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations")
+            visualize_and_wait(env, ids)
             elapsed = time.perf_counter() - started
             spent = {name: cpu_seconds(procs) - before[name] for name, procs in groups.items()}
     finally:

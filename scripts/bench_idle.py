@@ -58,12 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dramatiq
 import psycopg
 import redis
-from common import OUT, Emulator, base_env, bench_database, libpq
+from common import OUT, Emulator, base_env, bench_database, cpu_seconds, libpq
 from idle_parts import (
     CostProbe,
     LogTail,
     WorkerGroup,
-    cpu_seconds,
     free_port,
     percentile,
     provider_seconds,

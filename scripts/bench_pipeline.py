@@ -33,6 +33,7 @@ from common import (
     make_entries,
     publish_raw,
     status_counts,
+    visualize_and_wait,
     wait_drained,
 )
 
@@ -55,24 +56,10 @@ def run_pipeline(
     try:
         started = time.perf_counter()
         if sample_rss_at:
-            publish_raw(
-                env["REDIS_URL"],
-                env["REDIS_NAMESPACE"],
-                "visualizations",
-                "entry.created",
-                [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids[:sample_rss_at]],
-            )
-            wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations")
+            visualize_and_wait(env, ids[:sample_rss_at])
             warm_rss = workers.children_rss_mb()
             ids = ids[sample_rss_at:]
-        publish_raw(
-            env["REDIS_URL"],
-            env["REDIS_NAMESPACE"],
-            "visualizations",
-            "entry.created",
-            [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids],
-        )
-        wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations")
+        visualize_and_wait(env, ids)
         elapsed = time.perf_counter() - started
         end_rss = workers.children_rss_mb()
     finally:

@@ -38,11 +38,12 @@ from common import (
     Workers,
     base_env,
     bench_database,
+    cpu_seconds,
     entry_ids,
     make_entries,
-    publish_raw,
+    server_processes,
     status_counts,
-    wait_drained,
+    visualize_and_wait,
 )
 
 
@@ -57,7 +58,7 @@ class Sampler:
     _cpu0: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._cpu0 = {name: _cpu(procs) for name, procs in self.groups.items()}
+        self._cpu0 = {name: cpu_seconds(procs) for name, procs in self.groups.items()}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -68,29 +69,7 @@ class Sampler:
     def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
-        return {name: _cpu(procs) - self._cpu0[name] for name, procs in self.groups.items()}
-
-
-def _cpu(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
-def _server_processes(name: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if name in (proc.info["name"] or "") or name in " ".join(proc.info["cmdline"] or []):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+        return {name: cpu_seconds(procs) - self._cpu0[name] for name, procs in self.groups.items()}
 
 
 def run(args: argparse.Namespace, db_url: str, model: str) -> None:
@@ -118,19 +97,12 @@ def run(args: argparse.Namespace, db_url: str, model: str) -> None:
             {
                 "workers": psutil.Process(workers.proc.pid).children(recursive=True),
                 "emulator": [psutil.Process(emulator.proc.pid)],
-                "postgres": _server_processes("postgres"),
-                "redis": _server_processes("redis-server"),
+                "postgres": server_processes("postgres"),
+                "redis": server_processes("redis-server"),
             },
         )
         started = time.perf_counter()
-        publish_raw(
-            env["REDIS_URL"],
-            env["REDIS_NAMESPACE"],
-            "visualizations",
-            "entry.created",
-            [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids],
-        )
-        wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations")
+        visualize_and_wait(env, ids)
         elapsed = time.perf_counter() - started
         cpu = sampler.stop()
     finally:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -117,12 +117,15 @@ class Workers:
         env: dict[str, str],
         processes: int,
         threads: int,
-        queues: list[str],
+        queues: Sequence[str],
         *,
         gevent: bool = False,
+        modules: Sequence[str] = ("noop_actors",),
+        log_prefix: str = "worker",
     ) -> None:
         self.env, self.processes = env, processes
-        self.log = (OUT / f"worker-{uuid.uuid4().hex[:6]}.log").open("wb")
+        self.log_path = OUT / f"{log_prefix}-{uuid.uuid4().hex[:6]}.log"
+        self.log = self.log_path.open("wb")
         # Dramatiq's gevent worker is its CLI after gevent's monkey-patching.
         launcher = ["-c", _GEVENT_DRAMATIQ] if gevent else ["-m", "dramatiq"]
         self.proc = subprocess.Popen(
@@ -130,7 +133,7 @@ class Workers:
                 sys.executable,
                 *launcher,
                 "workers.entrypoints.worker",
-                "noop_actors",
+                *modules,
                 "--path",
                 str(ROOT / "scripts" / "bench"),
                 "--processes",
@@ -151,7 +154,7 @@ class Workers:
         deadline = time.monotonic() + 60
         while client.zcard(heartbeats) < processes:
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"workers did not start; see {self.log.name}")
+                raise RuntimeError(f"workers did not start; see {self.log_path}")
             time.sleep(0.1)
         client.close()
 
@@ -172,6 +175,27 @@ class Workers:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def cpu_seconds(processes: Sequence[psutil.Process]) -> float:
+    """User + system CPU seconds of ``processes`` so far (the ones gone count 0)."""
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def server_processes(name: str) -> list[psutil.Process]:
+    """This machine's processes named ``name`` (postgres, redis-server)."""
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if name in (proc.info["name"] or ""):
+            found.append(proc)
+    return found
 
 
 class Emulator:
@@ -258,3 +282,16 @@ def wait_drained(redis_url: str, namespace: str, queue: str, timeout: float = 90
             raise RuntimeError(f"{queue} did not drain in {timeout}s")
         time.sleep(0.02)
     client.close()
+
+
+def visualize_and_wait(env: dict[str, str], ids: list[tuple[str, str]]) -> None:
+    """Publish an entry.created for each (entry id, user id) and wait until the queue
+    has drained."""
+    publish_raw(
+        env["REDIS_URL"],
+        env["REDIS_NAMESPACE"],
+        "visualizations",
+        "entry.created",
+        [{"version": 1, "entry_id": e, "user_id": u} for e, u in ids],
+    )
+    wait_drained(env["REDIS_URL"], env["REDIS_NAMESPACE"], "visualizations")

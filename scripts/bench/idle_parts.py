@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +13,9 @@ from typing import Any, ClassVar
 
 import psutil
 import redis
-from common import OUT, ROOT
+from common import Workers
 
 from domain.messages import MessageV1
-from workers.messaging import redis_keys
 
 
 def free_port() -> int:
@@ -28,7 +24,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class WorkerGroup:
+class WorkerGroup(Workers):
     """``python -m dramatiq workers.entrypoints.worker [modules]`` as `emotionviz worker`
     runs it (scripts/bench/common.py's Workers, with modules of our choice)."""
 
@@ -40,39 +36,7 @@ class WorkerGroup:
         queues: Sequence[str],
         modules: Sequence[str] = (),
     ) -> None:
-        self.env, self.processes = env, processes
-        self.log_path = OUT / f"idle-worker-{uuid.uuid4().hex[:6]}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dramatiq",
-                "workers.entrypoints.worker",
-                *modules,
-                "--path",
-                str(ROOT / "scripts" / "bench"),
-                "--processes",
-                str(processes),
-                "--threads",
-                str(threads),
-                "--skip-logging",
-                "--queues",
-                *queues,
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        client = redis.Redis.from_url(env["REDIS_URL"])
-        heartbeats = redis_keys.heartbeats(env["REDIS_NAMESPACE"])
-        deadline = time.monotonic() + 60
-        while client.zcard(heartbeats) < processes:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"workers did not start; see {self.log_path}")
-            time.sleep(0.1)
-        client.close()
+        super().__init__(env, processes, threads, queues, modules=modules, log_prefix="idle-worker")
 
     def processes_by_kind(self) -> dict[str, list[psutil.Process]]:
         """The worker processes (many threads) and the rest (Dramatiq's parent, the
@@ -82,19 +46,6 @@ class WorkerGroup:
         for child in parent.children(recursive=True):
             kinds["worker" if child.num_threads() > 8 else "other"].append(child)
         return kinds
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
-        client = redis.Redis.from_url(self.env["REDIS_URL"])
-        keys = list(client.scan_iter(match=f"{self.env['REDIS_NAMESPACE']}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @dataclass
@@ -162,17 +113,6 @@ def provider_seconds(metrics_dir: Path) -> float:
     for metric in registry.collect():
         if metric.name == "emotionviz_provider_request_seconds":
             total += sum(s.value for s in metric.samples if s.name.endswith("_sum"))
-    return total
-
-
-def cpu_seconds(processes: Sequence[psutil.Process]) -> float:
-    total = 0.0
-    for proc in processes:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
     return total
 
 
