@@ -16,8 +16,11 @@ import redis
 POOL_WAIT_S = 20.0
 
 
-def pooled_client(url: str, max_connections: int) -> redis.Redis:
+def pooled_client(url: str, max_connections: int, *, wait_s: float = POOL_WAIT_S) -> redis.Redis:
+    """A client on a blocking pool of ``max_connections``. A thread that finds no free
+    connection within ``wait_s`` gets redis.ConnectionError("No connection available."),
+    which the rate gate turns into a transient error (workers/providers/ratelimit.py)."""
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=POOL_WAIT_S
+        url, max_connections=max_connections, timeout=wait_s
     )
     return redis.Redis(connection_pool=pool)
