@@ -43,6 +43,7 @@ from dramatiq.rate_limits import ConcurrentRateLimiter, WindowRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
 
 from domain.errors import ProviderUnavailableError
+from domain.redaction import redact
 from workers.logging import get_logger
 from workers.observability import metrics
 
@@ -83,6 +84,11 @@ return {1, 0, 0, now}
 FULL_WINDOW, FULL_SLOTS = 1, 2
 WHAT = {FULL_WINDOW: "requests per minute", FULL_SLOTS: "concurrent calls"}
 
+# Redis down, unreachable or too slow, or no free connection in the process's pool
+# within its wait (workers/messaging/redis_clients.py): the job is retried later, like
+# any transient failure, instead of failing as an unexpected error.
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
 
 class Attempt(NamedTuple):
     admitted: bool
@@ -98,7 +104,8 @@ def redis_client(connection: redis.Redis | RedisBackend) -> redis.Redis:
 
 class RateGate:
     """``slot()`` admits a call within both limits, or raises ProviderUnavailableError
-    after ``max_wait_s`` (the job is then retried later instead of holding a thread)."""
+    after ``max_wait_s`` (the job is then retried later instead of holding a thread), or
+    at once if Redis cannot answer (the same error, saying so)."""
 
     def __init__(
         self,
@@ -117,6 +124,7 @@ class RateGate:
         self.key = key
         self.name = key.rsplit(":", 1)[-1]
         self.max_wait_s = max_wait_s
+        self.slot_ttl_ms = slot_ttl_ms
         self._client = redis_client(connection)
         self._acquire_script = self._client.register_script(ACQUIRE_LUA)
         self._keys = [f"{key}:admitted", f"{key}:holders"]
@@ -143,10 +151,14 @@ class RateGate:
             self.release(token)
 
     def try_acquire(self, token: str) -> Attempt:
-        """One attempt (one round trip); if admitted, ``token`` holds a slot."""
-        admitted, wait_us, why, at_us = self._acquire_script(
-            keys=self._keys, args=[token, *self._limits]
-        )
+        """One attempt (one round trip); if admitted, ``token`` holds a slot. A Redis
+        that cannot answer raises ProviderUnavailableError (the job is retried)."""
+        try:
+            admitted, wait_us, why, at_us = self._acquire_script(
+                keys=self._keys, args=[token, *self._limits]
+            )
+        except REDIS_DOWN as exc:
+            raise self._redis_down(exc) from exc
         return Attempt(bool(admitted), int(wait_us) / 1_000_000, int(why), int(at_us))
 
     def _acquire(self, deadline: float) -> str:
@@ -173,12 +185,27 @@ class RateGate:
             self._front.release()
 
     def release(self, token: str) -> None:
+        """Free the slot. Never raises: it runs in ``slot()``'s ``finally``, where an
+        error would hide the call's own outcome; a slot not released frees itself when
+        its ttl runs out."""
         try:
             self._client.zrem(self._keys[1], token)
         except redis.RedisError as exc:
-            # The slot frees itself when its ttl runs out; the call itself succeeded.
-            log.warning("could not release a rate-limit slot", gate=self.key, error=str(exc))
+            log.warning(
+                "could not release a rate-limit slot; it frees itself when its ttl runs out",
+                gate=self.name,
+                ttl_s=self.slot_ttl_ms / 1000,
+                reason=redact(str(exc) or type(exc).__name__),
+            )
         self._freed.set()
+
+    def _redis_down(self, exc: Exception) -> ProviderUnavailableError:
+        # Worded so that failure_class() says "server_error" (or "timeout"), never
+        # "rate_limited": the model's quota is not the problem. No URL, no password.
+        what = str(exc) or type(exc).__name__
+        return ProviderUnavailableError(
+            redact(f"Redis unavailable for the rate gate of {self.name}: {what}")
+        )
 
     def _still_full(self, wait_s: float, why: int) -> ProviderUnavailableError:
         return ProviderUnavailableError(
