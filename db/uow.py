@@ -5,6 +5,12 @@ It is also the one way the product publishes a message that follows a database c
 all of them to the publisher in one batch. So a worker never sees an id whose row is
 not visible yet, and a rolled-back change publishes nothing.
 
+A unit runs either on a SQLAlchemy Session (the repositories) or, for the per-entry
+path (``uow.entry_pipeline``), on the pooled connection as psycopg's own: one or the
+other, chosen by the first use. SQLAlchemy's Session and execution machinery cost
+~0.35 ms of CPU per unit before any SQL, a sixth of an entry's overhead
+(scripts/bench_cost.py); the pool (its pings, its size) is the same either way.
+
 Driver errors are wrapped here, at the db edge, into our own hierarchy: connection
 problems become DatabaseUnavailableError (transient); data and integrity errors (a NUL
 in text, a broken constraint) become DataRejectedError (permanent: the same write can
@@ -16,13 +22,17 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
+from typing import Any
 
+import psycopg
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.repositories import (
     AnalyticsRepository,
     ConsoleRepository,
+    EntryPipelineRepository,
     EntryRepository,
     IntakeRepository,
     MediaRepository,
@@ -54,15 +64,9 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self._outbox = []
-        self.session = self._session_factory()
-        self.users = UserRepository(self.session)
-        self.entries = EntryRepository(self.session)
-        self.visualizations = VisualizationRepository(self.session)
-        self.intake = IntakeRepository(self.session)
-        self.analytics = AnalyticsRepository(self.session)
-        self.media = MediaRepository(self.session)
-        self.showcase = ShowcaseRepository(self.session)  # the devtools' read model
-        self.console = ConsoleRepository(self.session)  # the operator console's read model
+        self._session: Session | None = None
+        self._pooled: Any = None  # the pool's wrapper of the driver connection
+        self._autocommit = False
         return self
 
     def __exit__(
@@ -71,33 +75,127 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            self.session.rollback()
-        finally:
-            self.session.close()
+        if self._session is not None:
+            try:
+                self._session.rollback()
+            finally:
+                self._session.close()
+        if self._pooled is not None:
+            self._return_driver(exc)
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
             raise DatabaseUnavailableError(f"database unavailable: {_detail(exc)}") from exc
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            raise DatabaseUnavailableError(f"database unavailable: {_first_line(exc)}") from exc
         if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
             raise DataRejectedError(f"the database refused the data: {_detail(exc)}") from exc
+        if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+            raise DataRejectedError(f"the database refused the data: {_first_line(exc)}") from exc
         if isinstance(exc, UnicodeEncodeError):  # psycopg cannot encode a lone surrogate
             raise DataRejectedError(
                 "the database refused the data: text is not valid Unicode"
             ) from exc
+
+    # --- the unit's connection: a Session, or the driver's own ------------------------
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            if self._pooled is not None:
+                raise RuntimeError("this unit of work already runs on the driver connection")
+            self._session = self._session_factory()
+            if self._autocommit:
+                self._session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return self._session
+
+    @property
+    def driver(self) -> psycopg.Connection[Any]:
+        """The unit's pooled connection as psycopg's own (for db/repositories only)."""
+        if self._pooled is None:
+            if self._session is not None:
+                raise RuntimeError("this unit of work already runs on a Session")
+            engine = self._session_factory.kw["bind"]
+            assert isinstance(engine, Engine)
+            self._pooled = engine.raw_connection()
+            self._pooled.driver_connection.autocommit = self._autocommit
+        driver = self._pooled.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        return driver
+
+    def _return_driver(self, exc: BaseException | None) -> None:
+        pooled, self._pooled = self._pooled, None
+        driver = pooled.driver_connection
+        if driver.broken or driver.closed or isinstance(exc, psycopg.OperationalError):
+            pooled.invalidate()  # the pool opens a new one
+            return
+        try:
+            if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                driver.rollback()
+            driver.autocommit = False  # the pool's connections run transactions
+        except psycopg.Error:
+            pooled.invalidate()
+            return
+        pooled.close()  # back to the pool
 
     def single_statement(self) -> UnitOfWork:
         """For a unit that makes one write: run it in autocommit, so PostgreSQL commits
         that statement by itself, without the BEGIN and COMMIT round trips (two of the
         three per claim on the per-entry path). Call before the first statement;
         ``commit()`` is then a no-op and nothing can be rolled back."""
-        self.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        if self._session is not None or self._pooled is not None:
+            raise RuntimeError("single_statement() must come before the unit's first statement")
+        self._autocommit = True
         return self
+
+    # --- repositories ----------------------------------------------------------------
+
+    @property
+    def users(self) -> UserRepository:
+        return UserRepository(self.session)
+
+    @property
+    def entries(self) -> EntryRepository:
+        return EntryRepository(self.session)
+
+    @property
+    def visualizations(self) -> VisualizationRepository:
+        return VisualizationRepository(self.session)
+
+    @property
+    def entry_pipeline(self) -> EntryPipelineRepository:
+        """The per-entry path's statements, on the driver connection."""
+        return EntryPipelineRepository(self.driver)
+
+    @property
+    def intake(self) -> IntakeRepository:
+        return IntakeRepository(self.session)
+
+    @property
+    def analytics(self) -> AnalyticsRepository:
+        return AnalyticsRepository(self.session)
+
+    @property
+    def media(self) -> MediaRepository:
+        return MediaRepository(self.session)
+
+    @property
+    def showcase(self) -> ShowcaseRepository:
+        """The devtools' read model."""
+        return ShowcaseRepository(self.session)
+
+    @property
+    def console(self) -> ConsoleRepository:
+        """The operator console's read model."""
+        return ConsoleRepository(self.session)
 
     def commit(self) -> None:
         """Commit, then publish what ``publish`` held. The change is durable before a
         message leaves; if the broker still refuses after the producer's retries, the
         change stays committed (the reconciler republishes its work from the database),
         ``unpublished`` and ``publish_error`` say so, and a warning is logged."""
-        self.session.commit()
+        if self._session is not None:
+            self._session.commit()
+        elif self._pooled is not None and not self._autocommit:
+            self.driver.commit()
         outbox, self._outbox = self._outbox, []
         self.unpublished, self.publish_error = [], None
         if outbox:
@@ -122,5 +220,10 @@ class UnitOfWork:
 def _detail(exc: sa_exc.DBAPIError) -> str:
     """The driver's first line only: SQLAlchemy appends the statement and its
     parameters on the lines after it."""
-    lines = str(exc.orig or exc).strip().splitlines()
+    return _first_line(exc.orig or exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    """psycopg's first line only (the lines after it can quote the statement)."""
+    lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__

@@ -9,6 +9,7 @@ db/analytics_statement.py.
 from db.repositories.analytics import AnalyticsRepository, AnalyticsRow
 from db.repositories.console import ConsoleRepository
 from db.repositories.entries import EntryRepository, EntryRow
+from db.repositories.entry_pipeline import EntryPipelineRepository
 from db.repositories.intake import IntakeRepository, IntakeSessionRow
 from db.repositories.media import MediaRepository
 from db.repositories.showcase import GalleryEntry, ShowcaseRepository
@@ -24,6 +25,7 @@ __all__ = [
     "AnalyticsRow",
     "ClaimedVisualization",
     "ConsoleRepository",
+    "EntryPipelineRepository",
     "EntryRepository",
     "EntryRow",
     "GalleryEntry",

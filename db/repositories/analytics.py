@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 from sqlalchemy import delete, select, text
@@ -31,6 +32,19 @@ _DRIVER_SQL = {
 
 # One lock per (period kind, lane), held until the transaction ends.
 _LANE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('emotion_analytics:' || :k), :lane)")
+
+
+def refresh_entry_periods(
+    driver: psycopg.Connection[Any], user_id: uuid.UUID, moment: datetime, *, removed: bool
+) -> None:
+    """The per-entry refresh's statements (``refresh_for_entry``) on the driver's own
+    connection, so a caller in pipeline mode sends them in one round trip with its own."""
+    sql = _DRIVER_SQL[removed]
+    with driver.cursor() as cursor:
+        for period in periods_containing(moment):
+            end = shift_periods(period.kind, period.start, STREAK_CAP + 1)
+            params = analytics_statement.parameters(period.kind, [user_id], period.start, end)
+            cursor.execute(sql, params)
 
 
 @dataclass(frozen=True)
@@ -96,16 +110,10 @@ class AnalyticsRepository:
         depend on it). Only a removal can leave a period empty, so only then are empty
         periods' rows deleted.
         """
-        sql = _DRIVER_SQL[removed]
-        # The three statements in one round trip (psycopg's pipeline mode): this runs
-        # after every completed entry.
         driver = self.session.connection().connection.dbapi_connection
         assert isinstance(driver, psycopg.Connection)
-        with driver.pipeline(), driver.cursor() as cursor:
-            for period in periods_containing(moment):
-                end = shift_periods(period.kind, period.start, STREAK_CAP + 1)
-                params = analytics_statement.parameters(period.kind, [user_id], period.start, end)
-                cursor.execute(sql, params)
+        with driver.pipeline():
+            refresh_entry_periods(driver, user_id, moment, removed=removed)
 
     def for_user(self, user_id: uuid.UUID) -> list[AnalyticsRow]:
         stmt = (

@@ -20,8 +20,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from db.models import Visualization
-from db.repositories.entries import EntryRow
-from domain.analysis import EntrySnapshot
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 
 DEFAULT_STYLE = VisualizationStyle.ABSTRACT.value  # the column's default
@@ -82,41 +80,8 @@ def _seconds(value: int) -> Any:
     return text(f"interval '{int(value)} seconds'")
 
 
-# The hot path's claim in one round trip: read the entry, create the row if upstream
-# did not, and take the lease (on a new row, a pending one, or one whose lease ran out).
-# The entry comes back even when the claim does not (a duplicate, a held lease), so the
-# caller can tell "missing", "someone else's" and "not claimable" apart.
-_CLAIM_ENTRY = text(
-    """
-WITH entry AS (
-    SELECT id, user_id, situation, emotions, intensity, notes, created_at
-    FROM emotion_entries WHERE id = :entry_id
-), claimed AS (
-    INSERT INTO visualizations AS v
-        (entry_id, user_id, style, status, processing_started_at, lease_expires_at,
-         claim_count)
-    SELECT id, user_id, :style, 'processing', clock_timestamp(),
-           clock_timestamp() + make_interval(secs => :lease_s), 1
-    FROM entry WHERE user_id = :user_id
-    ON CONFLICT (entry_id) DO UPDATE
-        SET status = 'processing',
-            processing_started_at = clock_timestamp(),
-            lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
-            claim_count = v.claim_count + 1
-        WHERE v.status = 'pending'
-           OR (v.status = 'processing'
-               AND coalesce(v.lease_expires_at, v.processing_started_at) < now())
-    RETURNING v.id, v.processing_started_at, v.style, v.gemini_analysis, v.image_url,
-              v.claim_count
-)
-SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created_at,
-       c.id, c.processing_started_at, c.style, c.gemini_analysis, c.image_url, c.claim_count
-FROM entry e LEFT JOIN claimed c ON true
-"""
-)
-
-# Core (not ORM-enabled) statements on the table: the ORM's bulk-update machinery cost
-# more CPU than the statement itself on the per-entry path.
+# Core (not ORM-enabled) statements on the table: cheaper than the ORM's bulk updates.
+# (The per-entry path's claim, checkpoint and completion: db/repositories/entry_pipeline.py.)
 _TABLE: Table = Visualization.__table__  # type: ignore[assignment]
 
 
@@ -134,38 +99,6 @@ class VisualizationRepository:
             .on_conflict_do_nothing(index_elements=["entry_id"])
         )
         self.session.execute(stmt)
-
-    def claim_entry(
-        self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None, lease_s: int
-    ) -> tuple[EntryRow | None, ClaimedVisualization | None]:
-        """The entry, and the lease on its visualization if it could be taken (the row
-        is created first if missing, with ``style`` or the default). A row is only
-        created or claimed for ``user_id``'s own entry."""
-        row = self.session.execute(
-            _CLAIM_ENTRY,
-            {
-                "entry_id": entry_id,
-                "user_id": user_id,
-                "style": style or DEFAULT_STYLE,
-                "lease_s": lease_s,
-            },
-        ).one_or_none()
-        if row is None:
-            return None, None
-        entry = EntryRow(
-            snapshot=EntrySnapshot(
-                entry_id=str(row[0]),
-                situation=row[2],
-                emotions=tuple(row[3]),
-                intensity=row[4],
-                notes=row[5],
-            ),
-            user_id=row[1],
-            created_at=row[6],
-        )
-        if row[7] is None:
-            return entry, None
-        return entry, ClaimedVisualization(row[7], row[8], row[9], row[10], row[11], row[12])
 
     def get_by_entry(self, entry_id: uuid.UUID) -> VisualizationRow | None:
         row = self.session.scalar(select(Visualization).where(Visualization.entry_id == entry_id))
@@ -232,56 +165,6 @@ class VisualizationRepository:
             .where(c.status == VisualizationStatus.PROCESSING.value)
             .where(c.processing_started_at == claim.lease)
         )
-
-    def save_analysis(
-        self,
-        claim: ClaimedVisualization,
-        *,
-        summary: str,
-        insights: list[str],
-        visual_elements: dict[str, Any],
-        raw: dict[str, Any],
-    ) -> bool:
-        result = self.session.execute(
-            self._held(claim).values(
-                summary=summary,
-                insights=insights,
-                visual_elements=visual_elements,
-                gemini_analysis=raw,
-            )
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def save_image(
-        self,
-        claim: ClaimedVisualization,
-        *,
-        image_url: str,
-        thumbnail_url: str,
-        raw: dict[str, Any],
-    ) -> bool:
-        result = self.session.execute(
-            self._held(claim).values(
-                image_url=image_url, thumbnail_url=thumbnail_url, nanobanana_response=raw
-            )
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def complete(self, claim: ClaimedVisualization, **image: Any) -> bool:
-        """Mark completed (with the picture's ``image_url``, ``thumbnail_url`` and
-        ``nanobanana_response`` when given: the last step and the completion in one
-        write)."""
-        result = self.session.execute(
-            self._held(claim).values(
-                status=VisualizationStatus.COMPLETED.value,
-                processing_completed_at=func.now(),
-                lease_expires_at=None,
-                claim_count=0,
-                error_message=None,
-                **image,
-            )
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def release(self, claim: ClaimedVisualization, reason: str) -> bool:
         """Give the lease back after a transient failure, keeping the last error."""

@@ -1,18 +1,23 @@
-"""The per-entry hot path's SQL: one statement reads the entry, creates the row if
-upstream did not, and takes the lease; and the pool pings only connections that sat
-idle (a dead one is replaced without failing the transaction)."""
+"""The per-entry hot path's SQL (db/repositories/entry_pipeline.py, on the driver
+connection): one statement reads the entry, creates the row if upstream did not, and
+takes the lease; the completion saves the picture and refreshes the analytics in one
+round trip; a driver-mode unit wraps errors as the Session's does and never pools a dead
+or autocommit connection. And the pool pings only connections that sat idle."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, text
 
 from db import engine as engine_module
 from db.engine import make_engine, make_session_factory
+from db.repositories import ClaimedVisualization
 from db.uow import UnitOfWork
+from domain.errors import DatabaseUnavailableError, DataRejectedError
 from tests.integration.helpers import insert_entry, insert_user
 
 pytestmark = pytest.mark.integration
@@ -28,8 +33,8 @@ def test_claim_entry_creates_claims_once_and_returns_the_entry(engine: Engine) -
     entry_id, user_id = _entry(engine)
     factory = make_session_factory(engine)
     with UnitOfWork(factory) as uow:
-        entry, claim = uow.visualizations.claim_entry(entry_id, user_id, "diagram", 60)
-        again_entry, again = uow.visualizations.claim_entry(entry_id, user_id, "metaphor", 60)
+        entry, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, "diagram", 60)
+        again_entry, again = uow.entry_pipeline.claim_entry(entry_id, user_id, "metaphor", 60)
         uow.commit()
     assert entry is not None and entry.user_id == user_id
     assert entry.snapshot.entry_id == str(entry_id) and entry.snapshot.emotions == ("joy",)
@@ -51,7 +56,7 @@ def test_claim_entry_takes_a_pending_row_made_upstream_and_keeps_its_style(
         uow.visualizations.ensure_row(entry_id, user_id, "metaphor")
         uow.commit()
     with UnitOfWork(factory) as uow:
-        _, claim = uow.visualizations.claim_entry(entry_id, user_id, None, 60)
+        _, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, None, 60)
         uow.commit()
     assert claim is not None and claim.style == "metaphor"
 
@@ -62,8 +67,8 @@ def test_claim_entry_never_creates_a_row_for_someone_elses_or_a_missing_entry(
     entry_id, _ = _entry(engine)
     factory = make_session_factory(engine)
     with UnitOfWork(factory) as uow:
-        entry, claim = uow.visualizations.claim_entry(entry_id, uuid.uuid4(), None, 60)
-        missing = uow.visualizations.claim_entry(uuid.uuid4(), uuid.uuid4(), None, 60)
+        entry, claim = uow.entry_pipeline.claim_entry(entry_id, uuid.uuid4(), None, 60)
+        missing = uow.entry_pipeline.claim_entry(uuid.uuid4(), uuid.uuid4(), None, 60)
         uow.commit()
     assert entry is not None and claim is None  # the caller reports whose it is
     assert missing == (None, None)
@@ -110,7 +115,7 @@ def test_a_single_statement_unit_commits_its_write_by_itself(engine: Engine) -> 
     factory = make_session_factory(engine)
     with UnitOfWork(factory) as uow:
         uow.single_statement()
-        _, claim = uow.visualizations.claim_entry(entry_id, user_id, None, 60)
+        _, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, None, 60)
         # no commit(): the unit's exit rolls back, and there is nothing left to undo
     assert claim is not None
     with UnitOfWork(factory) as uow:  # the pooled connection is back to transactions
@@ -118,3 +123,119 @@ def test_a_single_statement_unit_commits_its_write_by_itself(engine: Engine) -> 
     with engine.connect() as conn:
         status = conn.execute(text("SELECT status FROM visualizations")).scalar_one()
     assert status == "processing"
+
+
+def _claimed(engine: Engine) -> tuple[uuid.UUID, ClaimedVisualization]:
+    entry_id, user_id = _entry(engine)
+    with UnitOfWork(make_session_factory(engine)) as uow:
+        _, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, None, 60)
+        uow.commit()
+    assert claim is not None
+    return user_id, claim
+
+
+def test_completion_saves_the_picture_and_refreshes_the_analytics_in_one_unit(
+    engine: Engine,
+) -> None:
+    user_id, claim = _claimed(engine)
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
+        assert uow.entry_pipeline.save_analysis(
+            claim,
+            summary="A calm day",
+            insights=["one", "two"],
+            visual_elements={"colors": ["blue"]},
+            raw={"analysis": {"summary": "A calm day"}},
+        )
+        uow.commit()
+    with UnitOfWork(factory) as uow:
+        done = uow.entry_pipeline.complete(
+            claim,
+            user_id=user_id,
+            entry_moment=datetime.now(UTC),
+            image_url="/media/a.png",
+            thumbnail_url="/media/a_thumb.webp",
+            nanobanana_response={"model": "m", "bytes": 10},
+        )
+        uow.commit()
+    assert done
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT status, summary, insights, visual_elements, image_url, thumbnail_url,"
+                " nanobanana_response, lease_expires_at, claim_count FROM visualizations"
+            )
+        ).one()
+        kinds = conn.execute(
+            text("SELECT count(*) FROM emotion_analytics WHERE user_id = :u AND total_entries = 1"),
+            {"u": user_id},
+        ).scalar_one()
+    assert tuple(row) == (
+        "completed",
+        "A calm day",
+        ["one", "two"],
+        {"colors": ["blue"]},
+        "/media/a.png",
+        "/media/a_thumb.webp",
+        {"model": "m", "bytes": 10},
+        None,
+        0,
+    )
+    assert kinds == 3  # the entry's day, week and month
+
+
+def test_completion_keeps_a_checkpointed_picture_and_a_stale_holder_writes_nothing(
+    engine: Engine,
+) -> None:
+    user_id, claim = _claimed(engine)
+    with engine.begin() as conn:  # a picture saved by an earlier run
+        conn.execute(text("UPDATE visualizations SET image_url = '/media/old.png'"))
+    factory = make_session_factory(engine)
+    stale = ClaimedVisualization(
+        claim.id, claim.lease - timedelta(seconds=1), "abstract", None, None
+    )
+    with UnitOfWork(factory) as uow:
+        assert not uow.entry_pipeline.complete(
+            stale, user_id=user_id, entry_moment=datetime.now(UTC)
+        )
+    with UnitOfWork(factory) as uow:
+        assert uow.entry_pipeline.complete(claim, user_id=user_id, entry_moment=datetime.now(UTC))
+        uow.commit()
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, image_url FROM visualizations")).one()
+    assert tuple(row) == ("completed", "/media/old.png")
+
+
+def test_a_driver_unit_wraps_errors_and_gives_back_a_working_connection(
+    engine: Engine, db_url: str
+) -> None:
+    _, claim = _claimed(engine)
+    factory = make_session_factory(engine)
+    with pytest.raises(DataRejectedError, match="refused the data"), UnitOfWork(factory) as uow:
+        uow.entry_pipeline.save_analysis(
+            claim, summary="nul \x00 inside", insights=[], visual_elements={}, raw={}
+        )
+    with UnitOfWork(factory) as uow:  # a transaction left open would be rolled back
+        pid = uow.driver.execute("SELECT pg_backend_pid()").fetchone()
+        assert uow.driver.autocommit is False
+    assert pid is not None
+    admin = make_engine(db_url, null_pool=True)
+    with admin.begin() as conn:  # the server drops it (a restart)
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid[0]})
+    admin.dispose()
+    with pytest.raises(DatabaseUnavailableError), UnitOfWork(factory) as uow:
+        uow.driver.execute("SELECT 1")
+    with UnitOfWork(factory) as uow:  # the dead connection was thrown away, not pooled
+        assert uow.driver.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_unit_runs_on_a_session_or_on_the_driver_never_both(engine: Engine) -> None:
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
+        uow.session.execute(text("SELECT 1"))
+        with pytest.raises(RuntimeError, match="Session"):
+            _ = uow.driver
+    with UnitOfWork(factory) as uow:
+        _ = uow.driver
+        with pytest.raises(RuntimeError, match="driver"):
+            _ = uow.session

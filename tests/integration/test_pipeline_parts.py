@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dramatiq
@@ -141,7 +142,9 @@ def test_claim_is_exclusive_and_expired_leases_are_reclaimed(
         )
     assert service.process(EntryCreated(entry_id=entry_id, user_id=user_id)) is Outcome.COMPLETED
     with UnitOfWork(factory) as uow:  # the stale holder can no longer write
-        assert not uow.visualizations.complete(first)
+        assert not uow.entry_pipeline.complete(
+            first, user_id=user_id, entry_moment=datetime.now(UTC)
+        )
 
 
 def test_the_heartbeat_renews_the_lease_and_a_dead_holders_row_is_reclaimed(

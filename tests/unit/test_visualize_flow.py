@@ -91,7 +91,11 @@ class FakeVisualizations:
             self.pending.append(lambda: setattr(row, "image_url", values["image_url"]))
         return row is not None
 
-    def complete(self, claim: ClaimedVisualization, **image: Any) -> bool:
+    def complete(
+        self, claim: ClaimedVisualization, *, user_id: uuid.UUID, entry_moment: Any, **image: Any
+    ) -> bool:
+        # The real one refreshes the analytics in the same round trip.
+        self.pending.append(lambda: self.db.analytics_refreshed.append(user_id))
         row = self._held(claim)
         if row is not None:
             self.pending.append(lambda: setattr(row, "status", "completed"))
@@ -135,15 +139,7 @@ class FakeUnitOfWork:
         self.pending: list[Any] = []
         self.entries = type("E", (), {"get": lambda _s, entry_id: db.entries.get(entry_id)})()
         self.visualizations = FakeVisualizations(db, self.pending)
-        self.analytics = type(
-            "A",
-            (),
-            {
-                "refresh_for_entry": lambda _s, user, moment, removed: self.pending.append(
-                    lambda: db.analytics_refreshed.append(user)
-                )
-            },
-        )()
+        self.entry_pipeline = self.visualizations  # the per-entry statements, same rows
 
     def single_statement(self) -> FakeUnitOfWork:
         return self

@@ -94,9 +94,10 @@ class VisualizationService:
             # The picture is saved with the completion, in one write.
             picture = {} if claim.image_url else self._image_step(entry, claim, analysis, style)
             with self.uow_factory() as uow:
-                if not uow.visualizations.complete(claim, **picture):
+                if not uow.entry_pipeline.complete(
+                    claim, user_id=entry.user_id, entry_moment=entry.created_at, **picture
+                ):
                     return Outcome.LEASE_LOST
-                uow.analytics.refresh_for_entry(entry.user_id, entry.created_at, removed=False)
                 uow.commit()
         except Exception as exc:
             self._release(claim, exc)
@@ -111,7 +112,7 @@ class VisualizationService:
     def _claim(self, message: EntryCreated) -> tuple[EntryRow, ClaimedVisualization | None]:
         with self.uow_factory() as uow:
             uow.single_statement()
-            found, claim = uow.visualizations.claim_entry(
+            found, claim = uow.entry_pipeline.claim_entry(
                 message.entry_id,
                 message.user_id,
                 message.style.value if message.style else None,
@@ -148,7 +149,7 @@ class VisualizationService:
         analysis = result.analysis
         with self.uow_factory() as uow:
             uow.single_statement()
-            saved = uow.visualizations.save_analysis(
+            saved = uow.entry_pipeline.save_analysis(
                 claim,
                 summary=analysis.summary,
                 insights=analysis.insights,
