@@ -91,6 +91,12 @@ DONE = {
 }
 CPU_SETTLE_S = 5.0  # the consumers' backoff reaches its 1 s ceiling within ~2.5 s
 GAP_S = 1.0  # between one queue's messages and the next queue's
+# Warm-up messages per queue and worker process. Which process takes a message is a race,
+# and a process's first message pays its first-ever costs (lazy imports, the SDK's
+# pydantic schemas: ~70 ms); one warm-up message per queue left one process cold, and
+# its first sample showed that instead of a quiet spell. Four per process leave a
+# process without one in 2 x 0.5^8 of runs.
+WARM_UP_PER_PROCESS = 4
 COST_MESSAGES = 1000
 
 
@@ -167,7 +173,7 @@ class Run:
         self, mode: str, db_url: str, emulator: Emulator, messages: Messages, processes: int,
         threads: int,
     ) -> None:  # fmt: skip
-        self.mode, self.messages = mode, messages
+        self.mode, self.messages, self.processes = mode, messages, processes
         namespace = f"bench-idle-{mode}-{os.getpid()}"
         self.metrics_dir = OUT / f"idle-metrics-{mode}"
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
@@ -227,7 +233,8 @@ class Run:
 
     def rounds(self, count: int, quiet_s: float, result: Result) -> None:
         for queue in QUEUES:  # warm-up: first-ever calls are not what a quiet spell costs
-            self.sample(queue)
+            for _ in range(WARM_UP_PER_PROCESS * self.processes):
+                self.sample(queue)
         for number in range(count):
             self.quiet(quiet_s, result)
             order = QUEUES[number % len(QUEUES) :] + QUEUES[: number % len(QUEUES)]

@@ -12,6 +12,7 @@ status and the server's message, never from request objects.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -234,11 +235,18 @@ def text_turn(role: str, text: str) -> types.Content:
     return types.Content(role=role, parts=[types.Part(text=text)])
 
 
+# We declare no tools. Left on (the SDK's default), automatic function calling deep-copied
+# the whole config, JSON schema included, on every call.
+NO_FUNCTION_CALLING = types.AutomaticFunctionCallingConfig(disable=True)
+
+
 def structured_config(
     system_instruction: str, schema: dict[str, Any], temperature: float
 ) -> Callable[[int], types.GenerateContentConfig]:
-    """JSON output against ``schema``; called with the token budget of each attempt."""
+    """JSON output against ``schema``; called with the token budget of each attempt.
+    Built once per budget: the SDK only reads it."""
 
+    @functools.cache
     def config(max_tokens: int) -> types.GenerateContentConfig:
         return types.GenerateContentConfig(
             system_instruction=system_instruction,
@@ -246,6 +254,7 @@ def structured_config(
             max_output_tokens=max_tokens,
             response_mime_type="application/json",
             response_json_schema=schema,
+            automatic_function_calling=NO_FUNCTION_CALLING,
         )
 
     return config
@@ -329,24 +338,22 @@ class GeminiImageProvider:
         image_size: str,
     ) -> None:
         self.client, self.model, self.gate = client, model, gate
-        self.aspect_ratio, self.image_size = aspect_ratio, image_size
+        # No response schema for an image model: it rejects one.
+        self.config = types.GenerateContentConfig(
+            response_modalities=["IMAGE"],
+            image_config=types.ImageConfig(aspect_ratio=aspect_ratio, image_size=image_size),
+            automatic_function_calling=NO_FUNCTION_CALLING,
+        )
 
     def draw(
         self, entry: EntrySnapshot, analysis: Analysis, style: VisualizationStyle
     ) -> ImageResult:
-        # No response schema for an image model: it rejects one.
-        config = types.GenerateContentConfig(
-            response_modalities=["IMAGE"],
-            image_config=types.ImageConfig(
-                aspect_ratio=self.aspect_ratio, image_size=self.image_size
-            ),
-        )
         response = self.client.generate(
             model=self.model,
             setting="IMAGE_MODEL",
             gate=self.gate,
             contents=image_prompt(analysis, style),
-            config=config,
+            config=self.config,
         )
         _check_blocked(response, self.model)
         content = response.candidates[0].content if response.candidates else None
