@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from sqlalchemy import delete, select, text
+from sqlalchemy import TextClause, delete, select, text
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.orm import Session
 
@@ -24,9 +24,20 @@ from domain.periods import PeriodKind, periods_containing
 # a millisecond of CPU on every entry's refresh.
 _RECOMPUTE = text(analytics_statement.RECOMPUTE_SQL)
 _RECOMPUTE_AND_DROP_EMPTY = text(analytics_statement.RECOMPUTE_AND_DROP_EMPTY_SQL)
-# The same in the driver's own parameter style, for the per-entry refresh (by removed).
+
+
+# The same with PostgreSQL's own $n placeholders, and the parameters' names in order, for
+# the per-entry refresh on the driver connection (a RawCursor): psycopg caches its
+# conversion of %(name)s placeholders only for statements under 4 KB, and converting this
+# 11 KB one again cost 0.15 ms of CPU on every execute, three per entry.
+def _numbered(statement: TextClause) -> tuple[str, tuple[str, ...]]:
+    dialect = postgresql_psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+    compiled = statement.compile(dialect=dialect)
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
 _DRIVER_SQL = {
-    removed: str(statement.compile(dialect=postgresql_psycopg.dialect()))  # type: ignore[no-untyped-call]
+    removed: _numbered(statement)
     for removed, statement in ((False, _RECOMPUTE), (True, _RECOMPUTE_AND_DROP_EMPTY))
 }
 
@@ -39,12 +50,12 @@ def refresh_entry_periods(
 ) -> None:
     """The per-entry refresh's statements (``refresh_for_entry``) on the driver's own
     connection, so a caller in pipeline mode sends them in one round trip with its own."""
-    sql = _DRIVER_SQL[removed]
-    with driver.cursor() as cursor:
+    sql, names = _DRIVER_SQL[removed]
+    with psycopg.RawCursor(driver) as cursor:
         for period in periods_containing(moment):
             end = shift_periods(period.kind, period.start, STREAK_CAP + 1)
             params = analytics_statement.parameters(period.kind, [user_id], period.start, end)
-            cursor.execute(sql, params)
+            cursor.execute(sql, [params[name] for name in names])
 
 
 @dataclass(frozen=True)
