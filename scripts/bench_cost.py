@@ -85,9 +85,7 @@ class _NoGate:
 
 def measure_floor(url: str, calls: int) -> dict[str, float]:
     """CPU ms per entry of this thread for the SDK calls, the check and the thumbnail."""
-    client = GeminiClient(
-        api_key="bench-key", base_url=url, api_version="v1beta", timeout_s=60, max_connections=4
-    )
+    client = GeminiClient(api_key="bench-key", base_url=url, api_version="v1beta", timeout_s=60)
     gate: Any = _NoGate()
     analysis_provider = GeminiAnalysisProvider(client, "gemini-3.5-flash", gate)
     image_provider = GeminiImageProvider(

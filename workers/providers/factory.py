@@ -76,7 +76,6 @@ def _build(settings: Settings, redis_client: redis.Redis) -> Providers:
         base_url=settings.gemini_base_url,
         api_version=settings.gemini_api_version,
         timeout_s=settings.request_timeout_s,
-        max_connections=settings.worker_threads,
     )
     return Providers(
         GeminiAnalysisProvider(client, settings.analysis_model, analysis_gate),

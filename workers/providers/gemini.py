@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -45,6 +44,7 @@ from domain.sanitize import from_model
 from domain.vocabulary import VisualizationStyle
 from workers.logging import get_logger
 from workers.observability import metrics
+from workers.providers.http_pools import PerThreadTransport
 from workers.providers.ratelimit import RateGate
 
 log = get_logger("emotionviz.gemini")
@@ -167,18 +167,17 @@ class GeminiClient:
         base_url: str | None,
         api_version: str,
         timeout_s: float,
-        max_connections: int,
     ) -> None:
-        # The HTTP library's default pool (100 connections, only 20 kept alive) capped
-        # the calls in flight and re-opened a connection for most calls past 20: one
-        # kept-alive connection per worker thread instead.
-        limits = httpx2.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
+        # A kept-alive connection per worker thread, each thread with a pool of its own
+        # (workers/providers/http_pools.py). The HTTP library's default, one pool of 100
+        # connections with 20 kept alive, capped the calls in flight and re-opened a
+        # connection for most calls past 20; one shared pool sized to the threads spent
+        # its CPU walking its connections on every call.
+        self.transport = PerThreadTransport()
         options = types.HttpOptions(
             api_version=api_version,
             timeout=int(timeout_s * 1000),
-            client_args={"limits": limits},
+            client_args={"transport": self.transport},
         )
         if base_url:
             options.base_url = base_url
