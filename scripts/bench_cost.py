@@ -4,21 +4,18 @@ Prints figures measured in one run; it asserts nothing.
 1. The floor, measured alone in this process, one thread, against the same emulator:
    the two SDK calls as our providers make them (analysis + image, no rate limiter),
    the image check (full decode) and the WebP thumbnail. CPU of this thread only.
-2. The pipeline at zero provider latency: ENTRIES entries through real worker processes
+2. The split by part: the real service in this process, one thread, each part's own
+   thread CPU time (scripts/bench/cost_parts.py), PARTS_ENTRIES entries.
+3. The pipeline at zero provider latency: ENTRIES entries through real worker processes
    (gemini provider, SDK, emulator), CPU seconds of every process group read from /proc
-   (workers, emulator, PostgreSQL, Redis), and the workers' CPU split by part from a
-   py-spy sampling profile of every worker process: the thread holding the GIL, sampled
-   RATE_HZ times a second; each sample goes to the innermost part its stack passes
-   through (a log line written while the rate limiter waits counts as logging), and a
-   part's share of the samples is its share of the workers' CPU. (Samples / RATE_HZ
-   over-count CPU on a busy machine: a GIL holder the kernel has descheduled still
-   holds it. The shares are what the profile can tell.)
+   (workers, emulator, PostgreSQL, Redis). Workers minus the split's total is what
+   Dramatiq, the consumer and the threads add per message.
 
 The figure: worker CPU per entry / floor (target <= 1.5, moonshot <= 1.2). The servers'
 CPU on our behalf (PostgreSQL, Redis) and the emulator's are printed beside it.
 
 Usage: .venv/bin/python scripts/bench_cost.py [--entries 2000] [--processes 2]
-       [--threads 16] [--floor-calls 200] [--no-profile]
+       [--threads 16] [--floor-calls 200] [--parts-entries 300]
 Uses DATABASE_URL / REDIS_URL when set, else the embedded servers.
 """
 
@@ -27,11 +24,9 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import shutil
-import subprocess
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -52,28 +47,14 @@ from common import (
     status_counts,
     visualize_and_wait,
 )
+from cost_parts import WARM_UP, measure_parts
 
 from domain.analysis import EntrySnapshot
 from domain.vocabulary import VisualizationStyle
+from workers import bootstrap
 from workers.providers.gemini import GeminiAnalysisProvider, GeminiClient, GeminiImageProvider
 from workers.services.imaging import check_image, thumbnail
-
-# (part, markers): a sample goes to the part of the innermost frame that contains one of
-# its markers (a file path fragment), checked leaf first. Redis is shared by the broker,
-# the rate limiter and the counters, so a Redis frame counts for its caller's part.
-PARTS: list[tuple[str, tuple[str, ...]]] = [
-    ("logging", ("structlog/", "workers/logging.py", "/logging/__init__.py")),
-    ("metrics", ("prometheus_client/", "workers/observability/", "workers/messaging/counters")),
-    ("rate limiter", ("workers/providers/ratelimit.py", "dramatiq/rate_limits/")),
-    ("image check + thumbnail", ("workers/services/imaging.py", "PIL/")),
-    ("media files", ("workers/providers/storage.py", "workers/services/media.py")),
-    ("SDK calls", ("google/genai/", "httpx2/", "httpcore2/", "workers/providers/gemini")),
-    ("SQL + transactions", ("sqlalchemy/", "psycopg/", "psycopg_pool/", "db/")),
-    ("lease heartbeat", ("workers/services/leases.py",)),
-    ("Dramatiq + broker", ("dramatiq/", "workers/messaging/")),
-]
-SHARED = ("redis/",)
-RATE_HZ = 100
+from workers.settings import get_settings
 
 
 class _NoGate:
@@ -118,67 +99,16 @@ def measure_floor(url: str, calls: int) -> dict[str, float]:
     return {k: v * 1000 / calls for k, v in totals.items()}
 
 
-@contextmanager
-def profiled(pids: list[int], enabled: bool) -> Any:
-    """py-spy records each pid (on-CPU samples, raw collapsed stacks) while the block runs."""
-    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    if not enabled or spy is None:
-        if enabled:
-            print("    (py-spy not installed: no split by part)")
-        yield []
-        return
-    outputs = [OUT / f"cost-{pid}.txt" for pid in pids]
-    procs = [
-        subprocess.Popen(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(pid),
-                "--rate",
-                "200",
-                "--nonblocking",
-                "--format",
-                "raw",
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for pid, out in zip(pids, outputs, strict=True)
-    ]
-    time.sleep(1.0)  # py-spy attaches
-    try:
-        yield outputs
-    finally:
-        for proc in procs:
-            proc.send_signal(2)  # SIGINT: py-spy writes its output and exits
-        for proc in procs:
-            proc.wait(timeout=60)
-
-
-def split_by_part(outputs: list[Path]) -> dict[str, int]:
-    counts: dict[str, int] = collections.Counter()
-    for out in outputs:
-        if not out.exists():
-            continue
-        for line in out.read_text().splitlines():
-            stack, _, n = line.rpartition(" ")
-            if not stack or not n.isdigit():
-                continue
-            counts[_part_of(stack.split(";"))] += int(n)
-    return counts
-
-
-def _part_of(frames: list[str]) -> str:
-    shared = False
-    for frame in reversed(frames):
-        for part, markers in PARTS:
-            if any(marker in frame for marker in markers):
-                return part
-        shared = shared or any(marker in frame for marker in SHARED)
-    return "Dramatiq + broker" if shared else "other (our code, threads, runtime)"
+def split_in_process(
+    env: dict[str, str], ids: list[tuple[str, str]]
+) -> tuple[dict[str, float], int]:
+    """The split by part, this process configured as a worker would be."""
+    os.environ.update(env)
+    get_settings.cache_clear()
+    for function in vars(bootstrap).values():  # the composition root's cached parts
+        getattr(function, "cache_clear", lambda: None)()
+    bootstrap.configure_process()
+    return measure_parts(ids)
 
 
 def main() -> int:
@@ -189,7 +119,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--floor-calls", type=int, default=200)
-    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--parts-entries", type=int, default=300)
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
@@ -217,8 +147,15 @@ def run_pipeline(
         "GEMINI_API_KEY": "bench-key",
         "GEMINI_BASE_URL": emulator.url,
     }
-    make_entries(db_url, args.entries)
+    make_entries(db_url, args.entries + args.parts_entries + WARM_UP)
     ids = entry_ids(db_url)
+    parts_ids, ids = ids[: args.parts_entries + WARM_UP], ids[args.parts_entries + WARM_UP :]
+    parts, measured = split_in_process(env, parts_ids)
+    parts_total = sum(parts.values())
+    print(f"\nsplit by part, one thread in this process, {measured} entries (thread CPU ms)")
+    for part, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"    {part:44s} {ms:7.2f} ms")
+    print(f"    {'total':44s} {parts_total:7.2f} ms")
     workers = Workers(env, args.processes, args.threads, ["visualizations"])
     try:
         kids = psutil.Process(workers.proc.pid).children(recursive=True)
@@ -229,29 +166,25 @@ def run_pipeline(
             "Redis": server_processes("redis-server"),
         }
         before = {name: cpu_seconds(procs) for name, procs in groups.items()}
-        with profiled([k.pid for k in kids], not args.no_profile) as outputs:
-            started = time.perf_counter()
-            visualize_and_wait(env, ids)
-            elapsed = time.perf_counter() - started
-            spent = {name: cpu_seconds(procs) - before[name] for name, procs in groups.items()}
+        started = time.perf_counter()
+        visualize_and_wait(env, ids)
+        elapsed = time.perf_counter() - started
+        spent = {name: cpu_seconds(procs) - before[name] for name, procs in groups.items()}
     finally:
         workers.stop()
     counts = status_counts(db_url)
-    n = args.entries
+    n = len(ids)
     per_entry = {name: s * 1000 / n for name, s in spent.items()}
     print(
         f"\npipeline at 0 ms latency: {n} entries, {args.processes} processes x "
         f"{args.threads} threads: {elapsed:.1f} s, {n / elapsed:.1f} entries/s, {counts}"
     )
-    samples = split_by_part(outputs)
-    total_samples = sum(samples.values())
-    if total_samples:
-        print(f"    worker CPU by part ({total_samples} samples of the GIL holder):")
-        for part, count in sorted(samples.items(), key=lambda kv: -kv[1]):
-            share = count / total_samples
-            print(f"      {part:36s} {share * per_entry['workers']:7.2f} ms  {share * 100:5.1f} %")
     for name, ms in per_entry.items():
         print(f"    {name:36s} {ms:7.2f} ms per entry")
+    print(
+        f"    {'Dramatiq, consumer, threads':36s} {per_entry['workers'] - parts_total:7.2f} ms "
+        "per entry (workers - the split's total)"
+    )
     ratio = per_entry["workers"] / floor_ms
     all_in = sum(per_entry.values()) - per_entry["emulator"]
     print(
