@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 from google.genai import errors as genai_errors
+from google.genai import types
 from PIL import Image
 
 from domain.analysis import (
@@ -25,7 +26,7 @@ from domain.errors import (
 from domain.vocabulary import VisualizationStyle
 from workers.devtools.emulator import example_from_schema
 from workers.logging import register_secret, scrub
-from workers.providers.gemini import classify_api_error, retry_delay_s
+from workers.providers.gemini import _raw, classify_api_error, retry_delay_s
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.services.imaging import check_image, thumbnail
 
@@ -157,3 +158,20 @@ def test_log_scrubbing_removes_secrets() -> None:
     register_secret("super-secret-key-123")
     line = scrub("key=super-secret-key-123 url postgresql://bob:hunter2@db/x ?key=abc&x=1")
     assert "super-secret-key-123" not in line and "hunter2" not in line and "abc" not in line
+
+
+def test_a_stored_response_names_the_image_size_and_never_holds_its_bytes() -> None:
+    picture = types.Part(inline_data=types.Blob(mime_type="image/png", data=b"\x89PNG" * 250))
+    response = types.GenerateContentResponse(
+        candidates=[
+            types.Candidate(
+                content=types.Content(role="model", parts=[types.Part(text="here"), picture]),
+                finish_reason=types.FinishReason.STOP,
+            )
+        ]
+    )
+    stored = _raw(response)
+    parts = stored["candidates"][0]["content"]["parts"]
+    assert parts[0] == {"text": "here"}
+    assert parts[1]["inline_data"] == {"mime_type": "image/png", "data": "<1000 bytes omitted>"}
+    assert "sdk_http_response" not in stored and "iVBOR" not in str(stored)

@@ -128,16 +128,28 @@ def classify_api_error(exc: genai_errors.APIError, *, model: str, setting: str) 
     return ProviderError(f"{model}: request rejected ({code} {status}): {server_message}")
 
 
+# Left out of the dump: the HTTP envelope, and the image bytes (never stored; dumping
+# them as JSON base64-encoded the whole picture again, ~2 MB for a 1K image).
+_NOT_STORED: dict[str, Any] = {
+    "sdk_http_response": True,
+    "candidates": {"__all__": {"content": {"parts": {"__all__": {"inline_data": {"data"}}}}}},
+}
+
+
 def _raw(response: types.GenerateContentResponse) -> dict[str, Any]:
     """The response as JSON fit to store (domain.sanitize.from_model), image bytes
-    replaced by their size (never stored)."""
-    data = response.model_dump(mode="json", exclude_none=True)
-    data.pop("sdk_http_response", None)
-    for candidate in data.get("candidates", []) or []:
-        for part in (candidate.get("content") or {}).get("parts", []) or []:
-            inline = part.get("inline_data")
-            if inline and "data" in inline:
-                inline["data"] = f"<{len(inline['data'])} base64 chars omitted>"
+    replaced by their size."""
+    data = response.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
+    for candidate, dumped in zip(
+        response.candidates or [], data.get("candidates", []), strict=False
+    ):
+        parts = candidate.content.parts if candidate.content else None
+        for part, dumped_part in zip(
+            parts or [], (dumped.get("content") or {}).get("parts", []), strict=False
+        ):
+            if part.inline_data is not None and part.inline_data.data is not None:
+                size = len(part.inline_data.data)
+                dumped_part.setdefault("inline_data", {})["data"] = f"<{size} bytes omitted>"
     stored: dict[str, Any] = from_model(data)
     return stored
 
