@@ -88,6 +88,20 @@ def warm_pool() -> None:
     database().warm_pool()
 
 
+def warm_libraries() -> None:
+    """Build what our libraries build lazily (the model SDK's response models, Pillow's
+    plugins and WebP encoder, the metrics) now, a worker at boot: each process's first
+    entry paid ~130 ms for them."""
+    from workers.observability import metrics
+    from workers.providers.gemini import warm_up_sdk
+    from workers.services import imaging
+
+    metrics.warm_up()
+    imaging.warm_up()
+    if get_settings().resolved_provider() == "gemini":
+        warm_up_sdk()
+
+
 def unit_of_work() -> UnitOfWork:
     return database().unit_of_work(_LazyPublisher())
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from google.genai import errors as genai_errors
@@ -29,6 +32,8 @@ from workers.logging import register_secret, scrub
 from workers.providers.gemini import _raw, classify_api_error, retry_delay_s
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.services.imaging import check_image, thumbnail
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.unit
 
@@ -175,3 +180,22 @@ def test_a_stored_response_names_the_image_size_and_never_holds_its_bytes() -> N
     assert parts[0] == {"text": "here"}
     assert parts[1]["inline_data"] == {"mime_type": "image/png", "data": "<1000 bytes omitted>"}
     assert "sdk_http_response" not in stored and "iVBOR" not in str(stored)
+
+
+def test_the_boot_warm_ups_run_offline_and_build_what_the_first_entry_would() -> None:
+    # A fresh interpreter: in this one another test may have built them already.
+    probe = (
+        "from google.genai import types\n"
+        "from PIL import Image\n"
+        "from workers.providers.gemini import warm_up_sdk\n"
+        "from workers.services import imaging\n"
+        "sdk = lambda: type(types.GenerateContentResponse.__pydantic_validator__).__name__\n"
+        "before = (sdk(), 'WEBP' in Image.SAVE)\n"
+        "warm_up_sdk()\n"
+        "imaging.warm_up()\n"
+        "print(*before, sdk(), 'WEBP' in Image.SAVE)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split() == ["MockValSer", "False", "SchemaValidator", "True"]

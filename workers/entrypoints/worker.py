@@ -14,7 +14,12 @@ settings = get_settings()
 broker = bootstrap.broker()
 actors = declare_actors(broker, settings, bootstrap.actor_dependencies())
 broker.add_middleware(
-    WarmUp(bootstrap.visualization_service, bootstrap.intake_service, bootstrap.warm_pool)
+    WarmUp(
+        bootstrap.visualization_service,
+        bootstrap.intake_service,
+        bootstrap.warm_pool,
+        bootstrap.warm_libraries,
+    )
 )
 broker.add_middleware(Watchdog(settings.watchdog_interval_s))
 if settings.metrics_port:

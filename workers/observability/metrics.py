@@ -76,6 +76,12 @@ def _metrics() -> dict[str, Any]:
     }
 
 
+def warm_up() -> None:
+    """Create the metrics now (a worker at boot): creating them imports
+    prometheus_client, ~30 ms the first job would otherwise pay."""
+    _safely(_metrics)
+
+
 def _safely(record: Any) -> None:
     with contextlib.suppress(Exception):  # a metric must never fail a job
         record()
