@@ -174,9 +174,10 @@ def warm_up_sdk() -> None:
         ],
         "usage_metadata": {"prompt_token_count": 1, "candidates_token_count": 1},
     }
-    # The SDK's own parsing path (a private method: should it go, WarmUp logs the
-    # failure and the first call pays, as before), then our dump of what it returns.
-    _raw(types.GenerateContentResponse._from_response(response=canned, kwargs={}))
+    _raw(types.GenerateContentResponse.model_validate(canned))
+    # The SDK's own parsing path builds more of them (a private method: should it go,
+    # WarmUp logs the failure and the first call pays, as before).
+    types.GenerateContentResponse._from_response(response=canned, kwargs={})
     text_turn("user", "warm-up")
 
 
@@ -211,10 +212,11 @@ class GeminiClient:
         # connections with 20 kept alive, capped the calls in flight and re-opened a
         # connection for most calls past 20; one shared pool sized to the threads spent
         # its CPU walking its connections on every call.
+        self.transport = PerThreadTransport()
         options = types.HttpOptions(
             api_version=api_version,
             timeout=int(timeout_s * 1000),
-            client_args={"transport": PerThreadTransport()},
+            client_args={"transport": self.transport},
         )
         if base_url:
             options.base_url = base_url
