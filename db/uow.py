@@ -22,9 +22,8 @@ psycopg, nor the SQL and parameters its messages carry.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import psycopg
 from sqlalchemy import Engine
@@ -60,21 +59,6 @@ _UNAVAILABLE = (
     psycopg.InterfaceError,
 )
 _REJECTED = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
-
-
-R = TypeVar("R")
-
-
-class _OnSession(Generic[R]):
-    """``uow.users`` and the like: the repository on the unit's Session (made on first
-    use, so a unit that only uses the driver connection never opens one)."""
-
-    def __init__(self, repository: Callable[[Session], R]) -> None:
-        self.repository = repository
-
-    def __get__(self, uow: UnitOfWork | None, owner: type | None = None) -> R:
-        assert uow is not None, "a repository of a unit of work, not of the class"
-        return self.repository(uow.session)
 
 
 class UnitOfWork:
@@ -171,19 +155,44 @@ class UnitOfWork:
 
     # --- repositories ----------------------------------------------------------------
 
-    users = _OnSession(UserRepository)
-    entries = _OnSession(EntryRepository)
-    visualizations = _OnSession(VisualizationRepository)
-    intake = _OnSession(IntakeRepository)
-    analytics = _OnSession(AnalyticsRepository)
-    media = _OnSession(MediaRepository)
-    showcase = _OnSession(ShowcaseRepository)  # the devtools' read model
-    console = _OnSession(ConsoleRepository)  # the operator console's read model
+    @property
+    def users(self) -> UserRepository:
+        return UserRepository(self.session)
+
+    @property
+    def entries(self) -> EntryRepository:
+        return EntryRepository(self.session)
+
+    @property
+    def visualizations(self) -> VisualizationRepository:
+        return VisualizationRepository(self.session)
 
     @property
     def entry_pipeline(self) -> EntryPipelineRepository:
         """The per-entry path's statements, on the driver connection."""
         return EntryPipelineRepository(self.driver)
+
+    @property
+    def intake(self) -> IntakeRepository:
+        return IntakeRepository(self.session)
+
+    @property
+    def analytics(self) -> AnalyticsRepository:
+        return AnalyticsRepository(self.session)
+
+    @property
+    def media(self) -> MediaRepository:
+        return MediaRepository(self.session)
+
+    @property
+    def showcase(self) -> ShowcaseRepository:
+        """The devtools' read model."""
+        return ShowcaseRepository(self.session)
+
+    @property
+    def console(self) -> ConsoleRepository:
+        """The operator console's read model."""
+        return ConsoleRepository(self.session)
 
     def commit(self) -> None:
         """Commit, then publish what ``publish`` held. The change is durable before a

@@ -58,11 +58,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dramatiq
 import psycopg
 import redis
-from common import OUT, Emulator, base_env, bench_database, cpu_seconds, free_port, libpq
+from common import OUT, Emulator, base_env, bench_database, cpu_seconds, libpq
 from idle_parts import (
     CostProbe,
     LogTail,
     WorkerGroup,
+    free_port,
     percentile,
     provider_seconds,
     redis_cpu_seconds,
@@ -191,9 +192,7 @@ class Run:
         if mode == "before":
             env["INTAKE_IDLE_POLL_MS"] = "10"
             modules.append("idle_no_wake")
-        self.workers = WorkerGroup(
-            env, processes, threads, QUEUES, modules=modules, log_prefix="idle-worker"
-        )
+        self.workers = WorkerGroup(env, processes, threads, QUEUES, modules)
         self.log = LogTail(self.workers.log_path)
         settings = Settings(_env_file=None, redis_namespace=namespace)  # type: ignore[call-arg]
         self.broker = build_broker(settings, env["REDIS_URL"])

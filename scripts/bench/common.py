@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -199,15 +198,13 @@ def server_processes(name: str) -> list[psutil.Process]:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Emulator:
     def __init__(self, analysis_s: float, image_s: float, port: int = 0) -> None:
-        self.port = port or free_port()
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+            self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -4,6 +4,7 @@ JSON log read as it grows, the provider time the workers record, CPU snapshots."
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,8 +18,25 @@ from common import Workers
 from domain.messages import MessageV1
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class WorkerGroup(Workers):
-    """scripts/bench/common.py's Workers, telling its worker processes from the rest."""
+    """``python -m dramatiq workers.entrypoints.worker [modules]`` as `emotionviz worker`
+    runs it (scripts/bench/common.py's Workers, with modules of our choice)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        processes: int,
+        threads: int,
+        queues: Sequence[str],
+        modules: Sequence[str] = (),
+    ) -> None:
+        super().__init__(env, processes, threads, queues, modules=modules, log_prefix="idle-worker")
 
     def processes_by_kind(self) -> dict[str, list[psutil.Process]]:
         """The worker processes (many threads) and the rest (Dramatiq's parent, the

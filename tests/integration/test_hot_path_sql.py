@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from db import engine as engine_module
-from db.engine import make_engine
+from db.engine import make_engine, make_session_factory
 from db.repositories import ClaimedVisualization
 from db.uow import UnitOfWork
 from domain.errors import DatabaseUnavailableError, DataRejectedError
@@ -29,11 +29,10 @@ def _entry(engine: Engine) -> tuple[uuid.UUID, uuid.UUID]:
         return insert_entry(conn, user_id, emotions=["joy"]), user_id
 
 
-def test_claim_entry_creates_claims_once_and_returns_the_entry(
-    engine: Engine, uow: UnitOfWork
-) -> None:
+def test_claim_entry_creates_claims_once_and_returns_the_entry(engine: Engine) -> None:
     entry_id, user_id = _entry(engine)
-    with uow:
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
         entry, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, "diagram", 60)
         again_entry, again = uow.entry_pipeline.claim_entry(entry_id, user_id, "metaphor", 60)
         uow.commit()
@@ -49,23 +48,25 @@ def test_claim_entry_creates_claims_once_and_returns_the_entry(
 
 
 def test_claim_entry_takes_a_pending_row_made_upstream_and_keeps_its_style(
-    engine: Engine, uow: UnitOfWork
+    engine: Engine,
 ) -> None:
     entry_id, user_id = _entry(engine)
-    with uow:
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
         uow.visualizations.ensure_row(entry_id, user_id, "metaphor")
         uow.commit()
-    with uow:
+    with UnitOfWork(factory) as uow:
         _, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, None, 60)
         uow.commit()
     assert claim is not None and claim.style == "metaphor"
 
 
 def test_claim_entry_never_creates_a_row_for_someone_elses_or_a_missing_entry(
-    engine: Engine, uow: UnitOfWork
+    engine: Engine,
 ) -> None:
     entry_id, _ = _entry(engine)
-    with uow:
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
         entry, claim = uow.entry_pipeline.claim_entry(entry_id, uuid.uuid4(), None, 60)
         missing = uow.entry_pipeline.claim_entry(uuid.uuid4(), uuid.uuid4(), None, 60)
         uow.commit()
@@ -109,25 +110,24 @@ def test_session_settings_hold_for_every_transaction_of_a_pooled_connection(
         pooled.dispose()
 
 
-def test_a_single_statement_unit_commits_its_write_by_itself(
-    engine: Engine, uow: UnitOfWork
-) -> None:
+def test_a_single_statement_unit_commits_its_write_by_itself(engine: Engine) -> None:
     entry_id, user_id = _entry(engine)
-    with uow:
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
         uow.single_statement()
         _, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, None, 60)
         # no commit(): the unit's exit rolls back, and there is nothing left to undo
     assert claim is not None
-    with uow:  # the pooled connection is back to transactions
+    with UnitOfWork(factory) as uow:  # the pooled connection is back to transactions
         uow.visualizations.fail(entry_id, "rolled back")
     with engine.connect() as conn:
         status = conn.execute(text("SELECT status FROM visualizations")).scalar_one()
     assert status == "processing"
 
 
-def _claimed(engine: Engine, uow: UnitOfWork) -> tuple[uuid.UUID, ClaimedVisualization]:
+def _claimed(engine: Engine) -> tuple[uuid.UUID, ClaimedVisualization]:
     entry_id, user_id = _entry(engine)
-    with uow:
+    with UnitOfWork(make_session_factory(engine)) as uow:
         _, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, None, 60)
         uow.commit()
     assert claim is not None
@@ -135,10 +135,11 @@ def _claimed(engine: Engine, uow: UnitOfWork) -> tuple[uuid.UUID, ClaimedVisuali
 
 
 def test_completion_saves_the_picture_and_refreshes_the_analytics_in_one_unit(
-    engine: Engine, uow: UnitOfWork
+    engine: Engine,
 ) -> None:
-    user_id, claim = _claimed(engine, uow)
-    with uow:
+    user_id, claim = _claimed(engine)
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
         assert uow.entry_pipeline.save_analysis(
             claim,
             summary="A calm day",
@@ -147,7 +148,7 @@ def test_completion_saves_the_picture_and_refreshes_the_analytics_in_one_unit(
             raw={"analysis": {"summary": "A calm day"}},
         )
         uow.commit()
-    with uow:
+    with UnitOfWork(factory) as uow:
         done = uow.entry_pipeline.complete(
             claim,
             user_id=user_id,
@@ -184,19 +185,20 @@ def test_completion_saves_the_picture_and_refreshes_the_analytics_in_one_unit(
 
 
 def test_completion_keeps_a_checkpointed_picture_and_a_stale_holder_writes_nothing(
-    engine: Engine, uow: UnitOfWork
+    engine: Engine,
 ) -> None:
-    user_id, claim = _claimed(engine, uow)
+    user_id, claim = _claimed(engine)
     with engine.begin() as conn:  # a picture saved by an earlier run
         conn.execute(text("UPDATE visualizations SET image_url = '/media/old.png'"))
+    factory = make_session_factory(engine)
     stale = ClaimedVisualization(
         claim.id, claim.lease - timedelta(seconds=1), "abstract", None, None
     )
-    with uow:
+    with UnitOfWork(factory) as uow:
         assert not uow.entry_pipeline.complete(
             stale, user_id=user_id, entry_moment=datetime.now(UTC)
         )
-    with uow:
+    with UnitOfWork(factory) as uow:
         assert uow.entry_pipeline.complete(claim, user_id=user_id, entry_moment=datetime.now(UTC))
         uow.commit()
     with engine.connect() as conn:
@@ -205,14 +207,15 @@ def test_completion_keeps_a_checkpointed_picture_and_a_stale_holder_writes_nothi
 
 
 def test_a_driver_unit_wraps_errors_and_gives_back_a_working_connection(
-    engine: Engine, db_url: str, uow: UnitOfWork
+    engine: Engine, db_url: str
 ) -> None:
-    _, claim = _claimed(engine, uow)
-    with pytest.raises(DataRejectedError, match="refused the data"), uow:
+    _, claim = _claimed(engine)
+    factory = make_session_factory(engine)
+    with pytest.raises(DataRejectedError, match="refused the data"), UnitOfWork(factory) as uow:
         uow.entry_pipeline.save_analysis(
             claim, summary="nul \x00 inside", insights=[], visual_elements={}, raw={}
         )
-    with uow:  # a transaction left open would be rolled back
+    with UnitOfWork(factory) as uow:  # a transaction left open would be rolled back
         pid = uow.driver.execute("SELECT pg_backend_pid()").fetchone()
         assert uow.driver.autocommit is False
     assert pid is not None
@@ -220,20 +223,19 @@ def test_a_driver_unit_wraps_errors_and_gives_back_a_working_connection(
     with admin.begin() as conn:  # the server drops it (a restart)
         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid[0]})
     admin.dispose()
-    with pytest.raises(DatabaseUnavailableError), uow:
+    with pytest.raises(DatabaseUnavailableError), UnitOfWork(factory) as uow:
         uow.driver.execute("SELECT 1")
-    with uow:  # the dead connection was thrown away, not pooled
+    with UnitOfWork(factory) as uow:  # the dead connection was thrown away, not pooled
         assert uow.driver.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_a_unit_runs_on_a_session_or_on_the_driver_never_both(
-    engine: Engine, uow: UnitOfWork
-) -> None:
-    with uow:
+def test_a_unit_runs_on_a_session_or_on_the_driver_never_both(engine: Engine) -> None:
+    factory = make_session_factory(engine)
+    with UnitOfWork(factory) as uow:
         uow.session.execute(text("SELECT 1"))
         with pytest.raises(RuntimeError, match="Session"):
             _ = uow.driver
-    with uow:
+    with UnitOfWork(factory) as uow:
         _ = uow.driver
         with pytest.raises(RuntimeError, match="driver"):
             _ = uow.session
