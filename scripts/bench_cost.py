@@ -22,14 +22,10 @@ Uses DATABASE_URL / REDIS_URL when set, else the embedded servers.
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import sys
 import time
-from contextlib import nullcontext
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 
@@ -48,55 +44,21 @@ from common import (
     visualize_and_wait,
 )
 from cost_parts import WARM_UP, measure_parts
+from floor import PARTS, FloorEntry
 
-from domain.analysis import EntrySnapshot
-from domain.vocabulary import VisualizationStyle
 from workers import bootstrap
-from workers.providers.gemini import GeminiAnalysisProvider, GeminiClient, GeminiImageProvider
-from workers.services.imaging import check_image, thumbnail
 from workers.settings import get_settings
-
-
-class _NoGate:
-    """The floor has no rate limiter."""
-
-    def slot(self) -> Any:
-        return nullcontext()
 
 
 def measure_floor(url: str, calls: int) -> dict[str, float]:
     """CPU ms per entry of this thread for the SDK calls, the check and the thumbnail."""
-    client = GeminiClient(api_key="bench-key", base_url=url, api_version="v1beta", timeout_s=60)
-    gate: Any = _NoGate()
-    analysis_provider = GeminiAnalysisProvider(client, "gemini-3.5-flash", gate)
-    image_provider = GeminiImageProvider(
-        client, "gemini-3.1-flash-image", gate, aspect_ratio="1:1", image_size="1K"
-    )
-    entry = EntrySnapshot(
-        entry_id="00000000-0000-4000-8000-000000000001",
-        situation="Benchmark situation: a long day, a kind word at the end of it.",
-        emotions=("joy", "anxiety"),
-        intensity=Decimal("0.6"),
-        notes=None,
-    )
-    style = VisualizationStyle.ABSTRACT
-    totals: dict[str, float] = collections.defaultdict(float)
+    floor = FloorEntry(url)
+    totals = [0.0] * len(PARTS)
     for i in range(calls + 10):  # the first ten warm the connection and the caches
-        t0 = time.thread_time()
-        analysis = analysis_provider.analyse(entry, style).analysis
-        t1 = time.thread_time()
-        drawn = image_provider.draw(entry, analysis, style)
-        t2 = time.thread_time()
-        image = check_image(drawn.data, max_bytes=20 * 2**20, max_pixels=4096 * 4096)
-        t3 = time.thread_time()
-        thumbnail(image.data, 256)
-        t4 = time.thread_time()
+        spent = floor.run()
         if i >= 10:
-            totals["SDK analysis call"] += t1 - t0
-            totals["SDK image call"] += t2 - t1
-            totals["image check (decode)"] += t3 - t2
-            totals["thumbnail"] += t4 - t3
-    return {k: v * 1000 / calls for k, v in totals.items()}
+            totals = [t + s for t, s in zip(totals, spent, strict=True)]
+    return {part: t * 1000 / calls for part, t in zip(PARTS, totals, strict=True)}
 
 
 def split_in_process(

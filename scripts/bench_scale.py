@@ -11,9 +11,18 @@ workers, the emulator, PostgreSQL and Redis, sampled from /proc.
 Each ``--model`` is a separate run in this invocation, so their figures compare:
   threads  Dramatiq's worker threads (the default; WORKER_THREADS per process)
   gevent   Dramatiq's gevent worker (``dramatiq-gevent``; needs the gevent package)
+  floor    the floor alone (bench/floor.py: the two SDK calls, the image check and the
+           thumbnail; no database, broker, rate gate or Dramatiq) on the same processes
+           x threads: the bound for any threaded implementation on this machine
+  floor-asyncio  the same work as tasks on one event loop per process, through the
+           SDK's async client: the bound for async providers
+
+The entries all arrive at once, so each wave's answers come back together and their CPU
+work runs in bursts between the waits: wall ~ ideal + the bursts, which no number of
+threads or processes on 2 cores can hide. The floor model measures that bound.
 
 Usage: .venv/bin/python scripts/bench_scale.py [--in-flight 512] [--entries 1024]
-       [--processes 2] [--models threads] [--analysis-s 2] [--image-s 8]
+       [--processes 2] [--models threads floor floor-asyncio] [--analysis-s 2] [--image-s 8]
 Uses DATABASE_URL / REDIS_URL when set, else the embedded servers.
 """
 
@@ -23,6 +32,7 @@ import argparse
 import importlib.util
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -70,6 +80,67 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         return {name: cpu_seconds(procs) - self._cpu0[name] for name, procs in self.groups.items()}
+
+
+def run_floor(args: argparse.Namespace, model: str) -> None:
+    """The floor alone in ``processes`` processes x threads (or tasks), started together."""
+    count, in_flight = args.entries, args.in_flight
+    ideal = math.ceil(count / in_flight) * (args.analysis_s + args.image_s)
+    threads = in_flight // args.processes
+    emulator = Emulator(args.analysis_s, args.image_s)
+    script = str(Path(__file__).resolve().parent / "bench" / "floor.py")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                script,
+                "--url",
+                emulator.url,
+                "--threads",
+                str(threads),
+                "--entries",
+                str(count // args.processes),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(args.processes)
+    ]
+    try:
+        for proc in procs:  # each has warmed up (one entry at the emulator's latency)
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("a floor process did not start")
+        emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)])
+        started = time.perf_counter()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        cpu = 0.0
+        for proc in procs:
+            assert proc.stdout is not None
+            cpu += float(proc.stdout.readline().split()[1])
+            proc.wait()
+        elapsed = time.perf_counter() - started
+        emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)]) - emulator_cpu
+    finally:
+        for proc in procs:
+            proc.kill()
+        emulator.stop()
+    print(
+        f"\n{model}: {args.processes} processes x {threads} = {in_flight} in flight, "
+        f"{count} entries, analysis {args.analysis_s:g} s + image {args.image_s:g} s"
+    )
+    print(
+        f"    wall {elapsed:.2f} s, ideal {ideal:.1f} s, ratio {elapsed / ideal:.3f}: "
+        "the bound for any worker of this model here"
+    )
+    print(
+        f"    CPU floor processes {cpu:.1f} s ({cpu * 1000 / count:.1f} ms/entry, their "
+        f"start-up included), emulator {emulator_cpu:.1f} s"
+    )
 
 
 def run(args: argparse.Namespace, db_url: str, model: str) -> None:
@@ -137,7 +208,12 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--analysis-s", type=float, default=2.0)
     parser.add_argument("--image-s", type=float, default=8.0)
-    parser.add_argument("--models", nargs="+", choices=["threads", "gevent"], default=["threads"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=["threads", "gevent", "floor", "floor-asyncio"],
+        default=["threads", "floor", "floor-asyncio"],
+    )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
@@ -146,7 +222,10 @@ def main() -> int:
         args.models = [m for m in args.models if m != "gevent"]
     with bench_database() as db_url:
         for model in args.models:
-            run(args, db_url, model)
+            if model.startswith("floor"):
+                run_floor(args, model)
+            else:
+                run(args, db_url, model)
     return 0
 
 
