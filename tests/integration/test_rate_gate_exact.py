@@ -176,6 +176,58 @@ def test_a_waiting_thread_takes_a_slot_released_in_its_process(
     assert peak == 1 and len(limited.admitted_at) == 8
 
 
+class SlowAskingGate(RecordingGate):
+    """Each question to Redis takes 50 ms longer, and the gate notes how many were asked
+    at once."""
+
+    def __init__(self, connection: redis.Redis, key: str, **limits: Any) -> None:
+        super().__init__(connection, key, **limits)
+        self.asking = self.peak_asking = 0
+
+    def try_acquire(self, token: str) -> Attempt:
+        with self._note:
+            self.asking += 1
+            self.peak_asking = max(self.peak_asking, self.asking)
+        time.sleep(0.05)
+        try:
+            return super().try_acquire(token)
+        finally:
+            with self._note:
+                self.asking -= 1
+
+
+def test_threads_ask_in_parallel_while_the_gate_has_room(
+    client: redis.Redis, redis_namespace: str
+) -> None:
+    roomy = SlowAskingGate(
+        client,
+        f"{redis_namespace}:roomy",
+        per_minute=1000,
+        window_s=1,
+        margin_s=0,
+        max_concurrent=1000,
+        max_wait_s=10,
+        slot_ttl_ms=60_000,
+    )
+    release = threading.Event()
+
+    def call() -> None:
+        with roomy.slot():
+            release.wait(5)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # every thread has asked
+    release.set()
+    for thread in threads:
+        thread.join()
+    # The six asked at once, each admitted at its first question (they used to take
+    # turns behind one lock: a burst's last caller waited for all the others).
+    assert roomy.peak_asking == 6
+    assert len(roomy.admitted_at) == 6 and roomy.refusals == 0
+
+
 def test_a_caller_sleeps_the_exact_wait_then_is_admitted(
     client: redis.Redis, redis_namespace: str
 ) -> None:

@@ -10,9 +10,10 @@ processes on different machines agree on what "the last minute" is:
 
 Acquire is ONE round trip that answers "admitted" or the exact time until the window has
 room; release is one ZREM. A caller that is refused sleeps that long (plus a little
-jitter) instead of polling blindly. Only one thread per process and gate talks to Redis
-while the gate is full (the others queue on a local lock behind it), so a full gate
-costs one round trip per process per freed slot, not one per waiting thread.
+jitter) instead of polling blindly. While the gate has room, threads ask in parallel;
+once one is refused, only that thread of the process talks to Redis for the gate (the
+others queue on a local lock behind it), so a full gate costs one round trip per
+process per freed slot, not one per waiting thread.
 
 The window is held ``margin_s`` longer than 60 s. We count a call when we admit it, the
 API when it arrives, a little later; that delay varies (GIL, scheduling: a burst of
@@ -162,27 +163,47 @@ class RateGate:
         return Attempt(bool(admitted), int(wait_us) / 1_000_000, int(why), int(at_us))
 
     def _acquire(self, deadline: float) -> str:
-        if not self._front.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise self._still_full(*self._last_refusal)
+        refusal: Attempt | None = None
+        if not self._front.locked():
+            # Nobody of this process waits for this gate (the usual case): try at once,
+            # in parallel with the other threads. Queueing every call behind one lock
+            # made a burst of calls (a wave of answers at 512 in flight) take one
+            # round trip plus a GIL hand-off each, in turn: seconds for the last.
+            token = uuid.uuid4().hex
+            self._freed.clear()
+            refusal = self.try_acquire(token)
+            if refusal.admitted:
+                return token
+        if not self._front.acquire(blocking=False):
+            refusal = None  # stale once another thread has been at the front: ask again
+            if not self._front.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise self._still_full(*self._last_refusal)
         try:
             while True:
+                if refusal is not None:
+                    self._wait_after(refusal, deadline)
                 token = uuid.uuid4().hex
                 self._freed.clear()
-                admitted, wait_s, why, _ = self.try_acquire(token)
-                if admitted:
+                refusal = self.try_acquire(token)
+                if refusal.admitted:
                     return token
-                self._last_refusal = (wait_s, why)
-                if why == FULL_SLOTS:
-                    wait_s = min(wait_s, CONCURRENCY_RECHECK_S)
-                wait_s += random.uniform(0, JITTER_S)
-                if time.monotonic() + wait_s > deadline:
-                    raise self._still_full(self._last_refusal[0], why)
-                if why == FULL_SLOTS:
-                    self._freed.wait(wait_s)
-                else:
-                    time.sleep(wait_s)
         finally:
             self._front.release()
+
+    def _wait_after(self, refusal: Attempt, deadline: float) -> None:
+        """Wait as long as Redis said (a slot freed in this process ends the wait early),
+        or raise if that runs past ``deadline``."""
+        self._last_refusal = (refusal.wait_s, refusal.why)
+        wait_s = refusal.wait_s
+        if refusal.why == FULL_SLOTS:
+            wait_s = min(wait_s, CONCURRENCY_RECHECK_S)
+        wait_s += random.uniform(0, JITTER_S)
+        if time.monotonic() + wait_s > deadline:
+            raise self._still_full(refusal.wait_s, refusal.why)
+        if refusal.why == FULL_SLOTS:
+            self._freed.wait(wait_s)
+        else:
+            time.sleep(wait_s)
 
     def release(self, token: str) -> None:
         """Free the slot. Never raises: it runs in ``slot()``'s ``finally``, where an
