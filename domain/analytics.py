@@ -9,6 +9,7 @@ or count a streak through, the changed one).
 
 from __future__ import annotations
 
+import functools
 from datetime import date, timedelta
 
 from domain.periods import PeriodKind, period_containing
@@ -18,8 +19,11 @@ TOP_EMOTIONS = 3
 INTENSITY_TREND_THRESHOLD = "0.10"  # a change of at least this much is a rise or a fall
 
 
+@functools.lru_cache(maxsize=1024)
 def shift_periods(kind: PeriodKind, start: date, count: int) -> date:
-    """The start of the period ``count`` periods after (or, if negative, before) ``start``."""
+    """The start of the period ``count`` periods after (or, if negative, before) ``start``.
+    Cached: every completed entry asks for the same few (its day, week and month,
+    STREAK_CAP periods either side), ~60 date computations each time."""
     current = period_containing(kind, start)
     for _ in range(abs(count)):
         if count > 0:

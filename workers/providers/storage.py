@@ -7,21 +7,28 @@ reader never sees half an image and a retried job simply overwrites.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-import tempfile
+import threading
 import time
 from pathlib import Path
 
 from domain.errors import PermanentError
 
 _SAFE_KEY = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_-]+)*\.(png|jpg|webp)$")
+# A temp file's name is unique to this process and write; created exclusively anyway.
+_WRITES = itertools.count()
 
 
 class LocalImageStore:
     def __init__(self, root: Path, base_url: str) -> None:
         self.root = root.resolve()
         self.base_url = base_url.rstrip("/")
+        # Folders made by this store: a put into one of them skips mkdir (a put is a
+        # handful of system calls; each entry makes two).
+        self._folders: set[Path] = set()
+        self._folders_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         if not _SAFE_KEY.match(key):
@@ -30,14 +37,23 @@ class LocalImageStore:
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        folder = path.parent
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            with self._folders_lock:
+                self._folders.add(folder)
+        tmp = folder / f".tmp-{os.getpid()}-{next(_WRITES)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:  # the folder was removed since: make it again
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return f"{self.base_url}/{key}"
 
