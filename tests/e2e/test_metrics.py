@@ -74,7 +74,10 @@ def test_metrics_follow_the_queue_and_count_provider_errors(
     entries = [harness.make_entry(f"{marker}-{i}") for i in range(12)]
     for entry_id, user_id in entries:
         harness.publish(entry_id, user_id)
-    harness.emulator.state.latency_image_s = 0.3  # the queue drains over a few seconds
+    # The queue drains over ~6 s (12 entries, 2 threads): still waiting when /readyz
+    # first answers, even on a loaded machine (at 0.3 s it had drained once, in a
+    # full run).
+    harness.emulator.state.latency_image_s = 1.0
 
     worker = harness.start_worker(
         threads=2,
