@@ -13,6 +13,8 @@ Prints figures measured in one run; it asserts nothing.
 
 The figure: worker CPU per entry / floor (target <= 1.5, moonshot <= 1.2), the floor
 being the mean of its measures before and after the pipeline (the machine drifts).
+Beside it, like for like: the floor alone on the workers' processes x threads (what
+that many threads cost each other, without any of our code).
 The servers' CPU on our behalf (PostgreSQL, Redis) and the emulator's are printed
 beside it.
 
@@ -46,7 +48,7 @@ from common import (
     visualize_and_wait,
 )
 from cost_parts import WARM_UP, measure_parts
-from floor import PARTS, FloorEntry
+from floor import PARTS, FloorEntry, run_processes
 
 from workers import bootstrap
 from workers.settings import get_settings
@@ -99,15 +101,22 @@ def main() -> int:
         # Measured again after the pipeline: this machine's speed drifts by 10-20 % over
         # minutes, and the ratio must compare like with like.
         floors = [sum(floor.values()), sum(measure_floor(emulator.url, args.floor_calls).values())]
+        # And on the workers' processes x threads: what the same concurrency costs the
+        # floor alone (threads handing the GIL to each other), like for like.
+        _, floor_cpu = run_processes(emulator.url, args.processes, args.threads, args.entries)
     finally:
         emulator.stop()
     floor_ms = sum(floors) / 2
+    alike_ms = floor_cpu * 1000 / args.entries
+    workers_ms = per_entry["workers"]
     all_in = sum(per_entry.values()) - per_entry["emulator"]
     print(
         f"\n    floor before {floors[0]:.2f} ms, after {floors[1]:.2f} ms; mean {floor_ms:.2f} ms"
-        f"\n    worker CPU / floor = {per_entry['workers']:.2f} / {floor_ms:.2f} ms = "
-        f"{per_entry['workers'] / floor_ms:.2f} x (target <= 1.5, moonshot <= 1.2); with "
+        f"\n    worker CPU / floor = {workers_ms:.2f} / {floor_ms:.2f} ms = "
+        f"{workers_ms / floor_ms:.2f} x (target <= 1.5, moonshot <= 1.2); with "
         f"PostgreSQL and Redis {all_in:.2f} ms = {all_in / floor_ms:.2f} x"
+        f"\n    like for like: the floor alone on {args.processes} processes x {args.threads} "
+        f"threads {alike_ms:.2f} ms; worker CPU / that = {workers_ms / alike_ms:.2f} x"
     )
     return 0
 

@@ -32,7 +32,6 @@ import argparse
 import importlib.util
 import math
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 
+import floor
 import psutil
 from common import (
     OUT,
@@ -88,46 +88,13 @@ def run_floor(args: argparse.Namespace, model: str) -> None:
     ideal = math.ceil(count / in_flight) * (args.analysis_s + args.image_s)
     threads = in_flight // args.processes
     emulator = Emulator(args.analysis_s, args.image_s)
-    script = str(Path(__file__).resolve().parent / "bench" / "floor.py")
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                script,
-                "--url",
-                emulator.url,
-                "--threads",
-                str(threads),
-                "--entries",
-                str(count // args.processes),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(args.processes)
-    ]
     try:
-        for proc in procs:  # each has warmed up (one entry at the emulator's latency)
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "ready":
-                raise RuntimeError("a floor process did not start")
         emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)])
-        started = time.perf_counter()
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        cpu = 0.0
-        for proc in procs:
-            assert proc.stdout is not None
-            cpu += float(proc.stdout.readline().split()[1])
-            proc.wait()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = floor.run_processes(
+            emulator.url, args.processes, threads, count, use_asyncio=model == "floor-asyncio"
+        )
         emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)]) - emulator_cpu
     finally:
-        for proc in procs:
-            proc.kill()
         emulator.stop()
     print(
         f"\n{model}: {args.processes} processes x {threads} = {in_flight} in flight, "
@@ -138,8 +105,8 @@ def run_floor(args: argparse.Namespace, model: str) -> None:
         "the bound for any worker of this model here"
     )
     print(
-        f"    CPU floor processes {cpu:.1f} s ({cpu * 1000 / count:.1f} ms/entry, their "
-        f"start-up included), emulator {emulator_cpu:.1f} s"
+        f"    CPU floor processes {cpu:.1f} s ({cpu * 1000 / count:.1f} ms/entry), "
+        f"emulator {emulator_cpu:.1f} s"
     )
 
 

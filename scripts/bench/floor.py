@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -98,7 +99,7 @@ def run_threads(url: str, entries: int, threads: int, start: threading.Event) ->
     pool = [threading.Thread(target=work) for _ in range(threads)]
     for thread in pool:
         thread.start()
-    print("ready", flush=True)
+    print("ready", _cpu_so_far(), flush=True)
     for thread in pool:
         thread.join()
 
@@ -130,7 +131,7 @@ async def run_tasks(url: str, entries: int, tasks: int) -> None:
         thumbnail(image.data, 256)
 
     await one()  # the SDK's lazy parts, before the clock
-    print("ready", flush=True)
+    print("ready", _cpu_so_far(), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     remaining = [entries]
 
@@ -140,6 +141,47 @@ async def run_tasks(url: str, entries: int, tasks: int) -> None:
             await one()
 
     await asyncio.gather(*(task() for _ in range(tasks)))
+
+
+def run_processes(
+    url: str, processes: int, threads: int, entries: int, *, use_asyncio: bool = False
+) -> tuple[float, float]:
+    """``entries`` floor entries over ``processes`` processes x ``threads`` threads (or
+    tasks), started together once every process has warmed up: the wall seconds and
+    the processes' CPU seconds from the start."""
+    command = [sys.executable, __file__, "--url", url, "--threads", str(threads)]
+    command += ["--entries", str(entries // processes)]
+    command += ["--asyncio"] if use_asyncio else []
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    try:
+        cpu = 0.0
+        for proc in procs:
+            assert proc.stdout is not None
+            word, _, seconds = proc.stdout.readline().partition(" ")
+            if word != "ready":
+                raise RuntimeError("a floor process did not start")
+            cpu -= float(seconds)
+        started = time.perf_counter()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            assert proc.stdout is not None
+            cpu += float(proc.stdout.readline().split()[1])
+            proc.wait()
+        return time.perf_counter() - started, cpu
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
+def _cpu_so_far() -> str:
+    times = os.times()
+    return f"{times.user + times.system:.3f}"
 
 
 def main() -> int:
@@ -152,12 +194,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.asyncio:
         asyncio.run(run_tasks(args.url, args.entries, args.threads))
-        print(f"done {os.times().user + os.times().system:.3f}", flush=True)
+        print("done", _cpu_so_far(), flush=True)
         return 0
     start = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.readline(), start.set()), daemon=True).start()
     run_threads(args.url, args.entries, args.threads, start)
-    print(f"done {os.times().user + os.times().system:.3f}", flush=True)
+    print("done", _cpu_so_far(), flush=True)
     return 0
 
 
