@@ -17,7 +17,8 @@ from pathlib import Path
 from domain.errors import PermanentError
 
 _SAFE_KEY = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_-]+)*\.(png|jpg|webp)$")
-# A temp file's name is unique to this process and write; created exclusively anyway.
+# A temp file's name: this process, this write, and random bits (a restarted process
+# can have a crashed one's pid and leave its counter behind); created exclusively.
 _WRITES = itertools.count()
 
 
@@ -42,7 +43,7 @@ class LocalImageStore:
             folder.mkdir(parents=True, exist_ok=True)
             with self._folders_lock:
                 self._folders.add(folder)
-        tmp = folder / f".tmp-{os.getpid()}-{next(_WRITES)}"
+        tmp = folder / f".tmp-{os.getpid()}-{next(_WRITES)}-{os.urandom(4).hex()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:  # the folder was removed since: make it again
