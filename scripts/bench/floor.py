@@ -29,6 +29,7 @@ from google import genai
 from domain.analysis import EntrySnapshot, analysis_prompt, image_prompt
 from domain.vocabulary import VisualizationStyle
 from workers.providers.gemini import (
+    FIRST_TOKENS,
     GeminiAnalysisProvider,
     GeminiClient,
     GeminiImageProvider,
@@ -114,20 +115,22 @@ async def run_tasks(url: str, entries: int, tasks: int) -> None:
     )
     models = genai.Client(api_key="bench-key", http_options=options).aio.models
 
-    async def one() -> None:
+    async def one() -> None:  # what FloorEntry.run does, through the async client
         prompt = [text_turn("user", analysis_prompt(floor.entry, floor.style))]
         answer = await models.generate_content(
-            model=floor.analysis.model, contents=prompt, config=floor.analysis.config(2048)
+            model=floor.analysis.model,
+            contents=prompt,
+            config=floor.analysis.config(FIRST_TOKENS),
         )
-        analysis = floor.analysis._parse(answer).analysis
+        analysis = floor.analysis.parse(answer).analysis
         drawn = await models.generate_content(
             model=floor.images.model,
             contents=image_prompt(analysis, floor.style),
             config=floor.images.config,
         )
-        parts = drawn.candidates[0].content.parts if drawn.candidates else None
-        data = parts[0].inline_data.data if parts and parts[0].inline_data else b""
-        image = check_image(data or b"", max_bytes=20 * 2**20, max_pixels=4096 * 4096)
+        image = check_image(
+            floor.images.parse(drawn).data, max_bytes=20 * 2**20, max_pixels=4096 * 4096
+        )
         thumbnail(image.data, 256)
 
     await one()  # the SDK's lazy parts, before the clock

@@ -300,6 +300,9 @@ def structured_config(
 
 T = TypeVar("T")
 
+# Output token budgets of a structured answer: the first ask, and the one repair.
+FIRST_TOKENS, REPAIR_TOKENS = 2048, 4096
+
 
 def generate_with_repair(
     client: GeminiClient,
@@ -314,7 +317,7 @@ def generate_with_repair(
     """Ask for structured output; if it is unusable, ask once more, showing the model
     its answer and what was wrong with it (with a larger token budget), then give up."""
     response = client.generate(
-        model=model, setting=setting, gate=gate, contents=contents, config=config(2048)
+        model=model, setting=setting, gate=gate, contents=contents, config=config(FIRST_TOKENS)
     )
     try:
         return parse(response)
@@ -330,7 +333,11 @@ def generate_with_repair(
             text_turn("user", repair),
         ]
         repaired = client.generate(
-            model=model, setting=setting, gate=gate, contents=retry_contents, config=config(4096)
+            model=model,
+            setting=setting,
+            gate=gate,
+            contents=retry_contents,
+            config=config(REPAIR_TOKENS),
         )
         try:
             return parse(repaired)
@@ -354,10 +361,11 @@ class GeminiAnalysisProvider:
             gate=self.gate,
             contents=[text_turn("user", prompt)],
             config=self.config,
-            parse=self._parse,
+            parse=self.parse,
         )
 
-    def _parse(self, response: types.GenerateContentResponse) -> AnalysisResult:
+    def parse(self, response: types.GenerateContentResponse) -> AnalysisResult:
+        """The analysis in an answer (raises InvalidModelOutputError if unusable)."""
         analysis: Analysis = parse_analysis_text(checked_text(response, self.model))
         raw = {"provider": self.name, "model": self.model, "response": _raw(response)}
         return AnalysisResult(analysis=analysis, raw_response=raw)
@@ -393,6 +401,10 @@ class GeminiImageProvider:
             contents=image_prompt(analysis, style),
             config=self.config,
         )
+        return self.parse(response)
+
+    def parse(self, response: types.GenerateContentResponse) -> ImageResult:
+        """The picture in an answer (raises if blocked or if there is none)."""
         _check_blocked(response, self.model)
         content = response.candidates[0].content if response.candidates else None
         for part in (content.parts or []) if content else []:

@@ -7,19 +7,14 @@ reader never sees half an image and a retried job simply overwrites.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
-import threading
 import time
 from pathlib import Path
 
 from domain.errors import PermanentError
 
 _SAFE_KEY = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_-]+)*\.(png|jpg|webp)$")
-# A temp file's name: this process, this write, and random bits (a restarted process
-# can have a crashed one's pid and leave its counter behind); created exclusively.
-_WRITES = itertools.count()
 
 
 class LocalImageStore:
@@ -27,9 +22,8 @@ class LocalImageStore:
         self.root = root.resolve()
         self.base_url = base_url.rstrip("/")
         # Folders made by this store: a put into one of them skips mkdir (a put is a
-        # handful of system calls; each entry makes two).
+        # handful of system calls; each entry makes two). set.add is atomic.
         self._folders: set[Path] = set()
-        self._folders_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         if not _SAFE_KEY.match(key):
@@ -41,9 +35,10 @@ class LocalImageStore:
         folder = path.parent
         if folder not in self._folders:
             folder.mkdir(parents=True, exist_ok=True)
-            with self._folders_lock:
-                self._folders.add(folder)
-        tmp = folder / f".tmp-{os.getpid()}-{next(_WRITES)}-{os.urandom(4).hex()}"
+            self._folders.add(folder)
+        # Random, not pid + counter: a restarted container process often has its crashed
+        # predecessor's pid, whose temp files may still be there. Created exclusively.
+        tmp = folder / f".tmp-{os.urandom(8).hex()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:  # the folder was removed since: make it again
