@@ -191,7 +191,10 @@ class VisualizationService:
     def _release(self, claim: ClaimedVisualization, exc: BaseException) -> None:
         try:
             with self.uow_factory() as uow:
-                uow.visualizations.release(claim, failure_reason(exc))
+                # A wait the failure asked for (a quota's retry delay) is recorded, so
+                # the reconciler does not republish the entry while it is waited out.
+                retry_in_s = getattr(exc, "retry_after_s", None) or 0.0
+                uow.visualizations.release(claim, failure_reason(exc), retry_in_s=retry_in_s)
                 uow.commit()
         except Exception:
             log.warning("could not release the lease", exc_info=True)
