@@ -15,6 +15,21 @@ ALLOWED_FORMATS = {
     "JPEG": ("jpg", "image/jpeg"),
     "WEBP": ("webp", "image/webp"),
 }
+# Only these decoders ever see untrusted bytes: Pillow's open() otherwise tries each of
+# its ~40 format plugins in turn (GIF, TIFF, ICO, PSD ...), the wider attack surface.
+OPEN_FORMATS = tuple(ALLOWED_FORMATS)
+# Magic numbers, only to name what was refused (no decoder runs on them).
+_SIGNATURES = (
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"%PDF", "PDF"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "XML"),
+)
 
 
 @dataclass(frozen=True)
@@ -27,33 +42,58 @@ class CheckedImage:
 
 
 def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> CheckedImage:
-    """Decode fully (not only the header) so a truncated file is caught here."""
+    """PNG, JPEG or WebP within the limits, or InvalidImageError (permanent).
+
+    The size in bytes is checked first, then the format and the pixel count from the
+    header alone; only then is the image decoded in full (so a truncated file is
+    caught here, not when the thumbnail is made)."""
     if not data:
         raise InvalidImageError("the image model returned no image bytes")
     if len(data) > max_bytes:
-        raise InvalidImageError(f"image is {len(data)} bytes, over the {max_bytes} byte limit")
+        raise InvalidImageError(
+            f"invalid image: {len(data)} bytes, over the {max_bytes} byte limit"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
+            with Image.open(io.BytesIO(data), formats=OPEN_FORMATS) as probe:
                 fmt = probe.format or ""
+                if fmt not in ALLOWED_FORMATS:  # e.g. MPO, a JPEG plugin's variant
+                    raise InvalidImageError(f"invalid image: format {fmt} is not PNG, JPEG or WebP")
                 width, height = probe.size
                 if width * height > max_pixels:
                     raise InvalidImageError(
-                        f"image is {width}x{height}, over the {max_pixels} pixel limit"
+                        f"invalid image: {width}x{height}, over the {max_pixels} pixel limit"
                     )
                 probe.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError(f"image bytes are not a decodable image: {exc}") from None
-    if fmt not in ALLOWED_FORMATS:
-        raise InvalidImageError(f"image format {fmt or 'unknown'} is not PNG, JPEG or WebP")
+    except UnidentifiedImageError:
+        raise InvalidImageError(f"invalid image: {_sniff(data)} (not decoded)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # The header declares more pixels than Pillow's own limit (above ours unless
+        # MAX_IMAGE_PIXELS is set very high): refused before any decoding.
+        raise InvalidImageError(
+            f"invalid image: its header declares over {Image.MAX_IMAGE_PIXELS} pixels, "
+            f"over the {max_pixels} pixel limit (not decoded)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImageError(f"invalid image: not a decodable image: {exc}") from None
     extension, mime = ALLOWED_FORMATS[fmt]
     return CheckedImage(data, extension, mime, width, height)
 
 
+def _sniff(data: bytes) -> str:
+    """Why bytes no allowed decoder accepted were refused, naming their format if known."""
+    head = data[:16].lstrip()
+    for magic, name in _SIGNATURES:
+        if head.startswith(magic):
+            return f"format {name} is not PNG, JPEG or WebP"
+    return f"not PNG, JPEG or WebP (starts with {data[:8].hex()})"
+
+
 def thumbnail(data: bytes, size_px: int) -> bytes:
     """A WebP thumbnail that fits in size_px x size_px, aspect ratio kept."""
-    with Image.open(io.BytesIO(data)) as image:
+    # Bytes check_image accepted: still only the three decoders.
+    with Image.open(io.BytesIO(data), formats=OPEN_FORMATS) as image:
         rgb = image.convert("RGB")
         rgb.thumbnail((size_px, size_px), Image.Resampling.LANCZOS)
         out = io.BytesIO()
