@@ -329,6 +329,21 @@ class ApiKey(Base):
 TABLES_WITH_UPDATED_AT = ("users", "emotion_entries", "visualizations", "intake_sessions")
 
 
+class AnalyticsRefreshQueue(Base):
+    """(person, UTC day) of entries deleted or edited (filled by triggers on
+    emotion_entries; not in the seed spec): the maintenance pass refreshes the periods
+    of that day (workers/services/analytics.py), then deletes the row."""
+
+    __tablename__ = "analytics_refresh_queue"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    day: Mapped[date] = mapped_column(Date, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
 class MediaGarbage(Base):
     """Pictures whose visualization was deleted (filled by a trigger; not in the seed
     spec): a worker deletes the files, then the row."""

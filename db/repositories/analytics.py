@@ -44,6 +44,15 @@ _DRIVER_SQL = {
 # One lock per (period kind, lane), held until the transaction ends.
 _LANE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('emotion_analytics:' || :k), :lane)")
 
+# The oldest queued refreshes not taken by another runner: a range scan of the primary
+# key, rows locked until the transaction ends (SKIP LOCKED: two runners never take the
+# same row, and neither waits for the other).
+_TAKE_QUEUED = text(
+    "SELECT id, user_id, day FROM analytics_refresh_queue ORDER BY id "
+    "LIMIT :n FOR UPDATE SKIP LOCKED"
+)
+_DELETE_QUEUED = text("DELETE FROM analytics_refresh_queue WHERE id = ANY(CAST(:ids AS bigint[]))")
+
 
 def refresh_entry_periods(
     driver: psycopg.Connection[Any], user_id: uuid.UUID, moment: datetime, *, removed: bool
@@ -56,6 +65,15 @@ def refresh_entry_periods(
             end = shift_periods(period.kind, period.start, STREAK_CAP + 1)
             params = analytics_statement.parameters(period.kind, [user_id], period.start, end)
             cursor.execute(sql, [params[name] for name in names])
+
+
+@dataclass(frozen=True)
+class QueuedRefresh:
+    """A deleted or edited entry's person and UTC day (analytics_refresh_queue)."""
+
+    id: int
+    user_id: uuid.UUID
+    day: date
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,21 @@ class AnalyticsRepository:
         ``kind``: two batches that could touch the same users queue instead of
         interleaving (workers/services/analytics.py)."""
         self.session.execute(_LANE_LOCK, {"k": kind, "lane": lane})
+
+    def lock_lanes(self, kind: PeriodKind, lanes: Iterable[int]) -> None:
+        """``lock_lane`` for several lanes, in ascending order (every holder of more
+        than one lane takes them in that order, so none waits on another in a cycle)."""
+        for lane in sorted(set(lanes)):
+            self.lock_lane(kind, lane)
+
+    def take_queued_refreshes(self, limit: int) -> list[QueuedRefresh]:
+        """Up to ``limit`` queued refreshes, oldest first, locked by this unit of work
+        (rows another runner holds are skipped)."""
+        rows = self.session.execute(_TAKE_QUEUED, {"n": limit})
+        return [QueuedRefresh(r.id, r.user_id, r.day) for r in rows]
+
+    def delete_queued_refreshes(self, ids: Iterable[int]) -> None:
+        self.session.execute(_DELETE_QUEUED, {"ids": list(ids)})
 
     def recompute(
         self,

@@ -17,11 +17,14 @@ from datetime import date
 from itertools import zip_longest
 
 from db.uow import UnitOfWork
+from domain.analytics import STREAK_CAP, shift_periods
 from domain.messages import AnalyticsRecompute
-from domain.periods import PeriodKind, period_containing
+from domain.periods import PERIOD_KINDS, PeriodKind, period_containing
 
 USER_BATCH = 500
 LANES = 16
+# Queued refreshes handled per transaction by drain_analytics_refresh_queue.
+DRAIN_BATCH = 500
 
 
 def lane_of(user_id: uuid.UUID) -> int:
@@ -99,3 +102,56 @@ def recompute(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return RecomputeSummary(kind, first.start, end, len(users), rows, len(batches))
+
+
+def refresh_ranges(
+    days_by_user: dict[uuid.UUID, set[date]], kind: PeriodKind
+) -> dict[tuple[date, date], list[uuid.UUID]]:
+    """Users by the range of ``kind`` periods [first, end) to recompute after entries of
+    theirs on ``days`` changed: each day's period and the STREAK_CAP periods after it
+    (their comparisons and streaks depend on it), as ``refresh_for_entry`` does, merged
+    into one range per user. Users whose ranges coincide (the common case: changes of
+    the same day) share one statement."""
+    groups: dict[tuple[date, date], list[uuid.UUID]] = {}
+    for user, days in sorted(days_by_user.items()):
+        starts = [period_containing(kind, day).start for day in days]
+        first, last = min(starts), max(starts)
+        groups.setdefault((first, shift_periods(kind, last, STREAK_CAP + 1)), []).append(user)
+    return groups
+
+
+def drain_analytics_refresh_queue(uow_factory: Callable[[], UnitOfWork], limit: int) -> int:
+    """Refresh the analytics of entries deleted or edited since the last pass, and
+    return how many queued rows were done (at most ``limit``).
+
+    The queue (analytics_refresh_queue) is filled by triggers on emotion_entries in the
+    upstream's own transaction, one row per person and UTC day changed. Batches of
+    DRAIN_BATCH rows, each one transaction: take the oldest rows with FOR UPDATE SKIP
+    LOCKED (a runner beside us takes other rows, never ours), recompute the affected
+    periods of those people exactly as a full recompute would (empty periods lose
+    their row), delete the rows, commit. A crash rolls the batch back and leaves its
+    rows queued; redoing one is harmless (the recompute is idempotent). The lane locks
+    of the nightly recompute are held for the users concerned, so a batch recomputes
+    after any concurrent batch touching the same people has committed, and sees its
+    changes. Called by the periodic maintenance pass (workers/services/reconcile.py).
+    """
+    done = 0
+    while done < limit:
+        size = min(DRAIN_BATCH, limit - done)
+        with uow_factory() as uow:
+            taken = uow.analytics.take_queued_refreshes(size)
+            if not taken:
+                break
+            days_by_user: dict[uuid.UUID, set[date]] = {}
+            for item in taken:
+                days_by_user.setdefault(item.user_id, set()).add(item.day)
+            for kind in PERIOD_KINDS:
+                uow.analytics.lock_lanes(kind, (lane_of(u) for u in days_by_user))
+                for (first, end), users in refresh_ranges(days_by_user, kind).items():
+                    uow.analytics.recompute(kind, users, first, end)
+            uow.analytics.delete_queued_refreshes(item.id for item in taken)
+            uow.commit()
+        done += len(taken)
+        if len(taken) < size:
+            break
+    return done
