@@ -227,6 +227,13 @@ class Visualization(TimestampMixin, Base):
             text("created_at DESC"),
             postgresql_where=text("status IN ('pending', 'processing')"),
         ),
+        # The reconciler's read of pending rows by the time their last message left
+        # (db/repositories/reconcile.py).
+        Index(
+            "idx_visualizations_pending_dispatch",
+            "dispatched_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), **UUID_PK)  # type: ignore[arg-type]
@@ -259,6 +266,12 @@ class Visualization(TimestampMixin, Base):
     # renews, and how many claims in a row never finished (the crash-loop cap).
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claim_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    # When a message for this row was last sent, or when its retry is due (a quota's
+    # delay): the reconciler republishes a pending row at most once per grace window
+    # after this (docs/reliability.md).
+    dispatched_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=text("now()")
+    )
 
     emotion_entry: Mapped[EmotionEntry] = relationship(back_populates="visualization")
     user: Mapped[User] = relationship()
@@ -353,5 +366,24 @@ class MediaGarbage(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     visualization_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class EntryArrival(Base):
+    """An entry inserted (by anyone) and not yet seen with a visualization row: filled
+    by a statement-level trigger on emotion_entries, emptied by the claim and by the
+    reconciler, which adopts what stays (not in the seed spec)."""
+
+    __tablename__ = "entry_arrivals"
+    __table_args__ = (Index("idx_entry_arrivals_arrived_at", "arrived_at"),)
+
+    entry_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("emotion_entries.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    arrived_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )

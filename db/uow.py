@@ -42,13 +42,14 @@ from db.repositories import (
     UserRepository,
     VisualizationRepository,
 )
+from db.repositories.reconcile import Dispatch, ReconcileRepository, record_dispatches
 from domain.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     DataRejectedError,
     TransientError,
 )
-from domain.messages import MessageV1, Publisher
+from domain.messages import EntryCreated, MessageV1, Publisher
 
 log = logging.getLogger("emotionviz.uow")
 
@@ -173,6 +174,10 @@ class UnitOfWork:
         return EntryPipelineRepository(self.driver)
 
     @property
+    def reconcile(self) -> ReconcileRepository:
+        return ReconcileRepository(self.session)
+
+    @property
     def intake(self) -> IntakeRepository:
         return IntakeRepository(self.session)
 
@@ -199,6 +204,7 @@ class UnitOfWork:
         message leaves; if the broker still refuses after the producer's retries, the
         change stays committed (the reconciler republishes its work from the database),
         ``unpublished`` and ``publish_error`` say so, and a warning is logged."""
+        self._record_dispatches()
         if self._session is not None:
             self._session.commit()
         elif self._pooled is not None and not self._autocommit:
@@ -216,6 +222,23 @@ class UnitOfWork:
                     "will publish their work again: %s",
                     exc,
                 )
+
+    def _record_dispatches(self) -> None:
+        """Every entry.created leaves its time and requested style on the row, in this
+        transaction: the reconciler republishes from that record (at most once per grace
+        window, never a message still queued), and a failed publish loses no style."""
+        dispatches = [
+            Dispatch(m.entry_id, m.user_id, m.style.value if m.style else None)
+            for m in self._outbox
+            if isinstance(m, EntryCreated)
+        ]
+        if not dispatches:
+            return
+        if self._pooled is not None:
+            record_dispatches(self.driver, dispatches)
+        else:
+            # The Session's own DBAPI connection, inside its transaction.
+            record_dispatches(self.session.connection().connection.driver_connection, dispatches)
 
     def publish(self, message: MessageV1) -> None:
         """Publish ``message`` once this unit commits (never if it rolls back)."""

@@ -19,7 +19,7 @@ from db import embedded
 from db.engine import Database
 from db.engine import redact_url as redact_url  # for logs; callers use bootstrap's
 from db.uow import UnitOfWork
-from domain.messages import QUEUES, MessageV1
+from domain.messages import QUEUES, EntryCreated, MessageV1
 from workers.logging import configure_logging, register_secret
 from workers.messaging.broker import build_broker
 from workers.messaging.broker_state import BrokerState, read_broker_state
@@ -35,6 +35,7 @@ from workers.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from workers.entrypoints.actors import ActorDependencies
+    from workers.services.reconcile import ReconcileReport
 
 # --- settings and logging -------------------------------------------------------------
 
@@ -209,23 +210,37 @@ def intake_service() -> IntakeService:
     )
 
 
+def run_reconcile() -> ReconcileReport:
+    """One reconcile pass with this deployment's broker (the actor and the CLI)."""
+    from workers.messaging.broker_state import broker_lost_data
+    from workers.messaging.queue_head import queue_head_sent_at
+    from workers.services.reconcile import nothing_queued, reconcile
+
+    settings = get_settings()
+    namespace = settings.redis_namespace
+    queued_since = nothing_queued  # RabbitMQ: the grace window alone
+    if rabbitmq_url(settings) is None:
+        queued_since = lambda: queue_head_sent_at(  # noqa: E731
+            redis_client(), namespace, EntryCreated.queue_name
+        )
+    return reconcile(
+        unit_of_work,
+        grace_s=settings.reconcile_grace_s,
+        broker_lost_data=lambda: broker_lost_data(redis_client(), namespace),
+        queued_since=queued_since,
+    )
+
+
 def actor_dependencies() -> ActorDependencies:
     """The real services behind the actors (workers/entrypoints/worker.py)."""
     from workers.entrypoints.actors import ActorDependencies
-    from workers.messaging.broker_state import broker_lost_data
     from workers.services.analytics import recompute
-    from workers.services.reconcile import reconcile
 
-    settings = get_settings()
     return ActorDependencies(
         visualization=visualization_service,
         intake=intake_service,
         recompute=lambda message: recompute(unit_of_work, message),
-        reconcile=lambda: reconcile(
-            unit_of_work,
-            grace_s=settings.reconcile_grace_s,
-            broker_lost_data=lambda: broker_lost_data(redis_client(), settings.redis_namespace),
-        ),
+        reconcile=run_reconcile,
         collect_media_garbage=lambda: media_lifecycle().collect_garbage(),
         publisher=producer,
         count=lambda name: counters().incr(name),

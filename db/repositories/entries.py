@@ -9,12 +9,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import EmotionEntry, Visualization
+from db.models import EmotionEntry
 from domain.analysis import EntrySnapshot
-from domain.vocabulary import VisualizationStatus
 
 
 @dataclass(frozen=True)
@@ -78,26 +77,3 @@ class EntryRepository:
     def situations_for_user(self, user_id: uuid.UUID) -> set[str]:
         stmt = select(EmotionEntry.situation).where(EmotionEntry.user_id == user_id)
         return set(self.session.scalars(stmt))
-
-    def ids_without_finished_visualization(
-        self, limit: int = 1000, older_than_s: int = 0
-    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """Entries whose visualization is missing or still pending, untouched for more
-        than ``older_than_s`` (younger ones are probably still in the queue): the entry's
-        age when it has no row yet, else the row's last change (a replay, a released
-        lease), so a row just put back to pending is not published twice."""
-        grace = text(f"interval '{int(older_than_s)} seconds'")
-        last_change = func.coalesce(Visualization.updated_at, EmotionEntry.created_at)
-        stmt = (
-            select(EmotionEntry.id, EmotionEntry.user_id)
-            .outerjoin(Visualization, Visualization.entry_id == EmotionEntry.id)
-            .where(
-                (Visualization.id.is_(None))
-                | (Visualization.status == VisualizationStatus.PENDING.value)
-            )
-            .where(EmotionEntry.created_at < func.now() - grace)
-            .where(last_change < func.now() - grace)
-            .order_by(EmotionEntry.created_at)
-            .limit(limit)
-        )
-        return [(row[0], row[1]) for row in self.session.execute(stmt)]

@@ -26,7 +26,9 @@ from domain.analysis import EntrySnapshot
 # when the claim does not (a duplicate, a held lease), so the caller can tell "missing",
 # "someone else's" and "not claimable" apart.
 _CLAIM_ENTRY = """
-WITH entry AS (
+WITH arrived AS (  -- the entry has a row now: the reconciler need not adopt it
+    DELETE FROM entry_arrivals WHERE entry_id = %(entry_id)s AND user_id = %(user_id)s
+), entry AS (
     SELECT id, user_id, situation, emotions, intensity, notes, created_at
     FROM emotion_entries WHERE id = %(entry_id)s
 ), claimed AS (
@@ -72,6 +74,13 @@ SET status = 'completed', processing_completed_at = now(), lease_expires_at = NU
 {_HELD}
 """
 
+# A suspect's claim is uncounted while it waits to run alone and counted again when it
+# runs (workers/services/visualize.py): a crash is blamed only on the rows running.
+_COUNT_CLAIM = f"""
+UPDATE visualizations SET claim_count = greatest(claim_count + %(delta)s, 0)
+{_HELD}
+"""
+
 
 class EntryPipelineRepository:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
@@ -106,6 +115,14 @@ class EntryPipelineRepository:
         if row[7] is None:
             return entry, None
         return entry, ClaimedVisualization(row[7], row[8], row[9], row[10], row[11], row[12])
+
+    def count_claim(self, claim: ClaimedVisualization, delta: int) -> bool:
+        """Add ``delta`` (+1 or -1) to the row's count of claims that may have ended in
+        a crash; False if the lease was taken over."""
+        cursor = self.conn.execute(
+            _COUNT_CLAIM, {"delta": delta, "id": claim.id, "lease": claim.lease}
+        )
+        return cursor.rowcount > 0
 
     def save_analysis(
         self,

@@ -80,6 +80,10 @@ def _seconds(value: int) -> Any:
     return text(f"interval '{int(value)} seconds'")
 
 
+def _seconds_float(value: float) -> Any:
+    return func.make_interval(0, 0, 0, 0, 0, 0, max(0.0, float(value)))
+
+
 # Core (not ORM-enabled) statements on the table: cheaper than the ORM's bulk updates.
 # (The per-entry path's claim, checkpoint and completion: db/repositories/entry_pipeline.py.)
 _TABLE: Table = Visualization.__table__  # type: ignore[assignment]
@@ -166,8 +170,10 @@ class VisualizationRepository:
             .where(c.processing_started_at == claim.lease)
         )
 
-    def release(self, claim: ClaimedVisualization, reason: str) -> bool:
-        """Give the lease back after a transient failure, keeping the last error."""
+    def release(self, claim: ClaimedVisualization, reason: str, retry_in_s: float = 0.0) -> bool:
+        """Give the lease back after a transient failure, keeping the last error. The
+        retry's message is due in ``retry_in_s`` (a quota's delay): the row counts as
+        dispatched then, so the reconciler leaves it alone while the delay runs."""
         result = self.session.execute(
             self._held(claim).values(
                 status=VisualizationStatus.PENDING.value,
@@ -175,17 +181,29 @@ class VisualizationRepository:
                 lease_expires_at=None,
                 claim_count=0,  # the claim ended: not a crash
                 error_message=f"will retry: {reason}",
+                dispatched_at=func.now()
+                + func.make_interval(0, 0, 0, 0, 0, 0, max(0.0, retry_in_s)),
             )
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def fail(self, entry_id: uuid.UUID, reason: str) -> bool:
-        """Mark failed, unless already completed (a late failure never undoes success)."""
+    def fail(self, entry_id: uuid.UUID, reason: str, lease: datetime | None = None) -> bool:
+        """Mark failed: a pending row, a row under ``lease`` (the failing job's own, if
+        it still holds one) or a row whose lease ran out (nobody holds it live). Never a
+        row another worker holds live (its job may yet complete: a late delivery's
+        failure must not throw its paid result away), nor a finished one (completed, or
+        failed already)."""
         v = Visualization
+        nobody_live = func.coalesce(v.lease_expires_at, v.processing_started_at) < func.now()
+        if lease is not None:
+            nobody_live = nobody_live | (v.processing_started_at == lease)
         result = self.session.execute(
             update(v)
             .where(v.entry_id == entry_id)
-            .where(v.status != VisualizationStatus.COMPLETED.value)
+            .where(
+                (v.status == VisualizationStatus.PENDING.value)
+                | ((v.status == VisualizationStatus.PROCESSING.value) & nobody_live)
+            )
             .values(
                 status=VisualizationStatus.FAILED.value,
                 error_message=reason,
@@ -217,12 +235,6 @@ class VisualizationRepository:
         return (v.status == VisualizationStatus.PROCESSING.value) & (
             func.coalesce(v.lease_expires_at, v.processing_started_at) < func.now()
         )
-
-    def stuck(self, limit: int = 1000) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """Rows processing whose lease ran out: their worker died (or hangs)."""
-        v = Visualization
-        stmt = select(v.entry_id, v.user_id).where(self._expired()).limit(limit)
-        return [(r[0], r[1]) for r in self.session.execute(stmt)]
 
     def stuck_count(self) -> int:
         """Rows processing past their lease (their worker died or hangs)."""

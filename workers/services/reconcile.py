@@ -1,16 +1,40 @@
 """The reconciler: PostgreSQL is the source of truth, messages are nudges. If the broker
 lost messages, or a worker died holding a lease, this finds the work in the database
-and publishes it again (duplicates are harmless: handlers are idempotent).
+and publishes it again.
+
+It never floods (docs/reliability.md, "The reconciler"):
+- a pending row is republished only when its last message left more than the grace
+  window ago (``dispatched_at``, recorded by every publish) and before the oldest
+  message still waiting in the queue: a FIFO queue still holds every message sent after
+  its head, so a backlog of any age behind a quota is left alone;
+- a row released to wait out a quota delay is dispatched "when its retry is due";
+- a processing row is republished once when its lease runs out, then at most once per
+  grace window;
+- one reconcile runs at a time across every machine (an advisory lock);
+- each pass is bounded (``limit``) and reads only the unfinished rows, by index.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from db.uow import UnitOfWork
 from domain.errors import BrokerUnavailableError
 from domain.messages import EntryCreated, IntakeStep, MessageV1
+from domain.vocabulary import VisualizationStyle
+
+# The queue head's time comes from the publisher's clock, a row's dispatch from the
+# database's: a margin for their skew and for the time between a commit and its publish.
+CLOCK_MARGIN = timedelta(seconds=60)
+DEFAULT_LIMIT = 5000
+
+
+def nothing_queued() -> float:
+    """For a broker that cannot tell what it holds: the grace window alone decides."""
+    return math.inf
 
 
 @dataclass(frozen=True)
@@ -18,6 +42,8 @@ class ReconcileReport:
     unfinished: int
     stuck: int
     intake: int
+    adopted: int = 0  # entries that had no visualization row (counted in unfinished)
+    skipped: bool = False  # another reconcile held the lock
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -26,28 +52,39 @@ class ReconcileReport:
             "republished_intake_steps": self.intake,
         }
 
+    def summary(self) -> dict[str, object]:
+        return {**self.as_log(), "adopted_without_row": self.adopted, "skipped": self.skipped}
+
 
 def reconcile(
     uow_factory: Callable[[], UnitOfWork],
     *,
     grace_s: int,
     broker_lost_data: Callable[[], bool] = lambda: False,
-    limit: int = 5000,
+    queued_since: Callable[[], float] = nothing_queued,
+    limit: int = DEFAULT_LIMIT,
 ) -> ReconcileReport:
-    """Republish entries without a finished visualization (older than ``grace_s``),
-    rows whose lease ran out, and intake turns whose message was lost.
+    """Republish entries whose message was lost, rows whose lease ran out, and intake
+    turns whose message was lost.
 
-    When the broker lost its data since the last run (a flush, a restart without
+    ``queued_since()`` is when the oldest message still waiting in the visualizations
+    queue was sent (epoch seconds; ``math.inf`` when none waits or the broker cannot
+    tell). When the broker lost its data since the last run (a flush, a restart without
     persistence), no message is waiting for anything: everything unfinished is
-    republished at once, without the grace that otherwise spares work still queued."""
-    if broker_lost_data():
-        grace_s = 0
+    republished at once, delays and grace included."""
+    lost = broker_lost_data()
     with uow_factory() as uow:
-        unfinished = uow.entries.ids_without_finished_visualization(limit, older_than_s=grace_s)
-        stuck = uow.visualizations.stuck(limit)
-        turns = uow.intake.due_turns(grace_s, limit)
+        repo = uow.reconcile
+        if not repo.try_lock():
+            return ReconcileReport(0, 0, 0, skipped=True)
+        adopted = repo.adopt_arrivals(0 if lost else grace_s, limit)
+        sent_before = _sent_before(repo.database_now(), grace_s, queued_since(), lost)
+        unfinished = repo.due_pending(sent_before, limit)
+        stuck = repo.due_stuck(0 if lost else grace_s, limit)
+        turns = uow.intake.due_turns(0 if lost else grace_s, limit)
         messages: list[MessageV1] = [
-            EntryCreated(entry_id=e, user_id=u) for e, u in unfinished + stuck
+            EntryCreated(entry_id=e.entry_id, user_id=e.user_id, style=VisualizationStyle(e.style))
+            for e in unfinished + stuck
         ]
         messages += [IntakeStep(session_id=s, user_id=u, step=n) for s, u, n in turns]
         for message in messages:
@@ -55,4 +92,14 @@ def reconcile(
         uow.commit()
     if uow.publish_error:  # publishing is this job's whole point: retried by the caller
         raise BrokerUnavailableError(f"reconcile could not publish: {uow.publish_error}")
-    return ReconcileReport(len(unfinished), len(stuck), len(turns))
+    return ReconcileReport(len(unfinished), len(stuck), len(turns), adopted=adopted)
+
+
+def _sent_before(now: datetime, grace_s: int, queued_since: float, lost: bool) -> datetime:
+    if lost:  # even rows waiting out a delay: the broker holds nothing for them
+        return datetime.max.replace(tzinfo=UTC)
+    bound = now - timedelta(seconds=grace_s)
+    if math.isfinite(queued_since):
+        head = datetime.fromtimestamp(queued_since, UTC) - CLOCK_MARGIN
+        bound = min(bound, head)
+    return bound

@@ -13,7 +13,7 @@ from domain.failures import failure_class
 from domain.intake import next_step, parse_history
 from domain.messages import EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
-from workers import bootstrap
+from workers import bootstrap, producer_api
 from workers.entrypoints.cli_contract import (
     emit_json,
     out,
@@ -21,7 +21,7 @@ from workers.entrypoints.cli_contract import (
     require_published,
     uuid_arg,
 )
-from workers.messaging.broker_state import broker_lost_data, locate
+from workers.messaging.broker_state import locate
 from workers.settings import Settings
 
 
@@ -45,7 +45,16 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             message = IntakeStep(session_id=args.id, user_id=session.user_id, step=step)
         uow.publish(message)
         uow.commit()
-    require_published(uow)
+    what = (
+        f"intake step {message.step} of session {args.id}"
+        if isinstance(message, IntakeStep)
+        else f"the request for entry {args.id}"
+    )
+    # The producer API's error (exit 1, one line): what is saved, and when the
+    # reconciler publishes it again.
+    producer_api.require_published(
+        uow, what, saved_id=args.id, reconcile_grace_s=settings.reconcile_grace_s
+    )
     message_id = uow.published_ids[0]
     if args.json:
         emit_json({"actor": message.actor_name, "message_id": message_id})
@@ -78,21 +87,16 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.services.reconcile import reconcile
-
-    report = reconcile(
-        bootstrap.unit_of_work,
-        grace_s=settings.reconcile_grace_s,
-        broker_lost_data=lambda: broker_lost_data(
-            bootstrap.redis_client(), settings.redis_namespace
-        ),
-    )
+    report = bootstrap.run_reconcile()
     if args.json:
-        emit_json(report.as_log())
+        emit_json(report.summary())
+    elif report.skipped:
+        out("reconcile: another reconcile is running (on this or another machine); nothing done")
     else:
         out(
             f"reconcile: republished {report.unfinished} unfinished and {report.stuck} stuck "
-            f"entries, {report.intake} lost intake steps"
+            f"entries ({report.adopted} of them had no visualization row), "
+            f"{report.intake} lost intake steps"
         )
     return 0
 

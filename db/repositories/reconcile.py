@@ -1,0 +1,160 @@
+"""The reconciler's statements, and the dispatch record every published entry.created
+leaves on its row.
+
+Written for ten million entries and many machines: every read is driven by a partial
+index over the unfinished rows only (``idx_visualizations_pending_dispatch``, the
+status index for the few processing rows, ``idx_entry_arrivals_arrived_at``), bounded
+by a limit, and one reconcile runs at a time (a transaction-level advisory lock).
+
+``dispatched_at`` on a row is when a message for it last left (or when its retry is
+due): a pending row is republished only once that is older than the grace window and
+older than the oldest message still queued (a FIFO queue still holds every message sent
+after its head). So a backlog behind a quota is never republished, and a lost message
+is republished once per grace window at most.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+# Any 64-bit key no other lock of ours uses: "emotionviz reconcile".
+RECONCILE_LOCK_KEY = 0x656D6F7669737263
+
+# Entries that arrived longer than the grace ago and still have no row get one, pending,
+# dispatched "when they arrived" (their message, if any, left then); arrivals whose row
+# exists are simply dropped (the claim drops most of them itself).
+ADOPT_ARRIVALS = """
+WITH due AS (
+    DELETE FROM entry_arrivals
+    WHERE entry_id IN (
+        SELECT entry_id FROM entry_arrivals
+        WHERE arrived_at < now() - make_interval(secs => :grace)
+        ORDER BY arrived_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING entry_id, user_id, arrived_at
+)
+INSERT INTO visualizations (entry_id, user_id, dispatched_at)
+SELECT due.entry_id, due.user_id, due.arrived_at FROM due
+ON CONFLICT (entry_id) DO NOTHING
+RETURNING entry_id
+"""
+
+# Pending rows whose last message left before ``sent_before`` (the grace window, and the
+# oldest message still queued).
+DUE_PENDING = """
+SELECT entry_id, user_id, style FROM visualizations
+WHERE status = 'pending' AND dispatched_at < :sent_before
+ORDER BY dispatched_at
+LIMIT :limit
+"""
+
+# Processing rows whose lease ran out (the worker died or hangs) and that were not
+# republished since, or not within the grace window.
+DUE_STUCK = """
+SELECT entry_id, user_id, style FROM visualizations
+WHERE status = 'processing'
+  AND coalesce(lease_expires_at, processing_started_at) < now()
+  AND (dispatched_at < coalesce(lease_expires_at, processing_started_at)
+       OR dispatched_at < now() - make_interval(secs => :grace))
+ORDER BY coalesce(lease_expires_at, processing_started_at)
+LIMIT :limit
+"""
+
+# The dispatch record (psycopg's own placeholders: it runs on the unit's DBAPI
+# connection, whichever mode the unit is in). Existing unfinished rows note the time
+# and, while pending, a requested style; entries without a row get a pending one, for
+# their owner only. Their arrivals are done with.
+RECORD_EXISTING = """
+UPDATE visualizations AS v
+SET dispatched_at = now(),
+    style = CASE WHEN v.status = 'pending' THEN coalesce(m.style, v.style) ELSE v.style END
+FROM unnest(%(entry_ids)s::uuid[], %(user_ids)s::uuid[], %(styles)s::text[])
+     AS m(entry_id, user_id, style)
+WHERE v.entry_id = m.entry_id AND v.user_id = m.user_id
+  AND v.status IN ('pending', 'processing')
+"""
+
+RECORD_NEW = """
+INSERT INTO visualizations (entry_id, user_id, style, dispatched_at)
+SELECT e.id, e.user_id, coalesce(m.style, 'abstract'), now()
+FROM unnest(%(entry_ids)s::uuid[], %(user_ids)s::uuid[], %(styles)s::text[])
+     AS m(entry_id, user_id, style)
+JOIN emotion_entries e ON e.id = m.entry_id AND e.user_id = m.user_id
+ON CONFLICT (entry_id) DO NOTHING
+"""
+
+DROP_ARRIVALS = "DELETE FROM entry_arrivals WHERE entry_id = ANY(%(entry_ids)s::uuid[])"
+
+
+@dataclass(frozen=True)
+class DueEntry:
+    entry_id: uuid.UUID
+    user_id: uuid.UUID
+    style: str
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """An entry.created about to be published: recorded on its row in the same
+    transaction (``record_dispatches``)."""
+
+    entry_id: uuid.UUID
+    user_id: uuid.UUID
+    style: str | None
+
+
+def record_dispatches(conn: Any, dispatches: Sequence[Dispatch]) -> None:
+    """Note on each row that its message leaves now, with the requested style (so a
+    republish keeps it, even when this publish fails). ``conn`` is the unit's psycopg
+    connection, inside its transaction."""
+    if not dispatches:
+        return
+    params = {
+        "entry_ids": [d.entry_id for d in dispatches],
+        "user_ids": [d.user_id for d in dispatches],
+        "styles": [d.style for d in dispatches],
+    }
+    with conn.cursor() as cursor:
+        cursor.execute(RECORD_EXISTING, params)
+        cursor.execute(RECORD_NEW, params)
+        cursor.execute(DROP_ARRIVALS, params)
+
+
+class ReconcileRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def try_lock(self) -> bool:
+        """The reconcile lock, held until this transaction ends; False if another
+        reconcile (on any machine) holds it."""
+        return bool(
+            self.session.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": RECONCILE_LOCK_KEY}
+            )
+        )
+
+    def adopt_arrivals(self, grace_s: int, limit: int) -> int:
+        """Give a pending row to entries that arrived more than ``grace_s`` ago and still
+        have none (their message was lost, or never sent); returns how many."""
+        rows = self.session.execute(text(ADOPT_ARRIVALS), {"grace": grace_s, "limit": limit})
+        return len(rows.all())
+
+    def due_pending(self, sent_before: datetime, limit: int) -> list[DueEntry]:
+        rows = self.session.execute(text(DUE_PENDING), {"sent_before": sent_before, "limit": limit})
+        return [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
+
+    def due_stuck(self, grace_s: int, limit: int) -> list[DueEntry]:
+        rows = self.session.execute(text(DUE_STUCK), {"grace": grace_s, "limit": limit})
+        return [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
+
+    def database_now(self) -> datetime:
+        return self.session.scalar(text("SELECT now()"))  # type: ignore[no-any-return]
