@@ -90,6 +90,16 @@ class BrokerUnavailableError(TransientError):
     """The broker refused or dropped a publish, after retries."""
 
 
+class PublishFailedError(BrokerUnavailableError):
+    """The change is committed, but its message could not be published: do not write it
+    again (the reconciler publishes the work from the database). ``saved_id`` is what
+    the call created or advanced (a session id, the entry id)."""
+
+    def __init__(self, message: str, *, saved_id: uuid.UUID | None = None) -> None:
+        super().__init__(message)
+        self.saved_id = saved_id
+
+
 class DatabaseUnavailableError(TransientError):
     """The database connection failed or the server restarted."""
 

@@ -9,6 +9,10 @@ yet and a failed request publishes nothing::
     session_id = api.start_intake(user_id, "What happened ...")
     api.submit_answer(session_id, user_id, step=1, answer="...")
 
+If the commit succeeded but the broker refused the message (after the producer's
+retries), each call raises ``PublishFailedError``: the change is saved (do not repeat
+the call), and the reconciler publishes its work again after ``RECONCILE_GRACE_S``.
+
 Services in other languages write the same envelopes to the broker: docs/messages.md.
 """
 
@@ -19,16 +23,52 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from db.uow import UnitOfWork
-from domain.errors import ConflictError, PermanentError, require_owned
+from domain.errors import ConflictError, PermanentError, PublishFailedError, require_owned
 from domain.intake import clean_answer, parse_history
 from domain.messages import EntryCreated, IntakeStep
 from domain.schemas import MAX_SITUATION_CHARS
 from domain.vocabulary import VisualizationStyle
 
+DEFAULT_RECONCILE_GRACE_S = 300  # RECONCILE_GRACE_S' default
+
+
+def require_published(
+    uow: UnitOfWork,
+    what: str,
+    *,
+    saved_id: uuid.UUID | None = None,
+    reconcile_grace_s: int = DEFAULT_RECONCILE_GRACE_S,
+) -> None:
+    """After a commit: raise PublishFailedError if its messages could not be published,
+    saying that the change is saved and what heals it (the message is lost otherwise
+    only to a log line, and the caller believes the work is on its way)."""
+    if uow.publish_error is None:
+        return
+    raise PublishFailedError(
+        f"{what} is saved, but its message could not be published ({uow.publish_error}); "
+        "do not repeat the call: the reconciler publishes it again within "
+        f"RECONCILE_GRACE_S ({_duration(reconcile_grace_s)})",
+        saved_id=saved_id,
+    )
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
+    return f"{seconds} s, about {round(seconds / 60)} minutes"
+
 
 class ProducerAPI:
-    def __init__(self, uow_factory: Callable[[], UnitOfWork]) -> None:
+    def __init__(
+        self,
+        uow_factory: Callable[[], UnitOfWork],
+        *,
+        reconcile_grace_s: int = DEFAULT_RECONCILE_GRACE_S,
+    ) -> None:
+        """``reconcile_grace_s``: the workers' RECONCILE_GRACE_S, named in the error a
+        failed publish raises."""
         self.uow_factory = uow_factory
+        self.reconcile_grace_s = reconcile_grace_s
 
     def entry_created(
         self,
@@ -36,13 +76,17 @@ class ProducerAPI:
         user_id: uuid.UUID,
         style: VisualizationStyle | None = None,
     ) -> None:
-        """Ask for an entry's analysis and picture (call after the entry committed)."""
+        """Ask for an entry's analysis and picture (call after the entry committed).
+        Raises PublishFailedError if the broker refused the message."""
         with self.uow_factory() as uow:
             uow.publish(EntryCreated(entry_id=entry_id, user_id=user_id, style=style))
             uow.commit()
+        self._published(uow, f"the request for entry {entry_id}", entry_id)
 
     def start_intake(self, user_id: uuid.UUID, initial_situation: str) -> uuid.UUID:
-        """Create an intake session and, after commit, ask for its first question."""
+        """Create an intake session and, after commit, ask for its first question.
+        Raises PublishFailedError (its ``saved_id`` the new session) if the broker
+        refused the message: the session exists, its question comes later."""
         situation = initial_situation.strip()
         if not situation:
             raise PermanentError("the situation is empty")
@@ -52,6 +96,7 @@ class ProducerAPI:
             session_id = uow.intake.create(user_id, situation)
             uow.publish(IntakeStep(session_id=session_id, user_id=user_id, step=1))
             uow.commit()
+        self._published(uow, f"intake session {session_id}", session_id)
         return session_id
 
     def submit_answer(
@@ -60,7 +105,8 @@ class ProducerAPI:
         """Store the answer to question ``step`` and, after commit, ask for turn step + 1.
 
         The row is locked while the answer is written, so two submissions of one answer
-        cannot both succeed. Returns the step that was published.
+        cannot both succeed. Returns the step that was published; raises
+        PublishFailedError if the broker refused it (the answer is stored).
         """
         text = clean_answer(answer)
         with self.uow_factory() as uow:
@@ -86,4 +132,8 @@ class ProducerAPI:
             uow.intake.replace_last_exchange(session_id, answered)
             uow.publish(IntakeStep(session_id=session_id, user_id=user_id, step=step + 1))
             uow.commit()
+        self._published(uow, f"the answer to question {step} of session {session_id}", session_id)
         return step + 1
+
+    def _published(self, uow: UnitOfWork, what: str, saved_id: uuid.UUID) -> None:
+        require_published(uow, what, saved_id=saved_id, reconcile_grace_s=self.reconcile_grace_s)
