@@ -26,6 +26,7 @@ from sqlalchemy import Engine, text
 from db.engine import make_session_factory
 from db.uow import UnitOfWork
 from domain.errors import BrokerUnavailableError, PublishFailedError
+from domain.vocabulary import VisualizationStyle
 from tests.integration.helpers import count, insert_entry, insert_user
 from workers.messaging.broker import build_broker
 from workers.messaging.producer import Producer
@@ -68,7 +69,7 @@ def test_entry_created_raises_when_its_message_could_not_be_published(
         entry_id = insert_entry(conn, user_id)
     api = ProducerAPI(uow_factory)
     with pytest.raises(PublishFailedError) as raised:
-        api.entry_created(entry_id, user_id)
+        api.entry_created(entry_id, user_id, VisualizationStyle.METAPHOR)
     error = raised.value
     assert isinstance(error, BrokerUnavailableError)  # one tree: a transient broker error
     assert error.saved_id == entry_id
@@ -77,6 +78,11 @@ def test_entry_created_raises_when_its_message_could_not_be_published(
     assert "the broker did not take the 1 messages after 4 attempts" in reason
     assert reason.endswith(SAYS_WHAT_HEALS + "RECONCILE_GRACE_S (300 s, about 5 minutes)")
     assert "\n" not in reason
+    with engine.connect() as conn:  # the style the reconciler will republish (db/uow.py)
+        style = conn.execute(
+            text("SELECT style FROM visualizations WHERE entry_id = :e"), {"e": entry_id}
+        ).scalar_one()
+    assert style == "metaphor"
 
 
 def test_start_intake_raises_with_the_saved_session(
