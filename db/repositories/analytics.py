@@ -51,6 +51,10 @@ _TAKE_QUEUED = text(
     "SELECT id, user_id, day FROM analytics_refresh_queue ORDER BY id "
     "LIMIT :n FOR UPDATE SKIP LOCKED"
 )
+# One page of user ids after a given one: a range scan of the users' primary key
+# (keyset pagination; never a scan of emotion_entries).
+_USER_PAGE = text("SELECT id FROM users WHERE id > :after ORDER BY id LIMIT :n")
+_FIRST_USER_PAGE = text("SELECT id FROM users ORDER BY id LIMIT :n")
 _DELETE_QUEUED = text("DELETE FROM analytics_refresh_queue WHERE id = ANY(CAST(:ids AS bigint[]))")
 
 
@@ -118,6 +122,13 @@ class AnalyticsRepository:
         than one lane takes them in that order, so none waits on another in a cycle)."""
         for lane in sorted(set(lanes)):
             self.lock_lane(kind, lane)
+
+    def user_ids_after(self, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
+        """The next ``limit`` user ids in id order after ``after`` (from the first when
+        None): the recompute's planning pages through users with this."""
+        if after is None:
+            return list(self.session.scalars(_FIRST_USER_PAGE, {"n": limit}))
+        return list(self.session.scalars(_USER_PAGE, {"after": after, "n": limit}))
 
     def take_queued_refreshes(self, limit: int) -> list[QueuedRefresh]:
         """Up to ``limit`` queued refreshes, oldest first, locked by this unit of work

@@ -27,7 +27,7 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120)
 def _metrics() -> dict[str, Any]:
     # Imported here, not at module import: prometheus_client chooses multiprocess mode
     # from the environment at import, which the worker sets up before it boots.
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter, Gauge, Histogram
 
     return {
         "request": Histogram(
@@ -67,6 +67,26 @@ def _metrics() -> dict[str, Any]:
             "emotionviz_publish_failures_total",
             "Publishes the broker still refused after the producer's retries (the work "
             "stays in the database; the reconciler publishes it again)",
+        ),
+        "scheduler_fires": Counter(
+            "emotionviz_scheduler_fires_total",
+            "Scheduler attempts at a scheduled fire, by outcome: published, failed (the "
+            "publish or Redis failed; retried within the fire's grace), skipped (served "
+            "already, by another scheduler), missed (APScheduler ran it too late)",
+            ["job", "outcome"],
+        ),
+        "scheduler_last_success": Gauge(
+            "emotionviz_scheduler_last_success_timestamp_seconds",
+            "When this scheduler last published a scheduled fire of the job (Unix time)",
+            ["job"],
+            multiprocess_mode="max",
+        ),
+        "scheduler_next_due": Gauge(
+            "emotionviz_scheduler_next_fire_due_timestamp_seconds",
+            "When the job's next fire must have been served (its time plus the misfire "
+            "grace and a margin), set when a fire is served and at start (Unix time)",
+            ["job"],
+            multiprocess_mode="max",
         ),
         "reconciled": Counter(
             "emotionviz_reconciler_republished_total",
@@ -118,6 +138,27 @@ def count_publish_failure() -> None:
 def count_reconciled(kind: str, number: int) -> None:
     if number:
         _safely(lambda: _metrics()["reconciled"].labels(kind).inc(number))
+
+
+SCHEDULER_OUTCOMES = ("published", "failed", "skipped", "missed")
+
+
+def init_scheduler_job(job: str) -> None:
+    """Every outcome's series at 0 from the start: ``increase()`` in an alert misses the
+    first count of a series that appears with it."""
+    _safely(lambda: [_metrics()["scheduler_fires"].labels(job, o) for o in SCHEDULER_OUTCOMES])
+
+
+def count_scheduler_fire(job: str, outcome: str) -> None:
+    _safely(lambda: _metrics()["scheduler_fires"].labels(job, outcome).inc())
+
+
+def scheduler_published(job: str, unix_time: float) -> None:
+    _safely(lambda: _metrics()["scheduler_last_success"].labels(job).set(unix_time))
+
+
+def scheduler_next_due(job: str, unix_time: float) -> None:
+    _safely(lambda: _metrics()["scheduler_next_due"].labels(job).set(unix_time))
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ the same user, from one run or two overlapping runs, queue instead of interleavi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import date
@@ -23,6 +23,8 @@ from domain.periods import PERIOD_KINDS, PeriodKind, period_containing
 
 USER_BATCH = 500
 LANES = 16
+# Users read per planning page (keyset on users.id): about USER_BATCH per lane.
+PLAN_PAGE = USER_BATCH * LANES
 # Queued refreshes handled per transaction by drain_analytics_refresh_queue.
 DRAIN_BATCH = 500
 
@@ -42,6 +44,43 @@ def plan_batches(users: Iterable[uuid.UUID], size: int = USER_BATCH) -> list[lis
         for _, members in sorted(lanes.items())
     ]
     return [batch for round_ in zip_longest(*per_lane) for batch in round_ if batch]
+
+
+def plan_recompute(
+    uow_factory: Callable[[], UnitOfWork], message: AnalyticsRecompute, *, page: int = PLAN_PAGE
+) -> Iterator[list[AnalyticsRecompute]]:
+    """``message`` split into one message per batch of users (``plan_batches``), a list
+    per page of users: the fan-out of the CLI and of the scheduler. Each batch message
+    is idempotent (a recompute of its users and range), so a page published twice (a
+    publish retried after a partial failure) only costs time.
+
+    With ``message.user_ids``, those users; else every user, paged by id with keyset
+    pagination on the users' primary key (one short read per page; the planning never
+    reads emotion_entries, and holds one page in memory at a time)."""
+
+    def batches(users: list[uuid.UUID]) -> list[AnalyticsRecompute]:
+        return [
+            AnalyticsRecompute(
+                period=message.period,
+                period_start=message.period_start,
+                period_end=message.period_end,
+                user_ids=batch,
+            )
+            for batch in plan_batches(users)
+        ]
+
+    if message.user_ids:
+        yield batches(message.user_ids)
+        return
+    after: uuid.UUID | None = None
+    while True:
+        with uow_factory() as uow:
+            users = uow.analytics.user_ids_after(after, page)
+        if users:
+            yield batches(users)
+        if len(users) < page:
+            return
+        after = users[-1]
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def _message(args: argparse.Namespace, users: list[uuid.UUID] | None) -> Analyti
 
 
 def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.services.analytics import plan_batches, recompute
+    from workers.services.analytics import plan_recompute, recompute
 
     started = time.monotonic()
     users: list[uuid.UUID] | None = args.user or None
@@ -75,9 +75,12 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
             f"batches={summary.batches} seconds={time.monotonic() - started:.2f}\n"
         )
         return 0
+    messages = [
+        batch
+        for page in plan_recompute(bootstrap.unit_of_work, _message(args, users))
+        for batch in page
+    ]
     with bootstrap.unit_of_work() as uow:
-        batches = plan_batches(users if users is not None else uow.users.list_ids())
-        messages = [_message(args, batch) for batch in batches]
         for message in messages:
             uow.publish(message)
         uow.commit()
@@ -86,7 +89,7 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
     sys.stdout.write(
         f"analytics recompute: published {len(messages)} messages (period={first.period} "
         f"from={first.period_start} to={first.period_end}, "
-        f"{sum(len(b) for b in batches)} users)\n"
+        f"{sum(len(m.user_ids or []) for m in messages)} users)\n"
     )
     return 0
 
@@ -98,14 +101,25 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from workers.bootstrap import producer
     from workers.entrypoints.scheduler import FireGuard, build_scheduler, default_jobs
 
-    jobs = default_jobs(settings, producer())
+    jobs = default_jobs(settings, producer(), bootstrap.unit_of_work)
     guard = FireGuard(redis.Redis.from_url(bootstrap.redis_url(settings)), settings.redis_namespace)
+    if args.metrics_port:
+        # Its own /metrics (the fires' outcomes and due times: docs/monitoring/).
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(args.metrics_port, addr=settings.metrics_host)
+        except OSError as exc:  # the port taken: scheduling matters more than its metrics
+            sys.stderr.write(
+                f"scheduler: no /metrics on {settings.metrics_host}:{args.metrics_port} "
+                f"({exc.strerror}); the fire alerts cannot see this scheduler\n"
+            )
     # In a background thread: the main thread only waits for SIGTERM/SIGINT, so a signal
     # at any moment after the handler is installed stops it (PID 1 in a container drops
     # a SIGTERM that has no handler, and elsewhere it would kill without a word).
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
-    scheduler = build_scheduler(jobs, guard, BackgroundScheduler)
+    scheduler = build_scheduler(jobs, guard, BackgroundScheduler, stop=stop)
     scheduler.start()
     for job in scheduler.get_jobs():
         sys.stdout.write(f"scheduled {job.id}: {job.trigger}\n")
@@ -151,8 +165,15 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         "(default ANALYTICS_PARALLELISM)",
     )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    add(
+    s = add(
         "scheduler",
         cmd_scheduler,
         "publish analytics.recompute and reconcile messages on SCHEDULE_* cron settings",
+    )
+    s.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9192,
+        metavar="PORT",
+        help="serve the scheduler's /metrics on METRICS_HOST:PORT (default 9192; 0: off)",
     )
