@@ -213,20 +213,30 @@ def intake_service() -> IntakeService:
 def run_reconcile() -> ReconcileReport:
     """One reconcile pass with this deployment's broker (the actor and the CLI)."""
     from workers.messaging.broker_state import broker_lost_data
-    from workers.messaging.queue_head import queue_head_sent_at
+    from workers.messaging.queue_head import holds_messages, queue_head_sent_at
     from workers.services.reconcile import nothing_queued, reconcile
 
     settings = get_settings()
     namespace = settings.redis_namespace
+    queue = EntryCreated.queue_name
     queued_since = nothing_queued  # RabbitMQ: the grace window alone
     if rabbitmq_url(settings) is None:
-        queued_since = lambda: queue_head_sent_at(  # noqa: E731
-            redis_client(), namespace, EntryCreated.queue_name
+        queued_since = lambda: queue_head_sent_at(redis_client(), namespace, queue)  # noqa: E731
+
+    def lost() -> bool:
+        # The marker is also missing on a deployment's very first reconcile: a broker
+        # that still holds messages has not lost them (the first pass would otherwise
+        # republish a whole backlog the producers had just sent).
+        if not broker_lost_data(redis_client(), namespace):
+            return False
+        return rabbitmq_url(settings) is None and not holds_messages(
+            redis_client(), namespace, queue
         )
+
     return reconcile(
         unit_of_work,
         grace_s=settings.reconcile_grace_s,
-        broker_lost_data=lambda: broker_lost_data(redis_client(), namespace),
+        broker_lost_data=lost,
         queued_since=queued_since,
     )
 

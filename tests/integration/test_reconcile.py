@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -104,6 +107,16 @@ def _age(engine: Engine, seconds: int, where: str = "true") -> None:
         )
 
 
+def _age_messages(producer: Producer, seconds: int) -> None:
+    """The queued messages were sent ``seconds`` ago (as their rows will say)."""
+    client = producer.broker.client  # type: ignore[attr-defined]
+    keys = queue_keys(producer.broker.namespace, "visualizations")  # type: ignore[attr-defined]
+    for redis_id in client.lrange(keys.ready, 0, -1):
+        body = json.loads(client.hget(keys.ready_bodies, redis_id))
+        body["message_timestamp"] -= seconds * 1000
+        client.hset(keys.ready_bodies, redis_id, json.dumps(body))
+
+
 def test_a_backlog_still_queued_is_never_republished(
     engine: Engine, producer: Producer, uow_factory: Callable[[], UnitOfWork]
 ) -> None:
@@ -113,13 +126,7 @@ def test_a_backlog_still_queued_is_never_republished(
     entries = _entries(engine, 30, created_at="2026-11-20T10:00:00Z")
     for entry_id, user_id in entries:
         api.entry_created(entry_id, user_id)
-    client = producer.broker.client  # type: ignore[attr-defined]
-    keys = queue_keys(producer.broker.namespace, "visualizations")  # type: ignore[attr-defined]
-    # The backlog's messages were sent an hour ago, the rows say the same.
-    for redis_id in client.lrange(keys.ready, 0, -1):
-        body = json.loads(client.hget(keys.ready_bodies, redis_id))
-        body["message_timestamp"] -= 3_600_000
-        client.hset(keys.ready_bodies, redis_id, json.dumps(body))
+    _age_messages(producer, 3_600)  # the backlog was sent an hour ago, the rows agree
     _age(engine, 3_590)
     for _ in range(3):
         report = _run(uow_factory, producer)
@@ -189,7 +196,7 @@ def test_an_entry_that_never_got_a_row_is_adopted_whatever_its_date(
 ) -> None:
     """Imported with a date days ago, its message never sent: found by its arrival, not
     by its date (the old anti-join over every entry found it only by walking them)."""
-    [(old, user_id)] = _entries(engine, 1, created_at="2026-11-01T08:00:00Z")
+    [(old, _)] = _entries(engine, 1, created_at="2026-11-01T08:00:00Z")
     assert _run(uow_factory, producer).adopted == 0  # arrived just now: maybe still queued
     _age(engine, GRACE_S + 5)
     report = _run(uow_factory, producer)
@@ -309,3 +316,37 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     for child in plan.get("Plans", []):
         found += _nodes(child)
     return found
+
+
+def test_the_first_reconcile_of_a_deployment_leaves_a_fresh_backlog_alone(
+    db_url: str,
+    redis_server_url: str,
+    redis_namespace: str,
+    engine: Engine,
+    producer: Producer,
+    uow_factory: Callable[[], UnitOfWork],
+) -> None:
+    """The broker's marker is missing on a deployment's very first reconcile too: a
+    queue that holds the producers' messages has lost nothing (this first pass used to
+    republish the whole backlog). Through the real command, as the scheduler's actor."""
+    for entry_id, user_id in _entries(engine, 12):
+        ProducerAPI(uow_factory).entry_created(entry_id, user_id)
+    _age_messages(producer, GRACE_S + 10)  # past the grace, but every message is queued
+    _age(engine, GRACE_S + 5)
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_server_url,
+        "REDIS_NAMESPACE": redis_namespace,
+        "PROVIDER": "local",
+        "LOG_FORMAT": "json",
+    }
+    command = [sys.executable, "-m", "workers.entrypoints.cli", "reconcile", "--json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["republished_unfinished"] == 0
+    assert len(_queued(producer)) == 12
+    _drop_queue(producer)  # now the broker loses them: the next pass sees it at once
+    producer.broker.client.delete(f"{redis_namespace}:reconciler:alive-since")  # type: ignore[attr-defined]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout)["republished_unfinished"] == 12

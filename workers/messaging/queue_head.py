@@ -39,3 +39,13 @@ def queue_head_sent_at(client: redis.Redis, namespace: str, queue: str) -> float
     if not isinstance(stamp, int | float) or isinstance(stamp, bool) or stamp <= 0:
         return 0.0
     return float(stamp) / 1000
+
+
+def holds_messages(client: redis.Redis, namespace: str, queue: str) -> bool:
+    """Whether the broker still stores any message of ``queue``: ready, in flight or
+    delayed (bodies stay in their hash until acknowledged)."""
+    keys = queue_keys(namespace, queue)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.exists(keys.ready_bodies, keys.delayed_bodies)
+        (found,) = pipe.execute()
+    return bool(found)
