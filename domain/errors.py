@@ -82,6 +82,16 @@ class ProviderUnavailableError(TransientError):
     """The model API is overloaded, down, slow, or rate-limited us (429/5xx/timeout)."""
 
 
+class JobTimeLimitError(TransientError):
+    """The job ran past JOB_TIME_LIMIT_S and was interrupted. Retried like a timeout
+    (the checkpoints keep what finished), failed when the retries run out."""
+
+    def __init__(self, limit_s: float | None) -> None:
+        limit = "" if limit_s is None else f" of {limit_s:g} s"
+        super().__init__(f"the job took longer than the job time limit{limit}")
+        self.limit_s = limit_s
+
+
 class LeaseHeldError(TransientError):
     """Another worker holds a live lease on this row; try again after it expires."""
 
@@ -143,6 +153,8 @@ def failure_reason(exc: BaseException, *, prefix: str = "", limit: int = REASON_
     """
     if isinstance(exc, EmotionVizError) and str(exc).strip():
         text = str(exc)
+    elif not isinstance(exc, Exception):  # an interruption: a time limit, a shutdown
+        text = f"the job was interrupted ({type(exc).__name__}) before it finished"
     else:
         text = f"internal error ({type(exc).__name__}); the worker log has the details"
     return one_line(redact(prefix + text), limit)

@@ -14,7 +14,7 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import CurrentMessage, Retries
+from dramatiq.middleware import CurrentMessage, Retries, TimeLimit
 
 from domain.errors import (
     ContentBlockedError,
@@ -30,6 +30,7 @@ from workers.settings import Settings
 pytestmark = pytest.mark.unit
 
 MAX_RETRIES = 2
+TIME_LIMIT_MS = 300
 
 
 @dataclass
@@ -39,9 +40,19 @@ class FakeVisualizations:
     script: list[Exception]
     calls: list[float] = field(default_factory=list)  # monotonic time of each attempt
     failed: list[str] = field(default_factory=list)
+    overruns: int = 0  # the first attempts that run until the time limit stops them
+    interrupted: list[BaseException] = field(default_factory=list)
 
     def process(self, message: EntryCreated) -> Outcome:
         self.calls.append(time.monotonic())
+        if self.overruns:
+            self.overruns -= 1
+            try:
+                while True:  # a job that would run for ever: the time limit ends it
+                    time.sleep(0.005)
+            except BaseException as exc:
+                self.interrupted.append(exc)
+                raise
         if self.script:
             raise self.script.pop(0)
         return Outcome.COMPLETED
@@ -88,13 +99,19 @@ class Rig:
 def rig() -> Iterator[Rig]:
     broker = StubBroker(
         middleware=[
+            # Dramatiq's own time limit, short: it interrupts the worker thread.
+            TimeLimit(time_limit=TIME_LIMIT_MS, interval=20),
             Retries(max_retries=MAX_RETRIES, min_backoff=5, max_backoff=20),
             CurrentMessage(),
         ]
     )
     broker.emit_after("process_boot")
     settings = Settings(
-        _env_file=None, max_retries=MAX_RETRIES, min_backoff_ms=5, max_backoff_ms=20
+        _env_file=None,
+        max_retries=MAX_RETRIES,
+        min_backoff_ms=5,
+        max_backoff_ms=20,
+        job_time_limit_s=10,  # what the reason names (the broker's limit is shorter here)
     )  # type: ignore[call-arg]
     service = FakeVisualizations(script=[])
     publisher = FakePublisher()
@@ -192,3 +209,25 @@ def test_expected_retry_is_not_logged_as_an_unhandled_error(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert any("Retrying message" in r.getMessage() for r in caplog.records)
+
+
+def test_a_job_over_the_time_limit_is_retried_then_failed_naming_the_limit(rig: Rig) -> None:
+    # TimeLimitExceeded is a BaseException: it used to pass `except Exception`, so the
+    # row was never failed (Dramatiq retried and dead-lettered the message in silence).
+    rig.service.overruns = MAX_RETRIES + 1
+    rig.run(_payload())
+    assert len(rig.service.calls) == MAX_RETRIES + 1
+    assert [type(e).__name__ for e in rig.service.interrupted] == ["TimeLimitExceeded"] * 3
+    assert rig.service.failed == [
+        f"gave up after {MAX_RETRIES + 1} attempts; last error: "
+        "the job took longer than the job time limit of 10 s"
+    ]
+    assert len(rig.dead) == 1
+    assert rig.counted == ["retries", "retries"]
+
+
+def test_an_overrun_then_a_success_completes(rig: Rig) -> None:
+    rig.service.overruns = 1
+    rig.run(_payload())
+    assert len(rig.service.calls) == 2
+    assert rig.service.failed == [] and rig.dead == []

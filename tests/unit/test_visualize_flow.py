@@ -103,17 +103,24 @@ class FakeVisualizations:
                 self.pending.append(lambda: setattr(row, "image_url", image["image_url"]))
         return row is not None
 
-    def release(self, claim: ClaimedVisualization, reason: str) -> bool:
+    def release(self, claim: ClaimedVisualization, reason: str, **_: Any) -> bool:
         row = self._held(claim)
         if row is not None:
             self.pending.append(lambda: (setattr(row, "status", "pending"), None))
+            self.pending.append(lambda: setattr(row, "error_message", f"will retry: {reason}"))
         return row is not None
 
-    def fail(self, entry_id: uuid.UUID, reason: str) -> bool:
+    def fail(self, entry_id: uuid.UUID, reason: str, lease: datetime | None = None) -> bool:
         row = self.db.rows[entry_id]
+        # As the real one, less the lease's expiry: pending, or held under this lease.
+        if not (row.status == "pending" or (row.status == "processing" and row.lease == lease)):
+            return False
         self.pending.append(lambda: (setattr(row, "status", "failed"), None))
         row.error_message = reason
         return True
+
+    def count_claim(self, claim: ClaimedVisualization, delta: int) -> bool:
+        return self._held(claim) is not None
 
     def renew(self, claims: list[ClaimedVisualization], lease_s: int) -> int:
         return sum(1 for c in claims if self._held(c) is not None)
@@ -302,3 +309,33 @@ def test_mark_failed_records_the_reason(rig: Rig) -> None:
     rig.service.mark_failed(entry_id, "the image model refused: SAFETY")
     row = rig.db.rows[entry_id]
     assert row.status == "failed" and row.error_message == "the image model refused: SAFETY"
+
+
+class Interrupted(BaseException):
+    """What Dramatiq's time limit raises in the worker thread (TimeLimitExceeded is a
+    BaseException, not an Exception)."""
+
+
+def test_a_job_interrupted_by_the_time_limit_gives_its_lease_back(rig: Rig) -> None:
+    entry_id, user_id = rig.entry()
+    rig.images.errors.append(Interrupted())  # type: ignore[arg-type]
+    with pytest.raises(Interrupted):
+        rig.service.process(EntryCreated(entry_id=entry_id, user_id=user_id))
+    row = rig.db.rows[entry_id]
+    # Not left processing until its lease runs out (then taken for a crash).
+    assert row.status == "pending" and row.analysis is not None
+    assert row.error_message == (
+        "will retry: the job was interrupted (Interrupted) before it finished"
+    )
+    assert rig.service.leases.held() == []
+    rig.service.mark_failed(entry_id, "the job took longer than the job time limit of 10 s")
+    assert row.status == "failed"
+
+
+def test_a_late_failure_leaves_a_row_held_live_by_another_worker(rig: Rig) -> None:
+    entry_id, user_id = rig.entry()
+    rig.db.rows[entry_id] = Row(entry_id, user_id, "abstract", "processing", datetime.now(UTC))
+    with pytest.raises(LeaseHeldError):
+        rig.service.process(EntryCreated(entry_id=entry_id, user_id=user_id))
+    rig.service.mark_failed(entry_id, "gave up after 6 attempts; last error: 503")
+    assert rig.db.rows[entry_id].status == "processing"

@@ -119,6 +119,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
             fail=lambda reason: service.mark_failed(message.entry_id, reason),
             max_retries=settings.max_retries,
             count=deps.count,
+            time_limit_s=settings.job_time_limit_s,
         )
 
     @declare(
@@ -142,7 +143,13 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
             log.error("intake step failed", reason=reason)
             service.record_failure(message, reason)
 
-        run_classified(work, fail=fail, max_retries=settings.intake_max_retries, count=deps.count)
+        run_classified(
+            work,
+            fail=fail,
+            max_retries=settings.intake_max_retries,
+            count=deps.count,
+            time_limit_s=settings.job_time_limit_s,
+        )
 
     @declare(AnalyticsRecompute, PRIORITY_ANALYTICS, max_retries=settings.max_retries)
     def analytics_recompute(*args: Any, **kwargs: Any) -> None:

@@ -7,7 +7,14 @@
 - anything else is *retried*: after the server's own delay (plus jitter) when the error
   carries one, else with Dramatiq's exponential backoff;
 - past ``max_retries`` the job is *given up*: failed like a permanent error, with the
-  last error as the reason.
+  last error as the reason;
+- a job interrupted by Dramatiq's time limit (``TimeLimitExceeded``, a BaseException
+  that ``except Exception`` would miss) is a ``JobTimeLimitError``: retried like a
+  timeout, failed with a reason naming the limit when the retries run out. Retried,
+  not failed at once: the checkpoints keep what finished (a retry after an overrun in
+  the image step does not analyse again), and an overrun is mostly a slow moment of
+  the model API, as a timeout is; a job that always overruns costs at most
+  ``max_retries`` more attempts, as any transient error does.
 
 Pure of I/O except through its arguments, so every branch is unit-tested on Dramatiq's
 StubBroker (tests/unit/test_failure_policy.py).
@@ -20,9 +27,11 @@ from collections.abc import Callable
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from domain.errors import (
     InvalidMessageError,
+    JobTimeLimitError,
     NotFoundError,
     OwnershipError,
     PermanentError,
@@ -63,10 +72,18 @@ def run_classified(
     fail: Callable[[str], None],
     max_retries: int,
     count: Count,
+    time_limit_s: float | None = None,
 ) -> None:
-    """Run one message's work and apply the policy above to what it raises."""
+    """Run one message's work and apply the policy above to what it raises
+    (``time_limit_s``: the job time limit, named in the reason of an overrun)."""
     try:
-        work()
+        try:
+            work()
+        except TimeLimitExceeded as exc:
+            # Raised once per message (Dramatiq clears the deadline when it fires), so
+            # the handling below is not interrupted again.
+            log.warning("job time limit exceeded", time_limit_s=time_limit_s)
+            raise JobTimeLimitError(time_limit_s) from exc
     except REJECTED as exc:
         reject(exc, count)
         raise

@@ -9,6 +9,7 @@ was reclaimed can no longer change the row.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -48,6 +49,10 @@ class VisualizeLimits:
     max_claims: int = 3
 
 
+class _Job(threading.local):
+    held: tuple[uuid.UUID, ClaimedVisualization] | None = None
+
+
 class VisualizationService:
     def __init__(
         self,
@@ -62,48 +67,68 @@ class VisualizationService:
         self.leases = leases or LeaseKeeper(uow_factory, limits.lease_s)
         self.media = MediaLifecycle(uow_factory, providers.store)
         self.suspects = SuspectLock()
+        # Per worker thread: the entry and claim of the job it runs (or last ran).
+        self._job = _Job()
 
     def process(self, message: EntryCreated) -> Outcome:
+        self._job.held = None
         # Claimed under an ordinary share of the suspect lock: a suspect of this
         # process runs alone (services/isolation.py).
         with self.suspects.ordinary():
             entry, claim = self._claim(message)
             if claim is None:
                 return self._not_claimed(message.entry_id)
+            self._job.held = (message.entry_id, claim)  # mark_failed fails under it
             crashes = claim.claim_count - 1  # earlier claims of this row that never finished
             if crashes >= self.limits.max_claims:
                 raise CrashLoopError(
                     f"the worker stopped {crashes} times while processing this entry; "
                     "'emotionviz replay' tries it again"
                 )
-            if crashes == 0:
-                return self._run(entry, claim)
-            self.leases.hold(claim)  # renewed while it waits for the jobs under way
-            log.warning("row held by a worker that died: processing it alone", crashes=crashes)
-            with self.suspects.alone(holding_ordinary=True):
-                return self._run(entry, claim)
+            self.leases.hold(claim)  # renewed while it runs (and while a suspect waits)
+            try:
+                if crashes == 0:
+                    return self._run(entry, claim)
+                return self._run_alone(entry, claim, crashes)
+            except BaseException as exc:
+                # Also what is not an Exception: Dramatiq's time limit (TimeLimitExceeded)
+                # or a shutdown interrupts the job here. The job ends without finishing
+                # either way: the lease goes back now, and the claim is not left to count
+                # as a crash when its lease runs out.
+                self._release(claim, exc)
+                raise
+            finally:
+                self.leases.drop(claim)
+
+    def _run_alone(self, entry: EntryRow, claim: ClaimedVisualization, crashes: int) -> Outcome:
+        """A suspect (its earlier claims died with their process) waits for the jobs
+        under way in this process, then runs alone. While it waits, its claim is not
+        counted: if another row's job kills the process meanwhile, that crash is not
+        blamed on this row (it was not running). Counted again once it runs."""
+        if not self._count(claim, -1):
+            return Outcome.LEASE_LOST
+        log.warning("row held by a worker that died: processing it alone", crashes=crashes)
+        with self.suspects.alone(holding_ordinary=True):
+            if not self._count(claim, +1):
+                return Outcome.LEASE_LOST
+            return self._run(entry, claim)
 
     def _run(self, entry: EntryRow, claim: ClaimedVisualization) -> Outcome:
+        """The steps under the lease; the caller holds it, renews it and gives it back
+        if this raises."""
         style = VisualizationStyle(claim.style)
         started = time.monotonic()
-        self.leases.hold(claim)
-        try:
-            analysis = self._analysis_step(entry, claim, style)
-            if analysis is None:
+        analysis = self._analysis_step(entry, claim, style)
+        if analysis is None:
+            return Outcome.LEASE_LOST
+        # The picture is saved with the completion, in one write.
+        picture = {} if claim.image_url else self._image_step(entry, claim, analysis, style)
+        with self.uow_factory() as uow:
+            if not uow.entry_pipeline.complete(
+                claim, user_id=entry.user_id, entry_moment=entry.created_at, **picture
+            ):
                 return Outcome.LEASE_LOST
-            # The picture is saved with the completion, in one write.
-            picture = {} if claim.image_url else self._image_step(entry, claim, analysis, style)
-            with self.uow_factory() as uow:
-                if not uow.entry_pipeline.complete(
-                    claim, user_id=entry.user_id, entry_moment=entry.created_at, **picture
-                ):
-                    return Outcome.LEASE_LOST
-                uow.commit()
-        except Exception as exc:
-            self._release(claim, exc)
-            raise
-        finally:
-            self.leases.drop(claim)
+            uow.commit()
         log.info("visualization completed", seconds=round(time.monotonic() - started, 3))
         return Outcome.COMPLETED
 
@@ -121,6 +146,15 @@ class VisualizationService:
             entry = require_owned(found, "entry", message.entry_id, message.user_id)
             uow.commit()
         return entry, claim
+
+    def _count(self, claim: ClaimedVisualization, delta: int) -> bool:
+        """Count (+1) or uncount (-1) this claim as one that may end in a crash; False
+        if the lease was taken over."""
+        with self.uow_factory() as uow:
+            uow.single_statement()
+            held = uow.entry_pipeline.count_claim(claim, delta)
+            uow.commit()
+        return held
 
     def _not_claimed(self, entry_id: uuid.UUID) -> Outcome:
         with self.uow_factory() as uow:
@@ -202,7 +236,14 @@ class VisualizationService:
     # --- failure bookkeeping (called by the actor) ---------------------------------
 
     def mark_failed(self, entry_id: uuid.UUID, reason: str) -> None:
+        """Fail the row of this thread's last job, under the lease it holds if it still
+        holds one (a crash-looping row, a release that did not get through). A row that
+        another worker holds live is left alone: its job may yet complete."""
+        held = self._job.held
+        lease = held[1].lease if held is not None and held[0] == entry_id else None
         with self.uow_factory() as uow:
-            if uow.visualizations.fail(entry_id, reason[:2000]):
+            if uow.visualizations.fail(entry_id, reason[:2000], lease=lease):
                 log.warning("visualization failed", reason=reason)
+            else:
+                log.info("not failed: the row is finished or held live elsewhere", reason=reason)
             uow.commit()
