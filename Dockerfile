@@ -38,11 +38,15 @@ RUN apt-get update \
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/emotionviz emotionviz \
     && install -d -o emotionviz -g emotionviz /media /backups
 COPY --from=build /opt/venv /opt/venv
+# PROVIDER=gemini: a deployment never falls back to the offline placeholder providers
+# for want of a key; without GEMINI_API_KEY the worker exits 2 and says so. PROVIDER=local
+# runs the offline ones on purpose (a trial).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MEDIA_DIR=/media \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    PROVIDER=gemini
 USER 10001:10001
 WORKDIR /home/emotionviz
 # Images and thumbnails; backups written by `emotionviz backup /backups/NAME.dump`.

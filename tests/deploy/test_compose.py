@@ -179,6 +179,28 @@ def test_interpolation_matches_compose_rules() -> None:
 def test_env_example_documents_the_compose_variables() -> None:
     example = (REPO_ROOT / ".env.example").read_text()
     names = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE_FILE.read_text()))
-    assert names == {"POSTGRES_PASSWORD", "WORKER_METRICS_HOST_PORT", "INTAKE_METRICS_HOST_PORT"}
+    assert names == {
+        "POSTGRES_PASSWORD",
+        "WORKER_METRICS_HOST_PORT",
+        "INTAKE_METRICS_HOST_PORT",
+        "PROVIDER",
+    }
     for name in names:
         assert re.search(rf"^{name}=", example, re.MULTILINE), f"{name} not in .env.example"
+
+
+def test_the_stack_runs_the_real_models_unless_told_otherwise(raw: dict[str, Any]) -> None:
+    """PROVIDER=auto with no key would run the offline placeholder providers and store
+    their pictures as completed; the stack says gemini (a worker without a key exits 2),
+    from a fresh clone and from a .env copied from .env.example alike."""
+    example = (REPO_ROOT / ".env.example").read_text()
+    (copied,) = re.findall(r"^PROVIDER=(\S+)", example, re.MULTILINE)
+    assert copied == "gemini"
+    for env, expected in (
+        ({}, "gemini"),
+        ({"PROVIDER": copied}, "gemini"),
+        ({"PROVIDER": "local"}, "local"),
+    ):
+        services = _ours(dict(_walk(raw, env)))
+        for name, service in services.items():
+            assert service["environment"]["PROVIDER"] == expected, (name, env)

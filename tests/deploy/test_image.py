@@ -93,6 +93,9 @@ def test_runtime_is_multi_stage_non_root_with_writable_volumes() -> None:
     assert re.search(r"install -d -o emotionviz -g emotionviz /media /backups", setup)
     assert "postgresql-client" in setup  # backup and restore
     assert ("ENTRYPOINT", '["emotionviz"]') in runtime
+    # Never PROVIDER=auto's fallback to placeholder pictures for want of a key.
+    env = " ".join(a for k, a in runtime if k == "ENV")
+    assert re.search(r"(^| )PROVIDER=gemini( |$)", env), env
 
 
 def test_build_context_excludes_local_state_and_keeps_what_is_copied() -> None:

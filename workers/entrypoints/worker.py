@@ -4,13 +4,26 @@ the real services by the composition root, with metrics and health reporting."""
 
 from __future__ import annotations
 
+import sys
+
+from domain.errors import ConfigurationError
 from workers import bootstrap
 from workers.entrypoints.actors import declare_actors
 from workers.messaging.middleware import WarmUp
 from workers.messaging.watchdog import Watchdog
+from workers.providers.factory import announce_choice, choose_providers
 from workers.settings import get_settings
 
 settings = get_settings()
+try:
+    provider_choice = choose_providers(settings)
+except ConfigurationError as exc:
+    # A worker that can only fail every job must not start (it used to, with a warning
+    # per warm-up step): exit 2, Dramatiq's code for a module that cannot load, which
+    # its CLI passes on after stopping the other processes.
+    sys.stderr.write(f"emotionviz worker: {exc}\n")
+    sys.stderr.flush()
+    raise SystemExit(2) from None
 broker = bootstrap.broker()
 actors = declare_actors(broker, settings, bootstrap.actor_dependencies())
 broker.add_middleware(
@@ -27,3 +40,5 @@ if settings.metrics_port:
 
     for middleware in worker_middleware(settings.metrics_port):
         broker.add_middleware(middleware)
+# After the metrics middleware chose the multiprocess directory: the gauge lands there.
+announce_choice(provider_choice)

@@ -140,6 +140,24 @@ def count_reconciled(kind: str, number: int) -> None:
         _safely(lambda: _metrics()["reconciled"].labels(kind).inc(number))
 
 
+@lru_cache(maxsize=1)
+def _provider_info() -> Any:
+    from prometheus_client import Gauge
+
+    return Gauge(
+        "emotionviz_provider_info",
+        "1 for the providers this worker runs: analysis and image are gemini or local; "
+        "resolved_from is setting (PROVIDER named them) or auto (PROVIDER=auto decided "
+        "by GEMINI_API_KEY; local this way means placeholder pictures)",
+        ["analysis", "image", "resolved_from"],
+        multiprocess_mode="max",
+    )
+
+
+def set_provider_info(analysis: str, image: str, resolved_from: str) -> None:
+    _safely(lambda: _provider_info().labels(analysis, image, resolved_from).set(1))
+
+
 SCHEDULER_OUTCOMES = ("published", "failed", "skipped", "missed")
 
 

@@ -8,12 +8,16 @@ import redis
 
 from domain.errors import ConfigurationError
 from domain.providers import AnalysisProvider, ImageProvider, IntakeProvider
+from workers.logging import get_logger
+from workers.observability import metrics
 from workers.providers.instrumented import CountedAnalysis, CountedImages, CountedIntake
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import DramatiqRateGate, RateGate
 from workers.providers.storage import LocalImageStore
 from workers.settings import Settings
+
+log = get_logger("emotionviz.providers")
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,60 @@ class Providers:
     images: ImageProvider
     store: LocalImageStore
     intake: IntakeProvider
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """Which providers a worker runs, and why: PROVIDER itself ("setting"), or ``auto``
+    resolved by the presence of GEMINI_API_KEY ("auto")."""
+
+    analysis: str  # "gemini" | "local"
+    image: str
+    resolved_from: str  # "setting" | "auto"
+
+    @property
+    def placeholder(self) -> bool:
+        """Offline providers that nobody asked for by name: placeholder pictures."""
+        return self.resolved_from == "auto" and "local" in (self.analysis, self.image)
+
+    def warning(self) -> str | None:
+        if not self.placeholder:
+            return None
+        return (
+            "PROVIDER=auto and no GEMINI_API_KEY: running the offline local providers, "
+            "whose placeholder analyses and pictures are stored as completed; set "
+            "PROVIDER=gemini and GEMINI_API_KEY for the real models, or PROVIDER=local "
+            "to run the offline ones on purpose (a demo, a test)"
+        )
+
+
+def choose_providers(settings: Settings) -> ProviderChoice:
+    """The providers the settings select. ConfigurationError if they cannot work:
+    PROVIDER=gemini without GEMINI_API_KEY would fail every job."""
+    if settings.provider == "gemini" and settings.gemini_api_key is None:
+        raise ConfigurationError(
+            "PROVIDER=gemini needs GEMINI_API_KEY (or PROVIDER=local for the offline providers)"
+        )
+    resolved = settings.resolved_provider()
+    return ProviderChoice(
+        analysis=resolved,
+        image=resolved,
+        resolved_from="auto" if settings.provider == "auto" else "setting",
+    )
+
+
+def announce_choice(choice: ProviderChoice) -> None:
+    """At a worker's start: the choice as a metric (emotionviz_provider_info), and one
+    warning line when ``auto`` fell back to the placeholder providers."""
+    metrics.set_provider_info(choice.analysis, choice.image, choice.resolved_from)
+    reason = choice.warning()
+    if reason is not None:
+        log.warning(
+            "placeholder providers in use",
+            reason=reason,
+            analysis=choice.analysis,
+            image=choice.image,
+        )
 
 
 def build_providers(settings: Settings, redis_client: redis.Redis) -> Providers:
@@ -48,8 +106,8 @@ def _build(settings: Settings, redis_client: redis.Redis) -> Providers:
     from workers.providers.gemini import GeminiAnalysisProvider, GeminiClient, GeminiImageProvider
     from workers.providers.gemini_intake import GeminiIntakeProvider
 
-    if settings.gemini_api_key is None:
-        raise ConfigurationError("PROVIDER=gemini needs GEMINI_API_KEY")
+    choose_providers(settings)  # PROVIDER=gemini without a key: ConfigurationError
+    assert settings.gemini_api_key is not None  # resolved to gemini: there is a key
     gate = DramatiqRateGate if settings.rate_limiter == "dramatiq" else RateGate
     slot_ttl_ms = int(settings.request_timeout_s * 1000 * 3)
     prefix = f"{settings.redis_namespace}:ratelimit"

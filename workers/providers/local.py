@@ -108,6 +108,7 @@ class LocalImageProvider:
         image.save(out, format="PNG", optimize=False, compress_level=3)
         raw = {
             "provider": self.name,
+            "model": "local-pillow-v1",  # every dump names its provider and model
             "renderer": "pillow-v1",
             "style": style.value,
             "size": [self.size_px, self.size_px],

@@ -54,6 +54,7 @@ class LocalIntakeProvider:
         intensity = stated_intensity(answers)
         context = {
             "provider": self.name,
+            "model": "local-rules-v1",
             "emotions_so_far": emotions,
             "intensity": str(intensity) if intensity is not None else None,
         }
