@@ -27,18 +27,26 @@ class SuspectLock:
         self._writer = False
         self._writers_waiting = 0
 
+    # An interruption (Dramatiq's time limit raises TimeLimitExceeded asynchronously in
+    # the worker thread) can land while a job waits here: the counts are changed only
+    # where no such exception can leave them wrong (a leaked writer or reader would
+    # stop every later job of the process).
+
     @contextlib.contextmanager
     def ordinary(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
+        entered = False
         try:
+            with self._cond:
+                while self._writer or self._writers_waiting:
+                    self._cond.wait()
+                self._readers += 1
+                entered = True  # no call in between: an async exception cannot land
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
+            if entered:
+                with self._cond:
+                    self._readers -= 1
+                    self._cond.notify_all()
 
     @contextlib.contextmanager
     def alone(self, holding_ordinary: bool = False) -> Iterator[None]:
@@ -49,8 +57,15 @@ class SuspectLock:
             if holding_ordinary:
                 self._readers -= 1
                 self._cond.notify_all()
-            while self._writer or self._readers:
-                self._cond.wait()
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            except BaseException:  # interrupted while waiting: leave the counts as found
+                self._writers_waiting -= 1
+                if holding_ordinary:
+                    self._readers += 1
+                self._cond.notify_all()
+                raise
             self._writers_waiting -= 1
             self._writer = True
         try:

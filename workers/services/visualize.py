@@ -85,8 +85,8 @@ class VisualizationService:
                     f"the worker stopped {crashes} times while processing this entry; "
                     "'emotionviz replay' tries it again"
                 )
-            self.leases.hold(claim)  # renewed while it runs (and while a suspect waits)
             try:
+                self.leases.hold(claim)  # renewed while it runs (and while a suspect waits)
                 if crashes == 0:
                     return self._run(entry, claim)
                 return self._run_alone(entry, claim, crashes)
