@@ -39,8 +39,10 @@ M = TypeVar("M", bound=MessageV1)
 
 # Lower numbers run first among the messages a worker has fetched: a person waiting
 # for an intake question goes before an image. (The real isolation is a worker of its
-# own on the intake queue: docker-compose.yml.)
-PRIORITY_INTAKE, PRIORITY_ENTRY, PRIORITY_ANALYTICS, PRIORITY_MAINTENANCE = 0, 10, 20, 30
+# own on the intake queue: docker-compose.yml.) Maintenance (a short, bounded reconcile
+# pass) goes before images: behind a backlog it never got a thread, so lost work and
+# dead leases waited as long as the backlog did.
+PRIORITY_INTAKE, PRIORITY_MAINTENANCE, PRIORITY_ENTRY, PRIORITY_ANALYTICS = 0, 5, 10, 20
 
 
 @dataclass(frozen=True)
