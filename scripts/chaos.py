@@ -5,7 +5,11 @@ connections, 30 % transient + 2 % permanent API faults, a poison entry and the h
 corpus, with no operator. Prints a table; exits 1 on any loss, duplicate, unexpected
 failure, found secret, or a disruption not healed within 120 s; 3 on the hard timeout.
 
-    scripts/chaos [--short] [--entries N] [--database-url URL] [--redis-url URL]
+    scripts/chaos [--short] [--poison-only] [--entries N] [--database-url URL] [--redis-url URL]
+
+--poison-only: the poison entry beside ordinary ones and nothing else (no API faults,
+kills, flush or hostile input): every ordinary entry must complete, and the poison fail
+after MAX_CLAIMS crashes (a crash is blamed only on the row that caused it).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ CRASH_LOOP = "the worker stopped"
 TRANSIENT = ("503", "429", "timeout")
 PERMANENT = ("400", "safety")
 REQUEST_TIMEOUT_S = 3
+MAX_CLAIMS = 3  # the deployed default, which the run keeps
 
 
 def libpq(url: str) -> str:
@@ -146,6 +151,8 @@ class Chaos:
     # --- work --------------------------------------------------------------------
 
     def faults_for(self, marker: str, entry_id: str) -> list[Fault]:
+        if self.args.poison_only:
+            return []
         roll = self.rng.random()
         if roll < 0.02:
             self.expected_fail.add(entry_id)
@@ -329,6 +336,8 @@ class Chaos:
         ]
         plan += [(0.55, "hostile corpus"), (0.60, "Redis flush (namespace)")]
         plan += [(0.72, "DB connections killed"), (0.85, "Redis connections killed")]
+        if self.args.poison_only:
+            plan = []
         publisher = threading.Thread(target=self.publisher, args=(started,), daemon=True)
         publisher.start()
         disruptions: list[Disruption] = []
@@ -422,6 +431,8 @@ class Chaos:
             image_calls=sum(1 for c in calls if c["kind"] == "image"),
             poison_status=poison_status,
             poison_crashes=len(self.emulator.crashes),
+            # Alone, the poison is the only row its crashes are blamed on: exactly.
+            exact_poison_crashes=MAX_CLAIMS if self.args.poison_only else None,
             secrets_found=self.secrets(),
             hostile_published=self.hostile,
             seconds=seconds,
@@ -508,6 +519,11 @@ class Chaos:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.split("\n\n")[0])
     p.add_argument("--short", action="store_true", help="the CI size: 40 entries, 30 s window")
+    p.add_argument(
+        "--poison-only",
+        action="store_true",
+        help="only the poison entry beside the others (default 41 entries over 1 s)",
+    )
     p.add_argument("--entries", type=int, help="entries in the batch (default 200; short 40)")
     p.add_argument("--window", type=float, help="seconds over which entries are published")
     p.add_argument(
@@ -520,13 +536,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         help="Redis (a unique namespace is used and deleted; default TEST_REDIS_URL)",
     )
-    p.add_argument("--threads", type=int, default=4, help="threads per worker group")
-    p.add_argument("--latency", type=float, default=0.9, help="emulated s per entry (2 calls)")
+    p.add_argument("--threads", type=int, help="threads per worker group (default 4; poison 16)")
+    p.add_argument(
+        "--latency", type=float, help="emulated s per entry, 2 calls (default 0.9; poison 2)"
+    )
     p.add_argument("--grace", type=int, default=20, help="RECONCILE_GRACE_S for the run")
     p.add_argument("--timeout", type=float, help="hard overall limit, s (default 600; short 280)")
     p.add_argument("--seed", type=int, default=10)
     p.add_argument("--keep", action="store_true", help="keep the logs and media folder")
     args = p.parse_args(argv)
+    if args.poison_only:
+        # The poison and 40 ordinary entries, published at once onto many threads with
+        # slower calls: many rows are in flight beside the poison when it kills.
+        args.entries = args.entries or 41
+        args.window = args.window or 1.0
+        args.threads = args.threads or 16
+        args.latency = args.latency or 2.0
+    args.threads = args.threads or 4
+    args.latency = args.latency or 0.9
     args.entries = args.entries or (40 if args.short else 200)
     args.window = args.window or (30.0 if args.short else 60.0)
     args.timeout = args.timeout or (280.0 if args.short else 600.0)

@@ -38,6 +38,7 @@ class Outcome:
     seconds: float
     disruptions: list[Disruption]
     notes: list[str] = field(default_factory=list)
+    exact_poison_crashes: int | None = None  # else 1-5 (kills beside it may add some)
 
     def problems(self) -> list[str]:
         found = []
@@ -49,7 +50,13 @@ class Outcome:
             found.append(f"{self.failed_unexpected} failed unexpectedly")
         if self.failed_expected != self.expected_failures:
             found.append("an expected failure did not fail")
-        if self.poison_status != "failed (crash loop)" or not 1 <= self.poison_crashes <= 5:
+        if self.exact_poison_crashes is not None:
+            if (self.poison_status, self.poison_crashes) != (
+                "failed (crash loop)",
+                self.exact_poison_crashes,
+            ):
+                found.append(f"poison entry not failed after {self.exact_poison_crashes} crashes")
+        elif self.poison_status != "failed (crash loop)" or not 1 <= self.poison_crashes <= 5:
             found.append("poison entry not failed after <= 5 crashes")
         if self.secrets_found:
             found.append("secret found")

@@ -339,3 +339,22 @@ def test_a_late_failure_leaves_a_row_held_live_by_another_worker(rig: Rig) -> No
         rig.service.process(EntryCreated(entry_id=entry_id, user_id=user_id))
     rig.service.mark_failed(entry_id, "gave up after 6 attempts; last error: 503")
     assert rig.db.rows[entry_id].status == "processing"
+
+
+def test_an_interruption_that_lands_in_the_release_still_releases(rig: Rig) -> None:
+    entry_id, user_id = rig.entry()
+    rig.images.errors.append(ProviderUnavailableError("503"))
+    fake = FakeVisualizations.release
+    calls: list[int] = []
+
+    def interrupted_once(self: FakeVisualizations, *args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise Interrupted()  # the time limit fires while the lease is given back
+        return fake(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeVisualizations, "release", interrupted_once)
+        with pytest.raises(Interrupted):
+            rig.service.process(EntryCreated(entry_id=entry_id, user_id=user_id))
+    assert len(calls) == 2 and rig.db.rows[entry_id].status == "pending"

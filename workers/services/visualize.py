@@ -223,15 +223,25 @@ class VisualizationService:
         return {"image_url": image_url, "thumbnail_url": thumb_url, "nanobanana_response": raw}
 
     def _release(self, claim: ClaimedVisualization, exc: BaseException) -> None:
-        try:
-            with self.uow_factory() as uow:
-                # A wait the failure asked for (a quota's retry delay) is recorded, so
-                # the reconciler does not republish the entry while it is waited out.
-                retry_in_s = getattr(exc, "retry_after_s", None) or 0.0
-                uow.visualizations.release(claim, failure_reason(exc), retry_in_s=retry_in_s)
-                uow.commit()
-        except Exception:
-            log.warning("could not release the lease", exc_info=True)
+        interrupted: BaseException | None = None
+        # Twice at most: the time limit's interruption, if it lands here, lands once
+        # (the release is a compare-and-set on the lease: a second one is harmless).
+        for _ in range(2):
+            try:
+                with self.uow_factory() as uow:
+                    # A wait the failure asked for (a quota's retry delay) is recorded, so
+                    # the reconciler does not republish the entry while it is waited out.
+                    retry_in_s = getattr(exc, "retry_after_s", None) or 0.0
+                    uow.visualizations.release(claim, failure_reason(exc), retry_in_s=retry_in_s)
+                    uow.commit()
+                break
+            except Exception:
+                log.warning("could not release the lease", exc_info=True)
+                break
+            except BaseException as interrupt:  # noqa: BLE001 - raised again below
+                interrupted = interrupt
+        if interrupted is not None:
+            raise interrupted
 
     # --- failure bookkeeping (called by the actor) ---------------------------------
 

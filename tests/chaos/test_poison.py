@@ -1,0 +1,53 @@
+"""A poison entry takes no innocent row with it (issue 20): scripts/chaos.py
+--poison-only against the test servers. One entry whose model call kills the worker
+process holding it, beside 40 ordinary entries, two supervised worker groups: the
+poison fails after exactly MAX_CLAIMS crashes and all 40 others complete.
+
+It used to fail 2 of 40: a suspect (a row whose process died under it) claimed beside
+the poison, waiting to run alone behind it in the same process, was counted as a crash
+when the poison killed that process, again and again until it reached MAX_CLAIMS."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _figure(table: str, label: str) -> str:
+    match = re.search(rf"^{re.escape(label)}\s+(.+)$", table, re.MULTILINE)
+    assert match, f"{label!r} missing from the table:\n{table}"
+    return match.group(1).strip()
+
+
+def test_a_poison_entry_fails_alone_and_every_ordinary_entry_completes(
+    pg_server_url: str, redis_server_url: str
+) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "chaos.py"),
+            "--poison-only",
+            "--database-url",
+            pg_server_url,
+            "--redis-url",
+            redis_server_url,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    table = proc.stdout
+    assert "verdict: PASS" in table, table + proc.stderr[-3000:]
+    assert proc.returncode == 0
+    assert _figure(table, "failed unexpectedly").split()[0] == "0", table
+    assert _figure(table, "lost (not terminal at the end)").split()[0] == "0", table
+    assert _figure(table, "poison entry") == "failed (crash loop) after 3 worker crashes", table
