@@ -221,6 +221,20 @@ class Visualization(TimestampMixin, Base):
         Index("idx_visualizations_status", "status"),
         Index("idx_visualizations_created_at", text("created_at DESC")),
         Index("idx_visualizations_user_status", "user_id", "status"),
+        # What runs every few seconds (status, the console, the metrics: 0004): finished
+        # rows by completion time, failed rows newest first.
+        Index(
+            "idx_visualizations_finished_at",
+            "processing_completed_at",
+            postgresql_include=["status"],
+            postgresql_where=text("status IN ('completed', 'failed')"),
+        ),
+        Index(
+            "idx_visualizations_failed_at",
+            text("coalesce(processing_completed_at, updated_at) DESC"),
+            "entry_id",
+            postgresql_where=text("status = 'failed'"),
+        ),
         Index(
             "idx_visualizations_active",
             "user_id",

@@ -102,7 +102,8 @@ class Settings(BaseSettings):
     # /readyz). METRICS_PORT=0 turns it off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9191, ge=0, le=65535)
-    metrics_cache_s: float = Field(default=10.0, ge=0, le=300)
+    # The work's snapshot (status, the console, the metrics) is read at most this often.
+    metrics_cache_s: float = Field(default=2.0, ge=0, le=300)
 
     # Intake conversation (a person is waiting: short retries on their own queue).
     intake_max_steps: int = Field(default=5, ge=1, le=20)

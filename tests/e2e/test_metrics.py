@@ -109,7 +109,10 @@ def test_metrics_follow_the_queue_and_count_provider_errors(
         assert _metric(base, "emotionviz_provider_request_seconds_count", outcome="http_503") >= 1
         assert _metric(base, "emotionviz_provider_request_seconds_count", outcome="ok") >= 24
         assert _metric(base, "emotionviz_workers_alive") >= 1
-        assert _metric(base, "emotionviz_visualizations", status="completed") >= len(entries)
+        completed = _metric(
+            base, "emotionviz_visualizations_finished_last_hour", status="completed"
+        )
+        assert completed >= len(entries)
         assert _metric(base, "dramatiq_messages_total") >= len(entries)  # Dramatiq's own
 
         code, body = _get(f"{base}/healthz")

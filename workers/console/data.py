@@ -1,5 +1,6 @@
-"""What each page shows, read through the same parts the CLI uses (collect_status,
-entry_life, session_life, DeadLetters, the console's read model). Plain, blocking
+"""What each page shows, read through the same parts the CLI uses (collect_status, on
+the process's shared snapshot; entry_life, session_life, DeadLetters, the console's
+read model). Plain, blocking
 functions: the routes run them in a worker thread. Every text that could hold a secret
 is scrubbed again when rendered (the template environment's finalize)."""
 
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from domain.errors import NotFoundError, PermanentError
 from domain.failures import failure_class
@@ -24,7 +27,9 @@ from workers.console.charts import outcome_charts
 from workers.entrypoints.commands.jobs import entry_life, read_entry, read_session, session_life
 from workers.entrypoints.commands.status import collect_status
 from workers.logging import scrub
+from workers.messaging.broker_state import BrokerState
 from workers.messaging.dead_letters import DeadLetter, DeadLetters
+from workers.observability import snapshot
 from workers.settings import Settings
 
 FAILURES_PAGE = 50
@@ -124,9 +129,16 @@ def failures(cls: str | None, page: int) -> dict[str, Any]:
 # --- dead letters ----------------------------------------------------------------------
 
 
+def _broker() -> BrokerState:
+    """The broker's state from the shared snapshot (no keyspace SCAN of our own)."""
+    snap = snapshot.shared().get()
+    if snap.broker is None:
+        raise snap.errors["broker"]
+    return snap.broker
+
+
 def dead_letter_queues(settings: Settings) -> dict[str, int]:
-    state = bootstrap.broker_state()
-    return {name: q.dead for name, q in state.queues.items()}
+    return {name: q.dead for name, q in _broker().queues.items()}
 
 
 def _dead_letters(settings: Settings) -> DeadLetters:
@@ -247,7 +259,7 @@ def image_file(entry_id: uuid.UUID, size: str) -> tuple[bytes, str] | None:
 def analytics(settings: Settings) -> dict[str, Any]:
     with bootstrap.unit_of_work() as uow:
         fresh = {f.kind: f for f in uow.console.analytics_freshness()}
-    state = bootstrap.broker_state((AnalyticsRecompute.queue_name,))
+    state = _broker()
     return {
         "kinds": [(kind, fresh.get(kind)) for kind in PERIOD_KINDS],
         "schedule": next_runs(settings, datetime.now(UTC)),
@@ -255,21 +267,41 @@ def analytics(settings: Settings) -> dict[str, Any]:
     }
 
 
+def reconcile_trigger(settings: Settings) -> tuple[str, BaseTrigger | None]:
+    """How often the scheduler runs reconcile, as it decides it (scheduler.py): every
+    RECONCILE_EVERY_S seconds, anchored on the epoch, unless that is 0; then the cron
+    expression SCHEDULE_RECONCILE."""
+    if settings.reconcile_every_s:
+        every = settings.reconcile_every_s
+        return f"every {every} s", IntervalTrigger(
+            seconds=every, start_date=datetime(2000, 1, 1, tzinfo=UTC), timezone="UTC"
+        )
+    expr = settings.schedule_reconcile
+    if not expr:
+        return "disabled", None
+    return expr, CronTrigger.from_crontab(expr, timezone="UTC")
+
+
 def next_runs(settings: Settings, now: datetime) -> list[dict[str, Any]]:
-    """The scheduler's jobs (workers/entrypoints/scheduler.py) and their next fire time."""
-    jobs = (
+    """The scheduler's jobs (workers/entrypoints/scheduler.py), the period each really
+    runs at and their next fire time."""
+    jobs: list[tuple[str, str, BaseTrigger | None]] = []
+    for name, expr in (
         ("analytics day", settings.schedule_analytics_day),
         ("analytics week", settings.schedule_analytics_week),
         ("analytics month", settings.schedule_analytics_month),
-        ("reconcile", settings.schedule_reconcile),
-    )
-    runs = []
-    for name, expr in jobs:
-        upcoming = None
-        if expr:
-            upcoming = CronTrigger.from_crontab(expr, timezone="UTC").get_next_fire_time(None, now)
-        runs.append({"name": name, "cron": expr or "disabled", "next": upcoming})
-    return runs
+    ):
+        trigger = CronTrigger.from_crontab(expr, timezone="UTC") if expr else None
+        jobs.append((name, expr or "disabled", trigger))
+    jobs.append(("reconcile", *reconcile_trigger(settings)))
+    return [
+        {
+            "name": name,
+            "cron": shown,
+            "next": None if trigger is None else trigger.get_next_fire_time(None, now),
+        }
+        for name, shown, trigger in jobs
+    ]
 
 
 def known_queue(queue: str) -> bool:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import redis
 
@@ -179,6 +180,81 @@ def read_broker_state(
     for queue, sample in zip(delayed_ids, bodies[len(oldest_ids) :], strict=True):
         states[queue].retrying = sum(1 for body in sample if _is_retry(body))
     return BrokerState(states, sorted(workers.values(), key=lambda w: w.worker_id))
+
+
+def _state_to_json(state: BrokerState) -> str:
+    return json.dumps(
+        {
+            "queues": {name: asdict(q) for name, q in state.queues.items()},
+            "workers": [asdict(w) for w in state.workers],
+            "broker": state.broker,
+            "not_measured": list(state.not_measured),
+        }
+    )
+
+
+def _state_from_json(raw: bytes) -> BrokerState:
+    data = json.loads(raw)
+    return BrokerState(
+        queues={name: QueueState(**q) for name, q in data["queues"].items()},
+        workers=[WorkerState(**w) for w in data["workers"]],
+        broker=data["broker"],
+        not_measured=tuple(data["not_measured"]),
+    )
+
+
+class SharedBrokerState:
+    """The broker's state read by one collector for the whole deployment.
+
+    ``read_broker_state`` SCANs the keyspace for the workers' acks sets: fine once,
+    not on every machine's scrape. So the state is kept in one Redis key, written by
+    whichever process finds it older than ``max_age_s`` and wins a short lock (SET NX
+    PX: the collector role, held for one computation at most ``max_age_s``); every
+    other process reads the key (one GET), never SCANs. While another holds the role
+    and no state was ever written, a reader waits up to ``wait_s`` for it."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        read: Callable[[], BrokerState],
+        *,
+        max_age_s: float = 2.0,
+        wait_s: float = 2.0,
+    ) -> None:
+        self.client, self.read = client, read
+        self.max_age_s, self.wait_s = max_age_s, wait_s
+        self.state_key = f"{namespace}:broker-state:snapshot"
+        self.role_key = f"{namespace}:broker-state:collector"
+
+    def get(self) -> BrokerState:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            stored = self._stored()
+            if stored is not None and stored[0] < self.max_age_s:
+                return stored[1]
+            role_ms = max(100, int(self.max_age_s * 1000))
+            if self.client.set(self.role_key, "1", nx=True, px=role_ms):
+                state = self.read()
+                payload = json.dumps({"at": time.time(), "state": _state_to_json(state)})
+                # Kept a while after it is stale: another reader's fallback.
+                self.client.set(self.state_key, payload, px=role_ms * 30)
+                return state
+            if stored is not None:
+                return stored[1]  # another process is refreshing it: this one will do
+            if time.monotonic() > deadline:
+                raise TimeoutError("the broker's state: another collector holds the role")
+            time.sleep(0.05)
+
+    def _stored(self) -> tuple[float, BrokerState] | None:
+        raw = self.client.get(self.state_key)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)  # type: ignore[arg-type]
+            return max(0.0, time.time() - float(data["at"])), _state_from_json(data["state"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
 
 @dataclass(frozen=True)

@@ -1,80 +1,35 @@
-"""Gauges read at scrape time from Redis and PostgreSQL: what is queued, in flight,
-delayed and dead per queue, the age of the oldest ready message, the workers alive,
-visualization rows by status and stuck past their lease, intake sessions waiting.
+"""Gauges read at scrape time from the shared snapshot (workers/observability/snapshot.py,
+the one ``status`` and the console read too): what is queued, in flight, delayed and
+dead per queue, the age of the oldest ready message, the workers alive, open
+visualization rows by status, rows finished in the last hour, rows stuck past their
+lease, intake sessions waiting.
 
-A scrape is cheap: the values are read at most every ``METRICS_CACHE_S`` seconds, with
-one Redis pipeline and three indexed queries (no full-table scan: see
-``status_counts_estimated``). A source that cannot be read is reported as
+A scrape is cheap: the snapshot is computed at most every few seconds per process, its
+database reads are index-driven (docs/benchmarks.md), and the broker's part is read by
+one collector per deployment (no keyspace SCAN on every machine). Every number is
+exact: completed work is the rows completed in the last hour, never the planner's
+estimate of a table. A source that cannot be read is reported as
 ``emotionviz_collector_up{source} 0`` rather than failing the scrape.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from db.uow import UnitOfWork
 from workers.logging import get_logger
 from workers.messaging.broker_state import BrokerState
+from workers.observability.snapshot import FINISHED_WINDOW_S, Snapshot
 
 log = get_logger("emotionviz.metrics")
 
 
-@dataclass
-class Snapshot:
-    broker: BrokerState | None = None
-    rows: dict[str, int] = field(default_factory=dict)
-    stuck: int | None = None
-    intake: dict[str, int] = field(default_factory=dict)
-    up: dict[str, bool] = field(default_factory=dict)
-
-
 class StateCollector(Collector):
-    def __init__(
-        self,
-        read_broker: Callable[[], BrokerState],
-        uow_factory: Callable[[], UnitOfWork],
-        *,
-        cache_s: float,
-    ) -> None:
-        self.read_broker = read_broker
-        self.uow_factory = uow_factory
-        self.cache_s = cache_s
-        self._lock = threading.Lock()
-        self._snapshot = Snapshot()
-        self._taken_at = float("-inf")
-
-    def snapshot(self) -> Snapshot:
-        with self._lock:
-            if time.monotonic() - self._taken_at >= self.cache_s:
-                self._snapshot = self._read()
-                self._taken_at = time.monotonic()
-            return self._snapshot
-
-    def _read(self) -> Snapshot:
-        snap = Snapshot()
-        try:
-            snap.broker = self.read_broker()
-            snap.up["broker"] = True
-        except Exception as exc:  # noqa: BLE001 - reported as a gauge and a log line
-            snap.up["broker"] = False
-            log.warning("metrics: broker unreadable", reason=f"{type(exc).__name__}: {exc}")
-        try:
-            with self.uow_factory() as uow:
-                snap.rows = uow.visualizations.status_counts_estimated()
-                snap.stuck = uow.visualizations.stuck_count()
-                snap.intake = uow.intake.open_state_counts()
-            snap.up["database"] = True
-        except Exception as exc:  # noqa: BLE001 - reported as a gauge and a log line
-            snap.up["database"] = False
-            log.warning("metrics: database unreadable", reason=f"{type(exc).__name__}: {exc}")
-        return snap
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Any]:
         snap = self.snapshot()
@@ -83,31 +38,42 @@ class StateCollector(Collector):
         )
         for source, ok in snap.up.items():
             up.add_metric([source], 1.0 if ok else 0.0)
+        for source, exc in snap.errors.items():
+            log.warning(f"metrics: {source} unreadable", reason=f"{type(exc).__name__}: {exc}")
         yield up
         if snap.broker is not None:
             yield from _broker_metrics(snap.broker)
-        if snap.up.get("database"):
-            rows = GaugeMetricFamily(
-                "emotionviz_visualizations",
-                "Visualization rows by status (completed is the planner's estimate)",
-                labels=["status"],
-            )
-            for status, number in sorted(snap.rows.items()):
-                rows.add_metric([status], number)
-            yield rows
-            yield GaugeMetricFamily(
-                "emotionviz_visualizations_stuck",
-                "Rows processing past their lease (a dead or hung worker)",
-                value=snap.stuck or 0,
-            )
-            intake = GaugeMetricFamily(
-                "emotionviz_intake_sessions_open",
-                "Open intake sessions by state (waiting_for_person, waiting_for_worker, failed)",
-                labels=["state"],
-            )
-            for state, number in sorted(snap.intake.items()):
-                intake.add_metric([state], number)
-            yield intake
+        if snap.rows is None:
+            return
+        rows = GaugeMetricFamily(
+            "emotionviz_visualizations",
+            "Open visualization rows by status (pending, processing, failed), exact",
+            labels=["status"],
+        )
+        for status, number in sorted(snap.rows.open.items()):
+            rows.add_metric([status], number)
+        yield rows
+        finished = GaugeMetricFamily(
+            "emotionviz_visualizations_finished_last_hour",
+            f"Rows completed or failed in the last {FINISHED_WINDOW_S} s, exact",
+            labels=["status"],
+        )
+        for status, number in sorted(snap.rows.finished_last_hour.items()):
+            finished.add_metric([status], number)
+        yield finished
+        yield GaugeMetricFamily(
+            "emotionviz_visualizations_stuck",
+            "Rows processing past their lease (a dead or hung worker)",
+            value=snap.rows.stuck,
+        )
+        intake = GaugeMetricFamily(
+            "emotionviz_intake_sessions_open",
+            "Open intake sessions by state (waiting_for_person, waiting_for_worker, failed)",
+            labels=["state"],
+        )
+        for state, number in sorted(snap.rows.intake.items()):
+            intake.add_metric([state], number)
+        yield intake
 
 
 def _broker_metrics(broker: BrokerState) -> Iterator[Any]:

@@ -22,16 +22,11 @@ log = get_logger("emotionviz.metrics")
 
 @lru_cache(maxsize=1)
 def _state_collector() -> Any:
-    from workers import bootstrap
+    from workers.observability import snapshot
     from workers.observability.collector import StateCollector
-    from workers.settings import get_settings
 
-    settings = get_settings()
-    return StateCollector(
-        bootstrap.broker_state,
-        bootstrap.unit_of_work,
-        cache_s=settings.metrics_cache_s,
-    )
+    # The process's shared snapshot (status and the console read the same one).
+    return StateCollector(snapshot.shared().get)
 
 
 def render_metrics() -> bytes:

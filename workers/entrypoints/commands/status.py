@@ -6,6 +6,7 @@ import argparse
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console, Group
@@ -13,30 +14,33 @@ from rich.live import Live
 from rich.table import Table
 
 from domain.failures import failure_class
-from workers import bootstrap
 from workers.console.charts import age
 from workers.entrypoints.cli_contract import emit_json, positive_int
+from workers.observability import snapshot
 from workers.settings import Settings
-
-FAILURE_WINDOW_S = 3600
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    """Everything ``status`` shows, as plain data (also its --json)."""
-    broker = bootstrap.broker_state()
-    with bootstrap.unit_of_work() as uow:
-        rows = uow.visualizations.status_counts()
-        stuck = uow.visualizations.stuck_count()
-        reasons = uow.visualizations.recent_failure_reasons(FAILURE_WINDOW_S)
-        intake = uow.intake.state_counts()
-    failures = Counter(failure_class(reason) for reason in reasons)
+    """Everything ``status`` shows, as plain data (also its --json), from the process's
+    shared snapshot (workers/observability/snapshot.py): the console and the metrics
+    read the same one, computed at most every METRICS_CACHE_S seconds. Raises what
+    made the broker or the database unreadable (``--quiet`` exits 1 on it)."""
+    snap = snapshot.shared().get()
+    for source in ("broker", "database"):
+        if source in snap.errors:
+            raise snap.errors[source]
+    broker, rows = snap.broker, snap.rows
+    assert broker is not None and rows is not None
+    failures = Counter(failure_class(reason) for reason in rows.failure_reasons_last_hour)
     return {
         **broker.as_dict(),
         "workers_alive": None if "workers" in broker.not_measured else len(broker.workers),
-        "visualizations": rows,
-        "visualizations_stuck": stuck,
+        "visualizations": rows.open,
+        "visualizations_finished_last_hour": rows.finished_last_hour,
+        "visualizations_stuck": rows.stuck,
         "failures_last_hour": dict(failures.most_common()),
-        "intake_sessions": intake,
+        "intake_sessions": rows.intake,
+        "read_at": datetime.fromtimestamp(snap.taken_at, UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -74,15 +78,18 @@ def render(status: dict[str, Any]) -> Group:
     rows = Table(title="visualizations")
     rows.add_column("status")
     rows.add_column("rows", justify="right")
-    for state in ("pending", "processing", "completed", "failed"):
+    for state in ("pending", "processing", "failed"):
         rows.add_row(state, str(status["visualizations"].get(state, 0)))
     rows.add_row("stuck past lease", str(status["visualizations_stuck"]))
+    for state in ("completed", "failed"):
+        finished = status["visualizations_finished_last_hour"].get(state, 0)
+        rows.add_row(f"{state}, last hour", str(finished))
     failures = Table(title="failures, last hour")
     failures.add_column("class")
     failures.add_column("rows", justify="right")
     for cls, number in status["failures_last_hour"].items() or [("none", 0)]:
         failures.add_row(cls, str(number))
-    intake = Table(title="intake sessions")
+    intake = Table(title="intake sessions, open")
     intake.add_column("state")
     intake.add_column("sessions", justify="right")
     for state, number in status["intake_sessions"].items():

@@ -1,0 +1,156 @@
+"""Numbers that do not lie (issue 20): ``status``, ``status --watch``, the console and the
+metrics read one snapshot per process (computed at most once per period, however many
+readers), every count in it exact (completed work too, after ANALYZE), and the broker's
+state is read by one collector per deployment: a machine whose peer holds the collector
+role reads the stored state and never SCANs the keyspace itself.
+
+Real PostgreSQL and Redis: the snapshot's reads, and read_broker_state's SCAN, run for
+real; only the number of computations is counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from sqlalchemy import Engine, text
+
+from db.engine import make_session_factory
+from db.uow import UnitOfWork
+from tests.integration.helpers import insert_entry, insert_user
+from workers.messaging.broker_state import BrokerState, SharedBrokerState, read_broker_state
+from workers.observability import snapshot
+from workers.observability.collector import StateCollector
+from workers.observability.snapshot import SnapshotCache
+
+pytestmark = pytest.mark.integration
+
+
+class Counted:
+    """read_broker_state for real (its SCAN included), counted."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client, self.namespace, self.calls = client, namespace, 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> BrokerState:
+        with self.lock:
+            self.calls += 1
+        return read_broker_state(self.client, self.namespace)
+
+
+@pytest.fixture
+def client(redis_server_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_server_url)
+
+
+def _uow_factory(engine: Engine) -> Callable[[], UnitOfWork]:
+    factory = make_session_factory(engine)
+    return lambda: UnitOfWork(factory)
+
+
+def test_readers_within_the_period_share_one_computation(
+    engine: Engine, client: redis.Redis, redis_namespace: str
+) -> None:
+    cache = SnapshotCache(Counted(client, redis_namespace), _uow_factory(engine), max_age_s=1.0)
+    start = threading.Barrier(8)
+    seen: list[snapshot.Snapshot] = []
+
+    def reader() -> None:
+        start.wait()
+        seen.append(cache.get())
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cache.get() is seen[0]
+    assert cache.computations == 1, "eight readers within the period: one computation"
+    assert not seen[0].errors and all(s is seen[0] for s in seen)
+    time.sleep(1.05)
+    cache.get()
+    assert cache.computations == 2, "after the period, the next reader computes again"
+
+
+def test_status_and_metrics_read_the_same_snapshot(
+    engine: Engine, client: redis.Redis, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.entrypoints.commands.status import collect_status
+    from workers.settings import Settings
+
+    cache = SnapshotCache(Counted(client, redis_namespace), _uow_factory(engine), max_age_s=60.0)
+    monkeypatch.setattr(snapshot, "_shared", cache)
+    status = collect_status(Settings(_env_file=None))  # type: ignore[call-arg]
+    registry = CollectorRegistry()
+    registry.register(StateCollector(snapshot.shared().get))
+    generate_latest(registry)
+    collect_status(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert cache.computations == 1
+    assert status["visualizations"] == {"pending": 0, "processing": 0, "failed": 0}
+
+
+def test_completed_work_is_counted_exactly_after_analyze(
+    engine: Engine, client: redis.Redis, redis_namespace: str
+) -> None:
+    """The gauge was the planner's estimate: after ANALYZE, rows completed since were
+    missing from it. Now it is an exact count of the last hour's completions."""
+    with engine.begin() as conn:
+        user = insert_user(conn)
+
+        def visualization(status: str) -> None:
+            entry = insert_entry(conn, user)
+            conn.execute(
+                text(
+                    "INSERT INTO visualizations (entry_id, user_id, status, "
+                    "processing_completed_at) VALUES (:e, :u, CAST(:s AS text), "
+                    "CASE WHEN CAST(:s AS text) IN ('completed', 'failed') THEN now() END)"
+                ),
+                {"e": entry, "u": user, "s": status},
+            )
+
+        for _ in range(5):
+            visualization("completed")
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
+    with engine.begin() as conn:
+        for status in ("completed", "completed", "completed", "pending", "failed"):
+            visualization(status)
+    cache = SnapshotCache(Counted(client, redis_namespace), _uow_factory(engine), max_age_s=0.0)
+    rows = cache.get().rows
+    assert rows is not None
+    assert rows.finished_last_hour == {"completed": 8, "failed": 1}
+    assert rows.open == {"pending": 1, "processing": 0, "failed": 1}
+    registry = CollectorRegistry()
+    registry.register(StateCollector(cache.get))
+    exposed = generate_latest(registry).decode()
+    assert 'emotionviz_visualizations_finished_last_hour{status="completed"} 8.0' in exposed
+    assert 'emotionviz_visualizations{status="completed"}' not in exposed  # no estimate
+
+
+def test_a_machine_does_not_scan_while_another_holds_the_collector_role(
+    client: redis.Redis, redis_namespace: str
+) -> None:
+    machine_a, machine_b = Counted(client, redis_namespace), Counted(client, redis_namespace)
+    a = SharedBrokerState(client, redis_namespace, machine_a, max_age_s=0.5)
+    b = SharedBrokerState(client, redis_namespace, machine_b, max_age_s=0.5)
+
+    first = a.get()
+    assert machine_a.calls == 1
+    assert b.get().queues == first.queues  # the stored state: no SCAN on machine B
+    assert machine_b.calls == 0
+
+    # The state is stale and A holds the role (it is reading): B serves the last state.
+    time.sleep(0.6)
+    client.set(b.role_key, "1", px=400)
+    assert b.get().queues == first.queues
+    assert machine_b.calls == 0
+
+    # The role expired (its holder died mid-read): B takes it over and reads.
+    time.sleep(0.45)
+    b.get()
+    assert machine_b.calls == 1 and machine_a.calls == 1

@@ -1,0 +1,141 @@
+"""The one snapshot of the work that ``status``, ``status --watch``, the console and the
+metrics all read: the broker's queues and workers, and the rows (open rows by status,
+rows finished in the last hour, stuck leases, the last hour's failure reasons, open
+intake sessions by state).
+
+A process computes it at most once every ``METRICS_CACHE_S`` seconds (2), however many
+readers ask (every open console tab, a watching terminal, a scrape): the first reader
+after that computes it, readers meanwhile wait for it and share it. Every database read
+is driven by an index over the few rows that are open or recent (docs/benchmarks.md
+times them on ten million entries); completed work is counted exactly over a window
+(the last hour), never estimated. The broker's part comes from one collector per
+deployment (workers/messaging/broker_state.py: SharedBrokerState), not a keyspace
+SCAN on every machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from db.uow import UnitOfWork
+from workers.messaging.broker_state import BrokerState
+
+SNAPSHOT_MAX_AGE_S = 2.0  # METRICS_CACHE_S's default
+FINISHED_WINDOW_S = 3600  # completed and failed rows are counted over the last hour
+
+
+@dataclass(frozen=True)
+class WorkRows:
+    """What the database says, every number exact."""
+
+    open: dict[str, int]  # pending, processing, failed
+    finished_last_hour: dict[str, int]  # completed, failed
+    stuck: int  # processing past the lease
+    failure_reasons_last_hour: list[str]
+    intake: dict[str, int]  # open sessions: waiting_for_person, waiting_for_worker, failed
+
+
+def read_rows(uow: UnitOfWork) -> WorkRows:
+    """The database's part of the snapshot (each statement index-driven)."""
+    v = uow.visualizations
+    return WorkRows(
+        open=v.open_status_counts(),
+        finished_last_hour=v.finished_since(FINISHED_WINDOW_S),
+        stuck=v.stuck_count(),
+        failure_reasons_last_hour=v.recent_failure_reasons(FINISHED_WINDOW_S),
+        intake=uow.intake.open_state_counts(),
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    broker: BrokerState | None
+    rows: WorkRows | None
+    taken_at: float  # time.time() when it was read
+    errors: dict[str, BaseException] = field(default_factory=dict)  # source -> what failed
+
+    @property
+    def up(self) -> dict[str, bool]:
+        return {"broker": "broker" not in self.errors, "database": "database" not in self.errors}
+
+
+class SnapshotCache:
+    """At most one computation per ``max_age_s`` in this process, shared by every reader."""
+
+    def __init__(
+        self,
+        read_broker: Callable[[], BrokerState],
+        uow_factory: Callable[[], UnitOfWork],
+        *,
+        max_age_s: float = SNAPSHOT_MAX_AGE_S,
+    ) -> None:
+        self.read_broker = read_broker
+        self.uow_factory = uow_factory
+        self.max_age_s = max_age_s
+        self.computations = 0
+        self._lock = threading.Lock()
+        self._value: Snapshot | None = None
+        self._at = float("-inf")
+
+    def get(self) -> Snapshot:
+        with self._lock:  # a reader arriving mid-computation waits for that one
+            if self._value is None or time.monotonic() - self._at >= self.max_age_s:
+                self._value = self._compute()
+                self._at = time.monotonic()
+            return self._value
+
+    def _compute(self) -> Snapshot:
+        self.computations += 1
+        errors: dict[str, BaseException] = {}
+        broker: BrokerState | None = None
+        rows: WorkRows | None = None
+        try:
+            broker = self.read_broker()
+        except Exception as exc:  # noqa: BLE001 - each reader decides (status fails, metrics report 0)
+            errors["broker"] = exc
+        try:
+            with self.uow_factory() as uow:
+                rows = read_rows(uow)
+        except Exception as exc:  # noqa: BLE001 - as above
+            errors["database"] = exc
+        return Snapshot(broker, rows, time.time(), errors)
+
+
+_shared: SnapshotCache | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> SnapshotCache:
+    """This process's snapshot, on the process's broker and database (bootstrap)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            from workers import bootstrap  # the composition root, imported when first used
+            from workers.settings import get_settings
+
+            _shared = SnapshotCache(
+                _deployment_broker_state,
+                bootstrap.unit_of_work,
+                max_age_s=get_settings().metrics_cache_s,
+            )
+        return _shared
+
+
+def _deployment_broker_state() -> BrokerState:
+    from workers import bootstrap
+    from workers.messaging.broker_state import SharedBrokerState
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    if bootstrap.rabbitmq_url(settings) is not None:
+        return bootstrap.broker_state()  # RabbitMQ's counts come from its server: no SCAN
+    shared_state = SharedBrokerState(
+        bootstrap.redis_client(),
+        settings.redis_namespace,
+        bootstrap.broker_state,
+        max_age_s=settings.metrics_cache_s,
+    )
+    return shared_state.get()
