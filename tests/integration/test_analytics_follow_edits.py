@@ -18,6 +18,7 @@ from db.uow import UnitOfWork
 from domain.periods import PERIOD_KINDS, period_containing
 from domain.vocabulary import EMOTIONS
 from tests.integration.helpers import count, insert_entry, insert_user
+from workers.services import analytics as analytics_service
 from workers.services.analytics import drain_analytics_refresh_queue
 
 pytestmark = pytest.mark.integration
@@ -182,9 +183,12 @@ def test_drain_is_bounded_and_runners_never_share_rows(engine: Engine) -> None:
     assert _rows(engine) == _truth(engine, users)
 
 
+@pytest.mark.parametrize("max_statements", [8, 1], ids=["ranges", "merged"])
 def test_random_edits_and_deletes_with_concurrent_runners_equal_a_full_recompute(
-    engine: Engine,
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, max_statements: int
 ) -> None:
+    """Per-range statements, and (1) one statement over the union of the ranges."""
+    monkeypatch.setattr(analytics_service, "DRAIN_MAX_STATEMENTS", max_statements)
     rng = random.Random(20)
     emotions = sorted(EMOTIONS)
     users = []

@@ -27,6 +27,10 @@ LANES = 16
 PLAN_PAGE = USER_BATCH * LANES
 # Queued refreshes handled per transaction by drain_analytics_refresh_queue.
 DRAIN_BATCH = 500
+# Past this many distinct ranges of one kind in a drain batch, one statement over the
+# union of the ranges for all its users (a bulk delete spread over many days): at
+# worst a full recompute of DRAIN_BATCH users, instead of hundreds of statements.
+DRAIN_MAX_STATEMENTS = 8
 
 
 def lane_of(user_id: uuid.UUID) -> int:
@@ -186,7 +190,12 @@ def drain_analytics_refresh_queue(uow_factory: Callable[[], UnitOfWork], limit: 
                 days_by_user.setdefault(item.user_id, set()).add(item.day)
             for kind in PERIOD_KINDS:
                 uow.analytics.lock_lanes(kind, (lane_of(u) for u in days_by_user))
-                for (first, end), users in refresh_ranges(days_by_user, kind).items():
+                ranges = refresh_ranges(days_by_user, kind)
+                if len(ranges) > DRAIN_MAX_STATEMENTS:
+                    first = min(first for first, _ in ranges)
+                    end = max(end for _, end in ranges)
+                    ranges = {(first, end): sorted(days_by_user)}
+                for (first, end), users in ranges.items():
                     uow.analytics.recompute(kind, users, first, end)
             uow.analytics.delete_queued_refreshes(item.id for item in taken)
             uow.commit()
