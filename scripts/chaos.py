@@ -111,7 +111,13 @@ class Chaos:
         units = [
             Supervised(
                 f"worker-{g}",
-                ["worker", "--processes", "1", "--threads", str(self.args.threads)],
+                [
+                    "worker",
+                    "--processes",
+                    str(self.args.processes),
+                    "--threads",
+                    str(self.args.threads),
+                ],
                 env,
                 self.folder / f"worker-{g}.log",
             )
@@ -536,7 +542,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         help="Redis (a unique namespace is used and deleted; default TEST_REDIS_URL)",
     )
-    p.add_argument("--threads", type=int, help="threads per worker group (default 4; poison 16)")
+    p.add_argument("--processes", type=int, default=1, help="processes per worker group")
+    p.add_argument("--threads", type=int, help="threads per process (default 4; poison 16)")
     p.add_argument(
         "--latency", type=float, help="emulated s per entry, 2 calls (default 0.9; poison 2)"
     )
@@ -576,8 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     timer.start()
     print(
         f"chaos {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {args.entries} entries over "
-        f"{args.window:.0f} s, 2 worker groups x 1 process x {args.threads} threads, "
-        f"LEASE_S=10, RECONCILE_GRACE_S={args.grace}, reconcile every 15 s, seed {args.seed}",
+        f"{args.window:.0f} s, 2 worker groups x {args.processes} process(es) x "
+        f"{args.threads} threads, LEASE_S=10, RECONCILE_GRACE_S={args.grace}, reconcile every 15 s, seed {args.seed}",
         flush=True,
     )
     try:
