@@ -14,6 +14,7 @@ container would), real PostgreSQL and Redis:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -103,20 +104,29 @@ def test_a_gemini_worker_without_a_key_exits_2_with_one_line(
         db_url, redis_server_url, redis_namespace, tmp_path, PROVIDER="gemini", GEMINI_API_KEY=""
     )
     started = time.monotonic()
+    # Its own process group: a worker that does start (the old code) is stopped whole.
+    proc = subprocess.Popen(
+        _dramatiq(1),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            _dramatiq(1), env=env, capture_output=True, text=True, timeout=BOOT_TIMEOUT_S
-        )
-    except subprocess.TimeoutExpired as running:
-        pytest.fail(f"the worker started without a key: {str(running.stderr)[-600:]}")
-    assert proc.returncode == 2, proc.stderr
+        stdout, stderr = proc.communicate(timeout=BOOT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"the worker started without a key: {stderr[-600:]}")
+    assert proc.returncode == 2, stderr
     assert time.monotonic() - started < 30
-    lines = proc.stderr.strip().splitlines()
+    lines = stderr.strip().splitlines()
     ours = [line for line in lines if line.startswith("emotionviz worker:")]
-    assert ours == [KEY_LINE], proc.stderr  # one line per process, no traceback
+    assert ours == [KEY_LINE], stderr  # one line per process, no traceback
     others = [line for line in lines if line not in ours]
-    assert all("exited unexpectedly (code 2)" in line for line in others), proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert all("exited unexpectedly (code 2)" in line for line in others), stderr
+    assert "Traceback" not in stderr and stdout == ""
 
 
 @pytest.fixture
@@ -136,7 +146,12 @@ def started_worker(
             **settings,
         )
         proc = subprocess.Popen(
-            _dramatiq(1), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            _dramatiq(1),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         procs.append(proc)
         return proc, port
@@ -145,11 +160,11 @@ def started_worker(
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # whatever of its group is left
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def _provider_series(port: int) -> list[str]:
