@@ -12,7 +12,8 @@ Ids are md5 of a name and a number (uniformly random, like gen_random_uuid(), bu
 computable: an entry's user and its visualization's entry need no join to find).
 
 The mix (per 100,000 entries; ``MIX``): completed 98,570, failed 1,000, pending 200,
-processing 30 (20 with a live lease, 10 expired), 200 entries without a
+processing 30 (20 with a live lease, 10 expired; a live lease runs 30 days, so that it
+is still live in a data set kept between runs), 200 entries without a
 visualization row. Entries span two years, oldest first on disk, as an append-only
 table would be; so a status's rows are spread over all of them (the worst case for a
 backlog: old unfinished work). Per person: 2 intake sessions (5 % open: waiting for
@@ -287,7 +288,7 @@ def _load(conn: psycopg.Connection, entries: int, people: int, log: Callable[[st
                     WHEN b = 'processing_expired' THEN now() - interval '20 minutes'
                     WHEN b IN ('completed', 'failed') THEN c + interval '2 seconds' END,
                CASE WHEN b IN ('completed', 'failed') THEN c + interval '9 seconds' END,
-               CASE WHEN b = 'processing_live' THEN now() + interval '40 seconds'
+               CASE WHEN b = 'processing_live' THEN now() + interval '30 days'
                     WHEN b = 'processing_expired' THEN now() - interval '19 minutes' END,
                CASE WHEN b LIKE 'processing%' THEN 1 ELSE 0 END,
                c + interval '1 second',
