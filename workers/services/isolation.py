@@ -6,8 +6,10 @@ killed the process again, every row the process held would be counted as a crash
 (``claim_count``), and innocent rows could reach ``MAX_CLAIMS`` beside a poison entry.
 So within a process, ordinary jobs share a lock and a suspect takes it exclusively:
 it waits for the jobs under way, new jobs wait for it (before they claim anything),
-and if it kills the process it is the only row held. Suspects are rare (only after a
-crash) and brief; ordinary jobs never wait for each other.
+and if it kills the process it is the only row running. Other suspects claimed
+meanwhile hold their rows while they wait for their turn, but uncounted
+(services/visualize.py): they were not running, so that crash is not theirs. Suspects
+are rare (only after a crash) and brief; ordinary jobs never wait for each other.
 """
 
 from __future__ import annotations
