@@ -105,22 +105,26 @@ class SnapshotCache:
 
 
 _shared: SnapshotCache | None = None
+_shared_settings: object = None
 _shared_lock = threading.Lock()
 
 
 def shared() -> SnapshotCache:
-    """This process's snapshot, on the process's broker and database (bootstrap)."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            from workers import bootstrap  # the composition root, imported when first used
-            from workers.settings import get_settings
+    """This process's snapshot, on the process's broker and database (bootstrap); made
+    again if the settings were reloaded (another database, another namespace)."""
+    global _shared, _shared_settings
+    from workers import bootstrap  # the composition root, imported when first used
+    from workers.settings import get_settings
 
+    settings = get_settings()
+    with _shared_lock:
+        if _shared is None or (_shared_settings is not None and _shared_settings is not settings):
             _shared = SnapshotCache(
                 _deployment_broker_state,
                 bootstrap.unit_of_work,
-                max_age_s=get_settings().metrics_cache_s,
+                max_age_s=settings.metrics_cache_s,
             )
+            _shared_settings = settings
         return _shared
 
 
