@@ -8,6 +8,7 @@ in the product looks a dependency up; services receive theirs from here.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -210,10 +211,16 @@ def intake_service() -> IntakeService:
     )
 
 
+# Queued (person, day) refreshes one maintenance pass does at most (the rest next pass).
+MAINTENANCE_REFRESH_LIMIT = 2000
+
+
 def run_reconcile() -> ReconcileReport:
-    """One reconcile pass with this deployment's broker (the actor and the CLI)."""
+    """One maintenance pass with this deployment's broker (the actor and the CLI):
+    reconcile lost or stuck work, then the analytics of edited or deleted entries."""
     from workers.messaging.broker_state import broker_lost_data
     from workers.messaging.queue_head import holds_messages, queue_head_sent_at
+    from workers.services.analytics import drain_analytics_refresh_queue
     from workers.services.reconcile import nothing_queued, reconcile
 
     settings = get_settings()
@@ -233,12 +240,16 @@ def run_reconcile() -> ReconcileReport:
             redis_client(), namespace, queue
         )
 
-    return reconcile(
+    report = reconcile(
         unit_of_work,
         grace_s=settings.reconcile_grace_s,
         broker_lost_data=lost,
         queued_since=queued_since,
     )
+    # Analytics of entries upstream edited or deleted (queued by triggers) follow in the
+    # same periodic pass, bounded like the rest of it.
+    refreshed = drain_analytics_refresh_queue(unit_of_work, limit=MAINTENANCE_REFRESH_LIMIT)
+    return dataclasses.replace(report, analytics_refreshed=refreshed)
 
 
 def actor_dependencies() -> ActorDependencies:

@@ -350,3 +350,42 @@ def test_the_first_reconcile_of_a_deployment_leaves_a_fresh_backlog_alone(
     producer.broker.client.delete(f"{redis_namespace}:reconciler:alive-since")  # type: ignore[attr-defined]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert json.loads(done.stdout)["republished_unfinished"] == 12
+
+
+def test_the_maintenance_pass_refreshes_analytics_of_a_deleted_entry(
+    db_url: str, redis_server_url: str, redis_namespace: str, engine: Engine
+) -> None:
+    """Upstream deletes an entry with plain SQL: the next maintenance pass (the command
+    the scheduler's actor runs) brings the person's analytics back to a full recompute."""
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        kept = insert_entry(conn, user, emotions=["joy"], created_at="2026-11-30T10:00:00Z")
+        gone = insert_entry(conn, user, emotions=["fear"], created_at="2026-11-30T11:00:00Z")
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_server_url,
+        "REDIS_NAMESPACE": redis_namespace,
+        "PROVIDER": "local",
+        "LOG_FORMAT": "json",
+    }
+    command = [sys.executable, "-m", "workers.entrypoints.cli"]
+    recompute = [*command, "analytics", "recompute", "--period", "day", "--inline", "--quiet"]
+    recompute += ["--from", "2026-11-30", "--to", "2026-11-30"]
+    done = subprocess.run(recompute, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM emotion_entries WHERE id = :e"), {"e": gone})
+    reconcile_json = [*command, "reconcile", "--json"]
+    done = subprocess.run(reconcile_json, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["analytics_refreshed"] >= 1
+    with engine.connect() as conn:
+        counts = conn.execute(
+            text(
+                "SELECT emotion_counts FROM emotion_analytics WHERE user_id = :u "
+                "AND period_start = '2026-11-30' AND period_end = '2026-11-30'"
+            ),
+            {"u": user},
+        ).scalar_one()
+    assert counts == {"joy": 1}, (kept, counts)

@@ -166,6 +166,6 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
         deps.collect_media_garbage()  # a person who left leaves nothing on disk
         for kind, number in report.as_log().items():
             metrics.count_reconciled(kind.removeprefix("republished_"), int(str(number)))
-        log.info("reconciled", **report.as_log())
+        log.info("reconciled", **report.summary())
 
     return Actors(entry_created, intake_step, analytics_recompute, reconcile)

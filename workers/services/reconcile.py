@@ -44,6 +44,7 @@ class ReconcileReport:
     intake: int
     adopted: int = 0  # entries that had no visualization row (counted in unfinished)
     skipped: bool = False  # another reconcile held the lock
+    analytics_refreshed: int = 0  # people x days whose entries upstream edited or deleted
 
     def as_log(self) -> dict[str, object]:
         return {
@@ -53,7 +54,12 @@ class ReconcileReport:
         }
 
     def summary(self) -> dict[str, object]:
-        return {**self.as_log(), "adopted_without_row": self.adopted, "skipped": self.skipped}
+        return {
+            **self.as_log(),
+            "adopted_without_row": self.adopted,
+            "analytics_refreshed": self.analytics_refreshed,
+            "skipped": self.skipped,
+        }
 
 
 def reconcile(
