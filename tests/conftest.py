@@ -10,6 +10,7 @@ rows or messages.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +26,37 @@ from sqlalchemy.engine import make_url
 from db import embedded, migrate
 from db.engine import make_engine, make_session_factory
 from db.uow import UnitOfWork
+from tests import leftovers
 from workers.messaging.broker import build_broker
 from workers.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_ID = uuid.uuid4().hex[:8]
 TEST_SERVICES_DIR = REPO_ROOT / ".data" / "test-services"
+SESSION_STARTED = time.time()
+# Every process the run starts inherits it: the end-of-run check finds what is left.
+os.environ[leftovers.MARKER] = RUN_ID
+
+
+_BASETEMP: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Remember the session's temporary folder for the leftover check."""
+    _BASETEMP.append(tmp_path_factory.getbasetemp())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a process it started is still running (tests/leftovers.py)."""
+    basetemp = _BASETEMP[0] if _BASETEMP else None
+    left = leftovers.wait_for_leftovers(RUN_ID, basetemp, SESSION_STARTED)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["processes left running by this test run (killed now):", *left]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _libpq(url: str) -> str:

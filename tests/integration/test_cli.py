@@ -74,8 +74,17 @@ def test_embedded_services_start_reuse_and_stop(tmp_path: Path) -> None:
     assert "postgres  stopped" in status.stdout and "redis     stopped" in status.stdout
 
 
-def test_a_worker_never_migrates_it_waits_for_the_schema(empty_db_url: str, tmp_path: Path) -> None:
-    env = {"DATABASE_URL": empty_db_url, "PYTHONPATH": str(Path.cwd()), "PROVIDER": "local"}
+def test_a_worker_never_migrates_it_waits_for_the_schema(
+    empty_db_url: str, redis_server_url: str, tmp_path: Path
+) -> None:
+    # REDIS_URL given: without it the worker started an embedded Redis in tmp_path that
+    # outlived the test run (the session's leftover check in tests/conftest.py).
+    env = {
+        "DATABASE_URL": empty_db_url,
+        "REDIS_URL": redis_server_url,
+        "PYTHONPATH": str(Path.cwd()),
+        "PROVIDER": "local",
+    }
     proc = _run(["worker", "--schema-wait", "0"], env, tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
