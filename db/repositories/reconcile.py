@@ -31,16 +31,16 @@ RECONCILE_LOCK_KEY = 0x656D6F7669737263
 # dispatched "when they arrived" (their message, if any, left then); arrivals whose row
 # exists are simply dropped (the claim drops most of them itself).
 ADOPT_ARRIVALS = """
-WITH due AS (
-    DELETE FROM entry_arrivals
-    WHERE entry_id IN (
-        SELECT entry_id FROM entry_arrivals
-        WHERE arrived_at < now() - make_interval(secs => :grace)
-        ORDER BY arrived_at
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING entry_id, user_id, arrived_at
+WITH oldest AS (
+    SELECT entry_id FROM entry_arrivals
+    WHERE arrived_at < now() - make_interval(secs => :grace)
+    ORDER BY arrived_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    DELETE FROM entry_arrivals a USING oldest
+    WHERE a.entry_id = oldest.entry_id
+    RETURNING a.entry_id, a.user_id, a.arrived_at
 )
 INSERT INTO visualizations (entry_id, user_id, dispatched_at)
 SELECT due.entry_id, due.user_id, due.arrived_at FROM due
@@ -92,7 +92,10 @@ JOIN emotion_entries e ON e.id = m.entry_id AND e.user_id = m.user_id
 ON CONFLICT (entry_id) DO NOTHING
 """
 
-DROP_ARRIVALS = "DELETE FROM entry_arrivals WHERE entry_id = ANY(%(entry_ids)s::uuid[])"
+DROP_ARRIVALS = """
+DELETE FROM entry_arrivals a USING unnest(%(entry_ids)s::uuid[]) AS m(entry_id)
+WHERE a.entry_id = m.entry_id
+"""
 
 
 @dataclass(frozen=True)

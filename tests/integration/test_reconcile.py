@@ -389,3 +389,18 @@ def test_the_maintenance_pass_refreshes_analytics_of_a_deleted_entry(
             {"u": user},
         ).scalar_one()
     assert counts == {"joy": 1}, (kept, counts)
+
+
+def test_a_pass_works_in_short_batches_up_to_its_limit(
+    engine: Engine, producer: Producer, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    """Each batch is its own short transaction; the pass goes on until the due rows or
+    its limit run out, and no row is published twice in a pass."""
+    entries = _entries(engine, 8)
+    for entry_id, user_id in entries:
+        ProducerAPI(uow_factory).entry_created(entry_id, user_id)
+    _drop_queue(producer)
+    _age(engine, GRACE_S + 5)
+    assert _run(uow_factory, producer, batch=3, limit=5).unfinished == 5
+    assert _run(uow_factory, producer, batch=3, limit=100).unfinished == 3
+    assert sorted(m["entry_id"] for m in _queued(producer)) == sorted(str(e) for e, _ in entries)
