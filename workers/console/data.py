@@ -256,9 +256,30 @@ def image_file(entry_id: uuid.UUID, size: str) -> tuple[bytes, str] | None:
 # --- analytics ---------------------------------------------------------------------------
 
 
+# The freshness reads every analytics row (seconds at ten million entries:
+# docs/benchmarks.md). A read that slow serves every tab and refresh for a minute (the
+# page is about nightly runs); a quick one is not kept.
+ANALYTICS_CACHE_S = 60.0
+ANALYTICS_SLOW_S = 0.5
+_freshness_cache = _Cached()
+
+
+def _freshness() -> dict[str, Any]:
+    with _freshness_cache.lock:
+        cached = _freshness_cache.value
+        if cached is not None and time.monotonic() - _freshness_cache.at <= ANALYTICS_CACHE_S:
+            return cached
+        started = time.monotonic()
+        with bootstrap.unit_of_work() as uow:
+            fresh = {f.kind: f for f in uow.console.analytics_freshness()}
+        slow = time.monotonic() - started > ANALYTICS_SLOW_S
+        _freshness_cache.value = fresh if slow else None
+        _freshness_cache.at = time.monotonic()
+        return fresh
+
+
 def analytics(settings: Settings) -> dict[str, Any]:
-    with bootstrap.unit_of_work() as uow:
-        fresh = {f.kind: f for f in uow.console.analytics_freshness()}
+    fresh = _freshness()
     state = _broker()
     return {
         "kinds": [(kind, fresh.get(kind)) for kind in PERIOD_KINDS],
