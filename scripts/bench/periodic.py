@@ -112,40 +112,46 @@ def _reconcile_repository(uow: UnitOfWork) -> Any:
     return _reconcile_module().ReconcileRepository(uow.session)
 
 
+def _batch() -> int:
+    """Rows per reconcile transaction (the service's BATCH; the whole limit before it)."""
+    service = importlib.import_module("workers.services.reconcile")
+    return int(getattr(service, "BATCH", LIMIT))
+
+
 @periodic("reconcile: lock", RECONCILE)
 def _lock(uow: UnitOfWork, _ctx: Context) -> Any:
     return _reconcile_repository(uow).try_lock()
 
 
 @periodic(
-    "reconcile: adopt arrivals (no row yet)",
+    "reconcile: adopt a batch of arrivals (no row yet)",
     RECONCILE,
     writes=("visualizations", "entry_arrivals"),
 )
 def _adopt(uow: UnitOfWork, _ctx: Context) -> Any:
-    return _reconcile_repository(uow).adopt_arrivals(GRACE_S, LIMIT)
+    return _reconcile_repository(uow).adopt_arrivals(GRACE_S, _batch())
 
 
 @periodic("reconcile: due pending", RECONCILE)
 def _due_pending(uow: UnitOfWork, _ctx: Context) -> Any:
     repo = _reconcile_repository(uow)
-    return repo.due_pending(repo.database_now() - timedelta(seconds=GRACE_S), LIMIT)
+    return repo.due_pending(repo.database_now() - timedelta(seconds=GRACE_S), _batch())
 
 
 @periodic("reconcile: due stuck", RECONCILE)
 def _due_stuck(uow: UnitOfWork, _ctx: Context) -> Any:
-    return _reconcile_repository(uow).due_stuck(GRACE_S, LIMIT)
+    return _reconcile_repository(uow).due_stuck(GRACE_S, _batch())
 
 
 @periodic(
-    "reconcile: record 5,000 dispatches (at commit)",
+    "reconcile: record a batch's dispatches (at commit)",
     RECONCILE,
     writes=("visualizations", "entry_arrivals"),
 )
 def _record(uow: UnitOfWork, _ctx: Context) -> Any:
     module = _reconcile_module()
     repo = module.ReconcileRepository(uow.session)
-    due = repo.due_pending(repo.database_now(), LIMIT)  # every pending row, oldest first
+    due = repo.due_pending(repo.database_now(), _batch())  # the oldest pending rows
     params = {
         "entry_ids": [d.entry_id for d in due],
         "user_ids": [d.user_id for d in due],
