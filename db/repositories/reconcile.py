@@ -37,9 +37,9 @@ WITH oldest AS (
     ORDER BY arrived_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
-), due AS (
-    DELETE FROM entry_arrivals a USING oldest
-    WHERE a.entry_id = oldest.entry_id
+), due AS (  -- = ANY(ARRAY(...)): probes the key (a join here chose a seq scan)
+    DELETE FROM entry_arrivals a
+    WHERE a.entry_id = ANY(ARRAY(SELECT entry_id FROM oldest))
     RETURNING a.entry_id, a.user_id, a.arrived_at
 )
 INSERT INTO visualizations (entry_id, user_id, dispatched_at)
@@ -89,6 +89,7 @@ SELECT e.id, e.user_id, coalesce(m.style, 'abstract'), now()
 FROM unnest(%(entry_ids)s::uuid[], %(user_ids)s::uuid[], %(styles)s::text[])
      AS m(entry_id, user_id, style)
 JOIN emotion_entries e ON e.id = m.entry_id AND e.user_id = m.user_id
+WHERE NOT EXISTS (SELECT 1 FROM visualizations v WHERE v.entry_id = m.entry_id)
 ON CONFLICT (entry_id) DO NOTHING
 """
 
@@ -128,6 +129,8 @@ def record_dispatches(conn: Any, dispatches: Sequence[Dispatch]) -> None:
     }
     with conn.cursor() as cursor:
         cursor.execute(RECORD_EXISTING, params)
+        if cursor.rowcount == len(dispatches):
+            return  # every row exists (a republish): nothing to create
         cursor.execute(RECORD_NEW, params)
         cursor.execute(DROP_ARRIVALS, params)
 

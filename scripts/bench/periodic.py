@@ -160,8 +160,10 @@ def _record(uow: UnitOfWork, _ctx: Context) -> Any:
     # The statements record_dispatches sends on the unit's driver connection, sent here
     # through the Session's connection so that the harness sees and explains them.
     conn = uow.session.connection()
-    for statement in (module.RECORD_EXISTING, module.RECORD_NEW, module.DROP_ARRIVALS):
-        conn.exec_driver_sql(statement, params)
+    updated = conn.exec_driver_sql(module.RECORD_EXISTING, params).rowcount
+    if updated < len(due):  # as record_dispatches: the rest only for rows not there
+        for statement in (module.RECORD_NEW, module.DROP_ARRIVALS):
+            conn.exec_driver_sql(statement, params)
     return len(due)
 
 

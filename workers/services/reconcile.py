@@ -32,8 +32,9 @@ from domain.vocabulary import VisualizationStyle
 CLOCK_MARGIN = timedelta(seconds=60)
 DEFAULT_LIMIT = 5000
 # Rows per transaction: each statement of a batch stays within ~50 ms at ten million
-# rows (docs/benchmarks.md; recording 5,000 dispatches in one took 961 ms).
-BATCH = 250
+# rows (docs/benchmarks.md; recording 5,000 dispatches in one took 961 ms, 250 took 66:
+# each row's dispatch time is an index key, so its update touches every index).
+BATCH = 100
 
 
 def nothing_queued() -> float:
