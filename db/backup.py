@@ -2,7 +2,9 @@
 custom (``.dump``) and plain SQL gzipped (``.sql.gz``). Both stream: a dump of any size
 goes through this process a chunk at a time (or not at all, for the custom format).
 
-The password travels in PGPASSWORD, never on a command line or in a log line.
+The password travels in PGPASSWORD, never on a command line or in a log line. The URL
+is the direct one (DATABASE_DIRECT_URL): pg_dump and pg_restore need a session of their
+own (a snapshot, SETs), which a transaction pooler does not keep.
 """
 
 from __future__ import annotations

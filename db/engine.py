@@ -7,9 +7,11 @@ session factory and units of work on them, so nothing outside db/ touches SQLAlc
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, NullPool, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -43,10 +45,57 @@ def redact_url(url: str) -> str:
         return "<unparsable url>"
 
 
+# --- behind a pooler ----------------------------------------------------------------
+# PgBouncer in transaction pooling mode hands each transaction to any server connection:
+# psycopg's prepared statements (after 5 executions of a statement) meet a server that
+# already holds "_pg3_0" (DuplicatePreparedStatement; PgBouncer 1.18 has no support),
+# startup options are refused, and session settings land on whichever server connection
+# ran them. The composition root says once per process whether DATABASE_URL is pooled
+# (DATABASE_POOLER=pgbouncer); every connection opened here follows it.
+_pooled = False
+
+
+def use_pooler(pooled: bool) -> None:
+    """Set by workers/bootstrap.py from DATABASE_POOLER before any connection opens."""
+    global _pooled
+    _pooled = pooled
+
+
+def pooled() -> bool:
+    return _pooled
+
+
+def driver_options() -> dict[str, Any]:
+    """psycopg connect() arguments every connection of ours takes: no prepared
+    statements through a transaction pooler (None: never prepare)."""
+    return {"prepare_threshold": None} if _pooled else {}
+
+
+def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A psycopg connection outside the pool (LISTEN, health checks), pooler-safe."""
+    return psycopg.connect(libpq_url(normalise_url(url)), **driver_options(), **kwargs)
+
+
+def pool_for_threads(threads: int, size: int = 0, overflow: int = -1) -> tuple[int, int]:
+    """(pool size, max overflow) for a process whose ``threads`` run SQL (the worker
+    threads and the lease heartbeat). ``size`` 0 sizes it from the threads: a job holds
+    a connection only while it runs SQL (a few ms per unit of work against seconds of
+    model calls), so a quarter of the threads at rest (at least 2) and as many again at
+    peak; never more than threads + 1, the most that can be used at once. ``overflow``
+    -1 means as many as the pool. Explicit values win (DB_POOL_SIZE, DB_MAX_OVERFLOW)."""
+    users = threads + 1  # + the lease heartbeat thread
+    pool = size if size > 0 else min(users, max(2, math.ceil(threads / 4)))
+    extra = pool if overflow < 0 else overflow
+    if size == 0 and overflow < 0:
+        extra = max(0, min(extra, users - pool))
+    return pool, extra
+
+
 def make_engine(
     url: str,
     *,
     pool_size: int = 10,
+    max_overflow: int | None = None,
     null_pool: bool = False,
     application_name: str = "emotionviz",
 ) -> Engine:
@@ -55,7 +104,7 @@ def make_engine(
         if null_pool
         else {
             "pool_size": pool_size,
-            "max_overflow": pool_size,
+            "max_overflow": pool_size if max_overflow is None else max_overflow,
             "pool_recycle": 1800,
             # The most recently used connection first: a few hot connections keep their
             # backend's caches and prepared statements (the analytics refresh plans in
@@ -67,18 +116,30 @@ def make_engine(
     )
     engine = create_engine(
         normalise_url(url),
-        connect_args={"application_name": application_name, "connect_timeout": 10},
+        connect_args={
+            "application_name": application_name,
+            "connect_timeout": 10,
+            **driver_options(),
+        },
         **pooling,
     )
+    behind_pooler = _pooled
 
     @event.listens_for(engine, "connect")
     def _session_settings(dbapi_connection, _record):  # type: ignore[no-untyped-def]
         with dbapi_connection.cursor() as cursor:
+            # PgBouncer tracks TimeZone (a reported parameter) and sets it again on
+            # whichever server connection serves this client: safe behind it too.
             cursor.execute("SET TIME ZONE 'UTC'")
-            # JIT compiled the analytics statement for ~0.5 s per batch and gained less;
-            # nothing else we run is big enough to profit. Off per connection, not per
-            # transaction: a SET LOCAL was a round trip on every entry's refresh.
-            cursor.execute("SET jit = off")
+            if not behind_pooler:
+                # JIT compiled the analytics statement for ~0.5 s per batch and gained
+                # less; nothing else we run is big enough to profit. Off per connection,
+                # not per transaction: a SET LOCAL was a round trip on every entry's
+                # refresh. Behind a transaction pooler a session SET lands on one
+                # server connection, not ours: there it is the role's setting
+                # (ALTER ROLE ... SET jit = off, docs/operations.md), which
+                # `emotionviz doctor` checks.
+                cursor.execute("SET jit = off")
         # Committed: the pool rolls back at check-in, and a rolled-back SET is undone
         # (the time zone used to hold only for a connection's first transaction).
         dbapi_connection.commit()
@@ -120,8 +181,8 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 class Database:
     """One process's connection pool to one database, and units of work on it."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
-        self.engine = make_engine(url, pool_size=pool_size)
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int | None = None) -> None:
+        self.engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         self.session_factory = make_session_factory(self.engine)
 
     def unit_of_work(self, publisher: Publisher | None = None) -> UnitOfWork:
@@ -129,7 +190,9 @@ class Database:
 
     def warm_pool(self) -> None:
         """Open the pool's connections now (a worker at boot): otherwise the first burst
-        of messages, a person's first question among them, waits for new connections."""
+        of messages, a person's first question among them, waits for new connections.
+        The pool's size, no more: what it keeps open at rest anyway (overflow
+        connections are closed when they come back)."""
         size = getattr(self.engine.pool, "size", lambda: 1)()
         with contextlib.ExitStack() as held:
             for _ in range(size):

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from db.engine import libpq_url
+from db.engine import connect
 
 
 class Listener:
@@ -33,7 +33,9 @@ class Listener:
 
 @contextmanager
 def listen(url: str, channel: str) -> Iterator[Listener]:
-    """Listen on ``channel`` of the database at ``url`` until the block ends."""
-    with psycopg.connect(libpq_url(url), autocommit=True) as connection:
+    """Listen on ``channel`` of the database at ``url`` until the block ends. LISTEN
+    belongs to a session: ``url`` is the direct one (DATABASE_DIRECT_URL), never a
+    transaction pooler's, which would hand the session to other clients."""
+    with connect(url, autocommit=True) as connection:
         connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         yield Listener(connection)

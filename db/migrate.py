@@ -2,7 +2,9 @@
 
 The scripts are found through the installed ``migrations`` package, not a path relative
 to a checkout, so a wheel migrates from any directory. ``alembic.ini`` at the repository
-root is for developers' ``alembic`` command only; nothing here reads it.
+root is for developers' ``alembic`` command only; nothing here reads it. Callers pass
+the direct URL (DATABASE_DIRECT_URL): DDL and Alembic's version table want a session of
+their own, never a transaction pooler.
 """
 
 from __future__ import annotations

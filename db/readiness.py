@@ -11,10 +11,9 @@ import psycopg
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from db import migrate
-from db.engine import make_engine, normalise_url
+from db.engine import connect, make_engine
 from db.errors import translate_database_error
 from db.migrate import alembic_config
 
@@ -69,17 +68,21 @@ def check_database(
             DatabaseCheck("database", False, not_running),
             DatabaseCheck("schema", False, "unknown (no database)"),
         ]
-    conninfo = make_url(normalise_url(url)).set(drivername="postgresql")
     try:
-        with psycopg.connect(
-            conninfo.render_as_string(hide_password=False),
+        with connect(
+            url,
             connect_timeout=max(2, round(timeout_s)),  # libpq's minimum is 2 s
             application_name="emotionviz-health",
-            options=f"-c statement_timeout={int(timeout_s * 1000)}",
             autocommit=True,
         ) as conn:
+            # The timeout inside the transaction, not as a startup option: PgBouncer
+            # refuses startup parameters it does not track ("unsupported startup
+            # parameter: options"), and a transaction pooler would not keep a session
+            # SET for us anyway.
             try:
-                rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+                    rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
             except psycopg.errors.UndefinedTable:
                 rows = None
     except psycopg.Error as exc:

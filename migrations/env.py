@@ -21,9 +21,10 @@ def _url() -> str:
     url = config.attributes.get("database_url")
     if url:
         return str(url)
-    from workers.bootstrap import database_url
+    # Migrations need a session of their own (DDL, Alembic's lock): never a pooler.
+    from workers.bootstrap import database_direct_url
 
-    return database_url()
+    return database_direct_url()
 
 
 def _run(connection: Connection) -> None:

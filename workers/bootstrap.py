@@ -48,6 +48,7 @@ def configure_process(settings: Settings | None = None) -> Settings:
     for secret in (
         settings.gemini_api_key,
         settings.database_url,
+        settings.database_direct_url,
         settings.redis_url,
         settings.broker_url,
         settings.console_token,
@@ -55,6 +56,10 @@ def configure_process(settings: Settings | None = None) -> Settings:
         if secret is not None:
             register_secret(secret.get_secret_value())
     configure_logging(settings.log_level, settings.log_format, settings.log_max_line_bytes)
+    from db.engine import use_pooler
+
+    # Every connection the process opens (pool, health checks, LISTEN) follows it.
+    use_pooler(settings.database_pooler == "pgbouncer")
     return settings
 
 
@@ -78,15 +83,39 @@ def redis_url(settings: Settings | None = None) -> str:
 # --- database ------------------------------------------------------------------------
 
 
+def database_direct_url(settings: Settings | None = None) -> str:
+    """The URL for what needs a session of its own (migrations, LISTEN, backup and
+    restore): DATABASE_DIRECT_URL, else DATABASE_URL (no pooler in between)."""
+    settings = settings or get_settings()
+    if settings.database_direct_url is not None:
+        return settings.database_direct_url.get_secret_value()
+    return database_url(settings)
+
+
+def database_pool(settings: Settings) -> tuple[int, int]:
+    """(pool size, max overflow) of a process's engine: sized to WORKER_THREADS unless
+    DB_POOL_SIZE / DB_MAX_OVERFLOW say otherwise (docs/operations.md, the budget)."""
+    from db.engine import pool_for_threads
+
+    return pool_for_threads(
+        settings.worker_threads, settings.db_pool_size, settings.db_max_overflow
+    )
+
+
 @lru_cache(maxsize=1)
 def database() -> Database:
     settings = get_settings()
-    return Database(database_url(settings), pool_size=settings.db_pool_size)
+    from db.engine import use_pooler
+
+    use_pooler(settings.database_pooler == "pgbouncer")  # before the first connection
+    size, overflow = database_pool(settings)
+    return Database(database_url(settings), pool_size=size, max_overflow=overflow)
 
 
 def warm_pool() -> None:
     """Open the pool's connections now (a worker at boot), so the first burst of
-    messages does not wait for new connections."""
+    messages does not wait for new connections: the pool's size (sized to the
+    threads), which it keeps open at rest anyway; overflow opens only under load."""
     database().warm_pool()
 
 

@@ -26,6 +26,7 @@ from domain.errors import ConfigurationError
 ProviderChoice = Literal["auto", "local", "gemini"]
 _URL_SCHEMES = {
     "database_url": ("postgres", "postgresql", "postgresql+psycopg"),
+    "database_direct_url": ("postgres", "postgresql", "postgresql+psycopg"),
     "redis_url": ("redis", "rediss", "unix"),
     "broker_url": ("redis", "rediss", "unix", "amqp", "amqps"),
 }
@@ -44,8 +45,21 @@ class Settings(BaseSettings):
     )
     redis_namespace: str = Field(default="emotionviz", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     data_dir: Path = Path(".data")
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    # Through a pooler, DATABASE_URL reaches PgBouncer; what needs a session of its own
+    # (migrations, LISTEN, backup and restore) uses DATABASE_DIRECT_URL (default: the
+    # same URL). DATABASE_POOLER=pgbouncer (transaction pooling) turns prepared
+    # statements off on every connection (docs/operations.md, "Behind PgBouncer").
+    database_direct_url: SecretStr | None = None
+    database_pooler: Literal["none", "pgbouncer"] = "none"
+    # Connections each process keeps in its pool: 0 sizes it to WORKER_THREADS (a
+    # quarter, at least 2; a job holds one only while it runs SQL). db/engine.py
+    # pool_for_threads; `emotionviz doctor` shows what a fleet opens.
+    db_pool_size: int = Field(default=0, ge=0, le=200)
+    # Connections opened beyond the pool at peak (-1: as many as the pool).
+    db_max_overflow: int = Field(default=-1, ge=-1, le=200)
     redis_max_connections: int = Field(default=64, ge=2, le=10_000)
+    # The Redis server's maxclients, for `emotionviz doctor` where CONFIG GET is refused.
+    redis_maxclients: int | None = Field(default=None, ge=1)
 
     # Model providers.
     provider: ProviderChoice = "auto"
@@ -143,11 +157,13 @@ class Settings(BaseSettings):
 
     @field_validator(
         "database_url",
+        "database_direct_url",
         "redis_url",
         "broker_url",
         "gemini_api_key",
         "gemini_base_url",
         "console_token",
+        "redis_maxclients",
         mode="before",
     )
     @classmethod
@@ -172,7 +188,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a 5-field cron expression ({exc})") from None
         return value.strip()
 
-    @field_validator("database_url", "redis_url", "broker_url")
+    @field_validator("database_url", "database_direct_url", "redis_url", "broker_url")
     @classmethod
     def _parsable_url(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         # Caught here, a malformed URL is one line naming the setting (exit 2), not a

@@ -101,6 +101,10 @@ FAILURES = [
     (["dlq", "show", "nope"], {}, 1, "no dead letter"),
     (["migrate", "--downgrade", "nonsense"], {}, 2, "nonsense"),
     (["no-such-command"], {}, 2, "invalid choice"),
+    (["doctor", "--machines", "0"], {}, 2, "must be 1 or more"),
+    (["doctor", "--machines", "1000"], {}, 1, "does not fit"),
+    (["doctor"], {"DATABASE_POOLER": "pgcat"}, 2, "DATABASE_POOLER"),
+    (["doctor"], {"DATABASE_DIRECT_URL": "mysql://u@localhost/x"}, 2, "DATABASE_DIRECT_URL"),
 ]
 
 
@@ -141,6 +145,7 @@ def test_debug_shows_the_traceback(cli_env: dict[str, str]) -> None:
         ["dlq", "list", "--json"],
         ["replay", "--json"],
         ["reconcile", "--json"],
+        ["doctor", "--json"],
     ],
 )
 def test_reports_have_json(cli_env: dict[str, str], args: list[str]) -> None:

@@ -75,7 +75,7 @@ class ScriptedRespondent:
     def run(self, stop: threading.Event) -> None:
         """Answer questions as they are announced; returns when all sessions are done."""
         try:
-            with listen(bootstrap.database_url(), NOTIFY_CHANNEL) as announcements:
+            with listen(bootstrap.database_direct_url(), NOTIFY_CHANNEL) as announcements:
                 while not stop.is_set() and not self._answer_open_questions():
                     # Wake on a notification, or every second to look again regardless.
                     payload = announcements.next(timeout=1.0)

@@ -51,9 +51,9 @@ def cmd_services(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from db import migrate
-    from workers.bootstrap import database_url
+    from workers.bootstrap import database_direct_url
 
-    url = database_url(settings)
+    url = database_direct_url(settings)  # a session of its own: never through a pooler
     if args.downgrade:
         migrate.downgrade(url, args.downgrade)
         _out(f"downgraded to {args.downgrade}")
@@ -69,9 +69,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from db import migrate
     from db.seed import seed_dev_data
-    from workers.bootstrap import database_url, unit_of_work
+    from workers.bootstrap import database_direct_url, unit_of_work
 
-    migrate.upgrade(database_url(settings))
+    migrate.upgrade(database_direct_url(settings))
     report = seed_dev_data(unit_of_work())
     _out(f"seed: {report.users_created} users and {report.entries_created} entries created")
     return 0
@@ -79,19 +79,19 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from db.backup import backup
-    from workers.bootstrap import database_url
+    from workers.bootstrap import database_direct_url
 
-    path = backup(database_url(settings), Path(args.output))
+    path = backup(database_direct_url(settings), Path(args.output))
     _out(f"backup written: {path} ({path.stat().st_size} bytes)")
     return 0
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from db.backup import BackupError, database_name, restore, user_object_count
-    from workers.bootstrap import database_url
+    from workers.bootstrap import database_direct_url
     from workers.entrypoints.cli_contract import InputError
 
-    url = database_url(settings)
+    url = database_direct_url(settings)
     source = Path(args.input)
     if not source.exists():
         raise BackupError(f"backup file not found: {source}")

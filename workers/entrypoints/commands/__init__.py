@@ -13,6 +13,7 @@ def register_all(add: Callable[..., Any]) -> None:
         analytics,
         console,
         dlq,
+        doctor,
         health,
         jobs,
         media,
@@ -20,6 +21,6 @@ def register_all(add: Callable[..., Any]) -> None:
         worker,
     )
 
-    for module in (worker, jobs, status, dlq, analytics, media, health, console):
+    for module in (worker, jobs, status, dlq, analytics, media, health, doctor, console):
         module.register(add)
     devtools.register(add)

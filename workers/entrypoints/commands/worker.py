@@ -88,10 +88,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from workers.observability.health import prepare_metrics_dir
 
         prepare_metrics_dir(settings.metrics_port, env)
+    threads = args.threads or settings.worker_threads
+    # Each process sizes its database pool to its threads (bootstrap.database_pool).
+    env["WORKER_THREADS"] = str(threads)
     command = worker_command(
         settings,
         processes=args.processes or settings.worker_processes,
-        threads=args.threads or settings.worker_threads,
+        threads=threads,
         queues=args.queues,
     )
     # Dramatiq's CLI forks the processes and shuts down gracefully on SIGTERM/SIGINT

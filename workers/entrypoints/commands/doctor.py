@@ -1,0 +1,191 @@
+"""``emotionviz doctor [--machines N] [--json]``: does this configuration fit the servers?
+
+The PostgreSQL and Redis connections each service opens at rest and at peak, from the
+settings (workers/observability/connection_budget.py), for N machines, against the
+servers' limits: PostgreSQL's max_connections less its reserved slots (read through
+DATABASE_DIRECT_URL), Redis's maxclients (CONFIG GET, else REDIS_MAXCLIENTS). Exit 0
+when the peak fits both, 1 when it does not (or a limit cannot be read), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from domain.errors import EmotionVizError
+from workers.entrypoints.cli_contract import emit_json, out, positive_int
+from workers.observability.connection_budget import (
+    INTAKE_PROCESSES,
+    INTAKE_THREADS,
+    Limits,
+    Service,
+    services,
+    totals,
+    verdict,
+)
+from workers.settings import Settings
+
+
+def _postgres_limits(settings: Settings) -> tuple[int, int, str | None]:
+    """(max_connections, reserved slots, jit through DATABASE_URL when pooled)."""
+    from db.engine import connect
+    from workers import bootstrap
+
+    with connect(
+        bootstrap.database_direct_url(settings),
+        autocommit=True,
+        application_name="emotionviz-doctor",
+    ) as conn:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int,"
+            " current_setting('superuser_reserved_connections')::int,"
+            " coalesce(current_setting('reserved_connections', true), '0')::int"
+        ).fetchone()
+    assert row is not None
+    jit = None
+    if settings.database_pooler == "pgbouncer":
+        with connect(
+            bootstrap.database_url(settings), autocommit=True, application_name="emotionviz-doctor"
+        ) as conn:
+            found = conn.execute("SELECT current_setting('jit')").fetchone()
+            jit = str(found[0]) if found else None
+    return int(row[0]), int(row[1]) + int(row[2]), jit
+
+
+def _redis_maxclients(settings: Settings) -> int:
+    import redis
+
+    from workers import bootstrap
+
+    client = redis.Redis.from_url(bootstrap.redis_url(settings), socket_timeout=5)
+    try:
+        found = client.config_get("maxclients")
+        return int(str(found["maxclients"]))
+    except (redis.exceptions.ResponseError, KeyError, ValueError):
+        # CONFIG refused (a managed Redis, an ACL, a renamed command): the setting.
+        if settings.redis_maxclients is None:
+            raise EmotionVizError(
+                "Redis refused CONFIG GET maxclients: set REDIS_MAXCLIENTS to its value"
+            ) from None
+        return settings.redis_maxclients
+    finally:
+        client.close()
+
+
+def _line(s: Service) -> str:
+    pg, rd = s.postgres_total, s.redis_total
+    return (
+        f"{s.name:<13} x{s.instances:<4} PostgreSQL {pg.rest:>5} at rest {pg.peak:>6} at peak"
+        f"   Redis {rd.rest:>5} at rest {rd.peak:>6} at peak   ({s.detail})"
+    )
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    pooled = settings.database_pooler == "pgbouncer"
+    max_connections, reserved, jit = _postgres_limits(settings)
+    limits = Limits(max_connections, reserved, _redis_maxclients(settings))
+    kw: dict[str, Any] = {
+        "intake_processes": args.intake_processes,
+        "intake_threads": args.intake_threads,
+    }
+    items = services(settings, args.machines, **kw)
+    pg, rd = totals(items)
+    result = verdict(settings, args.machines, limits, pooled=pooled, **kw)
+    pg_part = (
+        f"PostgreSQL {'fits' if result.postgres_fits else 'DOES NOT FIT'}: "
+        f"{result.postgres_peak} at peak of {limits.postgres_available} "
+        f"(max_connections {max_connections} - {reserved} reserved)"
+    )
+    if pooled:
+        pg_part += f", {pg.peak} clients of PgBouncer at peak (its max_client_conn must cover them)"
+    rd_part = (
+        f"Redis {'fits' if result.redis_fits else 'DOES NOT FIT'}: "
+        f"{result.redis_peak} at peak of maxclients {limits.redis_maxclients}"
+    )
+    summary = (
+        f"{args.machines} machines {'fit' if result.fits else 'do not fit'}: {pg_part}; "
+        f"{rd_part}; at most {result.max_machines} machines fit"
+    )
+    notes = []
+    if pooled and jit == "on":
+        notes.append(
+            "jit is on through PgBouncer: run ALTER ROLE <role> SET jit = off "
+            "(docs/operations.md, 'Behind PgBouncer')"
+        )
+    if args.json:
+        emit_json(
+            {
+                "fits": result.fits,
+                "machines": args.machines,
+                "pooler": settings.database_pooler,
+                "services": [
+                    {
+                        "name": s.name,
+                        "instances": s.instances,
+                        "per_instance": {"postgres": asdict(s.postgres), "redis": asdict(s.redis)},
+                        "postgres": asdict(s.postgres_total),
+                        "redis": asdict(s.redis_total),
+                        "detail": s.detail,
+                    }
+                    for s in items
+                ],
+                "total": {"postgres": asdict(pg), "redis": asdict(rd)},
+                "limits": {
+                    "postgres_max_connections": max_connections,
+                    "postgres_reserved": reserved,
+                    "postgres_available": limits.postgres_available,
+                    "redis_maxclients": limits.redis_maxclients,
+                },
+                "verdict": asdict(result),
+                "notes": notes,
+            }
+        )
+    else:
+        for s in items:
+            out(_line(s))
+        for note in notes:
+            out(f"note: {note}")
+        out(("fits: " if result.fits else "DOES NOT FIT: ") + summary)
+    if not result.fits:
+        raise EmotionVizError(f"does not fit: {summary}")
+    return 0
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value[:40]!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        "doctor",
+        cmd_doctor,
+        "the PostgreSQL and Redis connections each service opens at rest and at peak for "
+        "N machines, against the servers' max_connections and maxclients: exit 0 when "
+        "they fit, 1 when not",
+    )
+    p.add_argument(
+        "--machines", type=positive_int, default=1, metavar="N", help="machines (default 1)"
+    )
+    p.add_argument(
+        "--intake-processes",
+        type=_count,
+        default=INTAKE_PROCESSES,
+        metavar="N",
+        help=f"intake worker processes per machine (default {INTAKE_PROCESSES}; 0: none)",
+    )
+    p.add_argument(
+        "--intake-threads",
+        type=positive_int,
+        default=INTAKE_THREADS,
+        metavar="N",
+        help=f"threads of each intake worker process (default {INTAKE_THREADS})",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
