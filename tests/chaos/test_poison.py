@@ -1,11 +1,12 @@
 """A poison entry takes no innocent row with it (issue 20): scripts/chaos.py
 --poison-only against the test servers. One entry whose model call kills the worker
-process holding it, beside 40 ordinary entries, two supervised worker groups: the
-poison fails after exactly MAX_CLAIMS crashes and all 40 others complete.
+process holding it, beside 40 ordinary entries, published at once to one supervised
+worker: the poison fails after exactly MAX_CLAIMS crashes and all 40 others complete.
 
-It used to fail 2 of 40: a suspect (a row whose process died under it) claimed beside
-the poison, waiting to run alone behind it in the same process, was counted as a crash
-when the poison killed that process, again and again until it reached MAX_CLAIMS."""
+The old code failed 2-4 of the 40 in every such run: a suspect (a row whose process
+died under it) claimed beside the poison, waiting to run alone behind it in the same
+process, was counted as a crash when the poison killed that process, again and again
+until it reached MAX_CLAIMS."""
 
 from __future__ import annotations
 
