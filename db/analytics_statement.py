@@ -186,14 +186,6 @@ INSIGHTS = (
 
 # --- the statement -----------------------------------------------------------------
 
-# The previous period's total and counts, from one lag() of an array of them: each
-# window function costs about a microsecond per row, and twelve of them were a fifth
-# of a first fill's CPU. prev_total and p_<emotion> are read back by subscript.
-PREVIOUS_COUNTS = "ARRAY[t.total, " + each("t.c_{e}") + "]"
-PREVIOUS_COLUMNS = "s.prev_counts[1] AS prev_total, " + ", ".join(
-    f"s.prev_counts[{i + 2}] AS p_{e}" for i, e in enumerate(EMOTION_ORDER)
-)
-
 _RECOMPUTE_CTES = f"""
 WITH totals AS (
     SELECT en.user_id,
@@ -209,14 +201,15 @@ WITH totals AS (
 seq AS (
     SELECT t.*, {COUNTS_JSON} AS counts, {TOP} AS top,
            {PREVIOUS_PERIOD_OK} AS prev_ok,
+           lag(t.total) OVER w AS prev_total,
            lag(t.avg_intensity) OVER w AS prev_avg,
-           lag({PREVIOUS_COUNTS}) OVER w AS prev_counts,
+           {each("lag(t.c_{e}) OVER w AS p_{e}")},
            {ISLAND} AS island
     FROM totals t
     WINDOW w AS (PARTITION BY t.user_id ORDER BY t.period_start)
 ),
 r AS (
-    SELECT s.*, CAST(:word AS text) AS word, {PREVIOUS_COLUMNS},
+    SELECT s.*, CAST(:word AS text) AS word,
            {STREAK} AS streak
     FROM seq s
 ),
@@ -291,10 +284,7 @@ gone AS (
     ))
     RETURNING 1
 )
--- gone first (an operand's subquery runs when it is first evaluated): it then reads the
--- rows in range as they were, not also every row the upsert just wrote (invisible to
--- it, but each checked on the heap: a tenth of a first fill's time).
-SELECT 0 * (SELECT count(*) FROM gone) + (SELECT count(*) FROM up)"""
+SELECT (SELECT count(*) FROM up) + 0 * (SELECT count(*) FROM gone)"""
 )
 
 
