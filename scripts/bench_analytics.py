@@ -22,6 +22,11 @@ skewed popularity), then for the week and the month, over the same whole periods
 and prints both ratios (recompute / streamed, recompute / fastest; target <= 1.5 x),
 rows/s, and the plan of one batch (indexes).
 
+Where the server runs on this machine, each figure also gets the server's CPU seconds
+(the session's own and those of every server process that ended meanwhile: parallel
+workers, the command's connections), so that a run on a loaded machine, where wall
+times move with the neighbours, still says how much work each side did.
+
 Usage: .venv/bin/python scripts/bench_analytics.py [--entries 1000000] [--users 10000]
 """
 
@@ -35,6 +40,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 # This checkout's modules (the bare aggregate imports the statement's fragments), not
 # those of whichever checkout the virtualenv was installed from; then the bench helpers.
@@ -120,9 +126,49 @@ FROM totals t
 FASTEST = "SELECT count(*), count(counts), count(top) FROM ({bare}) AS bare"
 
 
-def bare_streamed(db_url: str, kind: str, first: date, end: date) -> tuple[float, int]:
+def _ticks(pid: int, fields: tuple[int, ...]) -> float:
+    """CPU seconds from /proc/<pid>/stat (fields counted after the command name)."""
+    values = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(values[f]) for f in fields) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """CPU seconds the PostgreSQL server spends, when it runs on this machine: a session's
+    own time, plus the time of every server process that ended meanwhile (parallel
+    workers, another process's connections), which the kernel adds to the postmaster's
+    children's time when it reaps them. None when the server is elsewhere."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        self.backend = int(row[0]) if row else 0
+        try:
+            self.postmaster = int(
+                Path(f"/proc/{self.backend}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            )
+            self.start = self._now()
+        except (OSError, ValueError, IndexError):
+            self.postmaster = 0
+
+    def _now(self) -> float:
+        return _ticks(self.backend, (11, 12)) + _ticks(self.postmaster, (13, 14))
+
+    def spent(self) -> float | None:
+        if not self.postmaster:
+            return None
+        time.sleep(0.3)  # ended processes are reaped by the postmaster, asynchronously
+        return self._now() - self.start
+
+
+def cpu_note(seconds: float | None) -> str:
+    return "" if seconds is None else f", server CPU {seconds:6.2f} s"
+
+
+def bare_streamed(
+    db_url: str, kind: str, first: date, end: date
+) -> tuple[float, int, float | None]:
     with psycopg.connect(libpq(db_url)) as conn:
         conn.execute("SET jit = off")  # as the recomputation does
+        cpu = ServerCpu(conn)
         started = time.perf_counter()
         rows = 0
         with conn.cursor(name="bare") as cursor:  # server-side: streamed, never parallel
@@ -130,20 +176,24 @@ def bare_streamed(db_url: str, kind: str, first: date, end: date) -> tuple[float
             cursor.execute(bare_query(), {"kind": kind, "from": first, "to": end})
             for _ in cursor:
                 rows += 1
-        return time.perf_counter() - started, rows
+        return time.perf_counter() - started, rows, cpu.spent()
 
 
-def bare_fastest(db_url: str, kind: str, first: date, end: date, jit: str) -> tuple[float, int]:
+def bare_fastest(
+    db_url: str, kind: str, first: date, end: date, jit: str
+) -> tuple[float, int, float | None]:
     """One plain SELECT (default cursor) with the server's settings but ``jit``."""
     with psycopg.connect(libpq(db_url)) as conn:
         conn.execute(f"SET jit = {jit}")
+        cpu = ServerCpu(conn)
         started = time.perf_counter()
         row = conn.execute(
             FASTEST.format(bare=bare_query()), {"kind": kind, "from": first, "to": end}
         ).fetchone()
         elapsed = time.perf_counter() - started
+        spent = cpu.spent()
     assert row is not None and row[0] == row[1] == row[2], row
-    return elapsed, int(row[0])
+    return elapsed, int(row[0]), spent
 
 
 def bare_plan(db_url: str, kind: str, first: date, end: date, jit: str) -> list[str]:
@@ -166,8 +216,10 @@ def bare_plan(db_url: str, kind: str, first: date, end: date, jit: str) -> list[
 
 def full_recompute(
     db_url: str, kind: str, first: date, last: date, parallel: int = 2
-) -> tuple[float, float, str]:
+) -> tuple[float, float, str, float | None]:
     env = {**os.environ, "DATABASE_URL": db_url, "LOG_LEVEL": "WARNING"}
+    watcher = psycopg.connect(libpq(db_url))  # idle: only to find the server's processes
+    cpu = ServerCpu(watcher)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     proc = subprocess.run(
@@ -195,8 +247,10 @@ def full_recompute(
         check=True,
     )
     elapsed = time.perf_counter() - started
+    spent = cpu.spent()  # the command's connections ended with it
+    watcher.close()
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, max(peak, before) / 1024, proc.stdout.strip()
+    return elapsed, max(peak, before) / 1024, proc.stdout.strip(), spent
 
 
 def explain_batch(db_url: str, kind: str, first: date, end: date) -> list[str]:
@@ -267,16 +321,16 @@ def main() -> int:
                 period_containing(kind, year_start).start,
                 period_containing(kind, last).end_exclusive,
             )
-            streamed_s, groups = bare_streamed(db_url, kind, first, end)
+            streamed_s, groups, streamed_cpu = bare_streamed(db_url, kind, first, end)
             timed = {jit: bare_fastest(db_url, kind, first, end, jit) for jit in ("on", "off")}
             jit = min(timed, key=lambda j: timed[j][0])
-            fastest_s, fastest_groups = timed[jit]
+            fastest_s, fastest_groups, fastest_cpu = timed[jit]
             plan = bare_plan(db_url, kind, first, end, jit)
-            full_s, peak_mb, summary = full_recompute(db_url, kind, first, last)
-            _, _, rerun = full_recompute(db_url, kind, first, last)
+            full_s, peak_mb, summary, full_cpu = full_recompute(db_url, kind, first, last)
+            _, _, rerun, rerun_cpu = full_recompute(db_url, kind, first, last)
             with psycopg.connect(libpq(db_url), autocommit=True) as conn:
                 conn.execute("TRUNCATE emotion_analytics")
-            _, _, serial = full_recompute(db_url, kind, first, last, parallel=1)
+            _, _, serial, serial_cpu = full_recompute(db_url, kind, first, last, parallel=1)
 
             def field(line: str, name: str) -> float:  # from the command's summary line
                 return float(line.rsplit(f"{name}=", 1)[1].split()[0])
@@ -292,11 +346,12 @@ def main() -> int:
                 f"\n{kind} ({first} to {end}, exclusive): {groups:,} groups; recompute wrote {written:,} rows ({same})"
             )
             print(
-                f"{kind}: bare aggregate, streamed   {streamed_s:6.2f} s  (server-side cursor: one core)"
+                f"{kind}: bare aggregate, streamed   {streamed_s:6.2f} s  (server-side cursor: one core"
+                f"{cpu_note(streamed_cpu)})"
             )
             print(
                 f"{kind}: bare aggregate, fastest    {fastest_s:6.2f} s  (plain SELECT, jit {jit}; "
-                f"jit on {timed['on'][0]:.2f} s, off {timed['off'][0]:.2f} s)"
+                f"jit on {timed['on'][0]:.2f} s, off {timed['off'][0]:.2f} s{cpu_note(fastest_cpu)})"
             )
             for line in plan:
                 print(f"    {line}")
@@ -310,10 +365,18 @@ def main() -> int:
             )
             print(
                 f"{kind}: re-run, same data          {again:6.2f} s  ratio {again / streamed_s:.2f} / {again / fastest_s:.2f}"
+                f"{cpu_note(rerun_cpu)}"
             )
             print(
                 f"{kind}: one batch at a time        {one:6.2f} s  ratio {one / streamed_s:.2f} / {one / fastest_s:.2f}"
+                f"{cpu_note(serial_cpu)}"
             )
+            if full_cpu is not None and fastest_cpu:
+                print(
+                    f"{kind}: server CPU, recompute / fastest bare aggregate: {full_cpu / fastest_cpu:.2f} "
+                    f"({full_cpu:.2f} s / {fastest_cpu:.2f} s; on {os.cpu_count()} idle cores the "
+                    f"recompute's wall time is at least {full_cpu / (os.cpu_count() or 1):.2f} s)"
+                )
             print(f"    {summary}")
         print("\nplan of one batch (500 users, week):")
         for line in explain_batch(db_url, "week", year_start, year_end):
