@@ -85,6 +85,7 @@ def running_pgbouncer(server_url: str, log_path: Path) -> Iterator[str]:
         "pool_mode = transaction\n"
         "max_client_conn = 400\n"
         "default_pool_size = 12\n"
+        f"admin_users = {user}\n"  # SHOW CLIENTS: the workers really are its clients
     )
     for name in ("userlist.txt", "pgbouncer.ini"):
         (folder / name).chmod(0o644)
@@ -174,10 +175,21 @@ def test_pipeline_through_pgbouncer_prepares_nothing(pooled: tuple[Harness, str]
     # Each paid call once: nothing was retried.
     calls = harness.calls(marker)
     assert calls == {"analysis": ENTRIES, "image": ENTRIES}, calls
-    # The worker's sessions really went through PgBouncer (its server connections
-    # carry no application_name of ours: the clients' are set per transaction).
-    with psycopg.connect(pooled_url, prepare_threshold=None, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM visualizations").fetchone() == (ENTRIES,)
+    # The workers' connections are PgBouncer's clients (its admin console speaks the
+    # simple query protocol only: a client-side cursor), 2 processes x (pool 2 + 2).
+    database = make_url(harness.db_url).database
+    admin = make_url(pooled_url).set(drivername="postgresql", database="pgbouncer")
+    with psycopg.connect(
+        admin.render_as_string(hide_password=False),
+        autocommit=True,
+        cursor_factory=psycopg.ClientCursor,
+    ) as conn:
+        cursor = conn.cursor()
+        cursor.execute("SHOW CLIENTS")
+        columns = [d.name for d in cursor.description or ()]
+        clients = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    ours = [c for c in clients if c["database"] == database]
+    assert 2 <= len(ours) <= 2 * 4, clients
 
 
 def test_intake_through_pgbouncer_and_listen_on_the_direct_url(
