@@ -249,6 +249,13 @@ def test_commands_through_pgbouncer(pooled: tuple[Harness, str]) -> None:
     # Migrations take the direct URL (a session of their own).
     migrate = _cli(harness, "migrate")
     assert migrate.returncode == 0, migrate.stderr
+    # Doctor reads PgBouncer's limits from its admin console: PostgreSQL sees its pool
+    # (default_pool_size 12) and the direct sessions; the clients meet max_client_conn.
     doctor = _cli(harness, "doctor", "--machines", "1")
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-    assert "clients of PgBouncer" in doctor.stdout
+    verdict = doctor.stdout.strip().splitlines()[-1]
+    assert "PostgreSQL fits: 14 at peak" in verdict, verdict
+    assert "clients of PgBouncer at peak fit its max_client_conn 400" in verdict, verdict
+    crowd = _cli(harness, "doctor", "--machines", "100")
+    assert crowd.returncode == 1, crowd.stdout + crowd.stderr
+    assert "DO NOT FIT its max_client_conn 400" in crowd.stderr

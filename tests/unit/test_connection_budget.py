@@ -7,7 +7,14 @@ import pytest
 
 from db.engine import Database, pool_for_threads
 from workers.bootstrap import database_pool
-from workers.observability.connection_budget import Limits, Load, services, totals, verdict
+from workers.observability.connection_budget import (
+    Limits,
+    Load,
+    PoolerLimits,
+    services,
+    totals,
+    verdict,
+)
 from workers.settings import Settings
 
 
@@ -79,6 +86,16 @@ def test_verdict_against_the_servers_limits() -> None:
     assert pooled.max_machines == (10_000 - 43) // 205
     thousand = verdict(settings, 1000, limits, pooled=True)
     assert not thousand.fits and not thousand.redis_fits
+    # PgBouncer's limits known: PostgreSQL sees its pool + the direct sessions, and its
+    # clients (46 per machine + 19) must fit max_client_conn.
+    bouncer = PoolerLimits(max_client_conn=500, server_connections=40)
+    ten = verdict(settings, 10, limits, pooled=True, pooler=bouncer)
+    assert ten.fits and ten.postgres_peak == 42 and ten.pooler_clients_peak == 479
+    assert ten.max_machines == (500 - 19) // 46
+    eleven = verdict(settings, 11, limits, pooled=True, pooler=bouncer)
+    assert not eleven.fits and not eleven.pooler_fits and eleven.postgres_fits
+    big_pool = verdict(settings, 1, limits, pooled=True, pooler=PoolerLimits(500, 96))
+    assert not big_pool.postgres_fits and big_pool.max_machines == 0
 
 
 def test_settings_change_the_figures() -> None:

@@ -77,16 +77,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PoolerLimits:
+    """PgBouncer's: the clients it accepts, the server connections it opens for us."""
+
+    max_client_conn: int
+    server_connections: int
+
+
+@dataclass(frozen=True)
 class Verdict:
-    postgres_peak: int
+    postgres_peak: int  # what PostgreSQL itself sees
     redis_peak: int
     postgres_fits: bool
     redis_fits: bool
-    max_machines: int  # the most machines that fit both (0: not even one)
+    max_machines: int  # the most machines that fit (0: not even one)
+    pooler_clients_peak: int | None = None  # behind PgBouncer: its clients at peak
+    pooler_fits: bool = True  # they fit its max_client_conn (True when unknown)
 
     @property
     def fits(self) -> bool:
-        return self.postgres_fits and self.redis_fits
+        return self.postgres_fits and self.redis_fits and self.pooler_fits
 
 
 def _redis_pool(settings: Settings, threads: int, queues: int) -> int:
@@ -168,19 +178,24 @@ def verdict(
     limits: Limits,
     *,
     pooled: bool = False,
+    pooler: PoolerLimits | None = None,
     direct_peak: int = 2,
     intake_processes: int = INTAKE_PROCESSES,
     intake_threads: int = INTAKE_THREADS,
 ) -> Verdict:
     """Does the deployment fit the servers at peak? Behind PgBouncer the product's
-    connections are PgBouncer's clients; PostgreSQL itself sees PgBouncer's pool and the
-    direct sessions (``direct_peak``: a migration, a LISTEN), which are what is
-    checked against max_connections here."""
+    connections are PgBouncer's clients (checked against its max_client_conn when
+    known); PostgreSQL itself sees PgBouncer's server connections (when known) and the
+    direct sessions (``direct_peak``: a migration, a LISTEN)."""
     kw = {"intake_processes": intake_processes, "intake_threads": intake_threads}
     pg, redis = totals(services(settings, machines, **kw))
-    postgres_peak = direct_peak if pooled else pg.peak
+    if pooled:
+        postgres_peak = direct_peak + (pooler.server_connections if pooler else 0)
+    else:
+        postgres_peak = pg.peak
     postgres_fits = postgres_peak <= limits.postgres_available
     redis_fits = redis.peak <= limits.redis_maxclients
+    pooler_fits = pooler is None or pg.peak <= pooler.max_client_conn
     # The most machines that fit: per-machine part and the fixed part of the totals.
     one_pg, one_redis = totals(services(settings, 1, **kw))
     zero_pg, zero_redis = totals(services(settings, 0, **kw))
@@ -188,7 +203,19 @@ def verdict(
     fit = [_most(limits.redis_maxclients - zero_redis.peak, per_redis)]
     if not pooled:
         fit.append(_most(limits.postgres_available - zero_pg.peak, per_pg))
-    return Verdict(postgres_peak, redis.peak, postgres_fits, redis_fits, min(fit))
+    elif pooler is not None:
+        fit.append(_most(pooler.max_client_conn - zero_pg.peak, per_pg))
+    if pooled and not postgres_fits:
+        fit.append(0)  # PostgreSQL's side does not grow with the machines
+    return Verdict(
+        postgres_peak,
+        redis.peak,
+        postgres_fits,
+        redis_fits,
+        min(fit),
+        pg.peak if pooled else None,
+        pooler_fits,
+    )
 
 
 def _most(room: int, each: int) -> int:

@@ -3,8 +3,10 @@
 The PostgreSQL and Redis connections each service opens at rest and at peak, from the
 settings (workers/observability/connection_budget.py), for N machines, against the
 servers' limits: PostgreSQL's max_connections less its reserved slots (read through
-DATABASE_DIRECT_URL), Redis's maxclients (CONFIG GET, else REDIS_MAXCLIENTS). Exit 0
-when the peak fits both, 1 when it does not (or a limit cannot be read), 2 on bad input.
+DATABASE_DIRECT_URL), Redis's maxclients (CONFIG GET, else REDIS_MAXCLIENTS), and behind
+PgBouncer its max_client_conn and pool (its admin console, when it lets us read them).
+Exit 0 when the peak fits, 1 when it does not (or Redis's limit cannot be read), 2 on
+bad input.
 """
 
 from __future__ import annotations
@@ -20,38 +22,13 @@ from workers.observability.connection_budget import (
     INTAKE_PROCESSES,
     INTAKE_THREADS,
     Limits,
+    PoolerLimits,
     Service,
     services,
     totals,
     verdict,
 )
 from workers.settings import Settings
-
-
-def _postgres_limits(settings: Settings) -> tuple[int, int, str | None]:
-    """(max_connections, reserved slots, jit through DATABASE_URL when pooled)."""
-    from db.engine import connect
-    from workers import bootstrap
-
-    with connect(
-        bootstrap.database_direct_url(settings),
-        autocommit=True,
-        application_name="emotionviz-doctor",
-    ) as conn:
-        row = conn.execute(
-            "SELECT current_setting('max_connections')::int,"
-            " current_setting('superuser_reserved_connections')::int,"
-            " coalesce(current_setting('reserved_connections', true), '0')::int"
-        ).fetchone()
-    assert row is not None
-    jit = None
-    if settings.database_pooler == "pgbouncer":
-        with connect(
-            bootstrap.database_url(settings), autocommit=True, application_name="emotionviz-doctor"
-        ) as conn:
-            found = conn.execute("SELECT current_setting('jit')").fetchone()
-            jit = str(found[0]) if found else None
-    return int(row[0]), int(row[1]) + int(row[2]), jit
 
 
 def _redis_maxclients(settings: Settings) -> int:
@@ -83,23 +60,50 @@ def _line(s: Service) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from db.server_limits import pgbouncer_config, postgres_slots, session_jit
+    from workers import bootstrap
+
     pooled = settings.database_pooler == "pgbouncer"
-    max_connections, reserved, jit = _postgres_limits(settings)
-    limits = Limits(max_connections, reserved, _redis_maxclients(settings))
+    slots = postgres_slots(bootstrap.database_direct_url(settings))
+    limits = Limits(slots.max_connections, slots.reserved, _redis_maxclients(settings))
+    notes = []
+    pooler: PoolerLimits | None = None
+    if pooled:
+        url = bootstrap.database_url(settings)
+        config = pgbouncer_config(url)
+        if config is None:
+            notes.append(
+                "PgBouncer's limits not read (its admin console refused this user: add it "
+                "to stats_users): its max_client_conn and pool are not checked"
+            )
+        else:
+            pooler = PoolerLimits(config.max_client_conn, config.server_connections)
+        if session_jit(url) == "on":
+            notes.append(
+                "jit is on through PgBouncer: run ALTER ROLE <role> SET jit = off "
+                "(docs/operations.md, 'Behind PgBouncer')"
+            )
     kw: dict[str, Any] = {
         "intake_processes": args.intake_processes,
         "intake_threads": args.intake_threads,
     }
     items = services(settings, args.machines, **kw)
     pg, rd = totals(items)
-    result = verdict(settings, args.machines, limits, pooled=pooled, **kw)
+    result = verdict(settings, args.machines, limits, pooled=pooled, pooler=pooler, **kw)
     pg_part = (
         f"PostgreSQL {'fits' if result.postgres_fits else 'DOES NOT FIT'}: "
         f"{result.postgres_peak} at peak of {limits.postgres_available} "
-        f"(max_connections {max_connections} - {reserved} reserved)"
+        f"(max_connections {slots.max_connections} - {slots.reserved} reserved)"
     )
     if pooled:
-        pg_part += f", {pg.peak} clients of PgBouncer at peak (its max_client_conn must cover them)"
+        pg_part += (
+            f" ({pooler.server_connections} PgBouncer's pool + 2 direct)" if pooler else ""
+        ) + f"; {pg.peak} clients of PgBouncer at peak"
+        if pooler is not None:
+            pg_part += (
+                f" {'fit' if result.pooler_fits else 'DO NOT FIT'} its max_client_conn "
+                f"{pooler.max_client_conn}"
+            )
     rd_part = (
         f"Redis {'fits' if result.redis_fits else 'DOES NOT FIT'}: "
         f"{result.redis_peak} at peak of maxclients {limits.redis_maxclients}"
@@ -108,12 +112,6 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
         f"{args.machines} machines {'fit' if result.fits else 'do not fit'}: {pg_part}; "
         f"{rd_part}; at most {result.max_machines} machines fit"
     )
-    notes = []
-    if pooled and jit == "on":
-        notes.append(
-            "jit is on through PgBouncer: run ALTER ROLE <role> SET jit = off "
-            "(docs/operations.md, 'Behind PgBouncer')"
-        )
     if args.json:
         emit_json(
             {
@@ -133,10 +131,11 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
                 ],
                 "total": {"postgres": asdict(pg), "redis": asdict(rd)},
                 "limits": {
-                    "postgres_max_connections": max_connections,
-                    "postgres_reserved": reserved,
+                    "postgres_max_connections": slots.max_connections,
+                    "postgres_reserved": slots.reserved,
                     "postgres_available": limits.postgres_available,
                     "redis_maxclients": limits.redis_maxclients,
+                    "pgbouncer": asdict(pooler) if pooler else None,
                 },
                 "verdict": asdict(result),
                 "notes": notes,
