@@ -27,7 +27,7 @@ def _belongs(proc: psutil.Process, run_id: str, basetemp: str | None) -> bool:
         where = [proc.cwd(), *proc.cmdline()] if basetemp else []
     except (psutil.Error, OSError):
         return False
-    return any(basetemp and part.startswith(basetemp) for part in where if part)
+    return any(basetemp and part.startswith(basetemp + os.sep) for part in where if part)
 
 
 def leftovers(run_id: str, basetemp: Path | None, started_at: float) -> list[psutil.Process]:
@@ -44,13 +44,20 @@ def leftovers(run_id: str, basetemp: Path | None, started_at: float) -> list[psu
     return found
 
 
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # it ended between the two questions
+        return False
+
+
 def wait_for_leftovers(run_id: str, basetemp: Path | None, started_at: float) -> list[str]:
     """Wait up to GRACE_S for the run's processes to end; kill and describe the rest."""
     deadline = time.monotonic() + GRACE_S
     alive = leftovers(run_id, basetemp, started_at)
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in alive if _alive(p)]
     described = []
     for proc in alive:
         try:

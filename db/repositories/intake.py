@@ -187,6 +187,17 @@ class IntakeRepository:
         ).one()
         return dict(row._mapping)
 
+    def touch(self, session_ids: list[uuid.UUID]) -> None:
+        """Mark turns the reconciler sends again (their ``updated_at`` moves to now), so
+        each is due again only after another grace window, never on every pass."""
+        self.session.execute(
+            text(
+                "UPDATE intake_sessions SET updated_at = now() "
+                "WHERE id = ANY(CAST(:ids AS uuid[])) AND NOT is_complete"
+            ),
+            {"ids": session_ids},
+        )
+
     def due_turns(self, older_than_s: int, limit: int) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
         """(session, user, step) of open sessions whose next turn is due (no question
         yet, or the last one answered) but nothing happened for ``older_than_s``: the

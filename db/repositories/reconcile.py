@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -65,6 +65,7 @@ WHERE status = 'processing'
   AND coalesce(lease_expires_at, processing_started_at) < now()
   AND (dispatched_at < coalesce(lease_expires_at, processing_started_at)
        OR dispatched_at < now() - make_interval(secs => :grace))
+  AND dispatched_at < :sent_before
 ORDER BY coalesce(lease_expires_at, processing_started_at)
 LIMIT :limit
 """
@@ -158,8 +159,14 @@ class ReconcileRepository:
         rows = self.session.execute(text(DUE_PENDING), {"sent_before": sent_before, "limit": limit})
         return [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
 
-    def due_stuck(self, grace_s: int, limit: int) -> list[DueEntry]:
-        rows = self.session.execute(text(DUE_STUCK), {"grace": grace_s, "limit": limit})
+    def due_stuck(
+        self, grace_s: int, limit: int, sent_before: datetime | None = None
+    ) -> list[DueEntry]:
+        """``sent_before``: leave rows dispatched since (this pass's own republishes)."""
+        bound = sent_before or datetime.max.replace(tzinfo=UTC)
+        rows = self.session.execute(
+            text(DUE_STUCK), {"grace": grace_s, "limit": limit, "sent_before": bound}
+        )
         return [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
 
     def database_now(self) -> datetime:

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +83,7 @@ class Harness:
                 cwd=self.source_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its forked workers die with it (stop_worker)
             )
         self.workers.append(proc)
         deadline = time.monotonic() + 30
@@ -95,11 +97,13 @@ class Harness:
 
     def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
         proc.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # The whole group: a forked worker still finishing its jobs after the main
+        # process gave up would outlive the run (tests/leftovers.py fails it).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         self.workers.remove(proc)
 
     def stop_workers(self) -> None:

@@ -272,7 +272,12 @@ def test_an_empty_queue_head_is_infinite_and_a_garbled_one_is_careful(
     ("name", "sql", "params", "index"),
     [
         ("pending", DUE_PENDING, {"sent_before": "now", "limit": 5000}, "pending_dispatch"),
-        ("stuck", DUE_STUCK, {"grace": 300, "limit": 5000}, "visualizations_status"),
+        (
+            "stuck",
+            DUE_STUCK,
+            {"grace": 300, "limit": 5000, "sent_before": "2100-01-01T00:00:00Z"},
+            "visualizations_status",
+        ),
         ("adopt", ADOPT_ARRIVALS, {"grace": 300, "limit": 5000}, "entry_arrivals"),
     ],
 )
@@ -404,3 +409,34 @@ def test_a_pass_works_in_short_batches_up_to_its_limit(
     assert _run(uow_factory, producer, batch=3, limit=5).unfinished == 5
     assert _run(uow_factory, producer, batch=3, limit=100).unfinished == 3
     assert sorted(m["entry_id"] for m in _queued(producer)) == sorted(str(e) for e, _ in entries)
+
+
+def test_after_a_broker_loss_each_row_is_republished_once_per_pass(
+    engine: Engine, producer: Producer, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    """The broker lost everything: no grace, no delay, but one message per row, however
+    many batches the pass takes (its own republishes are dispatched after it began)."""
+    entries = _entries(engine, 8)
+    for entry_id, user_id in entries:
+        ProducerAPI(uow_factory).entry_created(entry_id, user_id)
+    _drop_queue(producer)
+    report = _run(uow_factory, producer, batch=3, limit=100, broker_lost_data=lambda: True)
+    assert report.unfinished == 8
+    assert sorted(m["entry_id"] for m in _queued(producer)) == sorted(str(e) for e, _ in entries)
+
+
+def test_an_intake_turn_is_resent_once_per_grace_window(
+    engine: Engine, producer: Producer, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        conn.execute(
+            text(
+                "INSERT INTO intake_sessions (user_id, initial_situation, updated_at) "
+                "VALUES (:u, 'lost turn', now() - interval '1 hour')"
+            ),
+            {"u": user},
+        )
+    assert _run(uow_factory, producer).intake == 1
+    for _ in range(3):
+        assert _run(uow_factory, producer).intake == 0

@@ -89,22 +89,27 @@ def reconcile(
     lost = broker_lost_data()
     head = queued_since()
     total = ReconcileReport(0, 0, 0)
-    first = True
-    while True:
-        size = min(batch, limit - max(total.unfinished, total.stuck, total.adopted))
-        done = _one_batch(uow_factory, grace_s, lost, head, size, intake=first)
-        if done is None:  # another reconcile holds the lock: it does the rest
-            return dataclasses.replace(total, skipped=True) if first else total
-        total = ReconcileReport(
-            total.unfinished + done.unfinished,
-            total.stuck + done.stuck,
-            total.intake + done.intake,
-            adopted=total.adopted + done.adopted,
-        )
-        first = False
-        full = max(done.unfinished, done.stuck, done.adopted) >= size
-        if not full or max(total.unfinished, total.stuck, total.adopted) >= limit:
-            return total
+    # The pass lock lives in a transaction of its own for the whole pass (the batches
+    # commit one by one); a row a batch republished is dispatched after the pass began,
+    # so no later batch of this pass takes it again, whatever the grace.
+    with uow_factory() as guard:
+        if not guard.reconcile.try_lock():
+            return dataclasses.replace(total, skipped=True)
+        pass_started = guard.reconcile.database_now()
+        first = True
+        while True:
+            size = min(batch, limit - max(total.unfinished, total.stuck, total.adopted))
+            done = _one_batch(uow_factory, grace_s, lost, head, pass_started, size, intake=first)
+            total = ReconcileReport(
+                total.unfinished + done.unfinished,
+                total.stuck + done.stuck,
+                total.intake + done.intake,
+                adopted=total.adopted + done.adopted,
+            )
+            first = False
+            full = max(done.unfinished, done.stuck, done.adopted) >= size
+            if not full or max(total.unfinished, total.stuck, total.adopted) >= limit:
+                return total
 
 
 def _one_batch(
@@ -112,20 +117,22 @@ def _one_batch(
     grace_s: int,
     lost: bool,
     head: float,
+    pass_started: datetime,
     size: int,
     *,
     intake: bool,
-) -> ReconcileReport | None:
+) -> ReconcileReport:
     with uow_factory() as uow:
         repo = uow.reconcile
-        if not repo.try_lock():
-            return None
         adopted = repo.adopt_arrivals(0 if lost else grace_s, size)
-        sent_before = _sent_before(repo.database_now(), grace_s, head, lost)
+        sent_before = min(_sent_before(repo.database_now(), grace_s, head, lost), pass_started)
         unfinished = repo.due_pending(sent_before, size)
-        stuck = repo.due_stuck(0 if lost else grace_s, size)
-        # Intake turns leave no dispatch record: once a pass, not once a batch.
+        stuck = repo.due_stuck(0 if lost else grace_s, size, sent_before=pass_started)
+        # Intake turns: once a pass, and each turn marked as sent (its session's
+        # updated_at), so it is sent again only after another grace window.
         turns = uow.intake.due_turns(0 if lost else grace_s, size) if intake else []
+        if turns:
+            uow.intake.touch([s for s, _, _ in turns])
         messages: list[MessageV1] = [
             EntryCreated(entry_id=e.entry_id, user_id=e.user_id, style=VisualizationStyle(e.style))
             for e in unfinished + stuck
