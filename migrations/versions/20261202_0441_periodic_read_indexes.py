@@ -40,9 +40,22 @@ INDEXES = {
 }
 
 
+# An interrupted CONCURRENTLY build leaves an INVALID index that IF NOT EXISTS would keep
+# (and the planner never uses): drop it first.
+DROP_IF_INVALID = """
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               WHERE c.relname = '{name}' AND NOT i.indisvalid) THEN
+        EXECUTE 'DROP INDEX {name}';
+    END IF;
+END $$
+"""
+
+
 def upgrade() -> None:
     with op.get_context().autocommit_block():
         for name, definition in INDEXES.items():
+            op.execute(DROP_IF_INVALID.format(name=name))
             op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {definition}")
 
 

@@ -18,13 +18,16 @@ down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# SECURITY DEFINER (with a fixed search_path): an upstream role that may write
+# emotion_entries but not this queue must not see its deletes and edits refused.
 # Statement-level triggers with transition tables, like media garbage's outbox but once
 # per statement: a bulk delete or edit queues each (person, UTC day) once, not once per
 # row. A person who is being deleted (the entries go by cascade after the users row) is
 # not queued: their analytics rows go with them, as a deleted visualization's pictures
 # go to media_garbage only when it had pictures.
 QUEUE_ON_DELETE = """
-CREATE FUNCTION queue_analytics_refresh_on_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION queue_analytics_refresh_on_delete() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
     INSERT INTO analytics_refresh_queue (user_id, day)
     SELECT DISTINCT o.user_id, (o.created_at AT TIME ZONE 'UTC')::date
@@ -40,7 +43,8 @@ $$
 # updated_at trigger) queue nothing. (PostgreSQL allows no column list on a trigger with
 # transition tables, hence the comparison.)
 QUEUE_ON_UPDATE = """
-CREATE FUNCTION queue_analytics_refresh_on_update() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION queue_analytics_refresh_on_update() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
     INSERT INTO analytics_refresh_queue (user_id, day)
     SELECT DISTINCT x.user_id, (x.created_at AT TIME ZONE 'UTC')::date

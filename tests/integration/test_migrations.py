@@ -125,3 +125,27 @@ def test_catalog_holds_every_spec_constraint_and_index(db_url: str) -> None:
     # 'c' = ON DELETE CASCADE; the one deliberate exception is SET NULL ('n').
     assert cascades.pop("emotion_entries_intake_session_id_fkey") == "n"
     assert set(cascades.values()) == {"c"}
+
+
+def test_a_revision_whose_index_build_failed_runs_again(empty_db_url: str) -> None:
+    """0003 builds its index CONCURRENTLY, outside the migration's transaction: if that
+    build fails, the DDL before it is committed and the revision not recorded. Running
+    the upgrade again must then succeed and build the index."""
+    migrate.upgrade(empty_db_url, "0003")
+    engine = create_engine(normalise_url(empty_db_url))
+    try:
+        with engine.begin() as conn:  # as if the build had failed after the DDL
+            conn.execute(text("DROP INDEX idx_visualizations_pending_dispatch"))
+            conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+        migrate.upgrade(empty_db_url, "0003")
+        with engine.connect() as conn:
+            valid = conn.execute(
+                text(
+                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c "
+                    "ON c.oid = i.indexrelid WHERE c.relname = 'idx_visualizations_pending_dispatch'"
+                )
+            ).scalar_one()
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        assert valid and version == "0003"
+    finally:
+        engine.dispose()
