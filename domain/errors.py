@@ -100,10 +100,12 @@ class BrokerUnavailableError(TransientError):
     """The broker refused or dropped a publish, after retries."""
 
 
-class PublishFailedError(BrokerUnavailableError):
+class PublishFailedError(EmotionVizError):
     """The change is committed, but its message could not be published: do not write it
     again (the reconciler publishes the work from the database). ``saved_id`` is what
-    the call created or advanced (a session id, the entry id)."""
+    the call created or advanced (a session id, the entry id). Not a TransientError on
+    purpose: a caller that retries transient errors would write the change twice (a
+    second intake session)."""
 
     def __init__(self, message: str, *, saved_id: uuid.UUID | None = None) -> None:
         super().__init__(message)

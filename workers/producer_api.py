@@ -46,8 +46,9 @@ def require_published(
         return
     raise PublishFailedError(
         f"{what} is saved, but its message could not be published ({uow.publish_error}); "
-        "do not repeat the call: the reconciler publishes it again within "
-        f"RECONCILE_GRACE_S ({_duration(reconcile_grace_s)})",
+        "do not repeat the call: the reconciler publishes it again once "
+        f"RECONCILE_GRACE_S ({_duration(reconcile_grace_s)}) has passed and any backlog "
+        "ahead of it in the queue has moved on",
         saved_id=saved_id,
     )
 

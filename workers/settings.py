@@ -216,6 +216,14 @@ class Settings(BaseSettings):
     def _check_backoff(self) -> Settings:
         if self.max_backoff_ms < self.min_backoff_ms:
             raise ValueError("MAX_BACKOFF_MS must be >= MIN_BACKOFF_MS")
+        if self.reconcile_grace_s and self.max_backoff_ms > self.reconcile_grace_s * 1000:
+            # A released row counts as dispatched when released; its retry then waits up
+            # to MAX_BACKOFF_MS in the delay queue, and the reconciler must not resend it.
+            raise ValueError(
+                f"MAX_BACKOFF_MS ({self.max_backoff_ms}) must be <= RECONCILE_GRACE_S "
+                f"({self.reconcile_grace_s}) x 1000: the reconciler would resend entries "
+                "whose retry is still waiting"
+            )
         return self
 
     def resolved_provider(self) -> Literal["local", "gemini"]:
