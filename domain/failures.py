@@ -5,12 +5,14 @@ markers classify them."""
 
 from __future__ import annotations
 
+import re
+
 # Checked in order: the first class whose marker appears in the reason wins.
 _CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("crash_loop", ("worker stopped",)),
     ("rate_limited", ("429", "quota", "rate limit", "resource_exhausted")),
     ("safety", ("safety", "blocked", "prohibited")),
-    ("timeout", ("timeout", "timed out", "deadline")),
+    ("timeout", ("timeout", "timed out", "deadline", "time limit")),
     ("server_error", ("500", "502", "503", "504", "unavailable", "internal error")),
     (
         "invalid_output",
@@ -25,10 +27,18 @@ _CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
 OTHER = "other"
 
 
+def _matches(marker: str, text: str) -> bool:
+    # A status code is a whole number in the reason: "5000x5000" or "1429 bytes" is not
+    # a 500 or a 429.
+    if marker.lstrip("(").isdigit():
+        return re.search(rf"(?<!\d){re.escape(marker)}(?!\d)", text) is not None
+    return marker in text
+
+
 def failure_class(reason: str | None) -> str:
     text = (reason or "").lower()
     for name, markers in _CLASSES:
-        if any(marker in text for marker in markers):
+        if any(_matches(marker, text) for marker in markers):
             return name
     return OTHER
 

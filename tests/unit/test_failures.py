@@ -24,6 +24,13 @@ pytestmark = pytest.mark.unit
         ("gemini-3.5-flash: request rejected (400 INVALID_ARGUMENT): bad", "request_rejected"),
         ("the worker stopped 3 times while processing this entry", "crash_loop"),
         ("gave up after 6 attempts; last error: something odd", "gave_up"),
+        (
+            "gave up after 2 attempts; last error: the job took longer than the job time "
+            "limit of 10 s",
+            "timeout",
+        ),
+        ("invalid image: 5000x5000 pixels is more than the limit", "invalid_output"),
+        ("invalid image: 1429 bytes is not a picture", "invalid_output"),
         ("", OTHER),
         (None, OTHER),
     ],
