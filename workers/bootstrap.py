@@ -9,6 +9,7 @@ in the product looks a dependency up; services receive theirs from here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -244,20 +245,32 @@ def intake_service() -> IntakeService:
 MAINTENANCE_REFRESH_LIMIT = 2000
 
 
+def rabbitmq_queued_since(url: str, queue: str) -> float:
+    """RabbitMQ shows how many messages wait, not when the first was sent: while any
+    waits, the reconciler resends no pending row (it cannot tell which are queued);
+    once the queue has drained, the grace window alone decides."""
+    from workers.messaging.rabbitmq_state import read_rabbitmq_state  # the rabbitmq extra
+
+    waiting = read_rabbitmq_state(url, (queue,)).queues[queue]
+    return 0.0 if waiting.ready else math.inf
+
+
 def run_reconcile() -> ReconcileReport:
     """One maintenance pass with this deployment's broker (the actor and the CLI):
     reconcile lost or stuck work, then the analytics of edited or deleted entries."""
     from workers.messaging.broker_state import broker_lost_data
     from workers.messaging.queue_head import holds_messages, queue_head_sent_at
     from workers.services.analytics import drain_analytics_refresh_queue
-    from workers.services.reconcile import nothing_queued, reconcile
+    from workers.services.reconcile import reconcile
 
     settings = get_settings()
     namespace = settings.redis_namespace
     queue = EntryCreated.queue_name
-    queued_since = nothing_queued  # RabbitMQ: the grace window alone
-    if rabbitmq_url(settings) is None:
+    amqp = rabbitmq_url(settings)
+    if amqp is None:
         queued_since = lambda: queue_head_sent_at(redis_client(), namespace, queue)  # noqa: E731
+    else:
+        queued_since = lambda: rabbitmq_queued_since(amqp, queue)  # noqa: E731
 
     def lost() -> bool:
         # The marker is also missing on a deployment's very first reconcile: a broker

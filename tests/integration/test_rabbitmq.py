@@ -7,6 +7,7 @@ Redis; the CLI as real processes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pika
 import pytest
 from sqlalchemy import Engine
 
@@ -25,6 +27,7 @@ from domain.messages import EntryCreated
 from tests.conftest import RUN_ID, DatabaseFactory
 from tests.integration.helpers import count, insert_entry, insert_user
 from tests.rabbitmq_support import publish_raw, rabbitmq_vhost, ready_count
+from workers import bootstrap
 from workers.messaging import producer as producer_module
 from workers.messaging.producer import Producer
 from workers.messaging.rabbitmq import SafeRabbitmqBroker
@@ -148,3 +151,18 @@ def test_commit_whose_publish_fails_keeps_the_change(engine: Engine) -> None:
     assert [m.entry_id for m in uow.unpublished] == [entry_id]  # type: ignore[attr-defined]
     with engine.connect() as conn:
         assert count(conn, "visualizations", "entry_id = :e", e=entry_id) == 1
+
+
+def test_the_reconciler_resends_nothing_pending_while_a_rabbitmq_queue_holds_messages() -> None:
+    """RabbitMQ cannot show when its oldest message was sent: while any waits, no
+    pending row is resent (it may be one of them); once drained, the grace decides."""
+    queue = "visualizations"
+    with rabbitmq_vhost("reconcile") as url:
+        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+            connection.channel().queue_declare(queue, durable=True)
+        assert bootstrap.rabbitmq_queued_since(url, queue) == math.inf
+        publish_raw(url, queue, b"{}")
+        assert bootstrap.rabbitmq_queued_since(url, queue) == 0.0
+        with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+            connection.channel().queue_purge(queue)
+        assert bootstrap.rabbitmq_queued_since(url, queue) == math.inf
