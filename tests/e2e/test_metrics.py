@@ -113,6 +113,10 @@ def test_metrics_follow_the_queue_and_count_provider_errors(
             base, "emotionviz_visualizations_finished_last_hour", status="completed"
         )
         assert completed >= len(entries)
+        # Completed work as a counter: each entry's transition once, retries and
+        # duplicate deliveries not counted.
+        finished = _metric(base, "emotionviz_visualizations_finished_total", status="completed")
+        assert finished == len(entries)
         assert _metric(base, "dramatiq_messages_total") >= len(entries)  # Dramatiq's own
 
         code, body = _get(f"{base}/healthz")

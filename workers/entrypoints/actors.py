@@ -31,7 +31,7 @@ from workers.observability import metrics
 from workers.services.analytics import RecomputeSummary
 from workers.services.intake import IntakeService
 from workers.services.reconcile import ReconcileReport
-from workers.services.visualize import VisualizationService
+from workers.services.visualize import Outcome, VisualizationService
 from workers.settings import Settings
 
 log = get_logger("emotionviz.actors")
@@ -109,6 +109,8 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
             try:
                 outcome = service.process(message)
                 log.info("entry processed", outcome=outcome.value)
+                if outcome is Outcome.COMPLETED:
+                    metrics.count_visualization_finished("completed")
             except LeaseHeldError as exc:
                 # Another worker is on it. Look again when its lease would expire; this
                 # does not spend a retry (the other worker may simply be slow).
@@ -116,9 +118,13 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
                 deps.publisher().publish(message, delay_ms=delay_ms)
                 log.info("lease held elsewhere, deferred", delay_ms=delay_ms)
 
+        def fail(reason: str) -> None:
+            if service.mark_failed(message.entry_id, reason):
+                metrics.count_visualization_finished("failed")
+
         run_classified(
             work,
-            fail=lambda reason: service.mark_failed(message.entry_id, reason),
+            fail=fail,
             max_retries=settings.max_retries,
             count=deps.count,
             time_limit_s=settings.job_time_limit_s,

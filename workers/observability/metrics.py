@@ -88,6 +88,12 @@ def _metrics() -> dict[str, Any]:
             ["job"],
             multiprocess_mode="max",
         ),
+        "finished": Counter(
+            "emotionviz_visualizations_finished_total",
+            "Visualizations this process brought to an end state (completed or failed), "
+            "each counted once: the transition, not a duplicate message",
+            ["status"],
+        ),
         "reconciled": Counter(
             "emotionviz_reconciler_republished_total",
             "Messages the reconciler published again, by kind of lost work",
@@ -133,6 +139,10 @@ def count_processed(queue: str, actor: str, result: str) -> None:
 
 def count_publish_failure() -> None:
     _safely(lambda: _metrics()["unpublished"].inc())
+
+
+def count_visualization_finished(status: str) -> None:
+    _safely(lambda: _metrics()["finished"].labels(status).inc())
 
 
 def count_reconciled(kind: str, number: int) -> None:

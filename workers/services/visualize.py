@@ -245,15 +245,18 @@ class VisualizationService:
 
     # --- failure bookkeeping (called by the actor) ---------------------------------
 
-    def mark_failed(self, entry_id: uuid.UUID, reason: str) -> None:
+    def mark_failed(self, entry_id: uuid.UUID, reason: str) -> bool:
         """Fail the row of this thread's last job, under the lease it holds if it still
         holds one (a crash-looping row, a release that did not get through). A row that
-        another worker holds live is left alone: its job may yet complete."""
+        another worker holds live is left alone: its job may yet complete. True if this
+        call failed the row."""
         held = self._job.held
         lease = held[1].lease if held is not None and held[0] == entry_id else None
         with self.uow_factory() as uow:
-            if uow.visualizations.fail(entry_id, reason[:2000], lease=lease):
-                log.warning("visualization failed", reason=reason)
-            else:
-                log.info("not failed: the row is finished or held live elsewhere", reason=reason)
+            failed = uow.visualizations.fail(entry_id, reason[:2000], lease=lease)
             uow.commit()
+        if failed:
+            log.warning("visualization failed", reason=reason)
+        else:
+            log.info("not failed: the row is finished or held live elsewhere", reason=reason)
+        return failed
