@@ -107,6 +107,18 @@ def _age(engine: Engine, seconds: int, where: str = "true") -> None:
         )
 
 
+def _cli_env(db_url: str, redis_url: str, namespace: str) -> dict[str, str]:
+    """The environment of a real ``emotionviz`` command on this test's servers."""
+    return {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "REDIS_NAMESPACE": namespace,
+        "PROVIDER": "local",
+        "LOG_FORMAT": "json",
+    }
+
+
 def _age_messages(producer: Producer, seconds: int) -> None:
     """The queued messages were sent ``seconds`` ago (as their rows will say)."""
     client = producer.broker.client  # type: ignore[attr-defined]
@@ -338,14 +350,7 @@ def test_the_first_reconcile_of_a_deployment_leaves_a_fresh_backlog_alone(
         ProducerAPI(uow_factory).entry_created(entry_id, user_id)
     _age_messages(producer, GRACE_S + 10)  # past the grace, but every message is queued
     _age(engine, GRACE_S + 5)
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "REDIS_URL": redis_server_url,
-        "REDIS_NAMESPACE": redis_namespace,
-        "PROVIDER": "local",
-        "LOG_FORMAT": "json",
-    }
+    env = _cli_env(db_url, redis_server_url, redis_namespace)
     command = [sys.executable, "-m", "workers.entrypoints.cli", "reconcile", "--json"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -366,14 +371,7 @@ def test_the_maintenance_pass_refreshes_analytics_of_a_deleted_entry(
         user = insert_user(conn)
         kept = insert_entry(conn, user, emotions=["joy"], created_at="2026-11-30T10:00:00Z")
         gone = insert_entry(conn, user, emotions=["fear"], created_at="2026-11-30T11:00:00Z")
-    env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "REDIS_URL": redis_server_url,
-        "REDIS_NAMESPACE": redis_namespace,
-        "PROVIDER": "local",
-        "LOG_FORMAT": "json",
-    }
+    env = _cli_env(db_url, redis_server_url, redis_namespace)
     command = [sys.executable, "-m", "workers.entrypoints.cli"]
     recompute = [*command, "analytics", "recompute", "--period", "day", "--inline", "--quiet"]
     recompute += ["--from", "2026-11-30", "--to", "2026-11-30"]
