@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -67,6 +68,15 @@ def running_pgbouncer(server_url: str, log_path: Path) -> Iterator[str]:
     server = make_url(server_url)
     user = server.username or "postgres"
     port = _free_port()
+    # The embedded server listens on a Unix socket only (host=<folder> in the URL), in a
+    # folder only its own user may enter: PgBouncer then runs as that user.
+    socket_dir = server.query.get("host")
+    socket_dir = socket_dir if isinstance(socket_dir, str) and socket_dir.startswith("/") else None
+    target = (
+        f"host={socket_dir} port={server.port or 5432}"
+        if socket_dir
+        else f"host={server.host or '127.0.0.1'} port={server.port or 5432}"
+    )
     # As root, pgbouncer takes another user's identity before it reads its files: a
     # folder that user can read (pytest's own is private to root).
     folder = Path(tempfile.mkdtemp(prefix="emotionviz-pgbouncer-"))
@@ -75,7 +85,7 @@ def running_pgbouncer(server_url: str, log_path: Path) -> Iterator[str]:
     (folder / "userlist.txt").write_text(f'"{user}" "{password}"\n')
     (folder / "pgbouncer.ini").write_text(
         "[databases]\n"
-        f"* = host={server.host or '127.0.0.1'} port={server.port or 5432}\n"
+        f"* = {target}\n"
         "[pgbouncer]\n"
         "listen_addr = 127.0.0.1\n"
         f"listen_port = {port}\n"
@@ -90,7 +100,8 @@ def running_pgbouncer(server_url: str, log_path: Path) -> Iterator[str]:
     for name in ("userlist.txt", "pgbouncer.ini"):
         (folder / name).chmod(0o644)
     # PgBouncer refuses to run as root: as root, it takes another user's identity (-u).
-    as_user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    runs_as = pwd.getpwuid(os.stat(socket_dir).st_uid).pw_name if socket_dir else "nobody"
+    as_user = ["-u", runs_as] if os.geteuid() == 0 else []
     with log_path.open("ab") as log_file:  # its log on stderr, into our file
         proc = subprocess.Popen(
             [binary, *as_user, str(folder / "pgbouncer.ini")],
