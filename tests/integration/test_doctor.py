@@ -109,7 +109,10 @@ def test_redis_that_refuses_config_takes_the_setting(doctor_env: dict[str, str])
         user, enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-config"]
     )
     try:
-        refused = doctor_env["REDIS_URL"].replace("redis://", f"redis://{user}@", 1)
+        url = doctor_env["REDIS_URL"]  # redis://host or the embedded unix:///socket
+        scheme = "unix://" if url.startswith("unix://") else "redis://"
+        refused = url.replace(scheme, f"{scheme}{user}@", 1)
+        assert user in refused, refused
         env = {**doctor_env, "REDIS_URL": refused, "WORKER_PROCESSES": "1"}
         without = _doctor(env, "--machines", "1")
         assert without.returncode == 1
