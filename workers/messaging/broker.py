@@ -36,9 +36,6 @@ from workers.messaging.wake_ups import WakeUps, channel
 from workers.settings import Settings
 
 log = get_logger("emotionviz.broker")
-# Dramatiq's maintenance (a dead worker's unacked messages back to their queue) runs on
-# this many fetches out of a million: 1 in 100.
-MAINTENANCE_CHANCE = 10_000
 
 
 class LoggingJSONEncoder(Encoder):
@@ -270,11 +267,6 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
             # A worker that stops heart-beating for this long is dead: its unacked
             # messages go back to the queue.
             heartbeat_timeout=60_000,
-            # ... when a fetch runs Dramatiq's maintenance: 1 in 100 (Dramatiq's 1 in
-            # 1,000 left a dead worker's prefetched messages stranded for minutes while
-            # idle consumers wait for wake-ups instead of polling). Cheap while no worker
-            # is dead: two sorted-set reads.
-            maintenance_chance=MAINTENANCE_CHANCE,
             idle_poll_ms={IntakeStep.queue_name: settings.intake_idle_poll_ms},
             max_message_bytes=settings.max_message_bytes,
         )
