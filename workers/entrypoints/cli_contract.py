@@ -54,14 +54,22 @@ def uuid_arg(value: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"not an id (a UUID): {value[:80]!r}") from None
 
 
-def positive_int(value: str) -> int:
+def _whole_number(value: str, minimum: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {value[:40]!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {number}")
     return number
+
+
+def positive_int(value: str) -> int:
+    return _whole_number(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+    return _whole_number(value, 0)
 
 
 def iso_date(value: str) -> date:

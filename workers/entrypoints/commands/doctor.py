@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from domain.errors import EmotionVizError
-from workers.entrypoints.cli_contract import emit_json, out, positive_int
+from workers.entrypoints.cli_contract import emit_json, non_negative_int, out, positive_int
 from workers.observability.connection_budget import (
     INTAKE_PROCESSES,
     INTAKE_THREADS,
@@ -152,16 +152,6 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value[:40]!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
-    return number
-
-
 def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add(
         "doctor",
@@ -175,7 +165,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--intake-processes",
-        type=_count,
+        type=non_negative_int,
         default=INTAKE_PROCESSES,
         metavar="N",
         help=f"intake worker processes per machine (default {INTAKE_PROCESSES}; 0: none)",
