@@ -17,7 +17,6 @@ from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from domain.errors import NotFoundError, PermanentError
 from domain.failures import failure_class
@@ -30,6 +29,7 @@ from workers.logging import scrub
 from workers.messaging.broker_state import BrokerState
 from workers.messaging.dead_letters import DeadLetter, DeadLetters
 from workers.observability import snapshot
+from workers.schedules import reconcile_trigger
 from workers.settings import Settings
 
 FAILURES_PAGE = 50
@@ -286,21 +286,6 @@ def analytics(settings: Settings) -> dict[str, Any]:
         "schedule": next_runs(settings, datetime.now(UTC)),
         "queue": state.queues[AnalyticsRecompute.queue_name],
     }
-
-
-def reconcile_trigger(settings: Settings) -> tuple[str, BaseTrigger | None]:
-    """How often the scheduler runs reconcile, as it decides it (scheduler.py): every
-    RECONCILE_EVERY_S seconds, anchored on the epoch, unless that is 0; then the cron
-    expression SCHEDULE_RECONCILE."""
-    if settings.reconcile_every_s:
-        every = settings.reconcile_every_s
-        return f"every {every} s", IntervalTrigger(
-            seconds=every, start_date=datetime(2000, 1, 1, tzinfo=UTC), timezone="UTC"
-        )
-    expr = settings.schedule_reconcile
-    if not expr:
-        return "disabled", None
-    return expr, CronTrigger.from_crontab(expr, timezone="UTC")
 
 
 def next_runs(settings: Settings, now: datetime) -> list[dict[str, Any]]:

@@ -38,7 +38,6 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from redis.exceptions import LockError
 from redis.lock import Lock
 
@@ -47,6 +46,7 @@ from domain.messages import AnalyticsRecompute, MaintenanceReconcile, Publisher
 from domain.periods import PeriodKind, period_containing
 from workers.logging import get_logger
 from workers.observability import metrics
+from workers.schedules import reconcile_trigger
 from workers.settings import Settings
 
 log = get_logger("emotionviz.scheduler")
@@ -176,21 +176,12 @@ def default_jobs(
                     lambda k=kind: publish_recompute(producer, uow_factory, k),  # type: ignore[misc]
                 )
             )
-    reconcile_trigger: BaseTrigger | None = None
-    if settings.reconcile_every_s:
-        # Anchored on the epoch, so every scheduler computes the same fire times.
-        reconcile_trigger = IntervalTrigger(
-            seconds=settings.reconcile_every_s,
-            start_date=datetime(2000, 1, 1, tzinfo=UTC),
-            timezone="UTC",
-        )
-    elif settings.schedule_reconcile:
-        reconcile_trigger = CronTrigger.from_crontab(settings.schedule_reconcile, timezone="UTC")
-    if reconcile_trigger is not None:
+    _, reconcile_at = reconcile_trigger(settings)  # anchored on the epoch: all agree
+    if reconcile_at is not None:
         jobs.append(
             ScheduledJob(
                 "reconcile",
-                reconcile_trigger,
+                reconcile_at,
                 lambda: len([producer.publish(MaintenanceReconcile())]),
             )
         )
