@@ -80,7 +80,7 @@ def test_readers_within_the_period_share_one_computation(
 def test_status_and_metrics_read_the_same_snapshot(
     engine: Engine, client: redis.Redis, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.entrypoints.commands.status import collect_status
+    from workers.operations.status import collect_status
     from workers.settings import Settings
 
     cache = SnapshotCache(Counted(client, redis_namespace), _uow_factory(engine), max_age_s=60.0)

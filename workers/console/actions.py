@@ -1,7 +1,7 @@
 """The console's actions (POST, checked by the Guard): replay failed rows, retry and
-purge dead letters. Each is the CLI's own use case (jobs.replay_failed,
-dlq.retry_dead_letters, DeadLetters.purge), logged, then a redirect with a one-line
-flash message (post/redirect/get)."""
+purge dead letters. Each is the use case the CLI runs too (workers/operations/:
+jobs.replay_failed, dead_letters.retry_dead_letters; DeadLetters.purge), logged, then a
+redirect with a one-line flash message (post/redirect/get)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from workers import bootstrap
 from workers.console import data
 from workers.console.security import first, form_of, local_path
 from workers.console.web import flash, render
-from workers.entrypoints.commands.dlq import retry_dead_letters
-from workers.entrypoints.commands.jobs import replay_failed
 from workers.logging import get_logger
 from workers.messaging.dead_letters import DeadLetters
+from workers.operations.dead_letters import retry_dead_letters
+from workers.operations.jobs import replay_failed
 from workers.settings import Settings
 
 log = get_logger("emotionviz.console")

@@ -31,8 +31,8 @@ from workers.console.security import (
     new_csrf_token,
 )
 from workers.console.web import render, signed_in, templates
-from workers.entrypoints.cli_contract import translate
 from workers.logging import get_logger, scrub
+from workers.operations.readable import translate
 from workers.settings import Settings
 
 log = get_logger("emotionviz.console")

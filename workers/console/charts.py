@@ -57,16 +57,3 @@ def outcome_charts(outcomes: Iterable[MinuteOutcomes], now: datetime) -> list[Ch
         per_minute_chart("completed", {o.minutes_ago: o.completed for o in rows}, now),
         per_minute_chart("failed", {o.minutes_ago: o.failed for o in rows}, now),
     ]
-
-
-def age(seconds: float | None) -> str:
-    """A short age for people: 42 s, 7 min, 3.5 h, 2.0 d."""
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"

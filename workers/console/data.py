@@ -1,6 +1,6 @@
-"""What each page shows, read through the same parts the CLI uses (collect_status, on
-the process's shared snapshot; entry_life, session_life, DeadLetters, the console's
-read model). Plain, blocking
+"""What each page shows, read through the same parts the CLI uses (workers/operations/:
+collect_status, on the process's shared snapshot; entry_life, session_life;
+DeadLetters, the console's read model). Plain, blocking
 functions: the routes run them in a worker thread. Every text that could hold a secret
 is scrubbed again when rendered (the template environment's finalize)."""
 
@@ -23,12 +23,12 @@ from domain.failures import failure_class
 from domain.messages import QUEUES, AnalyticsRecompute
 from workers import bootstrap
 from workers.console.charts import outcome_charts
-from workers.entrypoints.commands.jobs import entry_life, read_entry, read_session, session_life
-from workers.entrypoints.commands.status import collect_status
 from workers.logging import scrub
 from workers.messaging.broker_state import BrokerState
 from workers.messaging.dead_letters import DeadLetter, DeadLetters
 from workers.observability import snapshot
+from workers.operations.jobs import entry_life, read_entry, read_session, session_life
+from workers.operations.status import collect_status
 from workers.schedules import reconcile_trigger
 from workers.settings import Settings
 

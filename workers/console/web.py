@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from workers.console.charts import age
 from workers.console.security import ConsoleAuth, new_csrf_token
 from workers.logging import scrub
+from workers.operations.readable import age
 
 
 def _finalize(value: Any) -> Any:

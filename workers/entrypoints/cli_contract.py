@@ -3,8 +3,8 @@ configuration; one readable line on stderr for every expected failure, a traceba
 only with ``--debug``.
 
 Here: the parser that reports a bad argument in one line, argument types that name what
-was wrong, the translation of any exception into (exit code, line), and ``--json``
-output.
+was wrong, the failure line (the translation of an exception into (exit code, line)
+is workers/operations/readable.py's, shared with the console), and ``--json`` output.
 """
 
 from __future__ import annotations
@@ -14,22 +14,11 @@ import json
 import sys
 import uuid
 from datetime import date
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-import redis
-
-from domain.errors import (
-    ConfigurationError,
-    EmotionVizError,
-    InvalidMessageError,
-    PermanentError,
-)
+from domain.errors import ConfigurationError
 from workers.logging import scrub
-
-if TYPE_CHECKING:
-    from db.uow import UnitOfWork
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from workers.operations.readable import EXIT_BAD_INPUT, EXIT_FAILED, translate
 
 
 class InputError(ConfigurationError):
@@ -82,26 +71,6 @@ def iso_date(value: str) -> date:
 # --- errors --------------------------------------------------------------------------
 
 
-def translate(exc: BaseException) -> tuple[int, str] | None:
-    """(exit code, one line) for an expected failure; None for a bug (a traceback)."""
-    if isinstance(exc, ConfigurationError):
-        return EXIT_BAD_INPUT, str(exc)
-    if isinstance(exc, InvalidMessageError | PermanentError | EmotionVizError):
-        return EXIT_FAILED, str(exc)
-    if isinstance(exc, redis.exceptions.AuthenticationError):
-        return EXIT_BAD_INPUT, f"Redis refused the credentials in REDIS_URL: {exc}"
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        return EXIT_FAILED, f"Redis is unreachable (REDIS_URL): {exc}"
-    if isinstance(exc, redis.exceptions.ResponseError):
-        return EXIT_FAILED, f"Redis refused a command: {exc}"
-    from db.errors import translate_database_error
-
-    translated = translate_database_error(exc)
-    if translated is not None:
-        return translate(translated)
-    return None
-
-
 def fail_line(command: str, exc: BaseException) -> tuple[int, str]:
     translated = translate(exc)
     if translated is None:
@@ -111,15 +80,6 @@ def fail_line(command: str, exc: BaseException) -> tuple[int, str]:
         code, text = translated
     first = scrub(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
     return code, f"emotionviz {command}: {first[:500]}"
-
-
-def require_published(uow: UnitOfWork) -> None:
-    """After a commit: the change is saved; say so plainly if its messages were not."""
-    if uow.publish_error:
-        raise EmotionVizError(
-            f"saved, but {len(uow.unpublished)} messages could not be published "
-            f"({uow.publish_error}); 'emotionviz reconcile' (or the scheduler) publishes them"
-        )
 
 
 # --- output --------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The CLI's subcommands, one module per concern; cli.py holds the parser and the
-set-up commands (services, migrate, seed, backup, restore)."""
+set-up commands (services, migrate, seed, backup, restore); other rooms' commands
+(console, devtools) come through workers/command_rooms.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import Any
 
 
 def register_all(add: Callable[..., Any]) -> None:
-    from workers.devtools import commands as devtools
+    from workers.command_rooms import register_elsewhere
     from workers.entrypoints.commands import (
         analytics,
-        console,
         dlq,
         doctor,
         health,
@@ -21,6 +21,6 @@ def register_all(add: Callable[..., Any]) -> None:
         worker,
     )
 
-    for module in (worker, jobs, status, dlq, analytics, media, health, doctor, console):
+    for module in (worker, jobs, status, dlq, analytics, media, health, doctor):
         module.register(add)
-    devtools.register(add)
+    register_elsewhere(add)  # the console's and the devtools' (workers/command_rooms.py)

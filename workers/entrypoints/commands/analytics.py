@@ -21,9 +21,9 @@ from workers.entrypoints.cli_contract import (
     InputError,
     iso_date,
     positive_int,
-    require_published,
     uuid_arg,
 )
+from workers.operations.published import require_published
 from workers.settings import Settings
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import uuid
 from collections.abc import Callable
 
-from domain.errors import ConfigurationError, NotFoundError
+from domain.errors import NotFoundError
 from domain.messages import QUEUES, EntryCreated
 from workers import bootstrap
 from workers.entrypoints.cli_contract import InputError, emit_json, out, positive_int
-from workers.messaging.dead_letters import DeadLetter, DeadLetters
+from workers.operations.dead_letters import readable_dead_letters, retry_dead_letters
 from workers.settings import Settings
 
 
@@ -24,19 +23,8 @@ def _age(value: str) -> float:
         raise argparse.ArgumentTypeError(f"not an age like 30s, 15m, 2h, 7d: {value!r}") from None
 
 
-def _dead_letters(settings: Settings) -> DeadLetters:
-    if bootstrap.rabbitmq_url(settings) is not None:
-        # Reading a RabbitMQ queue means taking its messages off it; we do not.
-        raise ConfigurationError(
-            "dead letters on RabbitMQ are in the queue <queue>.XQ: read them in the "
-            "management UI; 'emotionviz dlq purge --yes' empties it; list, show and "
-            "retry need the Redis broker"
-        )
-    return DeadLetters(bootstrap.redis_client(), settings.redis_namespace)
-
-
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    letters = _dead_letters(settings).entries(
+    letters = readable_dead_letters(settings).entries(
         args.queue,
         limit=args.limit,
         actor=args.actor,
@@ -59,7 +47,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    letter = _dead_letters(settings).get(args.queue, args.id)
+    letter = readable_dead_letters(settings).get(args.queue, args.id)
     if letter is None:
         raise NotFoundError(f"no dead letter {args.id} on {args.queue}")
     if args.json:
@@ -67,26 +55,6 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     else:
         out(json.dumps(letter.body, indent=2, default=str))
     return 0
-
-
-def retry_dead_letters(settings: Settings, queue: str, ids: list[str] | None) -> list[DeadLetter]:
-    """Back to the queue (all, or those with these message or Redis ids); a failed
-    visualization row named by a letter goes back to pending first, so the worker does
-    not find it failed and skip it. Returns the letters moved (the CLI and the console)."""
-    dead = _dead_letters(settings)
-    letters = [
-        letter
-        for letter in dead.entries(queue, limit=100_000)
-        if ids is None or letter.message_id in ids or letter.redis_id in ids
-    ]
-    if not letters:
-        return []  # DeadLetters.replay with no ids would move every letter
-    entry_ids = [uuid.UUID(e) for letter in letters for e in letter.entry_ids()]
-    if entry_ids:
-        with bootstrap.unit_of_work() as uow:
-            uow.visualizations.replay_failed(entry_ids)
-            uow.commit()
-    return dead.replay(queue, ids=[letter.redis_id for letter in letters])
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
@@ -111,7 +79,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
 
         removed = purge_dead_letters(amqp, args.queue)
     else:
-        removed = _dead_letters(settings).purge(args.queue)
+        removed = readable_dead_letters(settings).purge(args.queue)
     if args.json:
         emit_json({"purged": removed})
     else:

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from db.repositories import EntryRow, IntakeSessionRow, VisualizationRow
 from domain.errors import NotFoundError
-from domain.failures import failure_class
 from domain.intake import next_step, parse_history
 from domain.messages import EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
 from workers import bootstrap, producer_api
-from workers.entrypoints.cli_contract import (
-    emit_json,
-    out,
-    positive_int,
-    require_published,
-    uuid_arg,
-)
-from workers.messaging.broker_state import locate
+from workers.entrypoints.cli_contract import emit_json, out, positive_int, uuid_arg
+from workers.operations.jobs import entry_life, replay_failed, session_life
 from workers.settings import Settings
 
 
@@ -63,20 +54,6 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def replay_failed(entry_ids: list[uuid.UUID] | None) -> list[uuid.UUID]:
-    """Failed visualizations (all, or these entries') back to pending, and published
-    again after the commit. Returns the entries replayed (the CLI and the console)."""
-    with bootstrap.unit_of_work() as uow:
-        rows = uow.visualizations.replay_failed(entry_ids)
-        for entry_id, user_id, style in rows:
-            uow.publish(
-                EntryCreated(entry_id=entry_id, user_id=user_id, style=VisualizationStyle(style))
-            )
-        uow.commit()
-    require_published(uow)
-    return [entry_id for entry_id, _, _ in rows]
-
-
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     replayed = replay_failed(args.entry_ids or None)
     if args.json:
@@ -101,82 +78,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# --- job: one job's life ------------------------------------------------------------
-
-
-def read_entry(entry_id: uuid.UUID) -> tuple[EntryRow, VisualizationRow | None]:
-    """An entry and its visualization row, in one read (NotFoundError if no entry)."""
-    with bootstrap.unit_of_work() as uow:
-        entry = uow.entries.get(entry_id)
-        if entry is None:
-            raise NotFoundError(f"entry {entry_id} does not exist")
-        return entry, uow.visualizations.get_by_entry(entry_id)
-
-
-def read_session(session_id: uuid.UUID) -> IntakeSessionRow:
-    with bootstrap.unit_of_work() as uow:
-        session = uow.intake.get(session_id)
-    if session is None:
-        raise NotFoundError(f"intake session {session_id} does not exist")
-    return session
-
-
-def entry_life(
-    settings: Settings,
-    entry_id: uuid.UUID,
-    rows: tuple[EntryRow, VisualizationRow | None] | None = None,
-) -> dict[str, Any]:
-    """One entry's life; ``rows`` when the caller has read them already."""
-    entry, row = rows or read_entry(entry_id)
-    life: dict[str, Any] = {"entry_id": str(entry_id), "user_id": str(entry.user_id)}
-    if row is None:
-        life["visualization"] = None
-    else:
-        life["visualization"] = {
-            "status": row.status,
-            "style": row.style,
-            "created_at": row.created_at,
-            "processing_started_at": row.processing_started_at,
-            "processing_completed_at": row.processing_completed_at,
-            "error_message": row.error_message,
-            "error_class": failure_class(row.error_message) if row.error_message else None,
-            "image_url": row.image_url,
-            "thumbnail_url": row.thumbnail_url,
-        }
-    life["messages"] = _messages(settings, EntryCreated.queue_name, str(entry_id))
-    return life
-
-
-def session_life(
-    settings: Settings, session_id: uuid.UUID, session: IntakeSessionRow | None = None
-) -> dict[str, Any]:
-    """One intake session's life; ``session`` when the caller has read it already."""
-    session = session or read_session(session_id)
-    history = parse_history(session.conversation_history)
-    context = session.ai_context or {}
-    life: dict[str, Any] = {
-        "session_id": str(session_id),
-        "user_id": str(session.user_id),
-        "is_complete": session.is_complete,
-        "questions": len(history),
-        "answers": sum(1 for turn in history if turn.answer is not None),
-        "next_step": None if session.is_complete else next_step(history),
-        "created_at": session.created_at,
-        "updated_at": session.updated_at,
-        "completed_at": session.completed_at,
-        "last_error": context.get("last_error"),
-        "failed_step": context.get("failed_step"),
-    }
-    life["messages"] = _messages(settings, IntakeStep.queue_name, str(session_id))
-    return life
-
-
-def _messages(settings: Settings, queue: str, needle: str) -> list[dict[str, Any]]:
-    found = locate(bootstrap.redis_client(), settings.redis_namespace, queue, needle)
-    return [
-        {"message_id": m.message_id, "where": m.place, "retries": m.retries, "error": m.error}
-        for m in found
-    ]
+# --- job: one job's life (workers/operations/jobs.py) -------------------------------
 
 
 def _print_life(life: dict[str, Any]) -> None:

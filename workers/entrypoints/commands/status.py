@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from domain.failures import failure_class
-from workers.console.charts import age
 from workers.entrypoints.cli_contract import emit_json, positive_int
-from workers.observability import snapshot
+from workers.operations.readable import age
+from workers.operations.status import collect_status
 from workers.settings import Settings
-
-
-def collect_status(settings: Settings) -> dict[str, Any]:
-    """Everything ``status`` shows, as plain data (also its --json), from the process's
-    shared snapshot (workers/observability/snapshot.py): the console and the metrics
-    read the same one, computed at most every METRICS_CACHE_S seconds. Raises what
-    made the broker or the database unreadable (``--quiet`` exits 1 on it)."""
-    snap = snapshot.shared().get()
-    for source in ("broker", "database"):
-        if source in snap.errors:
-            raise snap.errors[source]
-    broker, rows = snap.broker, snap.rows
-    assert broker is not None and rows is not None
-    failures = Counter(failure_class(reason) for reason in rows.failure_reasons_last_hour)
-    return {
-        **broker.as_dict(),
-        "workers_alive": None if "workers" in broker.not_measured else len(broker.workers),
-        "visualizations": rows.open,
-        "visualizations_finished_last_hour": rows.finished_last_hour,
-        "visualizations_stuck": rows.stuck,
-        "failures_last_hour": dict(failures.most_common()),
-        "intake_sessions": rows.intake,
-        "read_at": datetime.fromtimestamp(snap.taken_at, UTC).isoformat(timespec="seconds"),
-    }
-
 
 NOT_MEASURED = "n/a"  # a number this broker cannot tell (RabbitMQ without its management API)
 

@@ -1,12 +1,14 @@
 """``emotionviz console``: the operator console, web pages over the same data as
-``status``, ``job`` and ``dlq`` (workers/console/)."""
+``status``, ``job`` and ``dlq`` (workers/operations/). The CLI lists this module among
+the rooms that add commands (workers/command_rooms.py), so it starts the console
+without importing this package; the web stack loads only when the command runs."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
-from workers.entrypoints.cli_contract import out
 from workers.settings import Settings
 
 
@@ -20,10 +22,15 @@ def _port(value: str) -> int:
     return port
 
 
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def cmd_console(args: argparse.Namespace, settings: Settings) -> int:
     from workers.console.server import serve  # the web stack only for this command
 
-    serve(settings, args.host or settings.console_host, _or(args.port, settings.console_port), out)
+    serve(settings, args.host or settings.console_host, _or(args.port, settings.console_port), _say)
     return 0
 
 
