@@ -1,5 +1,6 @@
-"""Visualizations: the row per entry, its lease (claim, checkpoints, completion,
-release) and the operators' views (replay, stuck, counts).
+"""Visualizations: the row per entry, its lease (renewal, release, failure) and the
+operators' views (replay, stuck, counts). The claim, the checkpoint and the completion
+are the per-entry path's, in db/repositories/entry_pipeline.py (the one claim).
 
 Writes under a lease are compare-and-set on (status, processing_started_at): a worker
 whose lease was taken over writes nothing. The lease runs until ``lease_expires_at``,
@@ -16,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, func, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from db.models import Visualization
@@ -91,7 +91,6 @@ def _seconds_float(value: float) -> Any:
 
 
 # Core (not ORM-enabled) statements on the table: cheaper than the ORM's bulk updates.
-# (The per-entry path's claim, checkpoint and completion: db/repositories/entry_pipeline.py.)
 _TABLE: Table = Visualization.__table__  # type: ignore[assignment]
 
 
@@ -99,58 +98,9 @@ class VisualizationRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def ensure_row(self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None) -> None:
-        values: dict[str, Any] = {"entry_id": entry_id, "user_id": user_id}
-        if style:
-            values["style"] = style
-        stmt = (
-            pg_insert(Visualization)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["entry_id"])
-        )
-        self.session.execute(stmt)
-
     def get_by_entry(self, entry_id: uuid.UUID) -> VisualizationRow | None:
         row = self.session.scalar(select(Visualization).where(Visualization.entry_id == entry_id))
         return None if row is None else visualization_row(row)
-
-    def claim(self, entry_id: uuid.UUID, lease_s: int) -> ClaimedVisualization | None:
-        """Take the lease on a pending row, or on a processing row whose lease ran out
-        (its worker died: nobody renewed it). Counts the claim: ``claim_count`` is the
-        number of claims in a row that never finished (the crash-loop cap).
-
-        One UPDATE ... RETURNING: of two racing workers exactly one gets the row.
-        """
-        v = Visualization
-        stmt = (
-            update(v)
-            .where(v.entry_id == entry_id)
-            .where(
-                (v.status == VisualizationStatus.PENDING.value)
-                | (
-                    (v.status == VisualizationStatus.PROCESSING.value)
-                    & (func.coalesce(v.lease_expires_at, v.processing_started_at) < func.now())
-                )
-            )
-            .values(
-                status=VisualizationStatus.PROCESSING.value,
-                processing_started_at=func.clock_timestamp(),
-                lease_expires_at=func.clock_timestamp() + _seconds(lease_s),
-                claim_count=v.claim_count + 1,
-            )
-            .returning(
-                v.id,
-                v.processing_started_at,
-                v.style,
-                v.gemini_analysis,
-                v.image_url,
-                v.claim_count,
-            )
-        )
-        row = self.session.execute(stmt).one_or_none()
-        if row is None:
-            return None
-        return ClaimedVisualization(row[0], row[1], row[2], row[3], row[4], row[5])
 
     def renew(self, claims: Sequence[ClaimedVisualization], lease_s: int) -> int:
         """Extend the leases this process still holds (its heartbeat); returns how many

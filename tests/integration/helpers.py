@@ -5,7 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
+
+from db.engine import make_session_factory
+from db.repositories import ClaimedVisualization
+from db.uow import UnitOfWork
 
 
 def insert_user(conn: Connection, email: str | None = None) -> uuid.UUID:
@@ -54,3 +58,29 @@ def count(conn: Connection, table: str, where: str = "true", **params: Any) -> i
     return int(
         conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one()
     )
+
+
+def insert_visualization(
+    conn: Connection, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None = None
+) -> uuid.UUID:
+    """A pending row, as upstream's API writes it (the column's default style if none)."""
+    cols, vals = "entry_id, user_id", ":e, :u"
+    params: dict[str, Any] = {"e": entry_id, "u": user_id}
+    if style is not None:
+        cols, vals = cols + ", style", vals + ", :s"
+        params["s"] = style
+    return conn.execute(
+        text(f"INSERT INTO visualizations ({cols}) VALUES ({vals}) RETURNING id"), params
+    ).scalar_one()
+
+
+def claim(
+    engine: Engine, entry_id: uuid.UUID, user_id: uuid.UUID, lease_s: int = 60
+) -> ClaimedVisualization | None:
+    """Take the lease with the production claim, in a unit as the worker runs it
+    (workers/services/visualize.py: _claim): None when the row is not claimable."""
+    with UnitOfWork(make_session_factory(engine)) as uow:
+        uow.single_statement()
+        _, claimed = uow.entry_pipeline.claim_entry(entry_id, user_id, None, lease_s)
+        uow.commit()
+    return claimed

@@ -18,7 +18,7 @@ from domain.analysis import AnalysisResult, EntrySnapshot
 from domain.errors import LeaseHeldError
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStyle
-from tests.integration.helpers import insert_entry, insert_user
+from tests.integration.helpers import insert_entry, insert_user, insert_visualization
 from workers.providers.factory import Providers
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
@@ -140,9 +140,8 @@ def test_its_own_lease_a_dead_lease_or_a_pending_row_may_be_failed(engine: Engin
     assert _fail(engine, dead_entry)
 
     pending_entry, user_id = _entry(engine)
-    with UnitOfWork(make_session_factory(engine)) as uow:
-        uow.visualizations.ensure_row(pending_entry, user_id, None)
-        uow.commit()
+    with engine.begin() as conn:
+        insert_visualization(conn, pending_entry, user_id)
     assert _fail(engine, pending_entry)
     for entry_id in (own_entry, dead_entry, pending_entry):
         assert _row(engine, entry_id)[0] == "failed"

@@ -18,7 +18,7 @@ from db.engine import make_engine, make_session_factory
 from db.repositories import ClaimedVisualization
 from db.uow import UnitOfWork
 from domain.errors import DatabaseUnavailableError, DataRejectedError
-from tests.integration.helpers import insert_entry, insert_user
+from tests.integration.helpers import insert_entry, insert_user, insert_visualization
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +52,8 @@ def test_claim_entry_takes_a_pending_row_made_upstream_and_keeps_its_style(
 ) -> None:
     entry_id, user_id = _entry(engine)
     factory = make_session_factory(engine)
-    with UnitOfWork(factory) as uow:
-        uow.visualizations.ensure_row(entry_id, user_id, "metaphor")
-        uow.commit()
+    with engine.begin() as conn:
+        insert_visualization(conn, entry_id, user_id, "metaphor")
     with UnitOfWork(factory) as uow:
         _, claim = uow.entry_pipeline.claim_entry(entry_id, user_id, None, 60)
         uow.commit()

@@ -26,7 +26,7 @@ from domain.errors import (
 )
 from domain.messages import EntryCreated, IntakeStep
 from domain.vocabulary import VisualizationStyle
-from tests.integration.helpers import count, insert_entry, insert_user
+from tests.integration.helpers import claim, count, insert_entry, insert_user
 from workers.messaging.broker import build_broker
 from workers.messaging.dead_letters import DeadLetters
 from workers.messaging.producer import Producer
@@ -126,11 +126,8 @@ def test_claim_is_exclusive_and_expired_leases_are_reclaimed(
 ) -> None:
     entry_id, user_id = _entry(engine)
     factory = make_session_factory(engine)
-    with UnitOfWork(factory) as uow:
-        uow.visualizations.ensure_row(entry_id, user_id, None)
-        first = uow.visualizations.claim(entry_id, lease_s=60)
-        second = uow.visualizations.claim(entry_id, lease_s=60)
-        uow.commit()
+    first = claim(engine, entry_id, user_id, lease_s=60)
+    second = claim(engine, entry_id, user_id, lease_s=60)
     assert first is not None and second is None
     service = _service(engine, tmp_path, LocalAnalysisProvider(), LocalImageProvider(64))
     with pytest.raises(LeaseHeldError) as held:
@@ -152,11 +149,8 @@ def test_the_heartbeat_renews_the_lease_and_a_dead_holders_row_is_reclaimed(
 ) -> None:
     entry_id, user_id = _entry(engine)
     factory = make_session_factory(engine)
-    with UnitOfWork(factory) as uow:
-        uow.visualizations.ensure_row(entry_id, user_id, None)
-        claim = uow.visualizations.claim(entry_id, lease_s=10)
-        uow.commit()
-    assert claim is not None and claim.claim_count == 1
+    held = claim(engine, entry_id, user_id, lease_s=10)
+    assert held is not None and held.claim_count == 1
 
     def expires() -> float:
         with engine.connect() as conn:
@@ -168,16 +162,14 @@ def test_the_heartbeat_renews_the_lease_and_a_dead_holders_row_is_reclaimed(
 
     assert 8 < expires() <= 10
     keeper = LeaseKeeper(lambda: UnitOfWork(factory), lease_s=300)
-    keeper.hold(claim)
+    keeper.hold(held)
     assert keeper.renew_now() == 1 and expires() > 290
-    keeper.drop(claim)
+    keeper.drop(held)
     with engine.begin() as conn:  # the process died: no renewal, the lease ran out
         conn.execute(text("UPDATE visualizations SET lease_expires_at = now() - interval '1 s'"))
-    with UnitOfWork(factory) as uow:
-        taken = uow.visualizations.claim(entry_id, lease_s=10)
-        uow.commit()
+    taken = claim(engine, entry_id, user_id, lease_s=10)
     assert taken is not None and taken.claim_count == 2  # the first never finished
-    keeper.hold(claim)  # the old holder's lease is gone: nothing to renew
+    keeper.hold(held)  # the old holder's lease is gone: nothing to renew
     assert keeper.renew_now() == 0
     with UnitOfWork(factory) as uow:
         assert uow.visualizations.stuck_count() == 0
@@ -188,13 +180,8 @@ def test_a_row_whose_worker_keeps_dying_fails_after_max_claims(
 ) -> None:
     entry_id, user_id = _entry(engine)
     factory = make_session_factory(engine)
-    with UnitOfWork(factory) as uow:
-        uow.visualizations.ensure_row(entry_id, user_id, None)
-        uow.commit()
     for _ in range(3):  # three workers died holding it
-        with UnitOfWork(factory) as uow:
-            assert uow.visualizations.claim(entry_id, lease_s=10) is not None
-            uow.commit()
+        assert claim(engine, entry_id, user_id, lease_s=10) is not None
         with engine.begin() as conn:
             conn.execute(
                 text("UPDATE visualizations SET lease_expires_at = now() - interval '1 s'")

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from db.listen import listen
 from db.uow import UnitOfWork
 from domain.intake import NOTIFY_CHANNEL
-from tests.integration.helpers import insert_entry, insert_user
+from tests.integration.helpers import insert_entry, insert_user, insert_visualization
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,8 @@ def test_reads_are_frozen_dataclasses_usable_after_the_unit_of_work(
         entry_id = insert_entry(
             conn, user_id, emotions=["joy", "fear"], created_at=datetime.now(UTC)
         )
+        insert_visualization(conn, entry_id, user_id, "diagram")
     with uow:
-        uow.visualizations.ensure_row(entry_id, user_id, "diagram")
         session_id = uow.intake.create(user_id, "A walk in the rain")
         uow.analytics.refresh_for_entry(user_id, datetime.now(UTC), removed=False)
         uow.commit()

@@ -55,17 +55,6 @@ class FakeVisualizations:
     def __init__(self, db: FakeDatabase, pending: list[Any]) -> None:
         self.db, self.pending = db, pending
 
-    def ensure_row(self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None) -> None:
-        if entry_id not in self.db.rows:
-            self.db.rows[entry_id] = Row(entry_id, user_id, style or "abstract")
-
-    def claim(self, entry_id: uuid.UUID, lease_s: int) -> ClaimedVisualization | None:
-        row = self.db.rows[entry_id]
-        if row.status != "pending":
-            return None
-        row.status, row.lease = "processing", datetime.now(UTC)
-        return ClaimedVisualization(row.id, row.lease, row.style, row.analysis, row.image_url)
-
     def _held(self, claim: ClaimedVisualization) -> Row | None:
         row = next(r for r in self.db.rows.values() if r.id == claim.id)
         return row if row.status == "processing" and row.lease == claim.lease else None
@@ -73,11 +62,18 @@ class FakeVisualizations:
     def claim_entry(
         self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None, lease_s: int
     ) -> tuple[EntryRow | None, ClaimedVisualization | None]:
+        # As entry_pipeline.claim_entry, less the lease's expiry: the row is created if
+        # missing, then taken if pending (real PostgreSQL: tests/integration).
         entry = self.db.entries.get(entry_id)
         if entry is None or entry.user_id != user_id:
             return entry, None
-        self.ensure_row(entry_id, user_id, style)
-        return entry, self.claim(entry_id, lease_s)
+        row = self.db.rows.setdefault(entry_id, Row(entry_id, user_id, style or "abstract"))
+        if row.status != "pending":
+            return entry, None
+        row.status, row.lease = "processing", datetime.now(UTC)
+        return entry, ClaimedVisualization(
+            row.id, row.lease, row.style, row.analysis, row.image_url
+        )
 
     def save_analysis(self, claim: ClaimedVisualization, **values: Any) -> bool:
         row = self._held(claim)
