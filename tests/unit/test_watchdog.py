@@ -1,36 +1,45 @@
-"""The watchdog's judgement: which of a worker's threads are dead."""
+"""The watchdog's judgement: which of a worker's threads are dead (the threads as
+Dramatiq's boot hooks announce them)."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 
 import pytest
 
-from workers.messaging.watchdog import dead_threads
+from workers.messaging.watchdog import Watchdog
 
 pytestmark = pytest.mark.unit
 
 
-@dataclass
-class _Worker:  # the two attributes of dramatiq.Worker the watchdog reads
-    consumers: dict[str, threading.Thread] = field(default_factory=dict)
-    workers: list[threading.Thread] = field(default_factory=list)
+class _ConsumerThread(threading.Thread):  # what the hook gets: a thread with its queue
+    def __init__(self, queue_name: str, target: object) -> None:
+        super().__init__(target=target, daemon=True)  # type: ignore[arg-type]
+        self.queue_name = queue_name
 
 
 def test_dead_consumer_and_worker_threads_are_named() -> None:
     stop = threading.Event()
-    alive = [threading.Thread(target=stop.wait, daemon=True) for _ in range(3)]
-    dead = [threading.Thread(target=lambda: None, name=f"gone-{i}") for i in range(2)]
-    for thread in alive + dead:
-        thread.start()
-    for thread in dead:
-        thread.join()
+    consumers = [_ConsumerThread("visualizations", stop.wait), _ConsumerThread("intake", None)]
+    workers = [
+        threading.Thread(target=stop.wait, daemon=True),
+        threading.Thread(target=lambda: None, name="gone-1"),
+        threading.Thread(target=stop.wait, daemon=True),
+    ]
+    watchdog = Watchdog(interval_s=60)
     try:
-        worker = _Worker(
-            {"visualizations": alive[0], "intake": dead[0]}, [alive[1], dead[1], alive[2]]
-        )
-        assert dead_threads(worker) == ["consumer of intake", "worker thread gone-1"]
-        assert dead_threads(_Worker({"q": alive[0]}, alive[1:])) == []
+        for thread in consumers:
+            thread.start()
+            watchdog.after_consumer_thread_boot(None, thread)
+        for worker in workers:
+            worker.start()
+            watchdog.after_worker_thread_boot(None, worker)
+        consumers[1].join()
+        workers[1].join()
+        assert watchdog.threads.dead() == ["consumer of intake", "worker thread gone-1"]
+        healthy = Watchdog(interval_s=60)
+        healthy.after_consumer_thread_boot(None, consumers[0])
+        healthy.after_worker_thread_boot(None, workers[0])
+        assert healthy.threads.dead() == []
     finally:
         stop.set()

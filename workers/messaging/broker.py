@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name
 from dramatiq.encoder import Encoder
 from dramatiq.errors import DecodeError
 from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
@@ -24,10 +26,11 @@ from dramatiq.middleware.callbacks import Callbacks
 from dramatiq.middleware.pipelines import Pipelines
 
 from domain.messages import IntakeStep
-from domain.redaction import redact
 from workers.logging import get_logger
 from workers.messaging.announced import AnnouncedEnqueue, Row
 from workers.messaging.consumer import AdmittingConsumer
+from workers.messaging.delivery import dead_letter_record
+from workers.messaging.dramatiq_adapter import RedisCommands
 from workers.messaging.envelope import summary
 from workers.messaging.middleware import LogContext, ScrubFailures
 from workers.messaging.redis_clients import pooled_client
@@ -87,9 +90,14 @@ class SafeRedisBroker(RedisBroker):
         self._wake_ups: WakeUps | None = None
         self._announced_enqueue = AnnouncedEnqueue(self.client, self.namespace, self.wake_channel)
 
-    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> AdmittingConsumer:
         ceiling = self.idle_poll_ms.get(canonical_queue(queue_name), timeout)
-        return super().consume(queue_name, prefetch, min(timeout, ceiling))
+        commands = RedisCommands(self, queue_name)
+        return AdmittingConsumer(self, commands, prefetch, min(timeout, ceiling))
+
+    def actor_queues(self) -> Mapping[str, str]:
+        """Each declared actor's queue (what the consumer admits)."""
+        return {name: self.get_actor(name).queue_name for name in self.get_declared_actors()}
 
     def wake_ups(self) -> WakeUps | None:
         """This process's wake-up subscriber (started on first use), or None when
@@ -107,13 +115,24 @@ class SafeRedisBroker(RedisBroker):
 
     # --- enqueue, announced -------------------------------------------------------------
 
-    def do_enqueue(self, queue_name: str, redis_id: str, body: bytes) -> Any:
-        """What Dramatiq's enqueue (Actor.send, Retries, the delayed-message mover)
-        calls: the message, announced (workers/messaging/announced.py)."""
+    def enqueue(
+        self, message: dramatiq.Message[Any], *, delay: int | None = None
+    ) -> dramatiq.Message[Any]:
+        """What Actor.send, Retries and the delayed-message mover call: Dramatiq's
+        enqueue (the same copies, hooks and stored body), announced
+        (workers/messaging/announced.py). Without wake-ups, Dramatiq's own."""
         if not self.wake_ups_enabled:
-            return self._dispatch("enqueue")(queue_name, redis_id, body)
-        self.enqueue_rows([(queue_name, redis_id, body)])
-        return None
+            return super().enqueue(message, delay=delay)
+        queue_name = message.queue_name
+        # A Redis id of its own: a retried message keeps its message id.
+        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        self.emit_before("enqueue", message, delay)
+        self.enqueue_rows([(queue_name, message.options["redis_message_id"], message.encode())])
+        self.emit_after("enqueue", message, delay)
+        return message
 
     def enqueue_rows(self, rows: Sequence[Row]) -> None:
         """Enqueue encoded messages (queue, redis message id, body) in one round trip,
@@ -147,22 +166,16 @@ class SafeRedisBroker(RedisBroker):
             reason=reason[:200],
         )
 
-    @property
-    def consumer_class(self) -> type[_RedisConsumer]:
-        return AdmittingConsumer
-
     def stored_bodies(self, queue_name: str, redis_ids: list[str]) -> list[bytes | None]:
         """The bodies stored under ``redis_ids`` in the queue's hash (one round trip)."""
         bodies = queue_keys(self.namespace, queue_name).ready_bodies
         found: Any = self.client.hmget(bodies, redis_ids)
         return list(found)
 
-    def restate(self, queue_name: str, message: Any, reason: str) -> None:
-        """Store ``message`` with ``reason`` as its traceback, if it is still stored
-        (the nack that follows moves the stored body to the dead letters)."""
-        body = message._message.copy(options={"traceback": reason}).encode()
+    def restate(self, queue_name: str, redis_id: str, body: bytes) -> None:
+        """Store ``body`` under ``redis_id`` if a body is still stored there (the nack
+        that follows moves the stored body to the dead letters)."""
         keys = queue_keys(self.namespace, queue_name)
-        redis_id = message.options["redis_message_id"]
         self._restate_script(keys=[keys.ready_bodies], args=[redis_id, body])
 
     def dead_letter_rejected(
@@ -219,18 +232,6 @@ if redis.call("hexists", KEYS[1], ARGV[1]) == 1 then
     redis.call("hset", KEYS[1], ARGV[1], ARGV[2])
 end
 """
-
-_KEPT_BODY_CHARS = 4096
-
-
-def dead_letter_record(body: bytes, reason: str, max_bytes: int) -> bytes:
-    """What the dead letters keep of a refused body: the reason, its size, and the body
-    as redacted text (only its start when it was over MAX_MESSAGE_BYTES)."""
-    text = body.decode("utf-8", errors="replace")
-    if len(body) > max_bytes:
-        text = text[:_KEPT_BODY_CHARS]
-    record = {"rejected": {"reason": reason, "bytes": len(body)}, "body": redact(text)}
-    return json.dumps(record).encode()
 
 
 def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:

@@ -22,36 +22,68 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import redis
-from dramatiq.broker import MessageProxy
-from dramatiq.brokers.redis import _RedisConsumer
+from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.common import compute_backoff, current_millis
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
-from dramatiq.middleware import SkipMessage
 
 from workers.logging import get_logger
+from workers.messaging.delivery import Delivery, failure_reason, with_reason
+from workers.messaging.dramatiq_adapter import RedisCommands
 from workers.messaging.envelope import Verdict, inspect
-from workers.messaging.failure_policy import stored_reason
-
-if TYPE_CHECKING:
-    from workers.messaging.broker import SafeRedisBroker
+from workers.messaging.wake_ups import WakeUps
 
 log = get_logger("emotionviz.consumer")
 
 
-class AdmittingConsumer(_RedisConsumer):
-    broker: SafeRedisBroker
-    message_cache: list[Any]  # admitted Messages (Dramatiq's holds raw bodies)
+class AdmittingBroker(Protocol):
+    """What the consumer needs of its broker (workers/messaging/broker.py:
+    SafeRedisBroker), named here so that this module does not import that one."""
 
-    def __init__(self, broker: SafeRedisBroker, queue_name: str, prefetch: int, timeout: int):
-        super().__init__(broker, queue_name, prefetch, timeout)
+    max_message_bytes: int
+
+    def wake_ups(self) -> WakeUps | None: ...
+    def announce(self, queue_names: list[str]) -> None: ...
+    def actor_queues(self) -> Mapping[str, str]: ...
+    def stored_bodies(self, queue_name: str, redis_ids: list[str]) -> list[bytes | None]: ...
+    def restate(self, queue_name: str, redis_id: str, body: bytes) -> None: ...
+    def dead_letter_rejected(
+        self, queue_name: str, rejected: list[tuple[bytes | None, str]]
+    ) -> None: ...
+
+
+class AdmittingConsumer(Consumer):
+    """A consumer of one Redis queue (``RedisBroker.consume`` returns it), written on
+    Dramatiq's public ``Consumer``; the storage commands are Dramatiq's own
+    (dramatiq_adapter.RedisCommands), as its consumer uses them."""
+
+    def __init__(
+        self,
+        broker: AdmittingBroker,
+        commands: RedisCommands,
+        prefetch: int,
+        timeout: int,
+    ) -> None:
+        self.broker = broker
+        self.commands = commands
+        self.queue_name = queue_name = commands.queue_name
+        self.prefetch = prefetch
+        self.timeout = timeout
+        self.message_cache: list[Message[Any]] = []  # admitted, not yet handed on
+        self.queued_message_ids: set[str] = set()  # handed on, not yet (n)acked
+        self.misses = 0
         wake_ups = broker.wake_ups()
         # Set by a wake-up for this queue; without wake-ups, never (a plain sleep).
         self.woken = wake_ups.register(queue_name) if wake_ups else threading.Event()
         self.due: dict[str, int] = {}  # message id -> eta (ms) of the delayed ones held
+
+    @property
+    def outstanding_message_count(self) -> int:
+        return len(self.queued_message_ids) + len(self.message_cache)
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -61,8 +93,7 @@ class AdmittingConsumer(_RedisConsumer):
                 if can_fetch:
                     # Cleared before the fetch: a wake-up sent after it is not lost.
                     self.woken.clear()
-                    wanted = self.prefetch - self.outstanding_message_count
-                    fetched = self.broker.do_fetch(self.queue_name, wanted)
+                    fetched = self.commands.fetch(self.prefetch - self.outstanding_message_count)
                 if not fetched:
                     # Nothing to do: wait for a wake-up, at most Dramatiq's growing backoff.
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
@@ -77,7 +108,7 @@ class AdmittingConsumer(_RedisConsumer):
             eta = message.options.get("eta")
             if isinstance(eta, int | float):
                 self.due[message.message_id] = int(eta)
-            return MessageProxy(message)
+            return Delivery(message)
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
 
@@ -95,24 +126,51 @@ class AdmittingConsumer(_RedisConsumer):
 
     def ack(self, message: MessageProxy) -> None:
         self.due.pop(message.message_id, None)
-        super().ack(message)
+        try:
+            # The queue consumed, not message.queue_name: a delayed message is acked
+            # on the delay queue it was taken from.
+            self.commands.ack(message.options["redis_message_id"])
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+        finally:
+            self.queued_message_ids.discard(message.message_id)
 
-    def requeue(self, messages: Any) -> None:
+    def nack(self, message: MessageProxy) -> None:
+        """Dead-letter a failed message with its reason (scrubbed, one line) in
+        ``options.traceback``, where Dramatiq keeps one and ``dlq list`` reads it."""
+        redis_id = message.options["redis_message_id"]
+        try:
+            self.broker.restate(
+                self.queue_name, redis_id, with_reason(message, failure_reason(message))
+            )
+        except redis.ConnectionError as error:
+            raise ConnectionClosed(error) from None  # Dramatiq retries the nack
+        except Exception:  # the reason is a courtesy; the nack is not
+            log.warning("could not keep the failure reason with the dead letter", exc_info=True)
+        self.due.pop(message.message_id, None)
+        try:
+            self.commands.nack(redis_id)
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+        finally:
+            self.queued_message_ids.discard(message.message_id)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
         """Give prefetched messages back (shutdown, lost connection), announced so that
         another worker's idle consumer takes them at once."""
-        messages = list(messages)
-        super().requeue(messages)
-        if messages:
-            self.broker.announce([self.queue_name])
+        redis_ids = [message.options["redis_message_id"] for message in messages]
+        if not redis_ids:
+            return
+        self.commands.requeue(redis_ids)
+        self.broker.announce([self.queue_name])
 
     def close(self) -> None:
         wake_ups = self.broker.wake_ups()
         if wake_ups is not None:
             wake_ups.unregister(self.queue_name, self.woken)
-        super().close()
 
     def _admit(self, bodies: list[bytes | None]) -> list[Message[Any]]:
-        actor_queues = {name: actor.queue_name for name, actor in self.broker.actors.items()}
+        actor_queues = self.broker.actor_queues()
         verdicts = [
             inspect(
                 body,
@@ -154,25 +212,3 @@ class AdmittingConsumer(_RedisConsumer):
                     "options.redis_message_id does not name the key the message is stored under",
                 )
         return checked
-
-    def nack(self, message: MessageProxy) -> None:
-        """Dead-letter a failed message with its reason (scrubbed, one line) in
-        ``options.traceback``, where Dramatiq keeps one and ``dlq list`` reads it."""
-        try:
-            self.broker.restate(self.queue_name, message, failure_reason(message))
-        except redis.ConnectionError as error:
-            raise ConnectionClosed(error) from None  # Dramatiq retries the nack
-        except Exception:  # the reason is a courtesy; the nack is not
-            log.warning("could not keep the failure reason with the dead letter", exc_info=True)
-        self.due.pop(message.message_id, None)
-        super().nack(message)
-
-
-def failure_reason(message: MessageProxy) -> str:
-    """Why a message is being dead-lettered, in one scrubbed line (both brokers)."""
-    exc = message._exception
-    if exc is None:
-        return "failed without an error: a middleware gave up on it"
-    if isinstance(exc, SkipMessage):
-        return "skipped: older than MESSAGE_MAX_AGE_MS"  # AgeLimit, our one skipper
-    return stored_reason(exc)

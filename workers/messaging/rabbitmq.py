@@ -15,19 +15,26 @@ idempotent) and may leave a second dead letter: a duplicate record, never a loss
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any
 
 import pika
-from dramatiq.broker import MessageProxy
-from dramatiq.brokers.rabbitmq import RabbitmqBroker, _RabbitmqConsumer, _RabbitmqMessage
-from dramatiq.common import q_name, xq_name
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
 from workers.logging import get_logger
-from workers.messaging.broker import dead_letter_record
-from workers.messaging.consumer import failure_reason
+from workers.messaging.delivery import (
+    RabbitmqDelivery,
+    dead_letter_record,
+    failure_reason,
+    with_reason,
+)
+from workers.messaging.dramatiq_adapter import redeclare_on_consume
 from workers.messaging.envelope import inspect, summary
 
 log = get_logger("emotionviz.consumer")
@@ -35,18 +42,51 @@ _PERSISTENT = pika.BasicProperties(delivery_mode=2)
 _CHANNEL_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 
 
+def connection_parameters(url: str) -> pika.URLParameters | list[pika.URLParameters]:
+    """pika's parameters for ``url`` (several servers: ``url1;url2``), as the broker
+    reads them."""
+    if ";" in url:
+        return [pika.URLParameters(one) for one in url.split(";")]
+    return pika.URLParameters(url)
+
+
 class SafeRabbitmqBroker(RabbitmqBroker):
-    def __init__(self, *args: Any, max_message_bytes: int = 64 * 1024, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, url: str, max_message_bytes: int = 64 * 1024, **kwargs: Any) -> None:
+        super().__init__(url=url, **kwargs)
         self.max_message_bytes = max_message_bytes
+        self.consumer_parameters = connection_parameters(url)
 
-    @property
-    def consumer_class(self) -> type[_RabbitmqConsumer]:
-        return AdmittingRabbitmqConsumer
+    def consume(
+        self, queue_name: str, prefetch: int = 1, timeout: int = 5000
+    ) -> AdmittingRabbitmqConsumer:
+        self.declare_queue(queue_name, ensure=True)  # as Dramatiq's consume does
+        return AdmittingRabbitmqConsumer(self, queue_name, prefetch, timeout)
+
+    def actor_queues(self) -> Mapping[str, str]:
+        return {name: self.get_actor(name).queue_name for name in self.get_declared_actors()}
 
 
-class AdmittingRabbitmqConsumer(_RabbitmqConsumer):
-    broker: SafeRabbitmqBroker
+class AdmittingRabbitmqConsumer(Consumer):
+    """A consumer of one RabbitMQ queue on its own connection, written on Dramatiq's
+    public ``Consumer`` and pika: what Dramatiq's does, plus the admission checks and
+    the reasons. Worker threads may not touch the channel: acks and dead letters they
+    ask for run on this consumer's thread (``add_callback_threadsafe``)."""
+
+    def __init__(
+        self, broker: SafeRabbitmqBroker, queue_name: str, prefetch: int, timeout: int
+    ) -> None:
+        self.broker = broker
+        self.queue_name = queue_name
+        try:
+            self.connection = pika.BlockingConnection(parameters=broker.consumer_parameters)
+            self.channel = self.connection.channel()
+            self.channel.basic_qos(prefetch_count=prefetch)
+            self.iterator = self.channel.consume(queue_name, inactivity_timeout=timeout / 1000)
+        except _CHANNEL_ERRORS as exc:
+            raise _closed(exc) from None
+        # Delivery tags of this connection: after a reconnect the old ones are invalid,
+        # and pika does not take an unknown tag well.
+        self.known_tags: set[int] = set()
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -55,13 +95,12 @@ class AdmittingRabbitmqConsumer(_RabbitmqConsumer):
                 return None
         except (AssertionError, *_CHANNEL_ERRORS) as exc:
             if getattr(exc, "reply_code", None) == 404:  # the queue went away: redeclare it
-                self.broker.queues_pending.add(q_name(self.queue_name))
+                redeclare_on_consume(self.broker, self.queue_name)
             raise _closed(exc) from None
-        actor_queues = {name: actor.queue_name for name, actor in self.broker.actors.items()}
         verdict = inspect(
             body,
             queue=self.queue_name,
-            actor_queues=actor_queues,
+            actor_queues=self.broker.actor_queues(),
             max_bytes=self.broker.max_message_bytes,
             redis_id=False,
         )
@@ -82,26 +121,62 @@ class AdmittingRabbitmqConsumer(_RabbitmqConsumer):
             return None
         self.known_tags.add(method.delivery_tag)
         message: Message[Any] = Message(**verdict.fields)
-        return _RabbitmqMessage(method.redelivered, method.delivery_tag, message)  # type: ignore[no-untyped-call]
+        return RabbitmqDelivery(message, tag=method.delivery_tag, redelivered=method.redelivered)
+
+    def ack(self, message: MessageProxy) -> None:
+        tag = _tag(message)
+        try:
+            self.known_tags.remove(tag)
+            self.connection.add_callback_threadsafe(partial(self.channel.basic_ack, tag))
+        except KeyError:  # a tag from before a reconnect: RabbitMQ redelivers it anyway
+            log.warning("could not ack a message: its delivery tag is stale")
+        except _CHANNEL_ERRORS as exc:
+            raise _closed(exc) from None
 
     def nack(self, message: MessageProxy) -> None:
         """Dead-letter a failed message with its reason in ``options.traceback``."""
-        tag = message._tag
+        tag = _tag(message)
         try:
             self.known_tags.remove(tag)
         except KeyError:  # a tag from before a reconnect: RabbitMQ redelivers it anyway
             log.warning("could not dead-letter a message: its delivery tag is stale")
             return
-        body = message._message.copy(options={"traceback": failure_reason(message)}).encode()
+        body = with_reason(message, failure_reason(message))
         try:
-            # Worker threads may not touch the channel: the consumer's thread runs this.
             self.connection.add_callback_threadsafe(partial(self._dead_letter, tag, body))
         except _CHANNEL_ERRORS as exc:
+            raise _closed(exc) from None
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """Nothing to do: RabbitMQ redelivers what a closed connection held."""
+
+    def close(self) -> None:
+        try:
+            # Closing does not wait for the callbacks asked for (acks, dead letters):
+            # one more, waited for, runs after them (pika runs them in order).
+            done = threading.Event()
+            self.connection.add_callback_threadsafe(done.set)
+            while not done.is_set():
+                self.connection.sleep(0)
+        except pika.exceptions.ConnectionWrongStateError:
+            pass  # already closed or closing (a server shutdown): nothing will run
+        except Exception:
+            log.warning("could not wait for the consumer's callbacks", exc_info=True)
+        try:
+            self.channel.close()
+            self.connection.close()
+        except (AssertionError, *_CHANNEL_ERRORS) as exc:
             raise _closed(exc) from None
 
     def _dead_letter(self, tag: int, body: bytes) -> None:
         self.channel.basic_publish("", xq_name(self.queue_name), body, properties=_PERSISTENT)
         self.channel.basic_ack(tag)
+
+
+def _tag(message: MessageProxy) -> int:
+    if not isinstance(message, RabbitmqDelivery):
+        raise TypeError(f"not a delivery of this consumer: {type(message).__name__}")
+    return message.tag
 
 
 def _closed(exc: BaseException) -> ConnectionClosed:

@@ -29,17 +29,34 @@ EXIT_CODE = 70  # EX_SOFTWARE: an internal failure; Dramatiq's own codes are 1 t
 STOP_GRACE_S = 120.0
 
 
-def dead_threads(worker: Any) -> list[str]:
-    """The worker's consumer and worker threads that are no longer alive."""
-    dead = [
-        f"consumer of {queue}"
-        for queue, thread in dict(worker.consumers).items()
-        if not thread.is_alive()
-    ]
-    dead += [
-        f"worker thread {thread.name}" for thread in list(worker.workers) if not thread.is_alive()
-    ]
-    return dead
+class ThreadCensus:
+    """The consumer and worker threads of this process, as Dramatiq announces them
+    (the ``after_consumer_thread_boot`` and ``after_worker_thread_boot`` hooks: public;
+    the Worker's own lists of them are not)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: list[tuple[str, threading.Thread]] = []
+
+    def add(self, label: str, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.append((label, thread))
+
+    def labels(self) -> list[str]:
+        with self._lock:
+            return [label for label, _ in self._threads]
+
+    def dead(self) -> list[str]:
+        """The threads that are no longer alive, by label."""
+        with self._lock:
+            threads = list(self._threads)
+        return [label for label, thread in threads if not thread.is_alive()]
+
+
+def consumer_label(thread: threading.Thread) -> str:
+    # A ConsumerThread's queue_name is an attribute, not a documented one: without it
+    # the thread's name still tells the dead thread apart.
+    return f"consumer of {getattr(thread, 'queue_name', thread.name)}"
 
 
 class Watchdog(Middleware):
@@ -48,9 +65,16 @@ class Watchdog(Middleware):
         self.grace_s = grace_s
         self.stopping = threading.Event()
         self.tripped = threading.Event()
+        self.threads = ThreadCensus()
+
+    def after_consumer_thread_boot(self, broker: Any, thread: Any) -> None:
+        self.threads.add(consumer_label(thread), thread)
+
+    def after_worker_thread_boot(self, broker: Any, thread: Any) -> None:
+        self.threads.add(f"worker thread {thread.name}", thread)
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
-        thread = threading.Thread(target=self._watch, args=(worker,), name="watchdog", daemon=True)
+        thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         thread.start()
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
@@ -61,9 +85,9 @@ class Watchdog(Middleware):
             log.critical("worker stopped after a thread died; exiting", exit_code=EXIT_CODE)
             os._exit(EXIT_CODE)
 
-    def _watch(self, worker: Any) -> None:
+    def _watch(self) -> None:
         while not self.stopping.wait(self.interval_s):
-            dead = dead_threads(worker)
+            dead = self.threads.dead()
             if dead and not self.stopping.is_set():
                 self._trip(dead)
                 return

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import httpx2
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -154,31 +155,49 @@ def _raw(response: types.GenerateContentResponse) -> dict[str, Any]:
     return stored
 
 
+# What the warm-up's offline call answers: a JSON part and an image part, as a real
+# response carries them (the API's JSON spelling).
+_WARM_UP_ANSWER: dict[str, object] = {
+    "candidates": [
+        {
+            "content": {
+                "role": "model",
+                "parts": [
+                    {"text": "{}"},
+                    {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
+                ],
+            },
+            "finishReason": "STOP",
+        }
+    ],
+    "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1},
+}
+
+
 def warm_up_sdk() -> None:
     """Build, before the first call, what the SDK and pydantic build lazily on it: the
-    response models' validators (pydantic defers them) and their JSON dump. Offline: no
-    request is sent. Without it the first call of each worker process took ~90 ms more
-    (an entry's whole CPU cost is ~25 ms)."""
-    canned: dict[str, object] = {
-        "candidates": [
-            {
-                "content": {
-                    "role": "model",
-                    "parts": [
-                        {"text": "{}"},
-                        {"inline_data": {"mime_type": "image/png", "data": "iVBORw0KGgo="}},
-                    ],
-                },
-                "finish_reason": "STOP",
-            }
-        ],
-        "usage_metadata": {"prompt_token_count": 1, "candidates_token_count": 1},
-    }
-    _raw(types.GenerateContentResponse.model_validate(canned))
-    # The SDK's own parsing path builds more of them (a private method: should it go,
-    # WarmUp logs the failure and the first call pays, as before).
-    types.GenerateContentResponse._from_response(response=canned, kwargs={})
-    text_turn("user", "warm-up")
+    request's and the response's models and validators (pydantic defers them), the
+    SDK's parsing path and our JSON dump. One ``generate_content`` through the SDK's
+    public API, answered in process (an HTTP mock transport): no request leaves the
+    process. Without it the first call of each worker process took ~90 ms more (an
+    entry's whole CPU cost is ~25 ms)."""
+    answer = httpx2.MockTransport(lambda _request: httpx2.Response(200, json=_WARM_UP_ANSWER))
+    options = types.HttpOptions(
+        base_url="http://warm-up.invalid", client_args={"transport": answer}
+    )
+    client = genai.Client(api_key="warm-up", http_options=options)
+    try:
+        response = client.models.generate_content(
+            model="warm-up",
+            contents=[text_turn("user", "warm-up")],
+            config=types.GenerateContentConfig(
+                response_mime_type="application/json",
+                automatic_function_calling=NO_FUNCTION_CALLING,
+            ),
+        )
+    finally:
+        client.close()
+    _raw(response)
 
 
 def _check_blocked(response: types.GenerateContentResponse, model: str) -> None:

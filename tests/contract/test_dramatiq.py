@@ -1,0 +1,252 @@
+"""Contract tests: what workers/messaging/ relies on in Dramatiq beyond its documented
+API (workers/messaging/dramatiq_adapter.py, redis_keys.py; docs/architecture.md,
+"Private names of dependencies"). Each fails loudly when an upgrade changes it;
+scripts/upgrade_check runs them on the newest released Dramatiq.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pika
+import pytest
+import redis
+from dramatiq.broker import Broker, Consumer, MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name, q_name, xq_name
+
+from tests.rabbitmq_support import rabbitmq_vhost
+from workers.messaging.broker import SafeRedisBroker
+from workers.messaging.consumer import AdmittingConsumer
+from workers.messaging.delivery import Delivery, RabbitmqDelivery
+from workers.messaging.dramatiq_adapter import RedisCommands, redeclare_on_consume
+from workers.messaging.rabbitmq import AdmittingRabbitmqConsumer, SafeRabbitmqBroker
+from workers.messaging.redis_keys import (
+    BODIES_SUFFIX,
+    DEAD_SUFFIX,
+    DELAY_SUFFIX,
+    heartbeats,
+    queue_keys,
+)
+from workers.messaging.watchdog import Watchdog
+
+pytestmark = [pytest.mark.contract]
+
+QUEUE = "contract"
+
+
+@pytest.fixture
+def plain(redis_server_url: str, redis_namespace: str) -> Iterator[RedisBroker]:
+    """Dramatiq's own Redis broker, none of ours."""
+    broker = RedisBroker(url=redis_server_url, namespace=redis_namespace)  # type: ignore[no-untyped-call]
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def ours(redis_server_url: str, redis_namespace: str) -> Iterator[SafeRedisBroker]:
+    broker = SafeRedisBroker(
+        client=redis.Redis.from_url(redis_server_url), namespace=redis_namespace
+    )
+    yield broker
+    broker.close()
+
+
+def _message(queue: str = QUEUE, actor: str = "contract.actor") -> dramatiq.Message[Any]:
+    return dramatiq.Message(
+        queue_name=queue,
+        actor_name=actor,
+        args=({"n": 1},),
+        kwargs={},
+        options={},
+        message_id=str(uuid.uuid4()),
+        message_timestamp=int(time.time() * 1000),
+    )
+
+
+# --- the Redis key layout (redis_keys.py) and the storage commands (RedisCommands) -----
+
+
+def test_dramatiq_stores_messages_where_redis_keys_says(
+    plain: RedisBroker, redis_namespace: str
+) -> None:
+    client = plain.client
+    keys = queue_keys(redis_namespace, QUEUE)
+    sent = plain.enqueue(_message())
+    redis_id = sent.options["redis_message_id"]
+    assert client.lrange(keys.ready, 0, -1) == [redis_id.encode()]
+    assert client.hget(keys.ready_bodies, redis_id) == sent.encode()
+
+    delayed = plain.enqueue(_message(), delay=60_000)
+    assert delayed.queue_name == QUEUE + DELAY_SUFFIX == dq_name(QUEUE)
+    delayed_id = delayed.options["redis_message_id"].encode()
+    assert client.lrange(keys.delayed, 0, -1) == [delayed_id]
+    assert client.hexists(keys.delayed_bodies, delayed_id)
+
+
+def test_the_storage_commands_move_messages_as_redis_keys_says(
+    plain: RedisBroker, redis_namespace: str
+) -> None:
+    client = plain.client
+    keys = queue_keys(redis_namespace, QUEUE)
+    ids = [plain.enqueue(_message()).options["redis_message_id"] for _ in range(3)]
+    commands = RedisCommands(plain, QUEUE)
+
+    fetched = commands.fetch(3)
+    assert fetched == [client.hget(keys.ready_bodies, i) for i in ids]
+    acks = keys.acks(plain.broker_id)
+    assert client.smembers(acks) == {i.encode() for i in ids}
+    assert client.zscore(heartbeats(redis_namespace), plain.broker_id) is not None
+    assert client.llen(keys.ready) == 0
+
+    commands.ack(ids[0])
+    assert not client.hexists(keys.ready_bodies, ids[0])
+    commands.nack(ids[1])
+    assert client.zscore(keys.dead, ids[1]) is not None
+    assert client.hexists(keys.dead_bodies, ids[1])
+    assert not client.hexists(keys.ready_bodies, ids[1])
+    commands.requeue([ids[2]])
+    assert client.lrange(keys.ready, 0, -1) == [ids[2].encode()]
+    assert client.smembers(acks) == set()
+
+
+def test_the_queue_name_suffixes_are_dramatiqs() -> None:
+    assert dq_name(QUEUE) == QUEUE + DELAY_SUFFIX
+    assert xq_name(QUEUE) == xq_name(dq_name(QUEUE)) == QUEUE + DEAD_SUFFIX
+    assert q_name(dq_name(QUEUE)) == q_name(xq_name(QUEUE)) == QUEUE
+    assert queue_keys("ns", QUEUE).ready_bodies == f"ns:{QUEUE}{BODIES_SUFFIX}"
+
+
+def test_dramatiqs_consumer_reads_what_our_announced_enqueue_wrote(
+    plain: RedisBroker, ours: SafeRedisBroker, redis_namespace: str
+) -> None:
+    """announced.py writes Dramatiq's enqueue by hand (for the wake-up in the same round
+    trip): Dramatiq's own consumer must take it as one of its own."""
+    assert ours.wake_ups_enabled
+    sent = ours.enqueue(_message())
+    keys = queue_keys(redis_namespace, QUEUE)
+    control = plain.enqueue(_message())
+    stored = [
+        set(plain.client.hgetall(keys.ready_bodies)),
+        plain.client.lrange(keys.ready, 0, -1),
+    ]
+    assert stored == [
+        {sent.options["redis_message_id"].encode(), control.options["redis_message_id"].encode()},
+        [sent.options["redis_message_id"].encode(), control.options["redis_message_id"].encode()],
+    ]
+    consumer = plain.consume(QUEUE, prefetch=2, timeout=100)
+    try:
+        taken = next(consumer)
+        assert taken is not None and taken.message_id == sent.message_id
+        assert taken.options == sent.options
+        consumer.ack(taken)
+    finally:
+        consumer.close()
+    assert not plain.client.hexists(keys.ready_bodies, sent.options["redis_message_id"])
+
+
+# --- public seams we override or wrap: still there, same shape ------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours_", "theirs", "names"),
+    [
+        (SafeRedisBroker, RedisBroker, ["consume", "enqueue", "close"]),
+        (SafeRabbitmqBroker, RabbitmqBroker, ["consume"]),
+        (AdmittingConsumer, Consumer, ["__next__", "ack", "nack", "requeue", "close"]),
+        (AdmittingRabbitmqConsumer, Consumer, ["__next__", "ack", "nack", "requeue", "close"]),
+        (Delivery, MessageProxy, ["stuff_exception", "clear_exception"]),
+    ],
+)
+def test_what_we_override_is_upstreams_with_the_same_parameters(
+    ours_: type, theirs: type, names: list[str]
+) -> None:
+    for name in names:
+        upstream = getattr(theirs, name)
+        assert name in vars(ours_), f"{ours_.__name__}.{name}"
+        wanted = list(inspect.signature(upstream).parameters)
+        got = list(inspect.signature(getattr(ours_, name)).parameters)
+        assert got[: len(wanted)] == wanted, f"{theirs.__name__}.{name}: {wanted} vs {got}"
+    assert issubclass(ours_, theirs)
+    assert issubclass(RedisBroker, Broker) and issubclass(RabbitmqBroker, Broker)
+
+
+def test_a_message_proxy_forwards_the_message_api() -> None:
+    message = _message()
+    proxy = Delivery(message)
+    assert proxy.options is message.options and proxy.message_id == message.message_id
+    copied = proxy.copy(options={"traceback": "why"})
+    assert copied.options["traceback"] == "why" and copied.message_id == message.message_id
+    assert dramatiq.Message.decode(copied.encode()).options["traceback"] == "why"
+
+
+# --- what Dramatiq's worker does with our consumers' deliveries -----------------------
+
+
+class _FailingError(Exception):
+    pass
+
+
+def test_the_worker_stuffs_a_failure_into_our_delivery_and_announces_its_threads(
+    ours: SafeRedisBroker, redis_namespace: str
+) -> None:
+    watchdog = Watchdog(interval_s=3600)
+    ours.add_middleware(watchdog)
+    ran = threading.Event()
+
+    @dramatiq.actor(
+        actor_name="contract.fails", queue_name=QUEUE, broker=ours, throws=(_FailingError,)
+    )
+    def fails(payload: dict[str, Any]) -> None:
+        ran.set()
+        raise _FailingError("the reason")
+
+    worker = dramatiq.Worker(ours, worker_threads=2, worker_timeout=100)
+    worker.start()
+    try:
+        fails.send({"n": 1})
+        keys = queue_keys(redis_namespace, QUEUE)
+        deadline = time.monotonic() + 20
+        while not ours.client.zcard(keys.dead) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ran.is_set()
+        bodies: Any = ours.client.hvals(keys.dead_bodies)
+        [body] = bodies
+        traceback = dramatiq.Message.decode(body).options["traceback"]
+        # The error our Delivery was handed (scrubbed: domain.errors.failure_reason).
+        assert "_FailingError" in traceback, traceback
+        labels = watchdog.threads.labels()
+    finally:
+        worker.stop()
+    assert labels.count("consumer of contract") == 1
+    assert labels.count("consumer of contract.DQ") == 1
+    assert sum(label.startswith("worker thread ") for label in labels) == 2
+
+
+# --- RabbitMQ ---------------------------------------------------------------------------
+
+
+def test_a_rabbitmq_queue_that_went_away_is_declared_again_on_consume() -> None:
+    with rabbitmq_vhost("contract") as url:
+        broker = SafeRabbitmqBroker(url=url)
+        try:
+            broker.declare_queue(QUEUE)
+            broker.consume(QUEUE, timeout=100).close()
+            with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+                connection.channel().queue_delete(QUEUE)
+            redeclare_on_consume(broker, dq_name(QUEUE))
+            consumer = broker.consume(QUEUE, timeout=100)
+            consumer.close()
+            with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+                connection.channel().queue_declare(QUEUE, passive=True)  # 404 if missing
+                connection.channel().queue_declare(xq_name(QUEUE), passive=True)
+        finally:
+            broker.close()
+    assert RabbitmqDelivery(_message(), tag=1, redelivered=False).tag == 1
