@@ -144,9 +144,13 @@ class Supervisor:
                 for unit in self.units:
                     unit.check()
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Restart nothing from now on (the units keep running): a machine that died."""
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def stop(self) -> None:
+        self.halt()
         with self._lock:
             for unit in self.units:
                 unit.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -400,6 +401,13 @@ class EmulatorServer(ThreadingHTTPServer):
         super().__init__(address, EmulatorHandler)
         self.state = state
         self.label = label
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller that hangs up mid-answer (a killed worker, a timeout) is routine,
+        not a traceback on stderr; anything else is still reported."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
