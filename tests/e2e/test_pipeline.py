@@ -21,6 +21,43 @@ def _marker() -> str:
     return "m" + uuid.uuid4().hex[:10]
 
 
+def _log_lines(harness: Harness, entry_id: uuid.UUID) -> list[dict[str, object]]:
+    return [
+        json.loads(line)
+        for line in harness.log_path.read_text().splitlines()
+        if str(entry_id) in line and line.startswith("{")
+    ]
+
+
+def _outcomes(harness: Harness, entry_id: uuid.UUID) -> list[object]:
+    """One per message of the entry the worker finished (a deferred copy has none: the
+    copy it publishes gets one)."""
+    return [line["outcome"] for line in _log_lines(harness, entry_id) if "outcome" in line]
+
+
+def _wait_for_outcomes(harness: Harness, entry_id: uuid.UUID, count: int, seconds: float) -> bool:
+    """Until ``count`` messages of the entry are finished; False if they are not in time
+    (the caller's assertions then say what happened instead)."""
+    deadline = time.monotonic() + seconds
+    while len(_outcomes(harness, entry_id)) < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _deferred_due(harness: Harness, entry_id: uuid.UUID) -> list[float]:
+    """When the entry's deferred copies waiting in the delay queue are due (epoch s,
+    the messages' own ``eta``)."""
+    keys = queue_keys(harness.namespace, "visualizations")
+    envelopes = [json.loads(body) for body in harness.redis.hvals(keys.delayed_bodies)]
+    return [
+        e["options"]["eta"] / 1000
+        for e in envelopes
+        if e["args"] and e["args"][0].get("entry_id") == str(entry_id)
+    ]
+
+
 @pytest.mark.parametrize("style", ["abstract", "diagram", "metaphor"])
 def test_happy_path_writes_rows_files_and_analytics(harness: Harness, style: str) -> None:
     marker = _marker()
@@ -64,35 +101,42 @@ def test_duplicate_message_calls_each_api_once(harness: Harness) -> None:
     harness.publish(entry_id, user_id)
     first = harness.wait_for(entry_id)
     harness.publish(entry_id, user_id)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and harness.redis.llen(f"{harness.namespace}:visualizations"):
-        time.sleep(0.1)
-    time.sleep(1.0)  # let the duplicate run
+    ran = _wait_for_outcomes(harness, entry_id, 2, seconds=15)  # the duplicate has run
     assert harness.calls(marker) == {"analysis": 1, "image": 1}
+    assert ran, harness.log_path.read_text(errors="replace")[-3000:]
     assert harness.visualization(entry_id)["updated_at"] == first["updated_at"]
-    outcomes = [
-        json.loads(line).get("outcome")
-        for line in harness.log_path.read_text().splitlines()
-        if str(entry_id) in line and '"outcome"' in line
-    ]
-    assert outcomes == ["completed", "already_completed"]
+    assert _outcomes(harness, entry_id) == ["completed", "already_completed"]
 
 
 def test_two_workers_racing_make_one_call_each(harness: Harness) -> None:
     marker = _marker()
     entry_id, user_id = harness.make_entry(marker)
+    copies = 4
     second = harness.start_worker()
     try:
-        # A slow image keeps the first worker's lease held while the copies arrive.
+        # A slow image keeps the first worker's lease held while the copies arrive; the
+        # copies that find it held are deferred until it could have run out.
         harness.fault(kind="slow", target="image", contains=marker, seconds=1.5)
-        for _ in range(4):
+        for _ in range(copies):
             harness.publish(entry_id, user_id)
         row = harness.wait_for(entry_id)
-        time.sleep(1.0)
+        # A copy deferred now is due at most LEASE_S + 1 s (the jitter) from now; those
+        # already waiting say when they are due. Wait until every copy has come back
+        # and run: a copy that called the model again would show up only then.
+        lease_s = float(harness.env["LEASE_S"])
+        due = max([time.time() + lease_s + 1, *_deferred_due(harness, entry_id)])
+        ran = _wait_for_outcomes(harness, entry_id, copies, seconds=due - time.time() + 15)
     finally:
         harness.stop_worker(second)
     assert row["status"] == "completed"
     assert harness.calls(marker) == {"analysis": 1, "image": 1}
+    assert ran, f"not every copy ran: {_outcomes(harness, entry_id)}"
+    deferred = [line for line in _log_lines(harness, entry_id) if "deferred" in str(line["event"])]
+    assert deferred, "no copy was deferred: the test did not exercise the lease"
+    assert _deferred_due(harness, entry_id) == []
+    assert sorted(map(str, _outcomes(harness, entry_id))) == ["already_completed"] * (
+        copies - 1
+    ) + ["completed"]
 
 
 def test_image_failure_retry_does_not_repeat_analysis(harness: Harness) -> None:
@@ -156,9 +200,13 @@ def test_permanent_errors_fail_fast_with_reason(
     message_id = harness.publish(entry_id, user_id)
     row = harness.wait_for(entry_id)
     assert row["status"] == "failed" and reason in row["error_message"]
-    time.sleep(0.5)
+    # Dead-lettered at once; a retried message would reach the dead letters only after
+    # its retries, each calling the model again.
+    deadline = time.monotonic() + 10
+    while not any(m["message_id"] == message_id for m in harness.dead_letters()):
+        assert time.monotonic() < deadline, "not dead-lettered"
+        time.sleep(0.1)
     assert harness.calls(marker)[str(fault["target"])] == 1  # no retry
-    assert any(m["message_id"] == message_id for m in harness.dead_letters())
 
 
 def test_exhausted_retries_fail_with_the_last_error(harness: Harness) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -13,20 +14,33 @@ from workers.services.isolation import SuspectLock
 pytestmark = pytest.mark.unit
 
 
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.001)
+
+
+def _waiting_on(lock: SuspectLock) -> int:
+    """Threads parked in the lock's condition (CPython's Condition keeps them in
+    ``_waiters``): how a test knows a thread is blocked, not just not yet there."""
+    return len(lock._cond._waiters)  # type: ignore[attr-defined]
+
+
 def test_ordinary_jobs_run_together() -> None:
-    lock, inside, both = SuspectLock(), [], threading.Barrier(2, timeout=5)
+    lock, met, both = SuspectLock(), [], threading.Barrier(2, timeout=5)
 
     def job() -> None:
         with lock.ordinary():
-            inside.append(1)
-            both.wait()  # would time out if the second could not enter
+            both.wait()  # breaks (BrokenBarrierError) unless both are inside at once
+            met.append(1)
 
     threads = [threading.Thread(target=job) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(5)
-    assert inside == [1, 1]
+        t.join(10)
+    assert met == [1, 1], "the two ordinary jobs were never inside together"
 
 
 def test_a_suspect_runs_alone_and_new_jobs_wait_for_it() -> None:
@@ -43,7 +57,6 @@ def test_a_suspect_runs_alone_and_new_jobs_wait_for_it() -> None:
     def suspect() -> None:
         with lock.ordinary(), lock.alone(holding_ordinary=True):
             events.append("suspect runs")
-            time.sleep(0.2)
             events.append("suspect done")
 
     def later() -> None:
@@ -55,10 +68,10 @@ def test_a_suspect_runs_alone_and_new_jobs_wait_for_it() -> None:
     running.wait(5)
     t2 = threading.Thread(target=suspect)
     t2.start()
-    time.sleep(0.1)  # the suspect now waits for the first job
+    _wait_until(lambda: _waiting_on(lock) == 1, "the suspect waits for the first job")
     t3 = threading.Thread(target=later)
     t3.start()
-    time.sleep(0.1)
+    _wait_until(lambda: _waiting_on(lock) == 2 or bool(events), "the later job waits too")
     assert events == []  # neither the suspect nor the later job runs yet
     release_first.set()
     for t in (t1, t2, t3):
