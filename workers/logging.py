@@ -10,6 +10,8 @@ and is bounded and written whole (workers/log_lines.py).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import threading
 from typing import Any
@@ -56,6 +58,20 @@ class MessageSummaries(logging.Filter):
         return True
 
 
+def machine_name() -> str:
+    """The machine a line comes from, in a fleet's merged logs: HOSTNAME as containers
+    and Kubernetes set it (the pod's name), else the host's name."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+def _host_processor(host: str) -> Any:
+    def add_host(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("host", host)
+        return event
+
+    return add_host
+
+
 def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
     """A thread that dies logs one bounded line (not a bare traceback on stderr)."""
     if args.exc_type is SystemExit:
@@ -79,6 +95,8 @@ def configure_logging(
         structlog.processors.format_exc_info,
         _scrub_processor,
     ]
+    if use_json:  # lines from many machines end up in one place
+        shared.insert(1, _host_processor(machine_name()))
     renderer: Any = (
         BoundedJSONRenderer(max_line_bytes)
         if use_json
