@@ -52,6 +52,12 @@ class ThreadCensus:
             threads = list(self._threads)
         return [label for label, thread in threads if not thread.is_alive()]
 
+    def tally(self) -> tuple[int, int]:
+        """(alive, announced) threads."""
+        with self._lock:
+            threads = [thread for _, thread in self._threads]
+        return sum(1 for thread in threads if thread.is_alive()), len(threads)
+
 
 def consumer_label(thread: threading.Thread) -> str:
     # A ConsumerThread's queue_name is an attribute, not a documented one: without it

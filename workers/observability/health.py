@@ -23,6 +23,7 @@ from typing import Any
 from dramatiq.middleware import Middleware
 
 from workers.logging import get_logger
+from workers.messaging.watchdog import ThreadCensus, consumer_label
 
 log = get_logger("emotionviz.health")
 
@@ -65,31 +66,34 @@ class ThreadCounts:
         return self.consumers_alive == self.consumers and self.workers_alive == self.workers
 
 
-def count_threads(worker: Any) -> ThreadCounts:
-    """Alive threads of a ``dramatiq.Worker`` (its consumer and worker threads)."""
-    consumers = list(getattr(worker, "consumers", {}).values())
-    workers = list(getattr(worker, "workers", []))
-    return ThreadCounts(
-        consumers_alive=sum(1 for t in consumers if t.is_alive()),
-        consumers=len(consumers),
-        workers_alive=sum(1 for t in workers if t.is_alive()),
-        workers=len(workers),
-    )
+def count_threads(consumers: ThreadCensus, workers: ThreadCensus) -> ThreadCounts:
+    """Alive threads of a worker process, from the threads Dramatiq announced."""
+    consumers_alive, consumers_total = consumers.tally()
+    workers_alive, workers_total = workers.tally()
+    return ThreadCounts(consumers_alive, consumers_total, workers_alive, workers_total)
 
 
 class HealthReporter(Middleware):
-    """Writes this process's health report while the worker runs."""
+    """Writes this process's health report while the worker runs. The threads it
+    counts are those Dramatiq announces through its public boot hooks (the Worker's
+    own lists of them are not documented)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / f"health-{os.getpid()}.json"
         self._stop = threading.Event()
+        self.consumers = ThreadCensus()
+        self.workers = ThreadCensus()
+
+    def after_consumer_thread_boot(self, broker: Any, thread: threading.Thread) -> None:
+        self.consumers.add(consumer_label(thread), thread)
+
+    def after_worker_thread_boot(self, broker: Any, thread: threading.Thread) -> None:
+        self.workers.add(thread.name, thread)
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         self.path = self.directory / f"health-{os.getpid()}.json"
-        thread = threading.Thread(
-            target=self._run, args=(worker,), name="health-reporter", daemon=True
-        )
+        thread = threading.Thread(target=self._run, name="health-reporter", daemon=True)
         thread.start()
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
@@ -97,9 +101,9 @@ class HealthReporter(Middleware):
         with contextlib.suppress(OSError):
             self.path.unlink()
 
-    def _run(self, worker: Any) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
-            counts = count_threads(worker)
+            counts = count_threads(self.consumers, self.workers)
             report = {"pid": os.getpid(), "at": time.time(), "ok": counts.ok, **counts.__dict__}
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
