@@ -56,6 +56,15 @@ def _session(harness: Harness, session_id: uuid.UUID) -> dict[str, Any]:
         )
 
 
+def _processed(harness: Harness, session_id: uuid.UUID) -> int:
+    """The session's messages the workers finished (one "intake step processed" each)."""
+    return sum(
+        1
+        for line in harness.log_path.read_text(errors="replace").splitlines()
+        if str(session_id) in line and "intake step processed" in line
+    )
+
+
 def _wait_session(
     harness: Harness, session_id: uuid.UUID, questions: int, timeout: float = 20
 ) -> dict[str, Any]:
@@ -138,7 +147,12 @@ def test_two_workers_racing_on_one_step_store_one_question(
         for _ in range(3):
             harness.publish_message(message)
         _wait_session(harness, session_id, 1)
-        time.sleep(1.5)  # let the slower duplicates finish
+        # Every copy has finished (each logs its outcome): a second question stored by
+        # a slower duplicate would be in the row by then.
+        deadline = time.monotonic() + 15
+        while _processed(harness, session_id) < 3:
+            assert time.monotonic() < deadline, harness.log_path.read_text()[-3000:]
+            time.sleep(0.1)
         row = _session(harness, session_id)
         assert len(row["conversation_history"]) == 1 and row["current_step"] == 1
     finally:
@@ -153,7 +167,13 @@ def test_step_whose_answer_is_late_is_retried_then_served(
     _wait_session(harness, session_id, 1)
     # The API published step 2 before its answer committed (it should not; we survive it).
     harness.publish_message(IntakeStep(session_id=session_id, user_id=user_id, step=2))
-    time.sleep(0.15)
+    deadline = time.monotonic() + 15
+    while not any(  # the worker tried step 2 and was refused: the answer comes later
+        str(session_id) in line and "answer to step 1 is not stored yet" in line
+        for line in harness.log_path.read_text(errors="replace").splitlines()
+    ):
+        assert time.monotonic() < deadline, harness.log_path.read_text()[-3000:]
+        time.sleep(0.05)
     with harness.engine.begin() as conn:
         conn.execute(
             text(

@@ -209,16 +209,17 @@ def test_threads_ask_in_parallel_while_the_gate_has_room(
         max_wait_s=10,
         slot_ttl_ms=60_000,
     )
-    release = threading.Event()
+    release, inside = threading.Event(), threading.Barrier(7, timeout=10)
 
     def call() -> None:
         with roomy.slot():
+            inside.wait()
             release.wait(5)
 
     threads = [threading.Thread(target=call) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)  # every thread has asked
+    inside.wait()  # every thread has asked and been admitted
     release.set()
     for thread in threads:
         thread.join()
