@@ -64,12 +64,12 @@ def machine_name() -> str:
     return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
-def _host_processor(host: str) -> Any:
-    def add_host(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-        event.setdefault("host", host)
+def _machine_processor(host: str) -> Any:
+    def add_machine(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("machine", host)
         return event
 
-    return add_host
+    return add_machine
 
 
 def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
@@ -96,7 +96,7 @@ def configure_logging(
         _scrub_processor,
     ]
     if use_json:  # lines from many machines end up in one place
-        shared.insert(1, _host_processor(machine_name()))
+        shared.insert(1, _machine_processor(machine_name()))
     renderer: Any = (
         BoundedJSONRenderer(max_line_bytes)
         if use_json

@@ -26,9 +26,9 @@ def _line(env: dict[str, str]) -> dict[str, object]:
 
 def test_a_json_line_carries_the_machine_named_by_hostname() -> None:
     line = _line({**os.environ, "HOSTNAME": "fleet-m7"})
-    assert line["host"] == "fleet-m7" and line["event"] == "hello", line
+    assert line["machine"] == "fleet-m7" and line["event"] == "hello", line
 
 
 def test_without_hostname_the_line_carries_the_hosts_name() -> None:
     env = {k: v for k, v in os.environ.items() if k != "HOSTNAME"}
-    assert _line(env)["host"] == socket.gethostname()
+    assert _line(env)["machine"] == socket.gethostname()
