@@ -14,8 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from sqlalchemy.engine import make_url
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from domain.errors import ConfigurationError
 
@@ -54,23 +53,23 @@ def running_pgbouncer(
         raise PgBouncerUnavailableError(
             "pgbouncer is not installed (scripts/test installs Debian's package as root)"
         )
-    server = make_url(server_url)
-    user = server.username or "postgres"
+    server = urlsplit(server_url)
+    user = unquote(server.username or "postgres")
     port = port or free_port()
     # The embedded server listens on a Unix socket only (host=<folder> in the URL), in a
     # folder only its own user may enter: PgBouncer then runs as that user.
-    socket_dir = server.query.get("host")
-    socket_dir = socket_dir if isinstance(socket_dir, str) and socket_dir.startswith("/") else None
+    socket_dir = parse_qs(server.query).get("host", [""])[0] or None
+    socket_dir = socket_dir if socket_dir and socket_dir.startswith("/") else None
     target = (
         f"host={socket_dir} port={server.port or 5432}"
         if socket_dir
-        else f"host={server.host or '127.0.0.1'} port={server.port or 5432}"
+        else f"host={server.hostname or '127.0.0.1'} port={server.port or 5432}"
     )
     # As root, pgbouncer takes another user's identity before it reads its files: a
     # folder that user can read (a test's own is private to root).
     folder = Path(tempfile.mkdtemp(prefix="emotionviz-pgbouncer-"))
     folder.chmod(0o755)
-    password = server.password or ""
+    password = unquote(server.password or "")
     (folder / "userlist.txt").write_text(f'"{user}" "{password}"\n')
     (folder / "pgbouncer.ini").write_text(
         "[databases]\n"
@@ -107,7 +106,7 @@ def running_pgbouncer(
                 log = log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"pgbouncer did not start (exit {proc.poll()}): {log}")
             time.sleep(0.1)
-        auth = f"{user}:{password}@" if password else f"{user}@"
+        auth = f"{quote(user)}:{quote(password)}@" if password else f"{quote(user)}@"
         yield f"postgresql://{auth}127.0.0.1:{port}/{{db}}"
     finally:
         proc.terminate()
