@@ -44,8 +44,9 @@ def _exit_code(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
 @pytest.mark.parametrize(
     ("kind", "options", "dead"),
     [
-        ("kill-worker-thread", {}, "worker thread"),
-        ("kill-consumer", {"eta": int(time.time() * 1000) + 60_000}, "consumer of visualizations"),
+        ("kill-worker-thread", {}, "worker thread Thread-"),
+        # Not the killer's own words ("consumer thread"): the watchdog's label.
+        ("kill-consumer", {"eta": int(time.time() * 1000) + 60_000}, "consumer thread Thread-"),
     ],
 )
 def test_a_dead_thread_makes_the_worker_exit_non_zero(

@@ -99,10 +99,7 @@ def test_the_reporter_counts_the_threads_a_real_dramatiq_worker_boots(tmp_path: 
         worker.stop()
         broker.close()
     assert counts.ok and (counts.consumers_alive, counts.workers_alive) == (2, 3)
-    assert sorted(reporter.consumers.labels()) == [
-        "consumer of health",
-        "consumer of health.DQ",
-    ]
+    assert all(label.startswith("consumer thread ") for label in reporter.consumers.labels())
 
 
 def test_a_silent_process_is_unhealthy(tmp_path: Path) -> None:

@@ -12,10 +12,9 @@ from workers.messaging.watchdog import Watchdog
 pytestmark = pytest.mark.unit
 
 
-class _ConsumerThread(threading.Thread):  # what the hook gets: a thread with its queue
-    def __init__(self, queue_name: str, target: object) -> None:
-        super().__init__(target=target, daemon=True)  # type: ignore[arg-type]
-        self.queue_name = queue_name
+class _ConsumerThread(threading.Thread):  # what the hook gets: a named thread
+    def __init__(self, name: str, target: object) -> None:
+        super().__init__(target=target, name=name, daemon=True)  # type: ignore[arg-type]
 
 
 def test_dead_consumer_and_worker_threads_are_named() -> None:
@@ -36,7 +35,7 @@ def test_dead_consumer_and_worker_threads_are_named() -> None:
             watchdog.after_worker_thread_boot(None, worker)
         consumers[1].join()
         workers[1].join()
-        assert watchdog.threads.dead() == ["consumer of intake", "worker thread gone-1"]
+        assert watchdog.threads.dead() == ["consumer thread intake", "worker thread gone-1"]
         healthy = Watchdog(interval_s=60)
         healthy.after_consumer_thread_boot(None, consumers[0])
         healthy.after_worker_thread_boot(None, workers[0])

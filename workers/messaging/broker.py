@@ -30,11 +30,10 @@ from workers.logging import get_logger
 from workers.messaging.announced import AnnouncedEnqueue, Row
 from workers.messaging.consumer import AdmittingConsumer
 from workers.messaging.delivery import dead_letter_record
-from workers.messaging.dramatiq_adapter import RedisCommands
 from workers.messaging.envelope import summary
 from workers.messaging.middleware import LogContext, ScrubFailures
 from workers.messaging.redis_clients import pooled_client
-from workers.messaging.redis_keys import canonical_queue, queue_keys
+from workers.messaging.redis_keys import RedisCommands, canonical_queue, queue_keys
 from workers.messaging.wake_ups import WakeUps, channel
 from workers.settings import Settings
 

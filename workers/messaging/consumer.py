@@ -33,8 +33,8 @@ from dramatiq.message import Message
 
 from workers.logging import get_logger
 from workers.messaging.delivery import Delivery, failure_reason, with_reason
-from workers.messaging.dramatiq_adapter import RedisCommands
 from workers.messaging.envelope import Verdict, inspect
+from workers.messaging.redis_keys import RedisCommands
 from workers.messaging.wake_ups import WakeUps
 
 log = get_logger("emotionviz.consumer")
@@ -59,7 +59,7 @@ class AdmittingBroker(Protocol):
 class AdmittingConsumer(Consumer):
     """A consumer of one Redis queue (``RedisBroker.consume`` returns it), written on
     Dramatiq's public ``Consumer``; the storage commands are Dramatiq's own
-    (dramatiq_adapter.RedisCommands), as its consumer uses them."""
+    (redis_keys.RedisCommands), as its consumer uses them."""
 
     def __init__(
         self,

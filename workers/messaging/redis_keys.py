@@ -1,6 +1,10 @@
-"""Dramatiq's Redis key layout, spelled out once.
+"""Dramatiq's Redis storage, adapted in one place: its key layout and its storage
+commands. Both are private to Dramatiq's Redis broker and both are defined by one
+upstream file (dramatiq/brokers/redis/dispatch.lua, the Lua script that writes the keys
+and runs the commands), so an upgrade that changes one is mended here;
+tests/contract/test_dramatiq.py fails loudly when it does.
 
-Dramatiq's Redis broker keeps, under a namespace (``REDIS_NAMESPACE``):
+The key layout. Dramatiq's Redis broker keeps, under a namespace (``REDIS_NAMESPACE``):
 
 - ``{ns}:{queue}``: a list of message ids ready to be consumed;
 - ``{ns}:{queue}.msgs``: a hash, message id -> encoded envelope;
@@ -11,14 +15,21 @@ Dramatiq's Redis broker keeps, under a namespace (``REDIS_NAMESPACE``):
 - ``{ns}:__acks__.{worker_id}.{queue}``: the ids a worker holds unacknowledged;
 - ``{ns}:__heartbeats__``: a sorted set, worker id -> last heartbeat (ms).
 
-These names are Dramatiq's private layout, not an API: every product module, script
-and test that reads or writes them goes through this module, so a Dramatiq upgrade
-that changes them is mended in one place.
+Every product module, script and test that reads or writes them spells them through
+this module.
+
+The storage commands (``RedisCommands``): fetch, ack, nack, requeue, which
+``RedisBroker`` makes up by name from the same Lua script (``broker.do_<command>``);
+Dramatiq's own Redis consumer calls them the same way, ours (consumer.py) through here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dramatiq.brokers.redis import RedisBroker
 
 DELAY_SUFFIX = ".DQ"
 DEAD_SUFFIX = ".XQ"
@@ -77,3 +88,34 @@ def heartbeats(namespace: str) -> str:
 def acks_pattern(namespace: str) -> str:
     """A SCAN pattern matching every worker's acks set."""
     return f"{namespace}:__acks__.*"
+
+
+class RedisCommands:
+    """The storage commands of a ``RedisBroker`` for one queue (as consumed: a delay
+    queue's name ends in ``.DQ``). Each is one round trip of Dramatiq's Lua script,
+    which also heart-beats for this broker and, now and then, requeues the messages
+    of dead workers."""
+
+    def __init__(self, broker: RedisBroker, queue_name: str) -> None:
+        self.queue_name = queue_name
+        self._fetch = broker.do_fetch
+        self._ack = broker.do_ack
+        self._nack = broker.do_nack
+        self._requeue = broker.do_requeue
+
+    def fetch(self, count: int) -> list[bytes | None]:
+        """Up to ``count`` bodies, moved to this broker's acks set."""
+        fetched: Any = self._fetch(self.queue_name, count)
+        return list(fetched)
+
+    def ack(self, redis_id: str) -> None:
+        self._ack(self.queue_name, redis_id)
+
+    def nack(self, redis_id: str) -> None:
+        """Move the stored body to the queue's dead letters."""
+        self._nack(self.queue_name, redis_id)
+
+    def requeue(self, redis_ids: list[str]) -> None:
+        """Push held messages back onto the queue (shutdown, lost connection)."""
+        if redis_ids:
+            self._requeue(self.queue_name, *redis_ids)

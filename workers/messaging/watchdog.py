@@ -60,9 +60,9 @@ class ThreadCensus:
 
 
 def consumer_label(thread: threading.Thread) -> str:
-    # A ConsumerThread's queue_name is an attribute, not a documented one: without it
-    # the thread's name still tells the dead thread apart.
-    return f"consumer of {getattr(thread, 'queue_name', thread.name)}"
+    # By the thread's name only: which queue a ConsumerThread consumes is an attribute
+    # Dramatiq does not document (issue 25: no private name for a log label).
+    return f"consumer thread {thread.name}"
 
 
 class Watchdog(Middleware):
