@@ -71,7 +71,7 @@ def measure_parts(ids: list[tuple[str, str]]) -> tuple[dict[str, float], int]:
     for message in messages[:WARM_UP]:
         service.process(message)
     timer = PartTimer()
-    sdk = service.providers.analysis.inner.client._client.models  # type: ignore[attr-defined]
+    sdk = service.providers.analysis.inner.client.sdk.models  # type: ignore[attr-defined]
     _patch(timer, sdk, "generate_content", "SDK calls (the floor's)")
     _patch(timer, ratelimit.RateGate, "_acquire", "rate gates (acquire + release)")
     _patch(timer, ratelimit.RateGate, "release", "rate gates (acquire + release)")

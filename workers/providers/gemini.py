@@ -241,6 +241,11 @@ class GeminiClient:
             options.base_url = base_url
         self._client = genai.Client(api_key=api_key, http_options=options)
 
+    @property
+    def sdk(self) -> genai.Client:
+        """The SDK client every call goes through (scripts/bench times its calls)."""
+        return self._client
+
     def generate(
         self,
         *,
