@@ -32,11 +32,38 @@ class ImageProvider(Protocol):
 
 
 class ImageStore(Protocol):
+    """Where pictures live (workers/providers: a local folder or an S3 bucket). Keys are
+    made from row ids, so a retried job overwrites its own objects."""
+
     def put(self, key: str, data: bytes, content_type: str) -> str:
-        """Store bytes under ``key`` and return the public URL."""
+        """Store bytes under ``key`` (atomically, overwriting) and return the URL to
+        keep in the row."""
         ...
 
-    def get(self, key: str) -> bytes: ...
+    def get(self, key: str) -> bytes:
+        """The stored bytes; FileNotFoundError when there are none."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove one object; False when there was none."""
+        ...
+
+    def stored(self, prefix: str) -> list[tuple[str, float]]:
+        """Every key under ``prefix/`` with its age in seconds."""
+        ...
+
+    def key_for_url(self, url: str) -> str | None:
+        """The key behind a URL this store returned, or None for any other URL."""
+        ...
+
+    def reader_url(self, url: str) -> str | None:
+        """A URL a reader can fetch now for a URL this store returned (presigned where
+        the store is private), or None for any other URL."""
+        ...
+
+    def describe(self) -> str:
+        """Where the pictures are, for operators (never a credential)."""
+        ...
 
 
 class IntakeProvider(Protocol):

@@ -22,14 +22,16 @@ from db.engine import Database
 from db.engine import redact_url as redact_url  # for logs; callers use bootstrap's
 from db.uow import UnitOfWork
 from domain.messages import QUEUES, EntryCreated, MessageV1
+from domain.providers import ImageStore
 from workers.logging import configure_logging, register_secret
 from workers.messaging.broker import build_broker
 from workers.messaging.broker_state import BrokerState, read_broker_state
 from workers.messaging.counters import Counters
 from workers.messaging.producer import Producer
 from workers.messaging.redis_clients import pooled_client
+from workers.providers import storage
 from workers.providers.factory import Providers, build_providers
-from workers.providers.storage import LocalImageStore
+from workers.providers.storage import image_store as build_image_store
 from workers.services.intake import IntakeService
 from workers.services.media import MediaLifecycle
 from workers.services.visualize import VisualizationService, VisualizeLimits
@@ -53,6 +55,8 @@ def configure_process(settings: Settings | None = None) -> Settings:
         settings.redis_url,
         settings.broker_url,
         settings.console_token,
+        settings.aws_secret_access_key,
+        settings.aws_session_token,
     ):
         if secret is not None:
             register_secret(secret.get_secret_value())
@@ -205,10 +209,19 @@ def providers() -> Providers:
 
 
 @lru_cache(maxsize=1)
-def image_store() -> LocalImageStore:
+def image_store() -> ImageStore:
     """The media store alone (the console serves its images; needs no provider)."""
-    settings = get_settings()
-    return LocalImageStore(settings.media_dir, settings.media_base_url)
+    return build_image_store(get_settings())
+
+
+def picture(url: str) -> tuple[bytes, str] | None:
+    """A row's picture read through the store (a folder, or the fleet's bucket)."""
+    return storage.picture(image_store(), url)
+
+
+def check_media_store(settings: Settings, timeout_s: float) -> tuple[bool, str] | None:
+    """Readiness of the object store; None where pictures are in a local folder."""
+    return storage.check_store(settings, timeout_s)
 
 
 @lru_cache(maxsize=1)

@@ -6,10 +6,12 @@ names the setting (see ``load_settings``).
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     Field,
@@ -30,6 +32,42 @@ _URL_SCHEMES = {
     "redis_url": ("redis", "rediss", "unix"),
     "broker_url": ("redis", "rediss", "unix", "amqp", "amqps"),
 }
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$")
+
+
+@dataclass(frozen=True)
+class MediaLocation:
+    """MEDIA_URL parsed: ``file`` with a folder, or ``s3`` with a bucket and a key prefix
+    (no leading or trailing slash; empty for the bucket's root)."""
+
+    kind: Literal["file", "s3"]
+    path: Path = Path()
+    bucket: str = ""
+    prefix: str = ""
+
+
+def media_location(url: str) -> MediaLocation:
+    """Parse MEDIA_URL, or raise ValueError saying what is wrong (never echoing it)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError("a file URL names an absolute folder: file:///path/to/media")
+        return MediaLocation("file", path=Path(unquote(parts.path)))
+    if parts.scheme != "s3":
+        raise ValueError("the scheme must be s3 (s3://bucket/prefix) or file (file:///path)")
+    if not parts.netloc:
+        raise ValueError("an s3 URL names its bucket: s3://bucket/prefix")
+    if not _BUCKET.match(parts.netloc) or ".." in parts.netloc:
+        raise ValueError("the bucket name must be 3-63 lowercase letters, digits, dots, hyphens")
+    if parts.query or parts.fragment:
+        raise ValueError("an s3 URL takes no query or fragment")
+    prefix = parts.path.strip("/")
+    if prefix and not _PREFIX.match(prefix):
+        raise ValueError("the key prefix may hold letters, digits and !_.*'()- between slashes")
+    return MediaLocation("s3", bucket=parts.netloc, prefix=prefix)
 
 
 class Settings(BaseSettings):
@@ -87,9 +125,28 @@ class Settings(BaseSettings):
     rate_limit_margin_s: float = Field(default=0.5, ge=0, le=60)
     rate_limiter: Literal["exact", "dramatiq"] = "exact"
 
-    # Media.
+    # Media. MEDIA_URL says where pictures live: s3://bucket/prefix (an object store,
+    # every machine sees the same pictures) or file:///path (this machine's disk);
+    # unset: the folder MEDIA_DIR. workers/providers/storage.py: image_store.
+    media_url: str | None = None
     media_dir: Path = Path(".data/media")
+    # The public URL prefix stored in image_url: a local store's always; an S3 store's
+    # with MEDIA_ACCESS=public (default there: the endpoint's URL of the bucket).
     media_base_url: str = "http://localhost:8000/media"
+    # How readers reach an S3 store's pictures: "presigned" (the default: a private
+    # bucket; the row holds s3://bucket/key, readers get URLs valid MEDIA_PRESIGN_TTL_S)
+    # or "public" (the row holds MEDIA_BASE_URL/key; the bucket or a CDN serves it).
+    media_access: Literal["public", "presigned"] | None = None
+    media_presign_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    # One store request (with the client's own retries) gives up after this long.
+    media_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # The standard AWS variables (the object store's credentials and address). Unset
+    # keys: the client's own chain (web identity, container or instance role).
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
     thumbnail_px: int = Field(default=256, ge=32, le=1024)
 
     # Worker runtime.
@@ -164,6 +221,13 @@ class Settings(BaseSettings):
         "gemini_base_url",
         "console_token",
         "redis_maxclients",
+        "media_url",
+        "media_access",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_region",
+        "aws_endpoint_url",
         mode="before",
     )
     @classmethod
@@ -211,6 +275,39 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("media_url")
+    @classmethod
+    def _media_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            media_location(value)  # raises ValueError naming what is wrong
+        return value
+
+    @field_validator("aws_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_media(self) -> Settings:
+        if self.media_access is not None and self.media.kind == "file":
+            raise ValueError(
+                "MEDIA_ACCESS applies to an S3 store (MEDIA_URL=s3://...); a local store's "
+                "pictures are always at MEDIA_BASE_URL"
+            )
+        return self
+
+    @property
+    def media(self) -> MediaLocation:
+        """Where pictures live: MEDIA_URL, else the folder MEDIA_DIR."""
+        if self.media_url is None:
+            return MediaLocation("file", path=self.media_dir)
+        return media_location(self.media_url)
 
     @model_validator(mode="after")
     def _check_backoff(self) -> Settings:

@@ -18,7 +18,7 @@ from typing import Any
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
-from domain.errors import NotFoundError, PermanentError
+from domain.errors import NotFoundError
 from domain.failures import failure_class
 from domain.messages import QUEUES, AnalyticsRecompute
 from workers import bootstrap
@@ -244,13 +244,9 @@ def image_file(entry_id: uuid.UUID, size: str) -> tuple[bytes, str] | None:
     url = None if row is None else row.thumbnail_url if size == "thumbnail" else row.image_url
     if url is None:
         return None
-    try:
-        path = bootstrap.image_store().path_for_url(url)
-        data = path.read_bytes()
-    except (OSError, PermanentError):  # gone, or outside the store (MEDIA_BASE_URL changed)
-        return None
-    media_type = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}
-    return data, media_type.get(path.suffix, "application/octet-stream")
+    # Through the store (a folder or the fleet's bucket), not this machine's disk; None
+    # when gone or outside the store (MEDIA_BASE_URL or the bucket changed).
+    return bootstrap.picture(url)
 
 
 # --- analytics ---------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from workers.devtools.demo_intake import ScriptedRespondent
 from workers.devtools.gallery import write_gallery
 from workers.entrypoints.commands.worker import worker_command, worker_env
 from workers.producer_api import ProducerAPI
-from workers.providers.storage import LocalImageStore
 from workers.settings import Settings
 
 STYLES = list(VisualizationStyle)
@@ -125,7 +124,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         env["PROVIDER"] = "local"
         console.print("provider local (offline analysis and Pillow renderer)")
-    env["MEDIA_DIR"] = str(settings.media_dir.resolve())
+    if settings.media_url is None:  # the demo's default: this machine's folder
+        env["MEDIA_DIR"] = str(settings.media_dir.resolve())
+    console.print(f"[bold]pictures[/] {bootstrap.image_store().describe()}")
 
     bootstrap.counters().reset(["retries", "rejected"])
     respondent = ScriptedRespondent(ProducerAPI(bootstrap.unit_of_work))
@@ -186,11 +187,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     table.add_row("wall time, whole demo (s)", f"{wall:.1f}")
     console.print(table)
 
-    index = write_gallery(
-        bootstrap.unit_of_work(),
-        LocalImageStore(settings.media_dir, settings.media_base_url),
-        output / "gallery",
-    )
+    index = write_gallery(bootstrap.unit_of_work(), bootstrap.image_store(), output / "gallery")
     console.print(f"gallery written: [bold]{index}[/]")
     console.print(f"worker log: {log_path}")
     _print_next_steps(console, settings)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from db.repositories import AnalyticsRow, GalleryEntry, IntakeSessionRow, VisualizationRow
 from db.uow import UnitOfWork
+from domain.providers import ImageStore
 from domain.visual_language import LOOKS
 from domain.vocabulary import EMOTIONS
-from workers.providers.storage import LocalImageStore
+from workers.providers.storage import picture
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _talk_html(session: IntakeSessionRow, image: str | None, status: str) -> str
 
 def write_gallery(
     uow: UnitOfWork,
-    store: LocalImageStore,
+    store: ImageStore,
     folder: Path,
     *,
     extra_sections: str = "",
@@ -194,7 +195,7 @@ def write_gallery(
     return index
 
 
-def _card(entry: GalleryEntry, store: LocalImageStore, media: Path) -> Card:
+def _card(entry: GalleryEntry, store: ImageStore, media: Path) -> Card:
     viz: VisualizationRow | None = entry.visualization
     image = thumb = None
     if viz is not None and viz.image_url:
@@ -216,12 +217,12 @@ def _card(entry: GalleryEntry, store: LocalImageStore, media: Path) -> Card:
     )
 
 
-def _copy(store: LocalImageStore, url: str, media: Path) -> str | None:
-    try:
-        source = store.path_for_url(url)
-    except Exception:  # noqa: BLE001 - an image from another store is simply not shown
+def _copy(store: ImageStore, url: str, media: Path) -> str | None:
+    """The picture copied next to the page, read through the store (a folder or S3)."""
+    found = picture(store, url)
+    key = store.key_for_url(url)
+    if found is None or key is None:  # an image from another store is simply not shown
         return None
-    if not source.exists():
-        return None
-    shutil.copyfile(source, media / source.name)
-    return f"media/{source.name}"
+    name = key.rsplit("/", 1)[-1]
+    (media / name).write_bytes(found[0])
+    return f"media/{name}"

@@ -1,7 +1,8 @@
 """Readiness checks: can this deployment take work? The database answers with its
-schema at this release's migration head, and the broker (and Redis, when the broker is
-RabbitMQ) answers. Cheap enough to run every few seconds in every container: one
-connection and a one-row read, one PING; no table is counted or scanned. They observe
+schema at this release's migration head, the broker (and Redis, when the broker is
+RabbitMQ) answers, and so does the object store where pictures live in one (MEDIA_URL).
+Cheap enough to run every few seconds in every container: one connection and a one-row
+read, one PING, one short LIST; no table is counted or scanned. They observe
 only: embedded servers that are not running are reported, never started.
 
 Used by ``emotionviz health`` (container health checks) and the worker's /readyz.
@@ -83,11 +84,26 @@ def check_rabbitmq(url: str, timeout_s: float) -> Check:
     return Check("broker", True, "answers")
 
 
+def check_media(settings: Settings, timeout_s: float) -> Check | None:
+    """The fleet's object store (MEDIA_URL=s3://) answers one LIST with our credentials;
+    None for a local folder (this machine's disk, not a service)."""
+    from workers import bootstrap
+
+    result = bootstrap.check_media_store(settings, timeout_s)
+    if result is None:
+        return None
+    ok, detail = result
+    return Check("media", ok, scrub(detail))
+
+
 def run_checks(settings: Settings, timeout_s: float) -> list[Check]:
     checks: list[Check] = [
         Check(c.name, c.ok, scrub(c.detail))
         for c in check_database(_database_url(settings), timeout_s, _not_running("DATABASE_URL"))
     ]
+    media = check_media(settings, timeout_s)
+    if media is not None:
+        checks.append(media)
     redis_url = _redis_url(settings)
     broker_url = settings.broker_url.get_secret_value() if settings.broker_url else None
     if broker_url is None or broker_url == redis_url:

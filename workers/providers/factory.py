@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import redis
 
 from domain.errors import ConfigurationError
-from domain.providers import AnalysisProvider, ImageProvider, IntakeProvider
+from domain.providers import AnalysisProvider, ImageProvider, ImageStore, IntakeProvider
 from workers.logging import get_logger
 from workers.observability import metrics
 from workers.providers.instrumented import CountedAnalysis, CountedImages, CountedIntake
 from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import DramatiqRateGate, RateGate
-from workers.providers.storage import LocalImageStore
+from workers.providers.storage import image_store
 from workers.settings import Settings
 
 log = get_logger("emotionviz.providers")
@@ -24,7 +24,7 @@ log = get_logger("emotionviz.providers")
 class Providers:
     analysis: AnalysisProvider
     images: ImageProvider
-    store: LocalImageStore
+    store: ImageStore
     intake: IntakeProvider
 
 
@@ -97,7 +97,7 @@ def build_providers(settings: Settings, redis_client: redis.Redis) -> Providers:
 
 
 def _build(settings: Settings, redis_client: redis.Redis) -> Providers:
-    store = LocalImageStore(settings.media_dir, settings.media_base_url)
+    store = image_store(settings)
     if settings.resolved_provider() == "local":
         return Providers(
             LocalAnalysisProvider(), LocalImageProvider(), store, LocalIntakeProvider()

@@ -1,4 +1,7 @@
-"""ImageStore on a local directory with a public base URL.
+"""The image stores, and the one function that picks one from the settings.
+
+``LocalImageStore``: a folder on this machine with a public base URL (the demo's and a
+single machine's). ``S3ImageStore`` (s3_store.py): a bucket every machine shares.
 
 Keys are derived from row ids only (never from user text), checked again here so no
 key can climb out of the media directory. Writes are atomic (temp file + rename), so a
@@ -8,13 +11,52 @@ reader never sees half an image and a retried job simply overwrites.
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
 from domain.errors import PermanentError
+from domain.providers import ImageStore
+from workers.providers.store_keys import SAFE_KEY
+from workers.settings import Settings
 
-_SAFE_KEY = re.compile(r"^[a-z0-9_-]+(/[a-z0-9_-]+)*\.(png|jpg|webp)$")
+MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+def picture(store: ImageStore, url: str) -> tuple[bytes, str] | None:
+    """The bytes and media type behind a URL a row holds, read through the store (the
+    console serves them); None when the URL is not this store's or the object is gone."""
+    key = store.key_for_url(url)
+    if key is None:
+        return None
+    try:
+        data = store.get(key)
+    except FileNotFoundError:
+        return None
+    return data, MEDIA_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
+
+
+def check_store(settings: Settings, timeout_s: float) -> tuple[bool, str] | None:
+    """Readiness of an S3 store: (answers, what was seen); None for a local folder (this
+    machine's disk, not a service)."""
+    if settings.media.kind != "s3":
+        return None
+    from workers.providers.s3_store import MediaStoreError, S3ImageStore
+
+    store = S3ImageStore.from_settings(settings, timeout_s=timeout_s, retries=0)
+    try:
+        return True, store.check()
+    except MediaStoreError as exc:
+        return False, str(exc)
+
+
+def image_store(settings: Settings) -> ImageStore:
+    """The store MEDIA_URL names (s3:// or file://), else the folder MEDIA_DIR."""
+    media = settings.media
+    if media.kind == "s3":
+        from workers.providers.s3_store import S3ImageStore  # its client only when used
+
+        return S3ImageStore.from_settings(settings)
+    return LocalImageStore(media.path, settings.media_base_url)
 
 
 class LocalImageStore:
@@ -26,7 +68,7 @@ class LocalImageStore:
         self._folders: set[Path] = set()
 
     def _path(self, key: str) -> Path:
-        if not _SAFE_KEY.match(key):
+        if not SAFE_KEY.match(key):
             raise PermanentError(f"unsafe media key {key!r}")
         return self.root / key
 
@@ -72,8 +114,26 @@ class LocalImageStore:
         return sorted(
             f"{prefix}/{path.name}"
             for path in folder.iterdir()
-            if path.is_file() and _SAFE_KEY.match(f"{prefix}/{path.name}")
+            if path.is_file() and SAFE_KEY.match(f"{prefix}/{path.name}")
         )
+
+    def stored(self, prefix: str) -> list[tuple[str, float]]:
+        """Every stored key under ``prefix/`` with its age in seconds."""
+        now = time.time()
+        found = []
+        for key in self.keys(prefix):
+            try:
+                found.append((key, max(0.0, now - self._path(key).stat().st_mtime)))
+            except FileNotFoundError:  # deleted since the listing
+                continue
+        return found
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+    def reader_url(self, url: str) -> str | None:
+        """The stored URL itself: MEDIA_BASE_URL is public."""
+        return url if self.key_for_url(url) is not None else None
 
     def age_s(self, key: str) -> float:
         """Seconds since the file was last written."""

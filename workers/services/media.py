@@ -8,7 +8,12 @@
   a different format's old file is removed when the new one is stored.
 - ``find_orphans`` compares the files with the rows, for what happened outside these
   paths (files from a restored backup, rows deleted before the trigger existed):
-  ``emotionviz media gc`` (a dry run unless --apply).
+  ``emotionviz media gc`` (a dry run unless --apply). A row whose URL the store does
+  not recognise (MEDIA_BASE_URL or the bucket changed since) keeps all its files: the
+  scan cannot tell which are current, and deleting a person's picture is not undone.
+
+The store is whichever MEDIA_URL names (workers/providers/storage.py: a folder, or an
+S3 bucket shared by every machine), so all of this works from any machine.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from db.uow import UnitOfWork
+from domain.providers import ImageStore
 from workers.logging import get_logger
-from workers.providers.storage import LocalImageStore
 
 log = get_logger("emotionviz.media")
 
@@ -61,7 +66,7 @@ class GcReport:
 
 
 class MediaLifecycle:
-    def __init__(self, uow_factory: Callable[[], UnitOfWork], store: LocalImageStore) -> None:
+    def __init__(self, uow_factory: Callable[[], UnitOfWork], store: ImageStore) -> None:
         self.uow_factory = uow_factory
         self.store = store
 
@@ -87,18 +92,34 @@ class MediaLifecycle:
         """Stored files no row references: no such visualization, or not its current
         picture or thumbnail. Files younger than ``min_age_s`` are left alone: a job
         stores its picture a moment before its row names it."""
-        keys = [key for key in self.store.keys(FOLDER) if self.store.age_s(key) >= min_age_s]
+        keys = [key for key, age in self.store.stored(FOLDER) if age >= min_age_s]
         ids = {uuid.UUID(m.group(1)) for key in keys if (m := _KEY.match(key))}
         referenced: set[str] = set()
+        unknown: set[str] = set()  # ids whose row holds a URL of no store we know
         id_list = sorted(ids)
         for start in range(0, len(id_list), 1000):
             with self.uow_factory() as uow:
                 rows = uow.media.referenced(id_list[start : start + 1000])
-            for urls in rows.values():
-                referenced.update(
-                    key for url in urls if url and (key := self.store.key_for_url(url))
-                )
-        return [key for key in keys if key not in referenced]
+            for vid, urls in rows.items():
+                for url in urls:
+                    if not url:
+                        continue
+                    key = self.store.key_for_url(url)
+                    if key is None:
+                        unknown.add(str(vid))
+                    else:
+                        referenced.add(key)
+        if unknown:
+            log.warning(
+                "rows hold picture URLs this store does not recognise; their files are kept",
+                rows=len(unknown),
+                store=self.store.describe(),
+            )
+        return [
+            key
+            for key in keys
+            if key not in referenced and not ((m := _KEY.match(key)) and m.group(1) in unknown)
+        ]
 
     def gc(self, *, apply: bool, min_age_s: float = ORPHAN_MIN_AGE_S) -> GcReport:
         rows, files = self.collect_garbage() if apply else (0, 0)
