@@ -401,3 +401,62 @@ class EntryArrival(Base):
     arrived_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+
+
+class CompletionEvent(Base):
+    """A visualization that reached completed or failed, or an intake session that
+    completed (filled by triggers in the writer's transaction, migration 0006; not in the
+    seed spec): the outbox the workers deliver to the subscribers EVENTS_* configure
+    (workers/services/events.py). ``payload`` is exactly what the NOTIFY carried."""
+
+    __tablename__ = "completion_events"
+    __table_args__ = (
+        UniqueConstraint("event_id", name="completion_events_event_id_key"),
+        Index("idx_completion_events_created_at", "created_at"),
+        Index(
+            "idx_completion_events_waiting", "id", postgresql_where=text("fanned_out_at IS NULL")
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), nullable=False, server_default=text("gen_random_uuid()")
+    )
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    # When the dispatcher made its delivery rows (one per configured subscriber).
+    fanned_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EventDelivery(Base):
+    """One completion event on its way to one subscriber ('queue' or 'webhook'): pending
+    (due at next_attempt_at), delivered, or dead after EVENTS_MAX_ATTEMPTS, with the
+    reason (not in the seed spec)."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'delivered', 'dead')", name="event_deliveries_status_check"
+        ),
+        Index(
+            "idx_event_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("idx_event_deliveries_dead", "event_id", postgresql_where=text("status = 'dead'")),
+    )
+
+    event_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("completion_events.id", ondelete="CASCADE"), primary_key=True
+    )
+    subscriber: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
