@@ -6,6 +6,8 @@ names the setting (see ``load_settings``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -212,6 +214,48 @@ class Settings(BaseSettings):
     # PIPE_BUF (4096) to reach the parent process in one piece (workers/log_lines.py).
     log_max_line_bytes: int = Field(default=4000, ge=512, le=4092)
 
+    # Completion events (docs/messages.md, "Completion events"): every worker process
+    # delivers the outbox the database's triggers fill to these subscribers.
+    events_queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    events_queue_actor: str = Field(default="completion.event", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    events_webhook_url: str | None = None
+    events_webhook_secret: SecretStr | None = None  # whsec_<base64>, Standard Webhooks
+    events_webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    events_max_attempts: int = Field(default=8, ge=1, le=100)
+    events_min_backoff_ms: int = Field(default=1_000, ge=1)
+    events_max_backoff_ms: int = Field(default=600_000, ge=1)
+    events_poll_s: float = Field(default=5.0, gt=0, le=300)  # without a NOTIFY
+    events_batch: int = Field(default=100, ge=1, le=10_000)
+    events_retention_days: float = Field(default=7.0, gt=0)
+    events_dispatch: bool = True  # false: this process delivers nothing
+
+    @field_validator("events_queue", "events_webhook_url", "events_webhook_secret", mode="before")
+    @classmethod
+    def _events_empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("events_webhook_url")
+    @classmethod
+    def _events_webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("events_webhook_secret")
+    @classmethod
+    def _events_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            webhook_key(value.get_secret_value())  # raises ValueError, never echoing it
+        return value
+
+    @model_validator(mode="after")
+    def _check_events(self) -> Settings:
+        if self.events_webhook_url and self.events_webhook_secret is None:
+            raise ValueError("EVENTS_WEBHOOK_URL needs EVENTS_WEBHOOK_SECRET (whsec_<base64>)")
+        if self.events_max_backoff_ms < self.events_min_backoff_ms:
+            raise ValueError("EVENTS_MAX_BACKOFF_MS must be >= EVENTS_MIN_BACKOFF_MS")
+        return self
+
     @field_validator(
         "database_url",
         "database_direct_url",
@@ -332,6 +376,20 @@ class Settings(BaseSettings):
     @property
     def job_time_limit_ms(self) -> int:
         return self.job_time_limit_s * 1000
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: ``whsec_`` and base64 (16 to 64
+    bytes, as the convention asks), or ValueError saying what is wrong."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("must be whsec_ followed by base64 (Standard Webhooks)")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        raise ValueError("the part after whsec_ is not base64") from None
+    if not 16 <= len(key) <= 64:
+        raise ValueError("the key must be 16 to 64 bytes (24 to 88 base64 characters)")
+    return key
 
 
 def _describe(exc: ValidationError) -> str:
