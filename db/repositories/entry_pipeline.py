@@ -160,8 +160,13 @@ class EntryPipelineRepository:
         """Mark completed (with the picture when given: the last step and the completion
         in one write) and refresh the person's analytics for the entry's periods, all in
         one round trip (psycopg's pipeline mode). False if the lease was taken over;
-        the refresh is then harmless (it recomputes from the entries) and the caller
-        does not commit."""
+        the refresh is then harmless (it recomputes from the entries).
+
+        In a unit of work's transaction the caller commits (or not). On a connection in
+        autocommit (``uow.single_statement()``) the statements run in a transaction of
+        their own whose BEGIN and COMMIT travel in the same pipeline: one round trip
+        instead of two (the COMMIT's). It then commits whatever the outcome, which the
+        refresh makes harmless."""
         params = {
             "image_url": image_url,
             "thumbnail_url": thumbnail_url,
@@ -171,7 +176,18 @@ class EntryPipelineRepository:
             "id": claim.id,
             "lease": claim.lease,
         }
-        with self.conn.pipeline(), self.conn.cursor() as update:
-            update.execute(_COMPLETE, params)
-            refresh_entry_periods(self.conn, user_id, entry_moment, removed=False)
-        return update.rowcount > 0
+        # On autocommit the pipeline brackets itself: psycopg's transaction() would sync
+        # after its BEGIN and before its COMMIT (three round trips).
+        bracket = self.conn.autocommit
+        update = self.conn.cursor()
+        try:
+            with self.conn.pipeline():
+                if bracket:
+                    self.conn.execute("BEGIN")
+                update.execute(_COMPLETE, params)
+                refresh_entry_periods(self.conn, user_id, entry_moment, removed=False)
+                if bracket:
+                    self.conn.execute("COMMIT")
+            return update.rowcount > 0
+        finally:
+            update.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
@@ -203,6 +204,38 @@ def test_completion_keeps_a_checkpointed_picture_and_a_stale_holder_writes_nothi
     with engine.connect() as conn:
         row = conn.execute(text("SELECT status, image_url FROM visualizations")).one()
     assert tuple(row) == ("completed", "/media/old.png")
+
+
+def test_a_single_statement_completion_commits_in_one_round_trip_or_not_at_all(
+    engine: Engine, tmp_path: Path
+) -> None:
+    user_id, claim = _claimed(engine)
+    factory = make_session_factory(engine)
+    trace = tmp_path / "libpq.trace"
+    with pytest.raises(DataRejectedError), UnitOfWork(factory) as uow:  # a NUL in JSON
+        uow.single_statement()
+        uow.entry_pipeline.complete(
+            claim,
+            user_id=user_id,
+            entry_moment=datetime.now(UTC),
+            nanobanana_response={"x": "\x00"},
+        )
+    with trace.open("w") as sink, UnitOfWork(factory) as uow:
+        uow.single_statement()
+        uow.driver.pgconn.trace(sink.fileno())
+        assert uow.entry_pipeline.complete(claim, user_id=user_id, entry_moment=datetime.now(UTC))
+        uow.driver.pgconn.untrace()
+        # no commit(): the pipeline committed itself
+    # Each round trip ends with the server's ReadyForQuery (libpq's trace: B ... ReadyForQuery).
+    messages = [line.split("\t")[1:4] for line in trace.read_text().splitlines()]
+    trips = [m for m in messages if m[:1] == ["B"] and m[2:3] == ["ReadyForQuery"]]
+    assert len(trips) == 1  # BEGIN, the update, the refresh and COMMIT: one round trip
+    with engine.connect() as conn:
+        status = conn.execute(text("SELECT status FROM visualizations")).scalar_one()
+        refreshed = conn.execute(
+            text("SELECT count(*) FROM emotion_analytics WHERE user_id = :u"), {"u": user_id}
+        ).scalar_one()
+    assert (status, refreshed) == ("completed", 3)
 
 
 def test_a_driver_unit_wraps_errors_and_gives_back_a_working_connection(
