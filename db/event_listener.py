@@ -1,6 +1,7 @@
-"""The events dispatcher's wake-up: LISTEN on the completion channels the triggers of
-migration 0006 notify (``visualization_done``, ``intake_done``), on a connection of its
-own to the direct URL (LISTEN belongs to a session: never through a transaction pooler).
+"""The events dispatcher's wake-up: LISTEN on the channels the triggers of migration
+0006 notify (``visualization_done``, ``intake_done``) and on the replay's, on a
+connection of its own to the direct URL (LISTEN belongs to a session: never through a
+transaction pooler).
 
 Only a nudge: what to deliver is read from the outbox, so a notification missed while
 the connection was down costs latency (the dispatcher's poll), never an event.
@@ -17,9 +18,10 @@ from psycopg import sql
 
 from db.engine import connect
 from db.errors import first_line
+from db.repositories.events import REPLAYED
 from domain.errors import DatabaseUnavailableError
 
-COMPLETION_CHANNELS = ("visualization_done", "intake_done")
+COMPLETION_CHANNELS = ("visualization_done", "intake_done", REPLAYED)
 
 
 class CompletionWakeUps:

@@ -22,6 +22,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+# The replay's wake-up for the dispatchers (no payload: not for subscribers).
+REPLAYED = "completion_events_replayed"
+
 # Events not yet given to the subscribers get one delivery row per subscriber.
 _FAN_OUT = text(
     """
@@ -219,6 +222,8 @@ class EventRepository:
             ),
             params,
         )
+        # Wake the dispatchers at commit (they listen here too, db/event_listener.py).
+        self.session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": REPLAYED})
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     def unknown_events(self, event_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:

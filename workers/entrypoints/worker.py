@@ -9,6 +9,7 @@ import sys
 from domain.errors import ConfigurationError
 from workers import bootstrap
 from workers.entrypoints.actors import declare_actors
+from workers.entrypoints.event_delivery import EventDelivery
 from workers.messaging.middleware import WarmUp
 from workers.messaging.watchdog import Watchdog
 from workers.providers.factory import announce_choice, choose_providers
@@ -35,6 +36,7 @@ broker.add_middleware(
     )
 )
 broker.add_middleware(Watchdog(settings.watchdog_interval_s))
+broker.add_middleware(EventDelivery(settings))  # completion events to their subscribers
 if settings.metrics_port:
     from workers.observability.middleware import worker_middleware
 

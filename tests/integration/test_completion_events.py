@@ -1,0 +1,345 @@
+"""Completion events on real PostgreSQL (and Redis for the queue subscriber): the
+triggers of migration 0006 announce exactly the terminal transitions, in the writer's
+transaction; the dispatcher delivers the outbox to a real local webhook receiver that
+verifies every signature, retries, dead-letters with the reason, and replays."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import jsonschema
+import pytest
+from sqlalchemy import Engine, text
+
+from db.engine import connect, make_session_factory
+from db.event_listener import CompletionWakeUps
+from db.uow import UnitOfWork
+from tests.integration.helpers import insert_entry, insert_user
+from workers.devtools.webhook_receiver import WebhookReceiver, serve
+from workers.messaging.redis_keys import queue_keys
+from workers.providers.event_sinks import QueueSink, WebhookSink
+from workers.services.events import (
+    DeliveryPolicy,
+    EventDispatcher,
+    list_deliveries,
+    replay_deliveries,
+)
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 24).decode()
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "messages.md"
+
+
+def _schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schemas docs/messages.md publishes, by $id."""
+    blocks = re.findall(r"```json\n(\{\n  \"\$schema\".*?)\n```", DOCS.read_text(), re.S)
+    return {s["$id"]: s for s in map(json.loads, blocks)}
+
+
+class Notes:
+    """Every notification on the completion channels, in a thread (as an API would)."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = connect(url, autocommit=True)
+        for channel in ("visualization_done", "intake_done"):
+            self.conn.execute(f"LISTEN {channel}")
+        self.got: list[tuple[str, dict[str, Any]]] = []
+
+    def take(self, timeout: float = 0.5) -> list[tuple[str, dict[str, Any]]]:
+        for note in self.conn.notifies(timeout=timeout):
+            self.got.append((note.channel, json.loads(note.payload)))
+        got, self.got = self.got, []
+        return got
+
+
+@pytest.fixture
+def notes(db_url: str) -> Iterator[Notes]:
+    n = Notes(db_url)
+    yield n
+    n.conn.close()
+
+
+def _visualization(engine: Engine, status: str = "processing") -> tuple[uuid.UUID, ...]:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        entry = insert_entry(conn, user)
+        viz = conn.execute(
+            text(
+                "INSERT INTO visualizations (entry_id, user_id, status) VALUES (:e, :u, :s) "
+                "RETURNING id"
+            ),
+            {"e": entry, "u": user, "s": status},
+        ).scalar_one()
+    return entry, user, viz
+
+
+def _set(engine: Engine, viz: uuid.UUID, status: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE visualizations SET status = :s WHERE id = :v"), {"s": status, "v": viz}
+        )
+
+
+def _events(engine: Engine) -> list[tuple[str, dict[str, Any]]]:
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(text("SELECT kind, payload FROM completion_events ORDER BY id"))
+        ]  # type: ignore[misc]
+
+
+def test_one_event_per_transition_into_completed_or_failed(engine: Engine, notes: Notes) -> None:
+    entry, user, viz = _visualization(engine)
+    assert notes.take(0.2) == [] and _events(engine) == []  # processing is not an end
+
+    _set(engine, viz, "completed")
+    got = notes.take()
+    expected = {
+        "entry_id": str(entry),
+        "user_id": str(user),
+        "status": "completed",
+        "visualization_id": str(viz),
+    }
+    assert got == [("visualization_done", expected)]
+    jsonschema.validate(got[0][1], _schemas()["visualization_done.notify"])
+    assert _events(engine) == [("visualization.completed", expected)]
+
+    # A no-op redelivery: the same status written again, other columns edited.
+    _set(engine, viz, "completed")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE visualizations SET summary = 'x' WHERE id = :v"), {"v": viz})
+    assert notes.take(0.3) == [] and len(_events(engine)) == 1
+
+    # A replay that fails this time: pending, processing, failed -> a second event.
+    for status in ("pending", "processing", "failed"):
+        _set(engine, viz, status)
+    assert notes.take() == [("visualization_done", {**expected, "status": "failed"})]
+    assert [k for k, _ in _events(engine)] == ["visualization.completed", "visualization.failed"]
+
+
+def test_a_rolled_back_completion_announces_nothing(engine: Engine, notes: Notes) -> None:
+    _, _, viz = _visualization(engine)
+    with engine.connect() as conn:
+        conn.execute(
+            text("UPDATE visualizations SET status = 'completed' WHERE id = :v"), {"v": viz}
+        )
+        conn.rollback()
+    assert notes.take(0.3) == [] and _events(engine) == []
+
+
+def test_a_row_inserted_finished_is_announced(engine: Engine, notes: Notes) -> None:
+    entry, user, viz = _visualization(engine, status="failed")
+    assert notes.take() == [
+        (
+            "visualization_done",
+            {
+                "entry_id": str(entry),
+                "user_id": str(user),
+                "status": "failed",
+                "visualization_id": str(viz),
+            },
+        )
+    ]
+
+
+def test_an_intake_completion_names_its_entry_at_commit(engine: Engine, notes: Notes) -> None:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        session = conn.execute(
+            text(
+                "INSERT INTO intake_sessions (user_id, initial_situation) VALUES (:u, 's') RETURNING id"
+            ),
+            {"u": user},
+        ).scalar_one()
+    with engine.begin() as conn:  # as the intake service: complete, then make the entry
+        conn.execute(
+            text(
+                "UPDATE intake_sessions SET is_complete = true, completed_at = now() WHERE id = :s"
+            ),
+            {"s": session},
+        )
+        entry = insert_entry(conn, user, intake_session_id=session, source="intake_flow")
+    got = notes.take()
+    assert got == [
+        ("intake_done", {"session_id": str(session), "user_id": str(user), "entry_id": str(entry)})
+    ]
+    jsonschema.validate(got[0][1], _schemas()["intake_done.notify"])
+    with engine.begin() as conn:  # written again: no transition, no event
+        conn.execute(
+            text("UPDATE intake_sessions SET is_complete = true WHERE id = :s"), {"s": session}
+        )
+    assert notes.take(0.3) == []
+    assert [k for k, _ in _events(engine)] == ["intake.completed"]
+
+
+# --- delivery ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[WebhookReceiver, str]]:
+    r = WebhookReceiver(SECRET)
+    server = serve(r)
+    yield r, f"http://127.0.0.1:{server.server_port}/hooks?src=emotionviz"
+    server.shutdown()
+    server.server_close()
+
+
+POLICY = DeliveryPolicy(
+    max_attempts=3, min_backoff_s=0.05, max_backoff_s=0.2, lease_s=30, poll_s=0.2
+)
+
+
+@pytest.fixture
+def dispatchers(engine: Engine) -> Iterator[Callable[..., EventDispatcher]]:
+    """Dispatchers with a webhook sink; each is closed at the end (its connection)."""
+    made: list[EventDispatcher] = []
+
+    def make(url: str, policy: DeliveryPolicy = POLICY) -> EventDispatcher:
+        key = base64.b64decode(SECRET.removeprefix("whsec_"))
+        made.append(
+            EventDispatcher(
+                lambda: UnitOfWork(make_session_factory(engine)),
+                [WebhookSink(url, key, 2.0)],
+                policy,
+            )
+        )
+        return made[-1]
+
+    yield make
+    for dispatcher in made:
+        dispatcher.close()
+
+
+def _drain(dispatcher: EventDispatcher, passes: int = 40) -> None:
+    stop = threading.Event()
+    for _ in range(passes):
+        report = dispatcher.run_pass()
+        if not report.claimed and report.next_due_s is None:
+            return
+        stop.wait(0.06)
+
+
+def test_each_event_reaches_the_webhook_once_signed(
+    engine: Engine,
+    receiver: tuple[WebhookReceiver, str],
+    dispatchers: Callable[..., EventDispatcher],
+) -> None:
+    hook, url = receiver
+    vizs = [_visualization(engine)[2] for _ in range(5)]
+    for i, viz in enumerate(vizs):
+        _set(engine, viz, "completed" if i % 2 else "failed")
+    dispatcher = dispatchers(url)
+    _drain(dispatcher)
+    _drain(dispatcher)  # nothing left: a second pass sends nothing again
+    assert hook.rejected == []
+    got = hook.accepted()
+    assert len(got) == 5 and len({r.event_id for r in got}) == 5
+    schema = _schemas()["completion.event.v1"]
+    for r in got:
+        jsonschema.validate(r.body, schema)
+        jsonschema.validate(r.body["data"], _schemas()["visualization_done.notify"])
+        assert r.body["type"] == f"visualization.{r.body['data']['status']}"
+    assert {r.body["data"]["visualization_id"] for r in got} == {str(v) for v in vizs}
+    _rows, counts = list_deliveries(lambda: UnitOfWork(make_session_factory(engine)))
+    assert counts == {"pending": 0, "delivered": 5, "dead": 0}
+
+
+def test_a_receiver_failing_the_first_attempts_gets_it_on_retry(
+    engine: Engine,
+    receiver: tuple[WebhookReceiver, str],
+    dispatchers: Callable[..., EventDispatcher],
+) -> None:
+    hook, url = receiver
+    hook.respond = lambda _id, attempt: 503 if attempt <= 2 else 200
+    _set(engine, _visualization(engine)[2], "completed")
+    dispatcher = dispatchers(url)
+    _drain(dispatcher)
+    assert [r.status for r in hook.received] == [503, 503, 200]
+    assert len(hook.accepted()) == 1 and hook.rejected == []
+    _, counts = list_deliveries(lambda: UnitOfWork(make_session_factory(engine)))
+    assert counts["delivered"] == 1
+
+
+def test_a_receiver_failing_for_good_ends_dead_with_the_reason_and_replay_sends_again(
+    engine: Engine,
+    receiver: tuple[WebhookReceiver, str],
+    dispatchers: Callable[..., EventDispatcher],
+) -> None:
+    hook, url = receiver
+    hook.respond = lambda _id, _attempt: 500
+    _set(engine, _visualization(engine)[2], "completed")
+    uow = lambda: UnitOfWork(make_session_factory(engine))  # noqa: E731
+    dispatcher = dispatchers(url)
+    _drain(dispatcher)
+    assert len(hook.received) == POLICY.max_attempts
+    dead, counts = list_deliveries(uow, status="dead")
+    assert counts == {"pending": 0, "delivered": 0, "dead": 1}
+    assert (
+        dead[0].last_error
+        == "gave up after 3 attempts; last error: webhook answered 500 Internal Server Error"
+    )
+
+    hook.respond = lambda _id, _attempt: 204
+    count, unknown = replay_deliveries(uow)
+    assert (count, unknown) == (1, [])
+    _drain(dispatcher)
+    assert [r.status for r in hook.received][-1] == 204
+    assert hook.received[-1].event_id == str(dead[0].event_id)  # the same event, again
+    assert list_deliveries(uow)[1] == {"pending": 0, "delivered": 1, "dead": 0}
+    # Replaying a delivered event by id sends it once more.
+    assert replay_deliveries(uow, event_ids=[dead[0].event_id]) == (1, [])
+    _drain(dispatcher)
+    assert len(hook.accepted()) == 2 and hook.rejected == []
+
+
+def test_an_unreachable_receiver_is_a_failed_attempt(
+    engine: Engine, dispatchers: Callable[..., EventDispatcher]
+) -> None:
+    _set(engine, _visualization(engine)[2], "failed")
+    dispatcher = dispatchers("http://127.0.0.1:9/none")  # discard port: refused
+    _drain(dispatcher)
+    dead, _ = list_deliveries(lambda: UnitOfWork(make_session_factory(engine)), status="dead")
+    assert len(dead) == 1 and "webhook unreachable: ConnectionRefusedError" in (
+        dead[0].last_error or ""
+    )
+
+
+def test_the_queue_subscriber_gets_the_event_as_a_dramatiq_message(
+    engine: Engine, broker: dramatiq.Broker, redis_namespace: str
+) -> None:
+    _, _, viz = _visualization(engine)
+    _set(engine, viz, "completed")
+    dispatcher = EventDispatcher(
+        lambda: UnitOfWork(make_session_factory(engine)),
+        [QueueSink(broker, "upstream-events", "completion.event")],
+        POLICY,
+    )
+    _drain(dispatcher)
+    keys = queue_keys(redis_namespace, "upstream-events")
+    bodies = [json.loads(b) for b in broker.client.hvals(keys.ready_bodies)]  # type: ignore[attr-defined]
+    assert len(bodies) == 1
+    message = bodies[0]
+    assert (message["queue_name"], message["actor_name"]) == ("upstream-events", "completion.event")
+    document = message["args"][0]
+    jsonschema.validate(document, _schemas()["completion.event.v1"])
+    assert message["message_id"] == document["id"]
+    assert document["data"]["visualization_id"] == str(viz)
+
+
+def test_the_wake_ups_hear_a_completion(db_url: str, engine: Engine) -> None:
+    wake_ups = CompletionWakeUps(db_url)
+    try:
+        assert wake_ups.wait(0.05) == 0  # connects and listens
+        _set(engine, _visualization(engine)[2], "completed")
+        assert wake_ups.wait(2.0) >= 1
+    finally:
+        wake_ups.close()
