@@ -171,7 +171,6 @@ class Infra:
             "GEMINI_API_KEY": API_KEY,
             "GEMINI_BASE_URL": self.listeners[name].url,
             **self.media,
-            "MEDIA_CACHE_DIR": str(folder / "media-cache"),
             "METRICS_PORT": str(metrics_port),
             "WORKER_PROCESSES": "1",
             "WORKER_THREADS": str(threads),

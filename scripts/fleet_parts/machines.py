@@ -1,6 +1,7 @@
 """A simulated machine: its own process groups (the worker, the scheduler, optionally the
-console), its own hostname label, metrics port and media cache, and its own proxies to
-PostgreSQL (through PgBouncer and direct) and Redis, so faults hit it alone."""
+console), its own machine name (HOSTNAME: the logs' "machine"), metrics port and work
+folder, and its own proxies to PostgreSQL (through PgBouncer and direct) and Redis, so
+faults hit it alone. Pictures go to the shared object store: no machine keeps a copy."""
 
 from __future__ import annotations
 
