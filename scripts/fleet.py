@@ -1,6 +1,7 @@
 """A fleet on one box (issue 21): M machines, each its own process groups (worker,
-scheduler; the last two also the console), machine name, metrics port and folder, reaching PostgreSQL (through a shared PgBouncer, and directly for sessions) and
-Redis through its own fault-injecting TCP proxies on loopback; pictures in a real
+scheduler; the last two also the console), machine name, metrics port and folder,
+reaching PostgreSQL (through a shared PgBouncer, and directly for sessions) and Redis
+through its own fault-injecting TCP proxies on loopback; pictures in a real
 S3-compatible store (SeaweedFS) shared by all. Upstream publishes N entries and K intake
 conversations while the run kills one whole machine (SIGKILL, no shutdown), partitions
 another from Redis for 30 s and then from PostgreSQL for 30 s, and slows a third's links
