@@ -49,6 +49,7 @@ from common import (
 )
 from cost_parts import WARM_UP, measure_parts
 from floor import PARTS, FloorEntry, run_processes
+from quiet import wait_quiet
 
 from workers import bootstrap
 from workers.settings import get_settings
@@ -140,7 +141,7 @@ def run_pipeline(args: argparse.Namespace, db_url: str, emulator: Emulator) -> d
     print(f"    {'total':44s} {parts_total:7.2f} ms")
     workers = Workers(env, args.processes, args.threads, ["visualizations"])
     try:
-        kids = psutil.Process(workers.proc.pid).children(recursive=True)
+        kids = wait_quiet(workers.proc.pid)  # the metrics server's boot is not an entry's
         groups = {
             "workers": kids,
             "emulator": [psutil.Process(emulator.proc.pid)],

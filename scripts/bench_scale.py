@@ -55,6 +55,7 @@ from common import (
     status_counts,
     visualize_and_wait,
 )
+from quiet import wait_quiet
 
 
 @dataclass
@@ -129,11 +130,12 @@ def run(args: argparse.Namespace, db_url: str, model: str) -> None:
     ids = entry_ids(db_url)
     workers = Workers(env, args.processes, threads, ["visualizations"], gevent=model == "gevent")
     try:
+        kids = wait_quiet(workers.proc.pid)  # the metrics server's boot is not an entry's
         idle_rss = workers.children_rss_mb()
         sampler = Sampler(
             workers,
             {
-                "workers": psutil.Process(workers.proc.pid).children(recursive=True),
+                "workers": kids,
                 "emulator": [psutil.Process(emulator.proc.pid)],
                 "postgres": server_processes("postgres"),
                 "redis": server_processes("redis-server"),
