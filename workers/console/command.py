@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from workers.settings import Settings
+if TYPE_CHECKING:  # the CLI builds its parser from register() below: nothing heavy here
+    from workers.settings import Settings
 
 
 def _port(value: str) -> int:

@@ -1,5 +1,6 @@
 """The development tools' commands: demo, emulator, schemas. The CLI registers them;
-the tools themselves are imported only when a command runs."""
+the tools themselves are imported only when a command runs (so this module imports
+nothing heavy: the CLI's ``--help`` reads it)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from workers.settings import Settings
+if TYPE_CHECKING:  # the CLI builds its parser from register() below: nothing heavy here
+    from workers.settings import Settings
 
 
 def cmd_emulator(args: argparse.Namespace, settings: Settings) -> int:
@@ -75,8 +78,20 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("schemas", cmd_schemas, "write the messages' JSON Schemas (docs/messages)")
     p.add_argument("--output", default="docs/messages", help="directory (default docs/messages)")
 
-    from workers.devtools.demo import add_demo_arguments
-
-    add_demo_arguments(
-        add("demo", cmd_demo, "the main job: services, migrations, sample data, pipeline, gallery")
+    # Declared here, not in demo.py, which imports the whole product.
+    p = add("demo", cmd_demo, "the main job: services, migrations, sample data, pipeline, gallery")
+    p.add_argument(
+        "--provider",
+        choices=["local", "emulator"],
+        default="local",
+        help="local (offline, default) or the real gemini provider against the emulator",
+    )
+    p.add_argument("--output", default="demo-output", help="folder for the gallery and logs")
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the workers")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep earlier visualizations (default: redraw every entry)",
     )

@@ -1,18 +1,24 @@
 """``emotionviz``: the operator's command line. Each subcommand is a small function;
 names are a contract (operators script against them), so add, never rename.
+
+The parser is built from light declarations (commands/__init__.py is the registry);
+a command's module, and with it SQLAlchemy, Dramatiq, the model SDK and the settings,
+loads only once its command runs, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workers.entrypoints.cli_contract import OneLineParser, fail_line
-from workers.settings import Settings, get_settings
+from workers.entrypoints.commands import Handler, register_all
 
-Handler = Callable[[argparse.Namespace, Settings], int]
+if TYPE_CHECKING:
+    from workers.settings import Settings
 
 
 def _out(text: str = "") -> None:
@@ -132,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
     )
 
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
+    def add(name: str, handler: Handler | None, help_text: str) -> argparse.ArgumentParser:
+        """One subcommand; ``handler`` None for a group whose actions each set theirs."""
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+        if handler is not None:
+            p.set_defaults(handler=handler)
         return p
 
     p = add("services", cmd_services, "start, stop or show the embedded PostgreSQL and Redis")
@@ -164,8 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
         "input, including --clean with no terminal to confirm on and no --yes."
     )
 
-    from workers.entrypoints.commands import register_all
-
     register_all(add)
     return parser
 
@@ -177,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         part for part in (args.command, getattr(args, "action", None)) if isinstance(part, str)
     )
     try:
+        from workers.settings import get_settings  # heavy (pydantic-settings): not for --help
+
         settings = get_settings()
         from workers.bootstrap import configure_process  # heavy: only once args are valid
 

@@ -5,6 +5,9 @@ only with ``--debug``.
 Here: the parser that reports a bad argument in one line, argument types that name what
 was wrong, the failure line (the translation of an exception into (exit code, line)
 is workers/operations/readable.py's, shared with the console), and ``--json`` output.
+
+The parser is built from this module (commands/__init__.py), so it imports nothing
+heavy at the top: what a failure needs is imported when one happens.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from datetime import date
 from typing import Any, NoReturn
 
 from domain.errors import ConfigurationError
-from workers.logging import scrub
-from workers.operations.readable import EXIT_BAD_INPUT, EXIT_FAILED, translate
 
 
 class InputError(ConfigurationError):
@@ -29,6 +30,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, except that a bad argument is one line (not usage + error) and exit 2."""
 
     def error(self, message: str) -> NoReturn:
+        from workers.operations.readable import EXIT_BAD_INPUT
+
         sys.stderr.write(f"{self.prog}: {message} (see '{self.prog} --help')\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
@@ -68,10 +71,33 @@ def iso_date(value: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value[:40]!r}") from None
 
 
+def age_arg(value: str) -> float:
+    """30s, 15m, 2h, 7d -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(value[:-1]) * units[value[-1]] if value[-1] in units else float(value)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not an age like 30s, 15m, 2h, 7d: {value!r}") from None
+
+
+def seconds_arg(value: str) -> float:
+    """A timeout: seconds in (0, 60]."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 60:
+        raise argparse.ArgumentTypeError(f"not a number of seconds in (0, 60]: {value!r}")
+    return seconds
+
+
 # --- errors --------------------------------------------------------------------------
 
 
 def fail_line(command: str, exc: BaseException) -> tuple[int, str]:
+    from workers.logging import scrub
+    from workers.operations.readable import EXIT_FAILED, translate
+
     translated = translate(exc)
     if translated is None:
         code, text = EXIT_FAILED, f"unexpected error: {type(exc).__name__}: {exc}"

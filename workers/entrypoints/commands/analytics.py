@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,9 +18,6 @@ from domain.periods import PeriodKind, period_containing
 from workers import bootstrap
 from workers.entrypoints.cli_contract import (
     InputError,
-    iso_date,
-    positive_int,
-    uuid_arg,
 )
 from workers.operations.published import require_published
 from workers.settings import Settings
@@ -129,51 +125,3 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     scheduler.shutdown(wait=True)  # a publish under way finishes (milliseconds)
     sys.stdout.write("scheduler stopped\n")
     return 0
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add("analytics", lambda a, s: a.subhandler(a, s), "emotion_analytics maintenance")
-    sub = p.add_subparsers(dest="analytics_command", required=True, metavar="ACTION")
-    r = sub.add_parser(
-        "recompute",
-        help="recompute emotion_analytics for a period kind and range",
-        description="Recompute emotion_analytics (UTC periods). Default: publish "
-        "analytics.recompute messages, one per batch of users, for the workers; "
-        "--inline computes here with a progress bar. Default range: the previous "
-        "and the current period. Exit code 0 on success, 1 on failure, 2 on "
-        "bad arguments or configuration (so cron can alert).",
-    )
-    r.set_defaults(subhandler=cmd_recompute)
-    r.add_argument("--period", choices=["day", "week", "month"], required=True)
-    r.add_argument(
-        "--from",
-        dest="from_",
-        type=iso_date,
-        metavar="DATE",
-        help="first day (its whole period is recomputed)",
-    )
-    r.add_argument("--to", type=iso_date, metavar="DATE", help="last day (default today, UTC)")
-    r.add_argument(
-        "--user", action="append", type=uuid_arg, metavar="ID", help="only this user (repeatable)"
-    )
-    r.add_argument("--inline", action="store_true", help="compute in this process")
-    r.add_argument(
-        "--parallel",
-        type=positive_int,
-        metavar="N",
-        help="with --inline: batches at a time, one connection each "
-        "(default ANALYTICS_PARALLELISM)",
-    )
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    s = add(
-        "scheduler",
-        cmd_scheduler,
-        "publish analytics.recompute and reconcile messages on SCHEDULE_* cron settings",
-    )
-    s.add_argument(
-        "--metrics-port",
-        type=int,
-        default=9192,
-        metavar="PORT",
-        help="serve the scheduler's /metrics on METRICS_HOST:PORT (default 9192; 0: off)",
-    )

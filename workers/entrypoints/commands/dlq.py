@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 
 from domain.errors import NotFoundError
-from domain.messages import QUEUES, EntryCreated
 from workers import bootstrap
-from workers.entrypoints.cli_contract import InputError, emit_json, out, positive_int
+from workers.entrypoints.cli_contract import InputError, emit_json, out
 from workers.operations.dead_letters import readable_dead_letters, retry_dead_letters
 from workers.settings import Settings
-
-
-def _age(value: str) -> float:
-    """30s, 15m, 2h, 7d -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        return float(value[:-1]) * units[value[-1]] if value[-1] in units else float(value)
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"not an age like 30s, 15m, 2h, 7d: {value!r}") from None
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -85,30 +74,3 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     else:
         out(f"purged {removed} dead-lettered messages on {args.queue}")
     return 0
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add("dlq", lambda a, s: a.subhandler(a, s), "dead-lettered messages")
-    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    def action(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
-        a = sub.add_parser(name, help=help_text, description=help_text)
-        a.set_defaults(subhandler=handler)
-        a.add_argument("--queue", default=EntryCreated.queue_name, choices=QUEUES)
-        a.add_argument("--json", action="store_true", help="machine-readable output")
-        return a
-
-    a = action("list", cmd_list, "newest first, with the reason")
-    a.add_argument("--limit", type=positive_int, default=50)
-    a.add_argument("--actor", help="only this actor (e.g. entry.created)")
-    a.add_argument("--older-than", type=_age, metavar="AGE", help="e.g. 1h, 2d")
-    a.add_argument("--newer-than", type=_age, metavar="AGE", help="e.g. 15m")
-    a = action("show", cmd_show, "one dead letter's whole body")
-    a.add_argument("id", help="message id (or Redis id)")
-    for name in ("retry", "replay"):  # 'replay' is the first name, kept for scripts
-        a = action(name, cmd_retry, "back to the queue; failed rows they name back to pending")
-        a.add_argument("ids", nargs="*", help="message ids (or Redis ids)")
-        a.add_argument("--ids", dest="ids_opt", nargs="*", help=argparse.SUPPRESS)
-        a.add_argument("--all", action="store_true", help="every dead letter of the queue")
-    a = action("purge", cmd_purge, "delete every dead letter of the queue")
-    a.add_argument("--yes", action="store_true", help="confirm")

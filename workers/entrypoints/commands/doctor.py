@@ -12,15 +12,12 @@ bad input.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from domain.errors import EmotionVizError
-from workers.entrypoints.cli_contract import emit_json, non_negative_int, out, positive_int
+from workers.entrypoints.cli_contract import emit_json, out
 from workers.observability.connection_budget import (
-    INTAKE_PROCESSES,
-    INTAKE_THREADS,
     Limits,
     PoolerLimits,
     Service,
@@ -150,31 +147,3 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     if not result.fits:
         raise EmotionVizError(f"does not fit: {summary}")
     return 0
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add(
-        "doctor",
-        cmd_doctor,
-        "the PostgreSQL and Redis connections each service opens at rest and at peak for "
-        "N machines, against the servers' max_connections and maxclients: exit 0 when "
-        "they fit, 1 when not",
-    )
-    p.add_argument(
-        "--machines", type=positive_int, default=1, metavar="N", help="machines (default 1)"
-    )
-    p.add_argument(
-        "--intake-processes",
-        type=non_negative_int,
-        default=INTAKE_PROCESSES,
-        metavar="N",
-        help=f"intake worker processes per machine (default {INTAKE_PROCESSES}; 0: none)",
-    )
-    p.add_argument(
-        "--intake-threads",
-        type=positive_int,
-        default=INTAKE_THREADS,
-        metavar="N",
-        help=f"threads of each intake worker process (default {INTAKE_THREADS})",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")

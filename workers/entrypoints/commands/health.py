@@ -10,7 +10,6 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import asdict
 
 from workers.observability.readiness import Check, run_checks
@@ -58,40 +57,3 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
         failed = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
         sys.stderr.write(f"emotionviz health: {failed}\n")
     return 0 if healthy else 1
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds <= 60:
-        raise argparse.ArgumentTypeError(f"not a number of seconds in (0, 60]: {value!r}")
-    return seconds
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add(
-        "health",
-        cmd_health,
-        "exit 0 if the database and broker answer and the schema is at head, else 1 "
-        "with one line naming what failed (container health checks)",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--worker",
-        action="store_true",
-        help="also this machine's worker: its /healthz on METRICS_PORT (worker containers)",
-    )
-    p.add_argument(
-        "--console",
-        action="store_true",
-        help="only this machine's console: its /healthz on CONSOLE_PORT (console container)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=3.0,
-        metavar="S",
-        help="seconds each check may take (default 3)",
-    )

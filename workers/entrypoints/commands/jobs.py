@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
 from domain.errors import NotFoundError
@@ -11,7 +10,7 @@ from domain.intake import next_step, parse_history
 from domain.messages import EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
 from workers import bootstrap, producer_api
-from workers.entrypoints.cli_contract import emit_json, out, positive_int, uuid_arg
+from workers.entrypoints.cli_contract import emit_json, out
 from workers.operations.jobs import entry_life, replay_failed, session_life
 from workers.settings import Settings
 
@@ -114,30 +113,3 @@ def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print_life(life)
     return 0
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add("enqueue", cmd_enqueue, "publish a message for an existing row (operators, replays)")
-    p.add_argument("kind", choices=["entry", "intake"])
-    p.add_argument("id", type=uuid_arg, help="emotion entry id, or intake session id")
-    p.add_argument("--style", choices=[s.value for s in VisualizationStyle])
-    p.add_argument(
-        "--step",
-        type=positive_int,
-        help="intake turn to produce (default: the one the session is waiting for)",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    p = add("replay", cmd_replay, "set failed visualizations back to pending and publish them")
-    p.add_argument(
-        "entry_ids", nargs="*", type=uuid_arg, help="only these entries (default: every failed)"
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    p = add("reconcile", cmd_reconcile, "republish work the database says is unfinished or stuck")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    p = add("job", cmd_job, "one job's life: its row, times, last error, where its message is")
-    p.add_argument("entry_id", nargs="?", type=uuid_arg, help="an emotion entry id")
-    p.add_argument("--session", type=uuid_arg, metavar="ID", help="an intake session instead")
-    p.add_argument("--json", action="store_true", help="machine-readable output")

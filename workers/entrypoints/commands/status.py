@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from workers.entrypoints.cli_contract import emit_json, positive_int
+from workers.entrypoints.cli_contract import emit_json
 from workers.operations.readable import age
 from workers.operations.status import collect_status
 from workers.settings import Settings
@@ -81,16 +80,3 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     elif not args.quiet:
         Console().print(render(status))
     return 0
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add("status", cmd_status, "queues, workers, visualization states and recent failures")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--json", action="store_true", help="machine-readable output")
-    mode.add_argument(
-        "--quiet", action="store_true", help="no output; exit 0 if reachable, 1 if not"
-    )
-    mode.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    p.add_argument(
-        "--interval", type=positive_int, default=2, metavar="S", help="--watch refresh (s)"
-    )

@@ -6,12 +6,9 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 
 from domain.errors import ConfigurationError, EmotionVizError
-from domain.messages import QUEUES
 from workers import bootstrap
-from workers.entrypoints.cli_contract import positive_int
 from workers.logging import get_logger
 from workers.settings import Settings
 
@@ -103,19 +100,3 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # systemd) restarts the whole worker.
     os.execvpe(command[0], command, env)
     return 0  # not reached
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    p = add(
-        "worker", cmd_worker, "run Dramatiq worker processes (WORKER_PROCESSES x WORKER_THREADS)"
-    )
-    p.add_argument("--processes", type=positive_int, help="default WORKER_PROCESSES")
-    p.add_argument("--threads", type=positive_int, help="default WORKER_THREADS")
-    p.add_argument("--queues", nargs="+", choices=QUEUES, help="only these queues (default all)")
-    p.add_argument(
-        "--schema-wait",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="wait this long for 'emotionviz migrate' to bring the schema to head (default 60)",
-    )
