@@ -61,7 +61,7 @@ class WebhookReceiver:
     respond: Callable[[str, int], int] = lambda _id, _attempt: 204
     received: list[Received] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)  # reasons of badly signed requests
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # wait_until reads under it
     arrived: threading.Condition = field(init=False)
 
     def __post_init__(self) -> None:

@@ -215,10 +215,12 @@ def replay_deliveries(
     subscriber: str | None = None,
 ) -> tuple[int, list[uuid.UUID]]:
     """Send again: every dead delivery, or every delivery of ``event_ids``; (how many,
-    the ids that name no event)."""
+    the ids that name no event). If any id names no event, nothing is replayed."""
     with uow_factory() as uow:
         repo = EventRepository(uow.session)
         unknown = repo.unknown_events(event_ids)
+        if unknown:
+            return 0, unknown
         count = repo.replay(event_ids=event_ids, subscriber=subscriber)
         uow.commit()
     return count, unknown
