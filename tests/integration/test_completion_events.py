@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -343,3 +346,48 @@ def test_the_wake_ups_hear_a_completion(db_url: str, engine: Engine) -> None:
         assert wake_ups.wait(2.0) >= 1
     finally:
         wake_ups.close()
+
+
+# --- the CLI: emotionviz events list|replay (exit 0/1/2, one line, --json) ---------------
+
+
+def _cli(db_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workers.entrypoints.cli", "events", *args],
+        env={**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(Path.cwd())},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_events_list_and_replay_from_the_command_line(
+    engine: Engine, db_url: str, tmp_path: Path, dispatchers: Callable[..., EventDispatcher]
+) -> None:
+    _set(engine, _visualization(engine)[2], "failed")
+    _drain(dispatchers("http://127.0.0.1:9/none"))  # refused: dead after 3 attempts
+
+    listed = _cli(db_url, tmp_path, "list", "--status", "dead", "--json")
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    assert data["counts"] == {"pending": 0, "delivered": 0, "dead": 1}
+    (dead,) = data["deliveries"]
+    assert dead["type"] == "visualization.failed" and dead["attempts"] == 3
+    assert dead["last_error"].startswith(
+        "gave up after 3 attempts; last error: webhook unreachable"
+    )
+
+    text_out = _cli(db_url, tmp_path, "list")
+    assert text_out.returncode == 0 and "1 dead deliveries" in text_out.stdout.splitlines()[-1]
+
+    replayed = _cli(db_url, tmp_path, "replay", "--json")
+    assert replayed.returncode == 0 and json.loads(replayed.stdout) == {"replayed": 1}
+    counts = list_deliveries(lambda: UnitOfWork(make_session_factory(engine)))[1]
+    assert counts == {"pending": 1, "delivered": 0, "dead": 0}
+
+    unknown = _cli(db_url, tmp_path, "replay", str(uuid.uuid4()))
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert len(unknown.stderr.strip().splitlines()) == 1 and "no such event" in unknown.stderr
+    bad = _cli(db_url, tmp_path, "replay", "not-an-id")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -317,6 +317,30 @@ def _doctor(add: Add) -> None:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
+def _events(add: Add) -> None:
+    sub = _actions(
+        add("events", None, "completion events: their deliveries to subscribers"), "action"
+    )
+    a = _action(
+        sub, "list", lazy("events", "cmd_list"), "deliveries, newest first, and each state's count"
+    )
+    a.add_argument("--status", choices=["pending", "delivered", "dead"])
+    a.add_argument(
+        "--event", action="append", type=uuid_arg, metavar="ID", help="only this event (repeatable)"
+    )
+    a.add_argument("--limit", type=positive_int, default=50)
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+    a = _action(
+        sub,
+        "replay",
+        lazy("events", "cmd_replay"),
+        "send again: every dead delivery, or every delivery of the given events",
+    )
+    a.add_argument("event_ids", nargs="*", type=uuid_arg, help="event ids (default: every dead)")
+    a.add_argument("--subscriber", choices=["queue", "webhook"], help="only this subscriber")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
 # The order commands appear in `emotionviz --help` (after cli.py's set-up commands).
 REGISTRARS: tuple[Callable[[Add], None], ...] = (
     _worker,
@@ -327,6 +351,7 @@ REGISTRARS: tuple[Callable[[Add], None], ...] = (
     _media,
     _health,
     _doctor,
+    _events,
 )
 
 
