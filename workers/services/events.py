@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from db.repositories.events import ClaimedDelivery, DeliveryRow, EventRepository
+from db.repositories.events import ClaimedDelivery, DeliveryRow, event_repository
 from db.uow import UnitOfWork
 from domain.errors import TransientError
 from workers.logging import get_logger
@@ -96,7 +96,7 @@ class EventDispatcher:
         report = PassReport()
         names = self.subscribers
         with self.uow_factory() as uow:
-            repo = EventRepository(uow.session)
+            repo = event_repository(uow)
             report.fanned_out = repo.fan_out(names, self.policy.batch)
             claims = repo.claim(names, self.policy.batch, self.policy.lease_s)
             uow.commit()
@@ -105,7 +105,7 @@ class EventDispatcher:
             self._deliver(claim, report)
         if report.claimed < self.policy.batch:
             with self.uow_factory() as uow:
-                report.next_due_s = EventRepository(uow.session).seconds_to_next_due(names)
+                report.next_due_s = event_repository(uow).seconds_to_next_due(names)
         return report
 
     def _deliver(self, claim: ClaimedDelivery, report: PassReport) -> None:
@@ -116,7 +116,7 @@ class EventDispatcher:
             self._failed(claim, str(exc), report)
             return
         with self.uow_factory() as uow:
-            EventRepository(uow.session).delivered(claim)
+            event_repository(uow).delivered(claim)
             uow.commit()
         report.delivered += 1
 
@@ -128,7 +128,7 @@ class EventDispatcher:
             "reason": reason,
         }
         with self.uow_factory() as uow:
-            repo = EventRepository(uow.session)
+            repo = event_repository(uow)
             if claim.attempts >= self.policy.max_attempts:
                 reason = f"gave up after {claim.attempts} attempts; last error: {reason}"
                 repo.dead(claim, reason)
@@ -145,7 +145,7 @@ class EventDispatcher:
             return 0
         self._next_purge = time.monotonic() + PURGE_EVERY_S
         with self.uow_factory() as uow:
-            purged = EventRepository(uow.session).purge(self.policy.retention_s, PURGE_BATCH)
+            purged = event_repository(uow).purge(self.policy.retention_s, PURGE_BATCH)
             uow.commit()
         if purged:
             log.info("old completion events deleted", count=purged)
@@ -202,7 +202,7 @@ def list_deliveries(
 ) -> tuple[list[DeliveryRow], dict[str, int]]:
     """Deliveries (newest first) and the count of every delivery by status."""
     with uow_factory() as uow:
-        repo = EventRepository(uow.session)
+        repo = event_repository(uow)
         return repo.deliveries(status=status, event_ids=event_ids, limit=limit), (
             repo.status_counts()
         )
@@ -217,7 +217,7 @@ def replay_deliveries(
     """Send again: every dead delivery, or every delivery of ``event_ids``; (how many,
     the ids that name no event). If any id names no event, nothing is replayed."""
     with uow_factory() as uow:
-        repo = EventRepository(uow.session)
+        repo = event_repository(uow)
         unknown = repo.unknown_events(event_ids)
         if unknown:
             return 0, unknown
