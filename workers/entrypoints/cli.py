@@ -9,6 +9,7 @@ loads only once its command runs, so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -198,6 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, line = fail_line(command, exc)
         sys.stderr.write(line + "\n")
         return code
+    finally:
+        if argv is None:  # the process is this command (not a caller's): it exits next
+            # Skip the interpreter's last collection over the ~1,000 modules' objects
+            # the command imported (~0.3 s of a `status`): the exit frees them anyway.
+            # Open files and atexit handlers (logging's flush) are unaffected.
+            gc.freeze()
 
 
 if __name__ == "__main__":
