@@ -110,3 +110,25 @@ def test_settings_change_the_figures() -> None:
     assert worker.postgres == Load(20, 21)
     no_intake = services(_settings(), 2, intake_processes=0)
     assert [s.name for s in no_intake] == ["worker", "scheduler", "console", "cli"]
+
+
+def test_completion_events_add_a_listen_session_per_worker_process() -> None:
+    plain = _settings(metrics_port=0)
+    events = _settings(metrics_port=0, events_queue="emotionviz-events")
+    worker = {s.name: s for s in services(events, 1)}["worker"]
+    base = {s.name: s for s in services(plain, 1)}["worker"]
+    assert worker.direct == Load(2, 2)  # 2 processes, one LISTEN each
+    assert worker.postgres == Load(base.postgres.rest + 2, base.postgres.peak + 2)
+    limits = Limits(postgres_max=100, postgres_reserved=3, redis_maxclients=10_000)
+    # Behind PgBouncer the LISTEN sessions reach PostgreSQL itself: 2 per machine x 2
+    # worker kinds (worker 2 processes + intake 1 = 3 per machine), beside the pool.
+    bouncer = PoolerLimits(max_client_conn=5_000, server_connections=40)
+    ten = verdict(events, 10, limits, pooled=True, pooler=bouncer)
+    assert ten.postgres_peak == 2 + 40 + 3 * 10
+    assert (
+        ten.pooler_clients_peak
+        == verdict(plain, 10, limits, pooled=True, pooler=bouncer).pooler_clients_peak
+    )
+    assert ten.max_machines == (97 - 42) // 3
+    crowd = verdict(events, 19, limits, pooled=True, pooler=bouncer)
+    assert not crowd.postgres_fits and ten.postgres_fits

@@ -52,6 +52,13 @@ class Service:
     postgres: Load  # per instance
     redis: Load  # per instance
     detail: str
+    # Sessions on DATABASE_DIRECT_URL that no pooler may share (the completion events'
+    # LISTEN): PostgreSQL sees them even behind PgBouncer.
+    direct: Load = Load(0, 0)
+
+    @property
+    def direct_total(self) -> Load:
+        return self.direct.times(self.instances)
 
     @property
     def postgres_total(self) -> Load:
@@ -122,7 +129,12 @@ def _worker(settings: Settings, name: str, processes: int, threads: int, queues:
     # The container's `emotionviz health`: one short connection to each.
     pg, redis = pg + Load(0, 1), redis + Load(0, 1)
     parts.append("health check")
-    return Service(name, 0, pg, redis, ", ".join(parts))
+    direct = Load(0, 0)
+    if settings.events_queue or settings.events_webhook_url:
+        # Each process's completion-event dispatcher LISTENs on a session of its own.
+        direct = Load(processes, processes)
+        parts.append("events LISTEN")
+    return Service(name, 0, pg + direct, redis, ", ".join(parts), direct)
 
 
 def services(
@@ -160,7 +172,7 @@ def services(
         Service("cli", 1, Load(0, 1), Load(0, 1), "an operator's command at a time"),
     ]
     return [
-        *(Service(s.name, machines, s.postgres, s.redis, s.detail) for s in per_machine),
+        *(Service(s.name, machines, s.postgres, s.redis, s.detail, s.direct) for s in per_machine),
         *once,
     ]
 
@@ -188,25 +200,36 @@ def verdict(
     known); PostgreSQL itself sees PgBouncer's server connections (when known) and the
     direct sessions (``direct_peak``: a migration, a LISTEN)."""
     kw = {"intake_processes": intake_processes, "intake_threads": intake_threads}
-    pg, redis = totals(services(settings, machines, **kw))
-    if pooled:
-        postgres_peak = direct_peak + (pooler.server_connections if pooler else 0)
-    else:
-        postgres_peak = pg.peak
+
+    def at(n: int) -> tuple[Load, Load, int]:
+        """(PostgreSQL clients, Redis, sessions that bypass a pooler) of n machines."""
+        items = services(settings, n, **kw)
+        pg, redis = totals(items)
+        sessions = sum(s.direct_total.peak for s in items)
+        if pooled:  # the events' LISTEN sessions go straight to PostgreSQL
+            pg = Load(pg.rest - sum(s.direct_total.rest for s in items), pg.peak - sessions)
+        return pg, redis, sessions
+
+    pg, redis, sessions = at(machines)
+    server_side = direct_peak + (pooler.server_connections if pooler else 0)
+    postgres_peak = server_side + sessions if pooled else pg.peak
     postgres_fits = postgres_peak <= limits.postgres_available
     redis_fits = redis.peak <= limits.redis_maxclients
     pooler_fits = pooler is None or pg.peak <= pooler.max_client_conn
     # The most machines that fit: per-machine part and the fixed part of the totals.
-    one_pg, one_redis = totals(services(settings, 1, **kw))
-    zero_pg, zero_redis = totals(services(settings, 0, **kw))
+    one_pg, one_redis, one_s = at(1)
+    zero_pg, zero_redis, zero_s = at(0)
     per_pg, per_redis = one_pg.peak - zero_pg.peak, one_redis.peak - zero_redis.peak
     fit = [_most(limits.redis_maxclients - zero_redis.peak, per_redis)]
     if not pooled:
         fit.append(_most(limits.postgres_available - zero_pg.peak, per_pg))
-    elif pooler is not None:
-        fit.append(_most(pooler.max_client_conn - zero_pg.peak, per_pg))
-    if pooled and not postgres_fits:
-        fit.append(0)  # PostgreSQL's side does not grow with the machines
+    else:
+        if pooler is not None:
+            fit.append(_most(pooler.max_client_conn - zero_pg.peak, per_pg))
+        if one_s > zero_s:  # PostgreSQL's side grows with the machines' LISTEN sessions
+            fit.append(_most(limits.postgres_available - server_side - zero_s, one_s - zero_s))
+        elif not postgres_fits:
+            fit.append(0)  # PostgreSQL's side does not grow with the machines
     return Verdict(
         postgres_peak,
         redis.peak,
