@@ -57,17 +57,10 @@ class Row:
         return None if self.target_s is None else self.median_s <= self.target_s
 
 
-def _time(argv: Sequence[str], env: dict[str, str], runs: int) -> tuple[float, list[int]]:
-    codes = []
-    times = []
-    for i in range(runs + 1):
-        started = time.perf_counter()
-        done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=120)
-        elapsed = time.perf_counter() - started
-        codes.append(done.returncode)
-        if i:  # the first run warms the disk cache (and starts nothing twice)
-            times.append(elapsed)
-    return statistics.median(times), codes[1:]
+def _run_once(argv: Sequence[str], env: dict[str, str]) -> tuple[float, int]:
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=120)
+    return time.perf_counter() - started, done.returncode
 
 
 @contextmanager
@@ -102,10 +95,11 @@ def idle_deployment() -> Iterator[tuple[dict[str, str], str]]:
 
 
 def measure(runs: int) -> list[Row]:
-    bare, _ = _time([sys.executable, "-c", "pass"], dict(os.environ), runs)
-    rows = [Row("python -c pass", ["-c", "pass"], bare, 1.0, None, [])]
+    """Round-robin: run r of every command, then run r + 1, so a burst of other work on
+    the machine falls on all of them alike (and the ratio to the bare interpreter holds)."""
     with idle_deployment() as (env, entry_id):
-        cases: list[tuple[str, list[str], float]] = [
+        cases: list[tuple[str, list[str], float | None]] = [
+            ("python -c pass", ["-c", "pass"], None),
             ("emotionviz --help", ["--help"], HELP_TARGET_S),
             ("emotionviz job --help", ["job", "--help"], HELP_TARGET_S),
             ("emotionviz dlq list --help", ["dlq", "list", "--help"], HELP_TARGET_S),
@@ -113,10 +107,31 @@ def measure(runs: int) -> list[Row]:
             ("emotionviz status --json", ["status", "--json"], READ_TARGET_S),
             ("emotionviz job ENTRY_ID", ["job", entry_id], READ_TARGET_S),
         ]
-        for name, argv, target in cases:
-            median, codes = _time([*CLI, *argv], env, runs)
-            rows.append(Row(name, argv, median, median / bare, target, codes))
-    return rows
+        times: dict[str, list[float]] = {name: [] for name, _argv, _target in cases}
+        codes: dict[str, list[int]] = {name: [] for name, _argv, _target in cases}
+        for i in range(runs + 1):
+            for name, argv, _target in cases:
+                command = [sys.executable, *argv] if target_is_bare(name) else [*CLI, *argv]
+                elapsed, code = _run_once(command, env)
+                if i:  # the first round warms the disk cache (and starts nothing twice)
+                    times[name].append(elapsed)
+                    codes[name].append(code)
+    bare = statistics.median(times["python -c pass"])
+    return [
+        Row(
+            name,
+            argv,
+            statistics.median(times[name]),
+            statistics.median(times[name]) / bare,
+            target,
+            codes[name] if target is not None else [],
+        )
+        for name, argv, target in cases
+    ]
+
+
+def target_is_bare(name: str) -> bool:
+    return name.startswith("python ")
 
 
 def import_profile(argv: Sequence[str], top: int) -> None:
