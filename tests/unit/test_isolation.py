@@ -22,9 +22,9 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 5) ->
 
 
 def _waiting_on(lock: SuspectLock) -> int:
-    """Threads parked in the lock's condition (CPython's Condition keeps them in
-    ``_waiters``): how a test knows a thread is blocked, not just not yet there."""
-    return len(lock._cond._waiters)  # type: ignore[attr-defined]
+    """Threads waiting for their turn (the lock counts them under its own lock, so a
+    counted thread is blocked, not just not yet there)."""
+    return lock.waiting
 
 
 def test_ordinary_jobs_run_together() -> None:

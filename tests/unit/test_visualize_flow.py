@@ -143,15 +143,21 @@ class FakeUnitOfWork:
         self.entries = type("E", (), {"get": lambda _s, entry_id: db.entries.get(entry_id)})()
         self.visualizations = FakeVisualizations(db, self.pending)
         self.entry_pipeline = self.visualizations  # the per-entry statements, same rows
+        self.autocommit = False
 
     def single_statement(self) -> FakeUnitOfWork:
+        """As db/uow.py: each write commits by itself (commit() is not called)."""
+        self.autocommit = True
         return self
 
     def __enter__(self) -> FakeUnitOfWork:
         self.pending.clear()
+        self.autocommit = False
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.autocommit and self.pending:  # written already, whatever happened after
+            self.commit()
         self.pending.clear()  # rolled back unless committed
 
     def commit(self) -> None:

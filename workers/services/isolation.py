@@ -28,6 +28,15 @@ class SuspectLock:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._parked = 0  # threads waiting for their turn, of either kind
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for their turn now (behind a suspect, or a suspect behind the
+        jobs under way). Counted under the lock: a thread is counted once it holds it on
+        its way to waiting, and it lets go only by waiting."""
+        with self._cond:
+            return self._parked
 
     # An interruption (Dramatiq's time limit raises TimeLimitExceeded asynchronously in
     # the worker thread) can land while a job waits here: the counts are changed only
@@ -39,8 +48,13 @@ class SuspectLock:
         entered = False
         try:
             with self._cond:
-                while self._writer or self._writers_waiting:
-                    self._cond.wait()
+                if self._writer or self._writers_waiting:
+                    self._parked += 1
+                    try:
+                        while self._writer or self._writers_waiting:
+                            self._cond.wait()
+                    finally:
+                        self._parked -= 1
                 self._readers += 1
                 entered = True  # no call in between: an async exception cannot land
             yield
@@ -59,6 +73,7 @@ class SuspectLock:
             if holding_ordinary:
                 self._readers -= 1
                 self._cond.notify_all()
+            self._parked += 1
             try:
                 while self._writer or self._readers:
                     self._cond.wait()
@@ -68,6 +83,8 @@ class SuspectLock:
                     self._readers += 1
                 self._cond.notify_all()
                 raise
+            finally:
+                self._parked -= 1
             self._writers_waiting -= 1
             self._writer = True
         try:
