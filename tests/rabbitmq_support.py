@@ -120,3 +120,49 @@ def ready_count(url: str, queue: str) -> int:
     with pika.BlockingConnection(pika.URLParameters(url)) as connection:
         declared = connection.channel().queue_declare(queue, passive=True)
         return int(declared.method.message_count)
+
+
+def vhost_of(url: str) -> str:
+    return str(pika.URLParameters(url).virtual_host)
+
+
+def require_rabbitmqctl() -> None:
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not installed: queue types and policies cannot be read")
+
+
+def queue_types(url: str) -> dict[str, str]:
+    """Each queue of ``url``'s vhost and its type (classic, quorum), as RabbitMQ says."""
+    require_rabbitmqctl()
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost_of(url), "name", "type"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    rows = [line.split("\t") for line in listed.splitlines()[1:] if "\t" in line]
+    return {name: kind for name, kind in rows}
+
+
+def limit_length(url: str, queue: str, max_length: int) -> None:
+    """A policy on ``queue``: past ``max_length`` messages RabbitMQ refuses (nacks) a
+    publish (as an operator's length limit would)."""
+    require_rabbitmqctl()
+    definition = f'{{"max-length": {max_length}, "overflow": "reject-publish"}}'
+    _ctl(
+        "set_policy", "-p", vhost_of(url), "--apply-to", "queues", "limit", f"^{queue}$", definition
+    )
+
+
+def fill_until_refused(url: str, queue: str, limit: int = 20) -> int:
+    """Publish with confirms until RabbitMQ nacks one; how many it took."""
+    with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for taken in range(limit):
+            try:
+                channel.basic_publish("", queue, b"{}", mandatory=True)
+            except pika.exceptions.NackError:
+                return taken
+    raise AssertionError(f"RabbitMQ took {limit} messages past the length limit")

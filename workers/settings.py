@@ -51,6 +51,34 @@ class MediaLocation:
     prefix: str = ""
 
 
+def amqp_servers(url: str) -> list[str]:
+    """An amqp BROKER_URL, one URL per RabbitMQ server: several are whole URLs joined by
+    ';' (pika and Dramatiq try them in order), all on one vhost. Raises ValueError
+    saying what is wrong, never echoing a URL (it holds the password)."""
+    servers = [part.strip() for part in url.split(";")]
+    vhosts: set[str] = set()
+    for server in servers:
+        parts = urlsplit(server)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ValueError("each of several RabbitMQ URLs (separated by ';') is amqp://...")
+        if "," in parts.netloc:
+            raise ValueError(
+                "several RabbitMQ servers are whole URLs separated by ';' "
+                "(amqp://user:pass@host1:5672/vhost;amqp://user:pass@host2:5672/vhost), "
+                "not host1,host2"
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a non-numeric port
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL ({exc})") from None
+        if not parts.hostname:
+            raise ValueError("a RabbitMQ URL names no host")
+        vhosts.add(unquote(parts.path[1:]) if len(parts.path) > 1 else "/")  # as pika reads it
+    if len(vhosts) > 1:
+        raise ValueError("several RabbitMQ URLs must name the same vhost (one set of queues)")
+    return servers
+
+
 def media_location(url: str) -> MediaLocation:
     """Parse MEDIA_URL, or raise ValueError saying what is wrong (never echoing it)."""
     parts = urlsplit(url.strip())
@@ -83,6 +111,10 @@ class Settings(BaseSettings):
     broker_url: SecretStr | None = Field(
         default=None, description="amqp://... selects RabbitMQ; default: REDIS_URL"
     )
+    # RabbitMQ only: quorum queues are replicated and survive the loss of a minority of
+    # nodes; classic (the default) is what earlier versions declared. A queue's type
+    # cannot change in place: docs/operations.md, "Running on RabbitMQ".
+    rabbitmq_queue_type: Literal["classic", "quorum"] = "classic"
     redis_namespace: str = Field(default="emotionviz", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     data_dir: Path = Path(".data")
     # Through a pooler, DATABASE_URL reaches PgBouncer; what needs a session of its own
@@ -278,6 +310,15 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # "DATABASE_URL=" in a .env file means "not set", not "connect to ''".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _amqp_servers(cls, value: SecretStr | None) -> SecretStr | None:
+        # Before _parsable_url (validators run in order), which reads only the first of
+        # several servers' URLs.
+        if value is not None and value.get_secret_value().startswith("amqp"):
+            amqp_servers(value.get_secret_value())  # raises ValueError naming what is wrong
+        return value
 
     @field_validator(
         "schedule_analytics_day",

@@ -26,8 +26,12 @@ from tests.rabbitmq_support import rabbitmq_vhost
 from workers.messaging.broker import SafeRedisBroker
 from workers.messaging.consumer import AdmittingConsumer
 from workers.messaging.delivery import Delivery, RabbitmqDelivery
-from workers.messaging.dramatiq_adapter import redeclare_on_consume
+from workers.messaging.dramatiq_adapter import (
+    declaration_pending,
+    redeclare_on_consume,
+)
 from workers.messaging.rabbitmq import AdmittingRabbitmqConsumer, SafeRabbitmqBroker
+from workers.messaging.rabbitmq_queues import declare_queues
 from workers.messaging.redis_keys import (
     BODIES_SUFFIX,
     DEAD_SUFFIX,
@@ -160,7 +164,7 @@ def test_dramatiqs_consumer_reads_what_our_announced_enqueue_wrote(
     ("ours_", "theirs", "names"),
     [
         (SafeRedisBroker, RedisBroker, ["consume", "enqueue", "close"]),
-        (SafeRabbitmqBroker, RabbitmqBroker, ["consume"]),
+        (SafeRabbitmqBroker, RabbitmqBroker, ["consume", "declare_queue"]),
         (AdmittingConsumer, Consumer, ["__next__", "ack", "nack", "requeue", "close"]),
         (AdmittingRabbitmqConsumer, Consumer, ["__next__", "ack", "nack", "requeue", "close"]),
         (Delivery, MessageProxy, ["stuff_exception", "clear_exception"]),
@@ -251,3 +255,44 @@ def test_a_rabbitmq_queue_that_went_away_is_declared_again_on_consume() -> None:
         finally:
             broker.close()
     assert RabbitmqDelivery(_message(), tag=1, redelivered=False).tag == 1
+
+
+def test_our_classic_declarations_are_dramatiqs() -> None:
+    """RabbitMQ refuses a declaration whose arguments differ from the queue's: queues
+    Dramatiq declared (an earlier version of ours) and ours must compare equal, both
+    ways round."""
+    for first, second in (
+        (RabbitmqBroker, SafeRabbitmqBroker),
+        (SafeRabbitmqBroker, RabbitmqBroker),
+    ):
+        with rabbitmq_vhost("contract") as url:
+            for kind in (first, second):
+                broker = kind(url=url)
+                try:
+                    broker.declare_queue(QUEUE, ensure=True)  # 406 if they differ
+                finally:
+                    broker.close()
+
+
+def test_dramatiqs_enqueue_declares_through_our_declare_queue() -> None:
+    """Dramatiq's enqueue declares a queue through the public ``declare_queue`` (ours:
+    quorum here), and again when a confirmed publish finds it gone (it marks it in
+    ``queues_pending``, which ``declaration_pending`` reads)."""
+    with rabbitmq_vhost("contract") as url:
+        broker = SafeRabbitmqBroker(url=url, queue_type="quorum")
+        try:
+            broker.declare_queue(QUEUE)
+            assert declaration_pending(broker, QUEUE)
+            broker.enqueue(_message())
+            assert not declaration_pending(broker, QUEUE)
+            with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+                channel = connection.channel()
+                declare_queues(channel, QUEUE, "quorum")  # refused unless quorum
+                channel.queue_delete(QUEUE)
+            broker.enqueue(_message())  # unroutable, declared again, published
+            with pika.BlockingConnection(pika.URLParameters(url)) as connection:
+                channel = connection.channel()
+                declare_queues(channel, QUEUE, "quorum")
+                assert channel.queue_declare(QUEUE, passive=True).method.message_count == 1
+        finally:
+            broker.close()

@@ -1,11 +1,14 @@
 """The entry.created pipeline on RabbitMQ: our producer publishes on a RabbitmqBroker,
 a real worker process consumes with BROKER_URL=amqp://... (PostgreSQL, the emulator
-and REDIS_URL for rate limits and counters as on Redis). One vhost for the module
-(tests/rabbitmq_support.py), so parallel runs never share a queue."""
+and REDIS_URL for rate limits and counters as on Redis). Run twice: on classic queues
+(the default) and on quorum queues (RABBITMQ_QUEUE_TYPE=quorum, their delay and dead-
+letter queues too), publisher confirms on. One vhost for each, so parallel runs never
+share a queue (tests/rabbitmq_support.py)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,18 +20,19 @@ import pytest
 from domain.messages import EntryCreated
 from tests.conftest import DatabaseFactory
 from tests.e2e.conftest import Harness, running_harness
-from tests.rabbitmq_support import peek, publish_raw, rabbitmq_vhost, ready_count
+from tests.rabbitmq_support import peek, publish_raw, queue_types, rabbitmq_vhost, ready_count
 from workers.messaging.producer import Producer
 from workers.messaging.rabbitmq import SafeRabbitmqBroker
+from workers.messaging.rabbitmq_queues import QueueType
 
 pytestmark = [pytest.mark.e2e]
 QUEUE = "visualizations"
 
 
 class Rabbit:
-    def __init__(self, harness: Harness, url: str) -> None:
+    def __init__(self, harness: Harness, url: str, queue_type: QueueType) -> None:
         self.h, self.url = harness, url
-        self.broker = SafeRabbitmqBroker(url=url)
+        self.broker = SafeRabbitmqBroker(url=url, queue_type=queue_type)
         self.producer = Producer(self.broker)
 
     def publish(self, entry_id: uuid.UUID, user_id: uuid.UUID) -> str:
@@ -47,17 +51,19 @@ class Rabbit:
         raise AssertionError(f"no such dead letter in {self.dead_letters()}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["classic", "quorum"])
 def rabbit(
+    request: pytest.FixtureRequest,
     database_factory: DatabaseFactory,
     redis_server_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Rabbit]:
-    with rabbitmq_vhost("e2e") as url:
+    queue_type: QueueType = request.param
+    with rabbitmq_vhost(f"e2e-{queue_type}") as url:
         folder: Path = tmp_path_factory.mktemp("e2e-rabbitmq")
-        env = {"BROKER_URL": url}
+        env = {"BROKER_URL": url, "RABBITMQ_QUEUE_TYPE": queue_type}
         with running_harness(database_factory, redis_server_url, folder, env=env) as harness:
-            r = Rabbit(harness, url)
+            r = Rabbit(harness, url, queue_type)
             try:
                 yield r
             finally:
@@ -76,6 +82,10 @@ def test_entries_complete_on_rabbitmq(rabbit: Rabbit) -> None:
         row = rabbit.h.wait_for(entry_id)
         assert row["status"] == "completed", row["error_message"]
         assert row["image_url"] and row["thumbnail_url"]
+    if shutil.which("rabbitmqctl"):  # the queues are of the type asked for
+        types = queue_types(rabbit.url)
+        wanted = rabbit.broker.queue_type
+        assert [types[f"{QUEUE}{suffix}"] for suffix in ("", ".DQ", ".XQ")] == [wanted] * 3
 
 
 def test_transient_fault_is_retried_through_the_delay_queue(rabbit: Rabbit) -> None:

@@ -10,6 +10,7 @@ from domain.errors import ConfigurationError
 from workers import bootstrap
 from workers.entrypoints.actors import declare_actors
 from workers.entrypoints.event_delivery import EventDelivery
+from workers.messaging.broker import declare_queues_now
 from workers.messaging.middleware import WarmUp
 from workers.messaging.watchdog import Watchdog
 from workers.providers.factory import announce_choice, choose_providers
@@ -27,6 +28,12 @@ except ConfigurationError as exc:
     raise SystemExit(2) from None
 broker = bootstrap.broker()
 actors = declare_actors(broker, settings, bootstrap.actor_dependencies())
+try:
+    declare_queues_now(broker)  # RabbitMQ: a queue of the other type stops us here
+except ConfigurationError as exc:
+    sys.stderr.write(f"emotionviz worker: {exc}\n")
+    sys.stderr.flush()
+    raise SystemExit(2) from None
 broker.add_middleware(
     WarmUp(
         bootstrap.visualization_service,

@@ -255,7 +255,10 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
         from workers.messaging.rabbitmq import SafeRabbitmqBroker  # needs the rabbitmq extra
 
         broker = SafeRabbitmqBroker(
-            url=broker_url, middleware=middleware, max_message_bytes=settings.max_message_bytes
+            url=broker_url,
+            middleware=middleware,
+            max_message_bytes=settings.max_message_bytes,
+            queue_type=settings.rabbitmq_queue_type,
         )
     else:
         broker = SafeRedisBroker(
@@ -273,3 +276,15 @@ def build_broker(settings: Settings, redis_url: str) -> dramatiq.Broker:
     dramatiq.set_encoder(LoggingJSONEncoder())
     dramatiq.set_broker(broker)
     return broker
+
+
+def declare_queues_now(broker: dramatiq.Broker) -> None:
+    """RabbitMQ: declare the actors' queues now, so that a queue of the other type
+    (RABBITMQ_QUEUE_TYPE) stops a worker at boot with ConfigurationError. Redis: nothing
+    to declare."""
+    if isinstance(broker, SafeRedisBroker):
+        return
+    from workers.messaging.rabbitmq import SafeRabbitmqBroker  # needs the rabbitmq extra
+
+    if isinstance(broker, SafeRabbitmqBroker):
+        broker.declare_all()

@@ -8,6 +8,13 @@ on RabbitMQ dead-letters the body as it arrived, without a word of why; ours
 dead-letters it with the reason in ``options.traceback`` (refused bodies: the record
 ``dead_letter_record`` keeps on Redis too), so ``<queue>.XQ`` says why on both paths.
 
+Publishes go out with publisher confirms: RabbitMQ's nack, a message no queue took
+(``mandatory``) or a connection lost before the confirm raises, Dramatiq's enqueue
+tries again on a new connection, then the producer (workers/messaging/producer.py)
+retries and raises BrokerUnavailableError. The queues are declared by us, classic or
+quorum (workers/messaging/rabbitmq_queues.py). ``BROKER_URL`` may name several servers
+(``url1;url2``): every connection tries them in order.
+
 Dead-lettering is "publish to ``<queue>.XQ``, then ack": not atomic. A connection lost
 between the two redelivers the message, which is judged or run again (handlers are
 idempotent) and may leave a second dead letter: a duplicate record, never a loss.
@@ -23,7 +30,7 @@ from typing import Any
 import pika
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import xq_name
+from dramatiq.common import q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
@@ -34,27 +41,79 @@ from workers.messaging.delivery import (
     failure_reason,
     with_reason,
 )
-from workers.messaging.dramatiq_adapter import redeclare_on_consume
+from workers.messaging.dramatiq_adapter import (
+    declaration_pending,
+    declared,
+    redeclare_on_consume,
+)
 from workers.messaging.envelope import inspect, summary
+from workers.messaging.rabbitmq_queues import QueueType, declare_queues
 
 log = get_logger("emotionviz.consumer")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
 _CHANNEL_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
 
 
-def connection_parameters(url: str) -> pika.URLParameters | list[pika.URLParameters]:
-    """pika's parameters for ``url`` (several servers: ``url1;url2``), as the broker
-    reads them."""
-    if ";" in url:
-        return [pika.URLParameters(one) for one in url.split(";")]
-    return pika.URLParameters(url)
+def servers(url: str) -> list[str]:
+    """One URL per RabbitMQ server (several: ``url1;url2``, tried in order; settings
+    validated them: workers/settings.py ``amqp_servers``)."""
+    return [one.strip() for one in url.split(";")]
+
+
+def connection_parameters(url: str) -> list[pika.URLParameters]:
+    """pika's parameters for each server of ``url``, as the broker reads them."""
+    return [pika.URLParameters(one) for one in servers(url)]
 
 
 class SafeRabbitmqBroker(RabbitmqBroker):
-    def __init__(self, *, url: str, max_message_bytes: int = 64 * 1024, **kwargs: Any) -> None:
-        super().__init__(url=url, **kwargs)
+    def __init__(
+        self,
+        *,
+        url: str,
+        max_message_bytes: int = 64 * 1024,
+        queue_type: QueueType = "classic",
+        confirm_delivery: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        # Dramatiq's confirm_delivery: every publish waits for RabbitMQ's confirm (and
+        # is mandatory); off, a publish lost in a node's failover vanished silently.
+        super().__init__(url=servers(url), confirm_delivery=confirm_delivery, **kwargs)
         self.max_message_bytes = max_message_bytes
+        self.queue_type: QueueType = queue_type
         self.consumer_parameters = connection_parameters(url)
+
+    def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
+        """Dramatiq's (the queue and its delay queue registered, its hooks), but the
+        queues are declared on the server by us, with their type (rabbitmq_queues.py).
+        Raises ConfigurationError when one exists with the other type."""
+        super().declare_queue(queue_name)
+        canonical = q_name(queue_name)
+        if ensure and declaration_pending(self, canonical):
+            self._declare_on_server(canonical)
+            declared(self, canonical)
+
+    def declare_all(self) -> None:
+        """Declare the queues of every actor now (a worker at boot): a queue of the
+        other type stops the process with one line instead of failing every consumer
+        thread in a loop. RabbitMQ not answering is left to the consumers, which retry."""
+        for queue_name in sorted(self.get_declared_queues()):
+            try:
+                self.declare_queue(queue_name, ensure=True)
+            except ConnectionClosed as exc:
+                log.warning("RabbitMQ did not answer at boot", reason=str(exc)[:200])
+                return
+
+    def _declare_on_server(self, canonical: str) -> None:
+        # A connection of its own: a refused declaration closes its channel, which
+        # must not be the one Dramatiq's enqueue goes on publishing on.
+        for attempt in (1, 2):  # as Dramatiq's: once more on a new connection
+            try:
+                with pika.BlockingConnection(self.consumer_parameters) as connection:
+                    declare_queues(connection.channel(), canonical, self.queue_type)
+                return
+            except _CHANNEL_ERRORS as exc:
+                if attempt == 2:
+                    raise _closed(exc) from None
 
     def consume(
         self, queue_name: str, prefetch: int = 1, timeout: int = 5000

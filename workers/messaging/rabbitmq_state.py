@@ -45,13 +45,22 @@ def _counts(
     return int(declared.method.message_count), int(declared.method.consumer_count)
 
 
+def quick_parameters(url: str, timeout_s: float = _TIMEOUT_S) -> list[pika.URLParameters]:
+    """pika's parameters for each server of ``url`` (several: ``url1;url2``, tried in
+    order), each tried once with ``timeout_s``: a read that fails says so soon."""
+    found = []
+    for one in url.split(";"):
+        params = pika.URLParameters(one.strip())
+        params.connection_attempts, params.socket_timeout = 1, timeout_s
+        params.blocked_connection_timeout = timeout_s
+        found.append(params)
+    return found
+
+
 def read_rabbitmq_state(url: str, queues: tuple[str, ...] = QUEUES) -> BrokerState:
-    params = pika.URLParameters(url)
-    params.connection_attempts, params.socket_timeout = 1, _TIMEOUT_S
-    params.blocked_connection_timeout = _TIMEOUT_S
     states = {queue: QueueState(consumers=0) for queue in queues}
     try:
-        with _quiet_pika(), pika.BlockingConnection(params) as connection:
+        with _quiet_pika(), pika.BlockingConnection(quick_parameters(url)) as connection:
             channel = connection.channel()
             for queue, state in states.items():
                 for name, field in (
@@ -79,7 +88,7 @@ def read_rabbitmq_state(url: str, queues: tuple[str, ...] = QUEUES) -> BrokerSta
 def purge_dead_letters(url: str, queue: str) -> int:
     """Delete every message of ``<queue>.XQ``; how many there were (0: no such queue)."""
     try:
-        with _quiet_pika(), pika.BlockingConnection(pika.URLParameters(url)) as connection:
+        with _quiet_pika(), pika.BlockingConnection(quick_parameters(url)) as connection:
             try:
                 purged = connection.channel().queue_purge(f"{queue}.XQ")
             except pika.exceptions.ChannelClosedByBroker as exc:

@@ -72,15 +72,15 @@ def check_rabbitmq(url: str, timeout_s: float) -> Check:
         )
     # pika logs every connection step, and a refused one with a traceback: one line here.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
-    params = pika.URLParameters(url)
-    params.connection_attempts = 1
-    params.socket_timeout = timeout_s
-    params.blocked_connection_timeout = timeout_s
+    from workers.messaging.rabbitmq_state import quick_parameters
+
+    servers = quick_parameters(url, timeout_s)  # several: any one answering will do
     try:
-        pika.BlockingConnection(params).close()
+        pika.BlockingConnection(servers).close()
     except (pika.exceptions.AMQPError, OSError) as exc:
         reason = _one_line(exc) if str(exc) else type(exc).__name__
-        return Check("broker", False, f"{params.host}:{params.port}: {reason}")
+        where = ",".join(f"{params.host}:{params.port}" for params in servers)
+        return Check("broker", False, f"{where}: {reason}")
     return Check("broker", True, "answers")
 
 
