@@ -223,3 +223,19 @@ def test_orphan_scan_keeps_the_files_of_rows_whose_url_it_does_not_recognise(
         )
     assert media.gc(apply=True, min_age_s=0).files_deleted == 0
     assert len(store.keys("visualizations")) == 2
+
+
+def test_removing_an_earlier_picture_never_fails_the_job(
+    engine: Engine, s3_server: SeaweedS3, prefix: str
+) -> None:
+    """The clean-up after a paid picture: a store that refuses it (here: wrong
+    credentials) leaves the file to `media gc` instead of failing (and retrying, paying
+    again for) the job; a store that works removes the other format."""
+    vid = uuid.uuid4()
+    store = _store(s3_server, prefix)
+    store.put(image_key(vid, "jpg"), b"earlier", "image/jpeg")
+    refusing = _store(s3_server, prefix, aws_secret_access_key="wrong-" + uuid.uuid4().hex)
+    _lifecycle(engine, refusing)[1].replaced(vid, "png")  # logged, not raised
+    assert store.keys("visualizations") == [image_key(vid, "jpg")]
+    _lifecycle(engine, store)[1].replaced(vid, "png")
+    assert store.keys("visualizations") == []

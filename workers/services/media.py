@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from db.uow import UnitOfWork
+from domain.errors import TransientError
 from domain.providers import ImageStore
 from workers.logging import get_logger
 
@@ -71,10 +72,22 @@ class MediaLifecycle:
         self.store = store
 
     def replaced(self, visualization_id: uuid.UUID, kept_extension: str) -> None:
-        """After storing a picture: remove the same row's picture in another format."""
+        """After storing a picture: remove the same row's picture in another format.
+        Tidying only: a store that fails here (an S3 hiccup) is logged and the file left
+        to `media gc` (an orphan); raising would retry the job and pay for its picture
+        again."""
         for extension in IMAGE_EXTENSIONS:
-            if extension != kept_extension:
-                self.store.delete(image_key(visualization_id, extension))
+            if extension == kept_extension:
+                continue
+            key = image_key(visualization_id, extension)
+            try:
+                self.store.delete(key)
+            except TransientError as exc:
+                log.warning(
+                    "an earlier picture could not be removed; media gc will",
+                    key=key,
+                    reason=str(exc),
+                )
 
     def collect_garbage(self, limit: int = 1000) -> tuple[int, int]:
         """Delete the files of deleted visualizations; (outbox rows, files deleted)."""
