@@ -44,6 +44,7 @@ class FleetOutcome:
     paid_calls: int
     expected_calls: int
     extra_calls: int
+    unexplained_calls: int  # made again, but not a call under way at a fault
     faults: list[Fault]
     recovery_s: float | None
     connections: list[Connections]
@@ -71,6 +72,8 @@ class FleetOutcome:
             found.append(f"{self.sessions - self.sessions_complete} conversations unfinished")
         if self.extra_calls > self.in_flight:
             found.append(f"{self.extra_calls} extra paid calls > {self.in_flight} in flight")
+        if self.unexplained_calls:
+            found.append(f"{self.unexplained_calls} paid calls made again that no fault explains")
         if self.recovery_s is None or self.recovery_s > RECOVERY_LIMIT_S:
             found.append(f"no recovery within {RECOVERY_LIMIT_S:.0f} s after the last fault")
         for c in self.connections:
@@ -101,7 +104,8 @@ def render(o: FleetOutcome) -> str:
         (
             "paid calls",
             f"{o.paid_calls} for {o.expected_calls} needed: extra {o.extra_calls} "
-            f"(<= {o.in_flight} in flight at the faults)",
+            f"(<= {o.in_flight} in flight at the faults), {o.unexplained_calls} not explained "
+            "by a fault",
         ),
         ("recovery after the last fault", _s(o.recovery_s)),
         ("pictures (objects in the store)", f"{o.pictures} ({o.objects})"),
@@ -134,8 +138,9 @@ def render(o: FleetOutcome) -> str:
         )
     lines += [
         "",
-        "in flight: paid calls of the entries the faulted machine was working on when the",
-        "fault began (2 per entry: its analysis and its picture may both be made again).",
+        "in flight: the faulted machine's paid calls under way when the fault began or",
+        "started while it lasted (an answer it could not store); a call made again must be",
+        "one of them.",
         "recovery: from the end of the last fault until every entry and conversation",
         "published before it had finished.",
     ]

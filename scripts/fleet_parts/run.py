@@ -270,21 +270,34 @@ class FleetRun:
             if len(v) > 1
         ]
 
-    def in_flight(self, calls: list[dict[str, Any]], fault: Fault) -> int:
-        """Paid calls that a fault on one machine may cause to be made again: both calls
-        of each entry (or turn) the machine had a call for in the one entry's time
-        before the fault."""
-        span = sum(self.args.latency) + 2.0
-        at = self.started + fault.at
+    def exposed(self, calls: list[dict[str, Any]], fault: Fault) -> set[tuple[str, str]]:
+        """The paid calls a fault may cause to be made again: the faulted machine's calls
+        that were under way when it began or started while it lasted (a call's answer
+        that could not be stored), as (entry or session marker, kind)."""
+        begin = self.started + fault.at
+        end = self.started + (fault.at if fault.until is None else fault.until)
+        analysis_s, image_s = self.args.latency
         marker = re.compile(rf"{self.infra.tag}[es]\d+x")
-        working = {
-            (m.group(0), bool(TURN.search(c["text"])))
-            for c in calls
-            if c["via"] == fault.machine
-            and at - span <= c["at"] <= at
-            and (m := marker.search(c["text"])) is not None
-        }
-        return sum(1 if turn else 2 for _, turn in working)
+        found: set[tuple[str, str]] = set()
+        for c in calls:
+            if c["via"] != fault.machine or c["answered_429"]:
+                continue
+            lasts = image_s if c["kind"] == "image" else analysis_s
+            m = marker.search(c["text"])
+            if m is not None and c["at"] <= end and c["at"] + lasts + 1.0 >= begin:
+                found.add((m.group(0), _kind(c)))
+        return found
+
+    def unexplained(self, calls: list[dict[str, Any]], exposed: set[tuple[str, str]]) -> int:
+        """Calls made again that no fault explains (a duplicate the product caused)."""
+        marker = re.compile(rf"{self.infra.tag}[es]\d+x")
+        made: dict[tuple[str, str], int] = {}
+        for c in calls:
+            m = marker.search(c["text"])
+            if m is not None and not c["answered_429"]:
+                key = (m.group(0), _kind(c))
+                made[key] = made.get(key, 0) + 1
+        return sum(n - 1 for key, n in made.items() if n > 1 and key not in exposed)
 
     def outcome(self, seconds: float) -> FleetOutcome:
         infra, upstream = self.infra, self.upstream
@@ -310,9 +323,12 @@ class FleetRun:
             ]
         assert sessions is not None
         calls = self.calls()
+        exposed: set[tuple[str, str]] = set()
         for fault in self.faults:
-            if not fault.name.startswith("links"):
-                fault.in_flight = self.in_flight(calls, fault)
+            if not fault.name.startswith("links"):  # a slow link loses nothing
+                at_fault = self.exposed(calls, fault)
+                fault.in_flight = len(at_fault)
+                exposed |= at_fault
         paid, needed = self.paid_calls(calls)
         repeated = self.repeated(calls)
         live = [m for m in infra.machines if m.killed_at is None and m.console_port]
@@ -328,6 +344,7 @@ class FleetRun:
             paid_calls=paid,
             expected_calls=needed,
             extra_calls=max(0, paid - needed),
+            unexplained_calls=self.unexplained(calls, exposed),
             faults=self.faults,
             recovery_s=self.recovery(),
             connections=[self.connections(m) for m in infra.machines],
