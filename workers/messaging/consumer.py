@@ -11,6 +11,15 @@ The batch check includes one Redis round trip: ``options.redis_message_id`` must
 the key the body is stored under, or the message could never be acknowledged (it would
 stay in the queue's hash and the worker's acks set, and run again after every restart).
 
+Acknowledgements go out with the next fetch: a worker thread that finished a message
+hands its id to the consumer (no Redis round trip on that thread), and the consumer
+thread sends the acks and its fetch together, or alone when it cannot fetch (one
+round trip for both instead of one each: ~0.2 ms of CPU per message). Delivery stays
+at least once: a worker that dies before its acks went out has them run again (the
+handlers are idempotent: a finished entry is a no-op). An ack waits at most until the
+consumer's next look at its queue (an idle one is woken by it), and ``close`` sends
+what is left.
+
 An idle consumer waits on its queue's wake-up (workers/messaging/wake_ups.py) with
 Dramatiq's growing backoff as the timeout, so an announced message is fetched at once
 and an unannounced one within the backoff (at most the worker timeout, 1 s). A consumer
@@ -80,6 +89,11 @@ class AdmittingConsumer(Consumer):
         # Set by a wake-up for this queue; without wake-ups, never (a plain sleep).
         self.woken = wake_ups.register(queue_name) if wake_ups else threading.Event()
         self.due: dict[str, int] = {}  # message id -> eta (ms) of the delayed ones held
+        # Redis ids acknowledged by worker threads, sent with the next fetch; after
+        # close, an ack goes out at once.
+        self._acks: list[str] = []
+        self._acks_lock = threading.Lock()
+        self._closed = False
 
     @property
     def outstanding_message_count(self) -> int:
@@ -89,11 +103,16 @@ class AdmittingConsumer(Consumer):
         try:
             if not self.message_cache:
                 fetched: list[bytes | None] = []
+                acks = self._take_acks()
                 can_fetch = self.outstanding_message_count < self.prefetch
                 if can_fetch:
                     # Cleared before the fetch: a wake-up sent after it is not lost.
                     self.woken.clear()
-                    fetched = self.commands.fetch(self.prefetch - self.outstanding_message_count)
+                    fetched = self._ack_and_fetch(
+                        acks, self.prefetch - self.outstanding_message_count
+                    )
+                elif acks:
+                    self._ack_and_fetch(acks, 0)
                 if not fetched:
                     # Nothing to do: wait for a wake-up, at most Dramatiq's growing backoff.
                     self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
@@ -125,15 +144,39 @@ class AdmittingConsumer(Consumer):
         self.woken.wait(seconds)
 
     def ack(self, message: MessageProxy) -> None:
+        """Hand the message's id to the consumer thread, which sends it with its next
+        fetch (the queue consumed, not message.queue_name: a delayed message is acked
+        on the delay queue it was taken from); at once after ``close``."""
         self.due.pop(message.message_id, None)
+        redis_id = message.options["redis_message_id"]
+        with self._acks_lock:
+            deferred = not self._closed
+            if deferred:
+                self._acks.append(redis_id)
         try:
-            # The queue consumed, not message.queue_name: a delayed message is acked
-            # on the delay queue it was taken from.
-            self.commands.ack(message.options["redis_message_id"])
+            if not deferred:
+                self.commands.ack(redis_id)
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
         finally:
             self.queued_message_ids.discard(message.message_id)
+        if deferred:
+            self.woken.set()  # an idle consumer sends it now, not after its backoff
+
+    def _take_acks(self) -> list[str]:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+        return acks
+
+    def _ack_and_fetch(self, acks: list[str], count: int) -> list[bytes | None]:
+        if not acks:
+            return self.commands.fetch(count)
+        try:
+            return self.commands.ack_and_fetch(acks, count)
+        except redis.RedisError:
+            with self._acks_lock:  # sent again next time (an ack is idempotent)
+                self._acks[:0] = acks
+            raise
 
     def nack(self, message: MessageProxy) -> None:
         """Dead-letter a failed message with its reason (scrubbed, one line) in
@@ -165,6 +208,19 @@ class AdmittingConsumer(Consumer):
         self.broker.announce([self.queue_name])
 
     def close(self) -> None:
+        with self._acks_lock:
+            self._closed = True
+            acks, self._acks = self._acks, []
+        if acks:
+            try:
+                self.commands.ack_and_fetch(acks, 0)
+            except redis.RedisError as exc:
+                log.warning(
+                    "acknowledgements not sent; their messages run again (a no-op for "
+                    "finished work) once this worker's acks are given back",
+                    acks=len(acks),
+                    reason=type(exc).__name__,
+                )
         wake_ups = self.broker.wake_ups()
         if wake_ups is not None:
             wake_ups.unregister(self.queue_name, self.woken)

@@ -28,6 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis
+from dramatiq.common import current_millis
+
 if TYPE_CHECKING:
     from dramatiq.brokers.redis import RedisBroker
 
@@ -98,6 +101,7 @@ class RedisCommands:
 
     def __init__(self, broker: RedisBroker, queue_name: str) -> None:
         self.queue_name = queue_name
+        self._broker = broker
         self._fetch = broker.do_fetch
         self._ack = broker.do_ack
         self._nack = broker.do_nack
@@ -107,6 +111,54 @@ class RedisCommands:
         """Up to ``count`` bodies, moved to this broker's acks set."""
         fetched: Any = self._fetch(self.queue_name, count)
         return list(fetched)
+
+    def ack_and_fetch(self, redis_ids: list[str], count: int) -> list[bytes | None]:
+        """``ack`` each of ``redis_ids``, then ``fetch(count)`` (none if 0), in one
+        round trip: the script's calls as ``RedisBroker`` makes them (same arguments,
+        heartbeat and maintenance), sent together on one connection of the broker's
+        pool. Redis runs them in order. A Redis that lost the script (restarted,
+        flushed) gets the unanswered calls again through Dramatiq, which loads it."""
+        broker: Any = self._broker
+        script = broker.scripts["dispatch"]
+        calls: list[tuple[str, str | int]] = [("ack", redis_id) for redis_id in redis_ids]
+        if count > 0:
+            calls.append(("fetch", count))
+        commands = [
+            (
+                "EVALSHA",
+                script.sha,
+                1,
+                broker.namespace,
+                command,
+                current_millis(),
+                self.queue_name,
+                broker.broker_id,
+                broker.heartbeat_timeout,
+                broker.dead_message_ttl,
+                broker._should_do_maintenance(command),
+                broker._max_unpack_size(),
+                argument,
+            )
+            for command, argument in calls
+        ]
+        pool = broker.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            replies = conn.retry.call_with_retry(
+                lambda: _round_trip(conn, commands), lambda _error: conn.disconnect()
+            )
+        finally:
+            pool.release(conn)
+        fetched: list[bytes | None] = []
+        for (command, argument), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                again = self._ack if command == "ack" else self._fetch
+                reply = again(self.queue_name, argument)
+            elif isinstance(reply, Exception):
+                raise reply
+            if command == "fetch":
+                fetched = list(reply)
+        return fetched
 
     def ack(self, redis_id: str) -> None:
         self._ack(self.queue_name, redis_id)
@@ -119,3 +171,16 @@ class RedisCommands:
         """Push held messages back onto the queue (shutdown, lost connection)."""
         if redis_ids:
             self._requeue(self.queue_name, *redis_ids)
+
+
+def _round_trip(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` together, read each reply (an error reply is returned, not
+    raised, so that every reply is read before the connection goes back to its pool)."""
+    conn.send_packed_command(conn.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as error:
+            replies.append(error)
+    return replies
