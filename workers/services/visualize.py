@@ -25,6 +25,7 @@ from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.logging import get_logger
 from workers.providers.factory import Providers
+from workers.providers.ratelimit import releases_batched
 from workers.services.imaging import check_image, thumbnail
 from workers.services.isolation import SuspectLock
 from workers.services.leases import LeaseKeeper
@@ -115,7 +116,12 @@ class VisualizationService:
 
     def _run(self, entry: EntryRow, claim: ClaimedVisualization) -> Outcome:
         """The steps under the lease; the caller holds it, renews it and gives it back
-        if this raises."""
+        if this raises. A rate gate's release is not waited for: its reply is read with
+        the next gate command or at the end (workers/providers/ratelimit.py)."""
+        with releases_batched():
+            return self._steps(entry, claim)
+
+    def _steps(self, entry: EntryRow, claim: ClaimedVisualization) -> Outcome:
         style = VisualizationStyle(claim.style)
         started = time.monotonic()
         analysis = self._analysis_step(entry, claim, style)
@@ -213,7 +219,11 @@ class VisualizationService:
         thumb_url = store.put(
             thumbnail_key(claim.id), thumbnail(image.data, self.limits.thumbnail_px), "image/webp"
         )
-        self.media.replaced(claim.id, image.extension)
+        if claim.gemini_analysis is not None:
+            # An earlier run got past the analysis: it may have stored a picture in
+            # another format before it stopped. Without that checkpoint no run of this
+            # row has drawn (the picture comes after it), and there is nothing to remove.
+            self.media.replaced(claim.id, image.extension)
         raw = {
             **drawn.raw_response,
             "width": image.width,
