@@ -413,9 +413,6 @@ class CompletionEvent(Base):
     __table_args__ = (
         UniqueConstraint("event_id", name="completion_events_event_id_key"),
         Index("idx_completion_events_created_at", "created_at"),
-        Index(
-            "idx_completion_events_waiting", "id", postgresql_where=text("fanned_out_at IS NULL")
-        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -427,8 +424,19 @@ class CompletionEvent(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
-    # When the dispatcher made its delivery rows (one per configured subscriber).
-    fanned_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EventSubscriber(Base):
+    """A subscriber's high-water mark: the last completion event given it a delivery row
+    (workers/services/events.py; not in the seed spec)."""
+
+    __tablename__ = "event_subscribers"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    fanned_out_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
 
 
 class EventDelivery(Base):
@@ -455,6 +463,8 @@ class EventDelivery(Base):
     subscriber: Mapped[str] = mapped_column(Text, primary_key=True)
     status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'pending'"))
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    # The claim that holds the row (never reset by a replay, unlike attempts).
+    claim: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     next_attempt_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )

@@ -35,7 +35,7 @@ from workers.providers.storage import image_store as build_image_store
 from workers.services.intake import IntakeService
 from workers.services.media import MediaLifecycle
 from workers.services.visualize import VisualizationService, VisualizeLimits
-from workers.settings import Settings, get_settings
+from workers.settings import Settings, get_settings, webhook_secrets
 
 if TYPE_CHECKING:
     from workers.entrypoints.actors import ActorDependencies
@@ -60,6 +60,8 @@ def configure_process(settings: Settings | None = None) -> Settings:
     ):
         if secret is not None:
             register_secret(secret.get_secret_value())
+    for value in webhook_secrets(settings):  # completion events' webhook
+        register_secret(value)
     configure_logging(settings.log_level, settings.log_format, settings.log_max_line_bytes)
     from db.engine import use_pooler
 

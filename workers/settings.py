@@ -269,8 +269,8 @@ class Settings(BaseSettings):
     @field_validator("events_webhook_url")
     @classmethod
     def _events_webhook_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
-            raise ValueError("must be an http:// or https:// URL")
+        if value is not None:
+            webhook_target(value)  # raises ValueError, never echoing the URL
         return value
 
     @field_validator("events_webhook_secret")
@@ -419,17 +419,76 @@ class Settings(BaseSettings):
         return self.job_time_limit_s * 1000
 
 
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where EVENTS_WEBHOOK_URL points, as http.client takes it."""
+
+    https: bool
+    host: str  # an IPv6 literal without its brackets (http.client adds them)
+    port: int
+    path: str  # path and query: may hold a token, never logged
+
+    def redacted(self) -> str:
+        """The URL to show: scheme, host and port only."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.https else 'http'}://{host}:{self.port}/..."
+
+
+def webhook_target(url: str) -> WebhookTarget:
+    """Parse EVENTS_WEBHOOK_URL, or raise ValueError saying what is wrong (never echoing
+    it: its path or query may hold a token)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not hold user:password@ (the requests are signed with "
+            "EVENTS_WEBHOOK_SECRET; put any other token in the path or query)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("names no host")
+    https = parts.scheme == "https"
+    return WebhookTarget(
+        https=https,
+        host=parts.hostname,
+        port=port or (443 if https else 80),
+        path=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+    )
+
+
+def webhook_secrets(settings: Settings) -> list[str]:
+    """What of the events' settings must never reach a log line: the signing secret,
+    the webhook URL, and its path and query (where receivers often put a token)."""
+    values: list[str] = []
+    if settings.events_webhook_secret is not None:
+        values.append(settings.events_webhook_secret.get_secret_value())
+    if settings.events_webhook_url:
+        url = settings.events_webhook_url
+        parts = urlsplit(url)
+        values.append(url)
+        if parts.query:
+            values.append(parts.query)
+        if len(parts.path) >= 16:  # a short path ("/hooks") is too common to mask
+            values.append(parts.path)
+    return values
+
+
 def webhook_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret: ``whsec_`` and base64 (16 to 64
-    bytes, as the convention asks), or ValueError saying what is wrong."""
+    """The HMAC key of a Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64
+    bytes (the spec: "at least 24 bytes (192 bits, 512 maximum)"), or ValueError saying
+    what is wrong."""
     if not secret.startswith("whsec_"):
         raise ValueError("must be whsec_ followed by base64 (Standard Webhooks)")
     try:
         key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
     except binascii.Error:
         raise ValueError("the part after whsec_ is not base64") from None
-    if not 16 <= len(key) <= 64:
-        raise ValueError("the key must be 16 to 64 bytes (24 to 88 base64 characters)")
+    if not 24 <= len(key) <= 64:
+        raise ValueError("the key must be 24 to 64 bytes (32 to 88 base64 characters)")
     return key
 
 

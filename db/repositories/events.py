@@ -8,7 +8,7 @@ commits before any HTTP call or publish (workers/services/events.py), moving the
 ``next_attempt_at`` past the delivery's time limit. A dispatcher that dies mid-delivery
 leaves the row to be claimed again when that passes (at least once; receivers dedupe on
 the event id). An outcome is recorded only by the claim that still holds the row (the
-same ``attempts``).
+same ``claim`` token, which a replay clears).
 """
 
 from __future__ import annotations
@@ -28,29 +28,69 @@ if TYPE_CHECKING:
 # The replay's wake-up for the dispatchers (no payload: not for subscribers).
 REPLAYED = "completion_events_replayed"
 
-# Events not yet given to the subscribers get one delivery row per subscriber.
-_FAN_OUT = text(
+# A subscriber seen for the first time starts from the events of the last
+# ``window_s`` (those a rolling deploy that adds it may have let others see first).
+_REGISTER = text(
     """
-WITH fresh AS (
-    UPDATE completion_events SET fanned_out_at = now()
-    WHERE id IN (SELECT id FROM completion_events WHERE fanned_out_at IS NULL
-                 ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED)
-    RETURNING id
-), made AS (
-    INSERT INTO event_deliveries (event_id, subscriber)
-    SELECT f.id, s.name FROM fresh f CROSS JOIN unnest(CAST(:subscribers AS text[])) AS s(name)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM fresh), (SELECT count(*) FROM made)
+INSERT INTO event_subscribers (name, fanned_out_id)
+SELECT s.name, coalesce((SELECT max(id) FROM completion_events
+                         WHERE created_at <= now() - make_interval(secs => :window_s)), 0)
+FROM unnest(CAST(:subscribers AS text[])) AS s(name)
+ON CONFLICT DO NOTHING
 """
 )
 
-# Due deliveries, oldest due first; rows another dispatcher holds are skipped.
+# Per subscriber: the events past its high-water mark get a delivery row each, and the
+# mark moves to the last of them. The subscriber's row is locked (SKIP LOCKED: another
+# dispatcher of the same subscriber is at it); dispatchers of other subscribers fan
+# out the same events for theirs.
+_FAN_OUT = text(
+    """
+WITH sub AS (
+    SELECT name, fanned_out_id FROM event_subscribers
+    WHERE name = ANY(CAST(:subscribers AS text[])) FOR UPDATE SKIP LOCKED
+), fresh AS (
+    SELECT s.name, e.id FROM sub s
+    CROSS JOIN LATERAL (SELECT id FROM completion_events WHERE id > s.fanned_out_id
+                        ORDER BY id LIMIT :limit) e
+), made AS (
+    INSERT INTO event_deliveries (event_id, subscriber) SELECT id, name FROM fresh
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), moved AS (
+    UPDATE event_subscribers t SET fanned_out_id = f.top
+    FROM (SELECT name, max(id) AS top FROM fresh GROUP BY name) f
+    WHERE t.name = f.name
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM made), (SELECT count(*) FROM moved)
+"""
+)
+
+# Identity values are taken in order but committed in any: an event at or below a mark
+# may commit after the mark passed it. The sweep gives such late events of the last
+# ``window_s`` their missing rows.
+_SWEEP = text(
+    """
+INSERT INTO event_deliveries (event_id, subscriber)
+SELECT e.id, s.name
+FROM event_subscribers s
+JOIN completion_events e ON e.id <= s.fanned_out_id
+WHERE s.name = ANY(CAST(:subscribers AS text[]))
+  AND e.created_at > now() - make_interval(secs => :window_s)
+  AND NOT EXISTS (SELECT 1 FROM event_deliveries d
+                  WHERE d.event_id = e.id AND d.subscriber = s.name)
+ON CONFLICT DO NOTHING
+"""
+)
+
+# Due deliveries, oldest due first; rows another dispatcher holds are skipped. Each
+# claim gets a token of its own: only it may record the outcome.
 _CLAIM = text(
     """
 UPDATE event_deliveries d
 SET attempts = d.attempts + 1,
+    claim = gen_random_uuid(),
     next_attempt_at = clock_timestamp() + make_interval(secs => :lease_s)
 FROM (SELECT event_id, subscriber FROM event_deliveries
       WHERE status = 'pending' AND next_attempt_at <= now()
@@ -58,7 +98,8 @@ FROM (SELECT event_id, subscriber FROM event_deliveries
       ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED) due,
      completion_events e
 WHERE d.event_id = due.event_id AND d.subscriber = due.subscriber AND e.id = d.event_id
-RETURNING d.event_id, d.subscriber, d.attempts, e.event_id, e.kind, e.payload, e.created_at
+RETURNING d.event_id, d.subscriber, d.attempts, d.claim, e.event_id, e.kind, e.payload,
+          e.created_at
 """
 )
 
@@ -69,8 +110,7 @@ _NEXT_DUE = text(
 )
 
 _HELD = (
-    "WHERE event_id = :id AND subscriber = :subscriber AND attempts = :attempts "
-    "AND status = 'pending'"
+    "WHERE event_id = :id AND subscriber = :subscriber AND claim = :claim AND status = 'pending'"
 )
 _DELIVERED = text(
     "UPDATE event_deliveries SET status = 'delivered', delivered_at = now(), "
@@ -81,10 +121,28 @@ _RETRY = text(
     f"next_attempt_at = clock_timestamp() + make_interval(secs => :delay_s) {_HELD}"
 )
 _DEAD = text(f"UPDATE event_deliveries SET status = 'dead', last_error = :reason {_HELD}")
+# A claim not sent (its pass ran out of lease, or the process stops): due again now,
+# the attempt not counted.
+_RELEASE = text(
+    "UPDATE event_deliveries SET attempts = attempts - 1, claim = NULL, "
+    f"next_attempt_at = now() {_HELD}"
+)
 
+# The old events go with their deliveries; those never delivered are counted first.
 _PURGE = text(
-    "DELETE FROM completion_events WHERE id IN (SELECT id FROM completion_events "
-    "WHERE created_at < now() - make_interval(secs => :age_s) ORDER BY id LIMIT :limit)"
+    """
+WITH old AS (
+    SELECT id FROM completion_events
+    WHERE created_at < now() - make_interval(secs => :age_s) ORDER BY id LIMIT :limit
+), undelivered AS (
+    SELECT count(*) FILTER (WHERE d.status = 'pending') AS pending,
+           count(*) FILTER (WHERE d.status = 'dead') AS dead
+    FROM event_deliveries d WHERE d.event_id IN (SELECT id FROM old)
+), gone AS (
+    DELETE FROM completion_events WHERE id IN (SELECT id FROM old) RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), u.pending, u.dead FROM undelivered u
+"""
 )
 
 _LIST = """
@@ -98,15 +156,23 @@ ORDER BY e.id DESC, d.subscriber LIMIT :limit
 
 @dataclass(frozen=True)
 class ClaimedDelivery:
-    """One event to send to one subscriber, held by this claim (``attempts``)."""
+    """One event to send to one subscriber, held by this claim (``claim``)."""
 
     row_id: int
     subscriber: str
     attempts: int  # this attempt's number, from 1
+    claim: uuid.UUID
     event_id: uuid.UUID
     kind: str
     payload: dict[str, Any]
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Purged:
+    events: int
+    pending: int  # deliveries deleted before they were delivered
+    dead: int
 
 
 @dataclass(frozen=True)
@@ -129,12 +195,21 @@ class EventRepository:
 
     # --- the dispatcher --------------------------------------------------------------
 
-    def fan_out(self, subscribers: Sequence[str], limit: int) -> int:
-        """Give up to ``limit`` new events to ``subscribers``; the number of events."""
-        row = self.session.execute(
-            _FAN_OUT, {"subscribers": list(subscribers), "limit": limit}
-        ).one()
+    def fan_out(self, subscribers: Sequence[str], limit: int, window_s: float) -> int:
+        """Give each of ``subscribers`` (not held by another dispatcher) up to ``limit``
+        events past its mark; the number of delivery rows made."""
+        params = {"subscribers": list(subscribers), "window_s": window_s}
+        self.session.execute(_REGISTER, params)
+        row = self.session.execute(_FAN_OUT, {**params, "limit": limit}).one()
         return int(row[0])
+
+    def sweep(self, subscribers: Sequence[str], window_s: float) -> int:
+        """Delivery rows for the events of the last ``window_s`` that committed after
+        their subscriber's mark passed them; the number made."""
+        result = self.session.execute(
+            _SWEEP, {"subscribers": list(subscribers), "window_s": window_s}
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     def claim(
         self, subscribers: Sequence[str], limit: int, lease_s: float
@@ -154,7 +229,7 @@ class EventRepository:
         return None if value is None else float(value)
 
     def _held(self, claim: ClaimedDelivery) -> dict[str, Any]:
-        return {"id": claim.row_id, "subscriber": claim.subscriber, "attempts": claim.attempts}
+        return {"id": claim.row_id, "subscriber": claim.subscriber, "claim": claim.claim}
 
     def delivered(self, claim: ClaimedDelivery) -> bool:
         result = self.session.execute(_DELIVERED, self._held(claim))
@@ -169,11 +244,16 @@ class EventRepository:
         result = self.session.execute(_DEAD, {**self._held(claim), "reason": reason[:1000]})
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def purge(self, older_than_s: float, limit: int) -> int:
+    def release(self, claim: ClaimedDelivery) -> bool:
+        """Give back a claim not sent: due now, its attempt not counted."""
+        result = self.session.execute(_RELEASE, self._held(claim))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def purge(self, older_than_s: float, limit: int) -> Purged:
         """Delete up to ``limit`` events older than ``older_than_s`` (their deliveries
-        go with them); the number deleted."""
-        result = self.session.execute(_PURGE, {"age_s": older_than_s, "limit": limit})
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        go with them); how many, and how many of their deliveries never arrived."""
+        row = self.session.execute(_PURGE, {"age_s": older_than_s, "limit": limit}).one()
+        return Purged(int(row[0]), int(row[1]), int(row[2]))
 
     # --- the operator -------------------------------------------------------------------
 
@@ -204,6 +284,17 @@ class EventRepository:
         counts.update({str(s): int(n) for s, n in rows})
         return counts
 
+    def undelivered_counts(self) -> dict[str, int]:
+        """Deliveries pending and dead (each count read through its partial index: the
+        delivered rows, most of the table, are not read); for the metrics."""
+        row = self.session.execute(
+            text(
+                "SELECT (SELECT count(*) FROM event_deliveries WHERE status = 'pending'), "
+                "(SELECT count(*) FROM event_deliveries WHERE status = 'dead')"
+            )
+        ).one()
+        return {"pending": int(row[0]), "dead": int(row[1])}
+
     def replay(self, *, event_ids: Sequence[uuid.UUID] = (), subscriber: str | None = None) -> int:
         """Send again: the dead deliveries (all, or those of ``event_ids``, whatever
         their state), from a fresh count of attempts; the number of deliveries."""
@@ -219,8 +310,11 @@ class EventRepository:
             params["subscriber"] = subscriber
         result = self.session.execute(
             text(
+                # A fresh count of attempts, and no claim: an outcome still on its way
+                # from before the replay is not recorded (the claim is the lease's
+                # token, attempts only a count).
                 "UPDATE event_deliveries d SET status = 'pending', attempts = 0, "
-                "next_attempt_at = now(), delivered_at = NULL "
+                "claim = NULL, next_attempt_at = now(), delivered_at = NULL "
                 f"FROM completion_events e WHERE {' AND '.join(clauses)}"
             ),
             params,

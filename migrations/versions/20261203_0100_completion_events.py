@@ -14,8 +14,12 @@ Create Date: 2026-12-03 01:00:00+00:00
   event), and a replay (failed -> pending -> ...) that ends again is a new transition (a
   new event). docs/messages.md, "Completion events", has the payloads.
 - ``event_deliveries``: one row per event and subscriber (the queue, the webhook), made
-  by the workers' dispatcher from the subscribers EVENTS_* configure; its state,
-  attempts, next attempt and last error (workers/services/events.py).
+  by the workers' dispatchers, each for the subscribers its own EVENTS_* configure (so a
+  subscriber added by a rolling deploy gets every event, whoever saw it first); its
+  state, attempts, the claim that holds it, next attempt and last error
+  (workers/services/events.py).
+- ``event_subscribers``: each subscriber's high-water mark (the last event id given
+  it), read and moved under a row lock by one dispatcher at a time.
 """
 
 from collections.abc import Sequence
@@ -27,13 +31,14 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# SECURITY DEFINER (with a fixed search_path): an upstream role that may write these
+# SECURITY DEFINER (with a fixed search_path, pg_temp last as PostgreSQL's docs advise:
+# otherwise a caller's temporary table could shadow ours): an upstream role that may write these
 # tables (a replay, an insert of a finished row) but not the outbox must not see its
 # write refused. jsonb_build_object gives the payload's exact keys; its text is what the
 # NOTIFY carries (well under NOTIFY's 8000-byte limit: four ids and a status).
 VISUALIZATION_DONE = """
 CREATE OR REPLACE FUNCTION announce_visualization_done() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     payload jsonb := jsonb_build_object(
         'entry_id', NEW.entry_id, 'user_id', NEW.user_id,
@@ -52,7 +57,7 @@ $$
 # there to be named (found by the unique index on emotion_entries.intake_session_id).
 INTAKE_DONE = """
 CREATE OR REPLACE FUNCTION announce_intake_done() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     payload jsonb := jsonb_build_object(
         'session_id', NEW.id, 'user_id', NEW.user_id,
@@ -75,18 +80,20 @@ STEPS = [
     " kind text NOT NULL,"
     " payload jsonb NOT NULL,"
     " created_at timestamp with time zone DEFAULT now() NOT NULL,"
-    " fanned_out_at timestamp with time zone,"
     " CONSTRAINT completion_events_pkey PRIMARY KEY (id),"
     " CONSTRAINT completion_events_event_id_key UNIQUE (event_id))",
     "CREATE INDEX IF NOT EXISTS idx_completion_events_created_at ON completion_events (created_at)",
-    # The dispatcher's read of events not yet given to the subscribers: a few rows.
-    "CREATE INDEX IF NOT EXISTS idx_completion_events_waiting ON completion_events (id) "
-    "WHERE fanned_out_at IS NULL",
+    "CREATE TABLE IF NOT EXISTS event_subscribers ("
+    " name text NOT NULL,"
+    " fanned_out_id bigint NOT NULL,"
+    " created_at timestamp with time zone DEFAULT now() NOT NULL,"
+    " CONSTRAINT event_subscribers_pkey PRIMARY KEY (name))",
     "CREATE TABLE IF NOT EXISTS event_deliveries ("
     " event_id bigint NOT NULL,"
     " subscriber text NOT NULL,"
     " status text DEFAULT 'pending' NOT NULL,"
     " attempts integer DEFAULT 0 NOT NULL,"
+    " claim uuid,"
     " next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,"
     " last_error text,"
     " delivered_at timestamp with time zone,"
@@ -138,4 +145,5 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION IF EXISTS announce_intake_done()")
     op.execute("DROP FUNCTION IF EXISTS announce_visualization_done()")
     op.execute("DROP TABLE IF EXISTS event_deliveries")
+    op.execute("DROP TABLE IF EXISTS event_subscribers")
     op.execute("DROP TABLE IF EXISTS completion_events")

@@ -6,12 +6,15 @@ verifies every signature, retries, dead-letters with the reason, and replays."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,14 +23,19 @@ from typing import Any
 import dramatiq
 import jsonschema
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
+from structlog.testing import capture_logs
 
 from db.engine import connect, make_session_factory
 from db.event_listener import CompletionWakeUps
+from db.repositories.events import event_repository
 from db.uow import UnitOfWork
 from tests.integration.helpers import insert_entry, insert_user
 from workers.devtools.webhook_receiver import WebhookReceiver, serve
 from workers.messaging.redis_keys import queue_keys
+from workers.observability.collector import StateCollector
+from workers.observability.snapshot import SnapshotCache
 from workers.providers.event_sinks import QueueSink, WebhookSink
 from workers.services.events import (
     DeliveryPolicy,
@@ -391,3 +399,267 @@ def test_events_list_and_replay_from_the_command_line(
     assert len(unknown.stderr.strip().splitlines()) == 1 and "no such event" in unknown.stderr
     bad = _cli(db_url, tmp_path, "replay", "not-an-id")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+# --- the review's defects: leases, per-subscriber fan-out, claims, listener, shutdown ---
+
+
+def _uow_factory(engine: Engine) -> Callable[[], UnitOfWork]:
+    return lambda: UnitOfWork(make_session_factory(engine))
+
+
+def _run(dispatcher: EventDispatcher) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def test_a_slow_receiver_and_two_dispatchers_get_each_event_once(
+    engine: Engine,
+    receiver: tuple[WebhookReceiver, str],
+    dispatchers: Callable[..., EventDispatcher],
+) -> None:
+    # A delivery takes 0.15 s (0.3 s if the other dispatcher's request is in the
+    # receiver): a pass that sent its whole claim of 8 would still be sending when the
+    # 1 s lease passed, and the other dispatcher would claim and send the rest again.
+    hook, url = receiver
+    hook.respond = lambda _id, _attempt: (time.sleep(0.15), 204)[1]
+    policy = DeliveryPolicy(lease_s=1.0, per_delivery_s=0.5, poll_s=0.1, max_attempts=3)
+    vizs = [_visualization(engine)[2] for _ in range(8)]
+    for viz in vizs:
+        _set(engine, viz, "completed")
+    runs = [_run(dispatchers(url, policy)) for _ in range(2)]
+    try:
+        assert hook.wait_until(lambda h: len(h.accepted()) >= 8, timeout=20)
+        time.sleep(1.5)  # past every lease: a late duplicate would arrive now
+    finally:
+        for stop, thread in runs:
+            stop.set()
+            thread.join(5)
+    ids = [r.event_id for r in hook.received]
+    assert len(ids) == 8 == len(set(ids)), "an event was sent twice"
+    assert list_deliveries(_uow_factory(engine))[1] == {"pending": 0, "delivered": 8, "dead": 0}
+
+
+def test_each_subscriber_gets_every_event_whoever_saw_it_first(
+    engine: Engine,
+    broker: dramatiq.Broker,
+    redis_namespace: str,
+    receiver: tuple[WebhookReceiver, str],
+    dispatchers: Callable[..., EventDispatcher],
+) -> None:
+    # A rolling deploy: old processes deliver to the webhook only; a new one, with the
+    # queue added, starts after they have handled the first events.
+    hook, url = receiver
+    webhook_only = dispatchers(url)
+    with_queue = EventDispatcher(
+        _uow_factory(engine), [QueueSink(broker, "upstream-events", "completion.event")], POLICY
+    )
+    first = [_visualization(engine)[2] for _ in range(3)]
+    for viz in first:
+        _set(engine, viz, "completed")
+    _drain(webhook_only)
+    assert len(hook.accepted()) == 3
+    _drain(with_queue)  # saw nothing first, still gets all three
+    later = [_visualization(engine)[2] for _ in range(2)]
+    for viz in later:
+        _set(engine, viz, "failed")
+    _drain(with_queue)  # the new process sees these first
+    _drain(webhook_only)
+    queued = broker.client.hvals(queue_keys(redis_namespace, "upstream-events").ready_bodies)  # type: ignore[attr-defined]
+    on_queue = {json.loads(b)["args"][0]["data"]["visualization_id"] for b in queued}
+    on_hook = {r.body["data"]["visualization_id"] for r in hook.accepted()}
+    everything = {str(v) for v in first + later}
+    assert on_queue == everything and on_hook == everything
+    assert len(hook.received) == 5 and len(queued) == 5
+
+
+def test_an_event_that_commits_after_a_later_one_is_still_delivered(
+    engine: Engine,
+    receiver: tuple[WebhookReceiver, str],
+    dispatchers: Callable[..., EventDispatcher],
+) -> None:
+    hook, url = receiver
+    slow, fast = _visualization(engine)[2], _visualization(engine)[2]
+    dispatcher = dispatchers(url, dataclasses.replace(POLICY, sweep_every_s=0.0))
+    with engine.connect() as conn:  # takes the lower event id, commits last
+        conn.execute(
+            text("UPDATE visualizations SET status = 'completed' WHERE id = :v"), {"v": slow}
+        )
+        _set(engine, fast, "completed")
+        _drain(dispatcher)  # the mark passes the slow one's id, not yet visible
+        conn.commit()
+    _drain(dispatcher)
+    assert {r.body["data"]["visualization_id"] for r in hook.accepted()} == {str(slow), str(fast)}
+
+
+def test_a_claim_from_before_a_replay_records_nothing(engine: Engine) -> None:
+    _set(engine, _visualization(engine)[2], "completed")
+    uow = _uow_factory(engine)
+    with uow() as u:
+        repo = event_repository(u)
+        repo.fan_out(["webhook"], 10, 600)
+        (stale,) = repo.claim(["webhook"], 10, lease_s=0.0)
+        u.commit()
+    # Sent, but slow to answer: meanwhile the operator replays and another claims it.
+    assert replay_deliveries(uow, event_ids=[stale.event_id]) == (1, [])
+    with uow() as u:
+        (fresh,) = event_repository(u).claim(["webhook"], 10, lease_s=30.0)
+        u.commit()
+    assert fresh.attempts == stale.attempts == 1  # the count alone cannot tell them apart
+    with uow() as u:
+        repo = event_repository(u)
+        assert repo.retry(stale, 600.0, "late answer") is False
+        assert repo.delivered(fresh) is True
+        u.commit()
+    assert list_deliveries(uow)[1] == {"pending": 0, "delivered": 1, "dead": 0}
+
+
+class Blackhole:
+    """A TCP port that completes the handshake and never answers (a firewalled host
+    would not even do that; the client waits the same)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"postgresql://postgres@127.0.0.1:{self.sock.getsockname()[1]}/postgres"
+
+
+def test_the_wake_ups_give_up_connecting_to_a_silent_host_and_back_off() -> None:
+    hole = Blackhole()
+    wake_ups = CompletionWakeUps(hole.url, connect_timeout_s=2)
+    try:
+        started = time.monotonic()
+        assert wake_ups.wait(0.1) == 0  # never raises: a listener is only a nudge
+        assert time.monotonic() - started < 4, "connect_timeout did not apply"
+        assert wake_ups.listening is False and wake_ups.problem
+        started = time.monotonic()
+        assert wake_ups.wait(0.2) == 0  # within the backoff: no new attempt, just a sleep
+        assert 0.15 < time.monotonic() - started < 1.0
+    finally:
+        wake_ups.close()
+        hole.sock.close()
+
+
+def test_a_broken_listener_is_logged_once_and_delivery_goes_on_by_polling(
+    engine: Engine,
+    receiver: tuple[WebhookReceiver, str],
+    dispatchers: Callable[..., EventDispatcher],
+) -> None:
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    refused = f"postgresql://postgres@127.0.0.1:{free.getsockname()[1]}/postgres"
+    free.close()  # nothing listens there: every connect is refused at once
+    hook, url = receiver
+    dispatcher = dispatchers(url)
+    dispatcher.wake_ups = CompletionWakeUps(refused)
+    with capture_logs() as logs:
+        stop, thread = _run(dispatcher)
+        try:
+            time.sleep(1.2)  # several polls (0.2 s) and reconnection attempts
+            _set(engine, _visualization(engine)[2], "completed")
+            assert hook.wait_until(lambda h: len(h.accepted()) == 1, timeout=5)
+        finally:
+            stop.set()
+            thread.join(5)
+    events = [entry["event"] for entry in logs]
+    assert events.count("event wake-ups unavailable; polling") == 1
+    assert "event delivery paused" not in events and "event delivery resumed" not in events
+
+
+def test_stopping_the_dispatcher_is_quick_and_closes_its_listen_connection(
+    engine: Engine,
+    db_url: str,
+    receiver: tuple[WebhookReceiver, str],
+    dispatchers: Callable[..., EventDispatcher],
+) -> None:
+    _, url = receiver
+    dispatcher = dispatchers(url, dataclasses.replace(POLICY, poll_s=5.0))
+    wake_ups = CompletionWakeUps(db_url)
+    dispatcher.wake_ups = wake_ups
+    stop, thread = _run(dispatcher)
+    deadline = time.monotonic() + 10
+    while not wake_ups.listening and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wake_ups.listening
+    pid = wake_ups._connection.info.backend_pid  # type: ignore[union-attr]
+    time.sleep(0.3)  # into its 5 s idle wait
+    started = time.monotonic()
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive() and time.monotonic() - started < 0.6
+    with engine.connect() as conn:
+        for _ in range(40):  # the backend exits just after the client closed
+            alive = conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+            ).scalar_one()
+            if not alive:
+                break
+            time.sleep(0.05)
+    assert alive == 0, "the LISTEN connection was left open"
+
+
+def test_the_purge_warns_of_deliveries_that_never_arrived(engine: Engine) -> None:
+    with engine.begin() as conn:
+        old = conn.execute(
+            text(
+                "INSERT INTO completion_events (kind, payload, created_at) "
+                "VALUES ('visualization.completed', '{}', now() - interval '8 days') RETURNING id"
+            )
+        ).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO event_deliveries (event_id, subscriber, status) "
+                "VALUES (:e, 'webhook', 'dead'), (:e, 'queue', 'pending')"
+            ),
+            {"e": old},
+        )
+    dispatcher = EventDispatcher(_uow_factory(engine), [], POLICY)
+    with capture_logs() as logs:
+        assert dispatcher.purge_if_due() == 1
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["event"] == "completion events deleted before they were delivered"
+    assert (warning["events"], warning["pending"], warning["dead"]) == (1, 1, 1)
+
+
+def test_a_bad_webhook_port_is_a_one_line_config_error(db_url: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.entrypoints.cli", "events", "list"],
+        env={
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "PYTHONPATH": str(Path.cwd()),
+            "EVENTS_WEBHOOK_URL": "https://hooks.example:44x/in?token=sekrit",
+            "EVENTS_WEBHOOK_SECRET": SECRET,
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "the port is not a number" in done.stderr and "sekrit" not in done.stderr
+
+
+def test_the_metrics_count_the_deliveries_pending_and_dead(
+    engine: Engine, dispatchers: Callable[..., EventDispatcher]
+) -> None:
+    for _ in range(2):
+        _set(engine, _visualization(engine)[2], "failed")
+    _drain(dispatchers("http://127.0.0.1:9/none"))  # refused: both dead
+    _set(engine, _visualization(engine)[2], "completed")
+    with _uow_factory(engine)() as u:  # one more, given its row but not yet sent
+        event_repository(u).fan_out(["webhook"], 10, 600)
+        u.commit()
+
+    def no_broker() -> Any:
+        raise ConnectionError("not measured here")
+
+    registry = CollectorRegistry()
+    registry.register(StateCollector(SnapshotCache(no_broker, _uow_factory(engine)).get))
+    exposed = generate_latest(registry).decode()
+    assert 'emotionviz_event_deliveries{state="dead"} 2.0' in exposed
+    assert 'emotionviz_event_deliveries{state="pending"} 1.0' in exposed

@@ -20,12 +20,14 @@ from workers import bootstrap
 from workers.logging import get_logger, register_secret
 from workers.providers.event_sinks import EventSink, QueueSink, WebhookSink
 from workers.services.events import DeliveryPolicy, EventDispatcher
-from workers.settings import Settings, webhook_key
+from workers.settings import Settings, webhook_key, webhook_secrets
 
 log = get_logger("emotionviz.events")
 
-# After the thread was asked to stop, how long shutdown waits for its pass to end; a
-# delivery cut short is claimed again when its lease passes.
+# After the thread was asked to stop, how long shutdown waits for it: its idle wait
+# looks at the stop event every 0.25 s and a pass sends no further claim once asked (it
+# gives them back), so only a delivery in flight can outlast this; a delivery cut short
+# is claimed again when its lease passes.
 JOIN_S = 2.0
 
 
@@ -34,8 +36,10 @@ def delivery_policy(settings: Settings) -> DeliveryPolicy:
         max_attempts=settings.events_max_attempts,
         min_backoff_s=settings.events_min_backoff_ms / 1000,
         max_backoff_s=settings.events_max_backoff_ms / 1000,
-        # One delivery's longest time (a webhook's timeout, for connect and for answer),
-        # with room: only then may another dispatcher send the event again.
+        # One delivery's longest time: a webhook's timeout, for connect and for answer.
+        # A pass sends its claims only while the lease has room for one more of those;
+        # the rest it gives back (workers/services/events.py).
+        per_delivery_s=2 * settings.events_webhook_timeout_s,
         lease_s=2 * settings.events_webhook_timeout_s + 30,
         batch=settings.events_batch,
         poll_s=settings.events_poll_s,
@@ -51,7 +55,8 @@ def event_sinks(settings: Settings) -> list[EventSink]:
         )
     if settings.events_webhook_url and settings.events_webhook_secret:
         secret = settings.events_webhook_secret.get_secret_value()
-        register_secret(secret)  # never in a log line
+        for value in webhook_secrets(settings):  # never in a log line
+            register_secret(value)
         sinks.append(
             WebhookSink(
                 settings.events_webhook_url, webhook_key(secret), settings.events_webhook_timeout_s
@@ -87,5 +92,8 @@ class EventDelivery(Middleware):
         self.stop.set()
         if self.thread is not None:
             self.thread.join(JOIN_S)
-        if self.dispatcher is not None and (self.thread is None or not self.thread.is_alive()):
-            self.dispatcher.close()
+            if self.thread.is_alive():  # a delivery in flight; it closes when it ends
+                log.warning("event delivery still sending at shutdown", waited_s=JOIN_S)
+                return
+        if self.dispatcher is not None:
+            self.dispatcher.close()  # run() closed it already; closing twice is harmless

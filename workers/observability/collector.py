@@ -74,6 +74,14 @@ class StateCollector(Collector):
         for state, number in sorted(snap.rows.intake.items()):
             intake.add_metric([state], number)
         yield intake
+        deliveries = GaugeMetricFamily(
+            "emotionviz_event_deliveries",
+            "Completion events' deliveries not delivered, by state (pending, dead)",
+            labels=["state"],
+        )
+        for state, number in sorted(snap.rows.event_deliveries.items()):
+            deliveries.add_metric([state], number)
+        yield deliveries
 
 
 def _broker_metrics(broker: BrokerState) -> Iterator[Any]:

@@ -18,12 +18,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import dramatiq
 import redis
 
 from domain.errors import TransientError
+from workers.settings import webhook_target
 
 # A receiver's answer is read (so the connection can be kept) up to this much.
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -80,11 +80,9 @@ class WebhookSink:
     name = "webhook"
 
     def __init__(self, url: str, key: bytes, timeout_s: float) -> None:
-        parts = urlsplit(url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # The port always given: http.client would read an IPv6 literal's last group
+        # as one; the path (perhaps a token) never goes into a reason.
+        self._target = webhook_target(url)
         self._key = key
         self._timeout_s = timeout_s
         self._connection: http.client.HTTPConnection | None = None
@@ -124,9 +122,10 @@ class WebhookSink:
 
     def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
         if self._connection is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._connection = kind(self._host, self._port, timeout=self._timeout_s)
-        self._connection.request("POST", self._path, body=body, headers=headers)
+            target = self._target
+            kind = http.client.HTTPSConnection if target.https else http.client.HTTPConnection
+            self._connection = kind(target.host, target.port, timeout=self._timeout_s)
+        self._connection.request("POST", self._target.path, body=body, headers=headers)
         response = self._connection.getresponse()
         response.read(MAX_RESPONSE_BYTES)
         if not response.isclosed():  # an answer longer than we read: start afresh
@@ -170,5 +169,7 @@ class QueueSink:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, http.client.InvalidURL):  # its text quotes the URL
+        return type(exc).__name__
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:150]}" if text else type(exc).__name__
