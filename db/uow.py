@@ -147,8 +147,9 @@ class UnitOfWork:
     def single_statement(self) -> UnitOfWork:
         """For a unit that makes one write: run it in autocommit, so PostgreSQL commits
         that statement by itself, without the BEGIN and COMMIT round trips (two of the
-        three per claim on the per-entry path); or one pipeline that carries its own
-        BEGIN and COMMIT (the completion: db/repositories/entry_pipeline.py). Call
+        three per claim on the per-entry path); or one pipeline, whose statements the
+        server runs as one transaction, committed at its end (the completion:
+        db/repositories/entry_pipeline.py). Call
         before the first statement; ``commit()`` is then a no-op and nothing can be
         rolled back."""
         if self._session is not None or self._pooled is not None:

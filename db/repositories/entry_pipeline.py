@@ -163,9 +163,10 @@ class EntryPipelineRepository:
         the refresh is then harmless (it recomputes from the entries).
 
         In a unit of work's transaction the caller commits (or not). On a connection in
-        autocommit (``uow.single_statement()``) the statements run in a transaction of
-        their own whose BEGIN and COMMIT travel in the same pipeline: one round trip
-        instead of two (the COMMIT's). It then commits whatever the outcome, which the
+        autocommit (``uow.single_statement()``) the pipeline's statements, sent before
+        one Sync, run in one implicit transaction that the Sync commits (PostgreSQL's
+        extended protocol; an error rolls all of them back): one round trip, and no
+        BEGIN or COMMIT to send. It then commits whatever the outcome, which the
         refresh makes harmless."""
         params = {
             "image_url": image_url,
@@ -176,18 +177,13 @@ class EntryPipelineRepository:
             "id": claim.id,
             "lease": claim.lease,
         }
-        # On autocommit the pipeline brackets itself: psycopg's transaction() would sync
-        # after its BEGIN and before its COMMIT (three round trips).
-        bracket = self.conn.autocommit
+        # (psycopg's transaction() would sync after its BEGIN and before its COMMIT:
+        # three round trips; an explicit BEGIN and COMMIT here, two more statements.)
         update = self.conn.cursor()
         try:
             with self.conn.pipeline():
-                if bracket:
-                    self.conn.execute("BEGIN")
                 update.execute(_COMPLETE, params)
                 refresh_entry_periods(self.conn, user_id, entry_moment, removed=False)
-                if bracket:
-                    self.conn.execute("COMMIT")
             return update.rowcount > 0
         finally:
             update.close()

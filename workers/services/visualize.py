@@ -130,7 +130,7 @@ class VisualizationService:
         # The picture is saved with the completion, in one write.
         picture = {} if claim.image_url else self._image_step(entry, claim, analysis, style)
         with self.uow_factory() as uow:
-            # One round trip: the completion's pipeline carries its own BEGIN and COMMIT.
+            # One round trip: the completion's pipeline is one transaction of its own.
             uow.single_statement()
             if not uow.entry_pipeline.complete(
                 claim, user_id=entry.user_id, entry_moment=entry.created_at, **picture
