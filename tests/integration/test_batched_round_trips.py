@@ -9,6 +9,7 @@ named temporary files."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -22,7 +23,7 @@ from structlog.testing import capture_logs
 from domain.messages import MaintenanceReconcile
 from workers.messaging.consumer import AdmittingConsumer
 from workers.messaging.redis_clients import pooled_client
-from workers.messaging.redis_keys import queue_keys
+from workers.messaging.redis_keys import RedisCommands, queue_keys
 from workers.providers.ratelimit import RateGate, releases_batched
 from workers.providers.storage import LocalImageStore
 
@@ -179,3 +180,25 @@ def test_the_local_store_writes_atomically_and_replaces(tmp_path: Path, unnamed:
     assert path.stat().st_mode & 0o777 == 0o600
     assert _files(path.parent) == {path.name}  # no temporary file left
     assert store._unnamed == (unnamed and hasattr(os, "O_TMPFILE"))
+
+
+def test_the_fetch_says_which_key_each_body_came_from(
+    broker: Any, actor: dramatiq.Actor[..., None]
+) -> None:
+    sent = [actor.send({}) for _ in range(3)]
+    commands = RedisCommands(broker, QUEUE)
+    fetched = commands.ack_and_fetch([], 2)
+    assert fetched.keys == [m.options["redis_message_id"].encode() for m in sent[:2]]
+    assert [json.loads(b or b"{}")["message_id"] for b in fetched.bodies] == [
+        m.message_id for m in sent[:2]
+    ]
+    # A body that claims another stored message's key is refused, from those keys.
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=50)
+    keys = queue_keys(broker.namespace, QUEUE)
+    forged = json.loads(broker.client.hget(keys.ready_bodies, sent[2].options["redis_message_id"]))
+    forged["options"]["redis_message_id"] = sent[0].options["redis_message_id"]
+    broker.client.hset(keys.ready_bodies, sent[2].options["redis_message_id"], json.dumps(forged))
+    with capture_logs() as logs:
+        assert next(consumer) is None  # refused, dead-lettered
+    assert any("does not name the key" in str(line.get("reason", "")) for line in logs), logs
+    consumer.close()

@@ -7,9 +7,11 @@ a worker thread (workers/messaging/envelope.py lists how). Here every fetched ba
 judged first; what fails is dead-lettered with its reason, acknowledged, and logged
 once; the rest is handed on exactly as Dramatiq would.
 
-The batch check includes one Redis round trip: ``options.redis_message_id`` must name
-the key the body is stored under, or the message could never be acknowledged (it would
-stay in the queue's hash and the worker's acks set, and run again after every restart).
+The batch check: ``options.redis_message_id`` must name the key the body is stored
+under, or the message could never be acknowledged (it would stay in the queue's hash and
+the worker's acks set, and run again after every restart). The fetch says which key each
+body came from (redis_keys.RedisCommands.ack_and_fetch); when it cannot, the bodies
+stored under the claimed keys are read again (one more round trip).
 
 Acknowledgements go out with the next fetch: a worker thread that finished a message
 hands its id to the consumer (no Redis round trip on that thread), and the consumer
@@ -43,7 +45,7 @@ from dramatiq.message import Message
 from workers.logging import get_logger
 from workers.messaging.delivery import Delivery, failure_reason, with_reason
 from workers.messaging.envelope import Verdict, inspect
-from workers.messaging.redis_keys import RedisCommands
+from workers.messaging.redis_keys import Fetched, RedisCommands
 from workers.messaging.wake_ups import WakeUps
 
 log = get_logger("emotionviz.consumer")
@@ -108,7 +110,7 @@ class AdmittingConsumer(Consumer):
                 if can_fetch:
                     # Cleared before the fetch: a wake-up sent after it is not lost.
                     self.woken.clear()
-                    fetched = self._ack_and_fetch(
+                    fetched, keys = self._ack_and_fetch(
                         acks, self.prefetch - self.outstanding_message_count
                     )
                 elif acks:
@@ -119,7 +121,7 @@ class AdmittingConsumer(Consumer):
                     self._idle(backoff_ms / 1000, wakeable=can_fetch)
                     return None
                 self.misses = 0
-                self.message_cache = self._admit(fetched)
+                self.message_cache = self._admit(fetched, keys)
                 if not self.message_cache:
                     return None  # all rejected: let the consumer thread look around
             message = self.message_cache.pop(0)
@@ -168,9 +170,7 @@ class AdmittingConsumer(Consumer):
             acks, self._acks = self._acks, []
         return acks
 
-    def _ack_and_fetch(self, acks: list[str], count: int) -> list[bytes | None]:
-        if not acks:
-            return self.commands.fetch(count)
+    def _ack_and_fetch(self, acks: list[str], count: int) -> Fetched:
         try:
             return self.commands.ack_and_fetch(acks, count)
         except redis.RedisError:
@@ -225,7 +225,7 @@ class AdmittingConsumer(Consumer):
         if wake_ups is not None:
             wake_ups.unregister(self.queue_name, self.woken)
 
-    def _admit(self, bodies: list[bytes | None]) -> list[Message[Any]]:
+    def _admit(self, bodies: list[bytes | None], keys: list[bytes] | None) -> list[Message[Any]]:
         actor_queues = self.broker.actor_queues()
         verdicts = [
             inspect(
@@ -236,7 +236,7 @@ class AdmittingConsumer(Consumer):
             )
             for body in bodies
         ]
-        verdicts = self._check_keys(bodies, verdicts)
+        verdicts = self._check_keys(bodies, verdicts, keys)
         rejected = [
             (body, v.problem or "")
             for body, v in zip(bodies, verdicts, strict=True)
@@ -250,8 +250,12 @@ class AdmittingConsumer(Consumer):
                 admitted.append(Message(**verdict.fields))
         return admitted
 
-    def _check_keys(self, bodies: list[bytes | None], verdicts: list[Verdict]) -> list[Verdict]:
-        """Reject the admitted bodies that are not stored under the key they claim."""
+    def _check_keys(
+        self, bodies: list[bytes | None], verdicts: list[Verdict], keys: list[bytes] | None
+    ) -> list[Verdict]:
+        """Reject the admitted bodies that are not stored under the key they claim: the
+        key each body was fetched from when the fetch said (the usual case), else the
+        bodies stored under the claimed keys, read again."""
         claimed = [
             (i, v.fields["options"]["redis_message_id"])
             for i, v in enumerate(verdicts)
@@ -259,8 +263,17 @@ class AdmittingConsumer(Consumer):
         ]
         if not claimed:
             return verdicts
-        stored = self.broker.stored_bodies(self.queue_name, [key for _, key in claimed])
         checked = list(verdicts)
+        if keys is not None and len(keys) == len(bodies):
+            for index, key in claimed:
+                if keys[index] != key.encode():
+                    checked[index] = Verdict(
+                        None,
+                        "options.redis_message_id does not name the key the message is "
+                        "stored under",
+                    )
+            return checked
+        stored = self.broker.stored_bodies(self.queue_name, [key for _, key in claimed])
         for (index, _), body in zip(claimed, stored, strict=True):
             if body != bodies[index]:
                 checked[index] = Verdict(

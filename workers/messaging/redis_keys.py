@@ -26,7 +26,7 @@ Dramatiq's own Redis consumer calls them the same way, ours (consumer.py) throug
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 from dramatiq.common import current_millis
@@ -93,6 +93,11 @@ def acks_pattern(namespace: str) -> str:
     return f"{namespace}:__acks__.*"
 
 
+class Fetched(NamedTuple):
+    bodies: list[bytes | None]
+    keys: list[bytes] | None  # the key each body is stored under (None: not known)
+
+
 class RedisCommands:
     """The storage commands of a ``RedisBroker`` for one queue (as consumed: a delay
     queue's name ends in ``.DQ``). Each is one round trip of Dramatiq's Lua script,
@@ -112,35 +117,25 @@ class RedisCommands:
         fetched: Any = self._fetch(self.queue_name, count)
         return list(fetched)
 
-    def ack_and_fetch(self, redis_ids: list[str], count: int) -> list[bytes | None]:
+    def ack_and_fetch(self, redis_ids: list[str], count: int) -> Fetched:
         """``ack`` each of ``redis_ids``, then ``fetch(count)`` (none if 0), in one
         round trip: the script's calls as ``RedisBroker`` makes them (same arguments,
         heartbeat and maintenance), sent together on one connection of the broker's
-        pool. Redis runs them in order. A Redis that lost the script (restarted,
-        flushed) gets the unanswered calls again through Dramatiq, which loads it."""
+        pool; Redis runs them in order. The fetch runs in MULTI/EXEC after an LRANGE
+        of the ids it pops, so each body comes with the key it is stored under. A
+        Redis that lost the script (restarted, flushed) gets the unanswered calls
+        again through Dramatiq, which loads it (the keys are then not known)."""
         broker: Any = self._broker
-        script = broker.scripts["dispatch"]
-        calls: list[tuple[str, str | int]] = [("ack", redis_id) for redis_id in redis_ids]
+        commands = [self._dispatch("ack", redis_id) for redis_id in redis_ids]
         if count > 0:
-            calls.append(("fetch", count))
-        commands = [
-            (
-                "EVALSHA",
-                script.sha,
-                1,
-                broker.namespace,
-                command,
-                current_millis(),
-                self.queue_name,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                broker._should_do_maintenance(command),
-                broker._max_unpack_size(),
-                argument,
-            )
-            for command, argument in calls
-        ]
+            count = min(count, broker._max_unpack_size())  # as the script bounds it
+            ready = queue_keys(broker.namespace, self.queue_name).ready
+            commands += [
+                ("MULTI",),
+                ("LRANGE", ready, 0, count - 1),
+                self._dispatch("fetch", count),
+                ("EXEC",),
+            ]
         pool = broker.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -149,16 +144,44 @@ class RedisCommands:
             )
         finally:
             pool.release(conn)
-        fetched: list[bytes | None] = []
-        for (command, argument), reply in zip(calls, replies, strict=True):
+        for redis_id, reply in zip(redis_ids, replies, strict=False):
             if isinstance(reply, redis.exceptions.NoScriptError):
-                again = self._ack if command == "ack" else self._fetch
-                reply = again(self.queue_name, argument)
+                self._ack(self.queue_name, redis_id)
             elif isinstance(reply, Exception):
                 raise reply
-            if command == "fetch":
-                fetched = list(reply)
-        return fetched
+        if count <= 0:
+            return Fetched([], None)
+        for reply in replies[len(redis_ids) : -1]:  # MULTI's OK, then QUEUED twice
+            if isinstance(reply, Exception):
+                raise reply
+        executed = replies[-1]
+        if isinstance(executed, Exception):
+            raise executed
+        ids, bodies = executed
+        if isinstance(bodies, redis.exceptions.NoScriptError):
+            return Fetched(self.fetch(count), None)
+        if isinstance(bodies, Exception):
+            raise bodies
+        return Fetched(list(bodies), list(ids)[: len(bodies)])
+
+    def _dispatch(self, command: str, argument: str | int) -> tuple[Any, ...]:
+        """Dramatiq's dispatch script called as ``RedisBroker._dispatch`` calls it."""
+        broker: Any = self._broker
+        return (
+            "EVALSHA",
+            broker.scripts["dispatch"].sha,
+            1,
+            broker.namespace,
+            command,
+            current_millis(),
+            self.queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            broker._should_do_maintenance(command),
+            broker._max_unpack_size(),
+            argument,
+        )
 
     def ack(self, redis_id: str) -> None:
         self._ack(self.queue_name, redis_id)
