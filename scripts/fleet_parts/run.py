@@ -18,11 +18,12 @@ from typing import Any
 
 import redis
 
+from domain.messages import QUEUES
 from fleet_parts.infra import CONSOLE_TOKEN, Infra
 from fleet_parts.machines import Machine, free_port
 from fleet_parts.outcome import Connections, Fault, FleetOutcome, render
 from fleet_parts.workload import Upstream
-from workers.observability.connection_budget import services
+from workers.observability.connection_budget import services, worker_service
 from workers.settings import Settings
 
 PARTITION_S = 30.0
@@ -37,21 +38,21 @@ def worker_argv(threads: int) -> list[str]:
 
 def machine_budget(machine: Machine) -> tuple[int, int]:
     """The connection budget's peak for one machine of the fleet's layout: the worker
-    (every queue) and a scheduler (and the console where it runs), from the doctor's
-    arithmetic over that machine's settings."""
+    (1 process on all four queues), a scheduler (and the console where it runs), from the
+    doctor's arithmetic over that machine's settings."""
     env = {k.lower(): v for k, v in machine.env.items()}
+    threads = int(env["worker_threads"])
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         worker_processes=1,
-        worker_threads=int(env["worker_threads"]),
+        worker_threads=threads,
         metrics_port=int(env["metrics_port"]),
         db_pool_size=0,
     )
+    worker = worker_service(settings, "worker", 1, threads, len(QUEUES))
     found = {s.name: s for s in services(settings, 1, intake_processes=0)}
-    worker, scheduler = found["worker"], found["scheduler"]
-    # The fleet's worker takes the intake queue too: its two consumer threads.
-    pg = worker.postgres.peak + scheduler.postgres.peak + 1  # the scheduler's LISTEN-free lock
-    rd = worker.redis.peak + 2 + scheduler.redis.peak
+    pg = worker.postgres.peak + found["scheduler"].postgres.peak
+    rd = worker.redis.peak + found["scheduler"].redis.peak
     if machine.console_port is not None:
         pg += found["console"].postgres.peak
         rd += found["console"].redis.peak

@@ -112,7 +112,11 @@ def _redis_pool(settings: Settings, threads: int, queues: int) -> int:
     return min(settings.redis_max_connections, holders)
 
 
-def _worker(settings: Settings, name: str, processes: int, threads: int, queues: int) -> Service:
+def worker_service(
+    settings: Settings, name: str, processes: int, threads: int, queues: int
+) -> Service:
+    """A worker of ``processes`` x ``threads`` consuming ``queues`` queues (the
+    deployment's layout in ``services``; another layout, as scripts/fleet's, by hand)."""
     pool, overflow = pool_for_threads(threads, settings.db_pool_size, settings.db_max_overflow)
     process_pg = Load(pool, pool + overflow)
     redis_pool = _redis_pool(settings, threads, queues)
@@ -145,13 +149,15 @@ def services(
     intake_threads: int = INTAKE_THREADS,
 ) -> list[Service]:
     """Every service of a deployment of ``machines`` machines, from the settings."""
-    worker = _worker(
+    worker = worker_service(
         settings, "worker", settings.worker_processes, settings.worker_threads, WORKER_QUEUES
     )
     per_machine = [worker]
     if intake_processes:
         per_machine.append(
-            _worker(settings, "intake-worker", intake_processes, intake_threads, INTAKE_QUEUES)
+            worker_service(
+                settings, "intake-worker", intake_processes, intake_threads, INTAKE_QUEUES
+            )
         )
     console_pool, console_overflow = pool_for_threads(
         settings.worker_threads, settings.db_pool_size, settings.db_max_overflow
