@@ -5,45 +5,19 @@ zeros are the assertion."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.script_runs import figure, passing_table
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _figure(table: str, label: str) -> str:
-    match = re.search(rf"^{re.escape(label)}\s+(\S+)", table, re.MULTILINE)
-    assert match, f"{label!r} missing from the table:\n{table}"
-    return match.group(1)
 
 
 def test_the_short_chaos_run_loses_nothing_duplicates_nothing_and_heals(
     pg_server_url: str, redis_server_url: str
 ) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "chaos.py"),
-            "--short",
-            "--database-url",
-            pg_server_url,
-            "--redis-url",
-            redis_server_url,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=420,
+    table = passing_table(
+        "chaos.py", "--short", pg_url=pg_server_url, redis_url=redis_server_url, timeout=420
     )
-    table = proc.stdout
-    assert "verdict: PASS" in table, table + proc.stderr[-3000:]
-    assert proc.returncode == 0
     for label in (
         "failed unexpectedly",
         "lost (not terminal at the end)",
@@ -52,5 +26,5 @@ def test_the_short_chaos_run_loses_nothing_duplicates_nothing_and_heals(
         "orphan image files",
         "secrets found",
     ):
-        assert _figure(table, label) == "0", table
-    assert _figure(table, "poison entry") == "failed", table
+        assert figure(table, label).split()[0] == "0", table
+    assert figure(table, "poison entry").split()[0] == "failed", table

@@ -10,22 +10,11 @@ until it reached MAX_CLAIMS."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.script_runs import figure, passing_table
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _figure(table: str, label: str) -> str:
-    match = re.search(rf"^{re.escape(label)}\s+(.+)$", table, re.MULTILINE)
-    assert match, f"{label!r} missing from the table:\n{table}"
-    return match.group(1).strip()
 
 
 # Two runs: the old code failed innocent entries in 6 of 10 single runs (only when the
@@ -34,26 +23,15 @@ def _figure(table: str, label: str) -> str:
 def test_a_poison_entry_fails_alone_and_every_ordinary_entry_completes(
     pg_server_url: str, redis_server_url: str, seed: int
 ) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "chaos.py"),
-            "--poison-only",
-            "--seed",
-            str(seed),
-            "--database-url",
-            pg_server_url,
-            "--redis-url",
-            redis_server_url,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    table = passing_table(
+        "chaos.py",
+        "--poison-only",
+        "--seed",
+        str(seed),
+        pg_url=pg_server_url,
+        redis_url=redis_server_url,
         timeout=420,
     )
-    table = proc.stdout
-    assert "verdict: PASS" in table, table + proc.stderr[-3000:]
-    assert proc.returncode == 0
-    assert _figure(table, "failed unexpectedly").split()[0] == "0", table
-    assert _figure(table, "lost (not terminal at the end)").split()[0] == "0", table
-    assert _figure(table, "poison entry") == "failed (crash loop) after 3 worker crashes", table
+    assert figure(table, "failed unexpectedly").split()[0] == "0", table
+    assert figure(table, "lost (not terminal at the end)").split()[0] == "0", table
+    assert figure(table, "poison entry") == "failed (crash loop) after 3 worker crashes", table

@@ -10,6 +10,13 @@ from sqlalchemy import Connection, Engine, text
 from db.engine import make_session_factory
 from db.repositories import ClaimedVisualization
 from db.uow import UnitOfWork
+from domain.messages import EntryCreated
+from domain.providers import ImageStore
+from workers.providers.factory import Providers
+from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
+from workers.providers.local_intake import LocalIntakeProvider
+from workers.services.media import MediaLifecycle
+from workers.services.visualize import Outcome, VisualizationService, VisualizeLimits
 
 
 def insert_user(conn: Connection, email: str | None = None) -> uuid.UUID:
@@ -84,3 +91,31 @@ def claim(
         _, claimed = uow.entry_pipeline.claim_entry(entry_id, user_id, None, lease_s)
         uow.commit()
     return claimed
+
+
+def picture_pipeline(
+    engine: Engine, store: ImageStore
+) -> tuple[VisualizationService, MediaLifecycle]:
+    """The offline providers drawing into ``store``, and its media lifecycle: the
+    pictures' life through a real store (a folder, a bucket) in one process."""
+    factory = make_session_factory(engine)
+    providers = Providers(  # type: ignore[arg-type]
+        LocalAnalysisProvider(), LocalImageProvider(64), store, LocalIntakeProvider()
+    )
+    service = VisualizationService(
+        lambda: UnitOfWork(factory), providers, VisualizeLimits(60, 32, 10**7, 10**7)
+    )
+    return service, MediaLifecycle(lambda: UnitOfWork(factory), store)
+
+
+def visualized(engine: Engine, service: VisualizationService) -> tuple[uuid.UUID, uuid.UUID]:
+    """A new person's entry drawn to completion: (user id, visualization id)."""
+    with engine.begin() as conn:
+        user_id = insert_user(conn)
+        entry_id = insert_entry(conn, user_id)
+    assert service.process(EntryCreated(entry_id=entry_id, user_id=user_id)) is Outcome.COMPLETED
+    with engine.connect() as conn:
+        vid = conn.execute(
+            text("SELECT id FROM visualizations WHERE entry_id = :e"), {"e": entry_id}
+        )
+        return user_id, vid.scalar_one()

@@ -9,42 +9,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from db.engine import make_session_factory
-from db.uow import UnitOfWork
-from domain.messages import EntryCreated
-from tests.integration.helpers import insert_entry, insert_user
-from workers.providers.factory import Providers
-from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
-from workers.providers.local_intake import LocalIntakeProvider
+from tests.integration.helpers import picture_pipeline, visualized
 from workers.providers.storage import LocalImageStore
 from workers.services.media import MediaLifecycle, image_key
-from workers.services.visualize import Outcome, VisualizationService, VisualizeLimits
+from workers.services.visualize import VisualizationService
 
 pytestmark = pytest.mark.integration
 
 
 def _setup(engine: Engine, tmp_path: Path) -> tuple[VisualizationService, MediaLifecycle]:
-    factory = make_session_factory(engine)
-    store = LocalImageStore(tmp_path, "http://m.test")
-    providers = Providers(  # type: ignore[arg-type]
-        LocalAnalysisProvider(), LocalImageProvider(64), store, LocalIntakeProvider()
-    )
-    service = VisualizationService(
-        lambda: UnitOfWork(factory), providers, VisualizeLimits(60, 32, 10**7, 10**7)
-    )
-    return service, MediaLifecycle(lambda: UnitOfWork(factory), store)
-
-
-def _visualized(engine: Engine, service: VisualizationService) -> tuple[uuid.UUID, uuid.UUID]:
-    with engine.begin() as conn:
-        user_id = insert_user(conn)
-        entry_id = insert_entry(conn, user_id)
-    assert service.process(EntryCreated(entry_id=entry_id, user_id=user_id)) is Outcome.COMPLETED
-    with engine.connect() as conn:
-        vid = conn.execute(
-            text("SELECT id FROM visualizations WHERE entry_id = :e"), {"e": entry_id}
-        )
-        return user_id, vid.scalar_one()
+    return picture_pipeline(engine, LocalImageStore(tmp_path, "http://m.test"))
 
 
 def _files(tmp_path: Path) -> set[str]:
@@ -53,8 +27,8 @@ def _files(tmp_path: Path) -> set[str]:
 
 def test_a_person_who_leaves_leaves_no_picture(engine: Engine, tmp_path: Path) -> None:
     service, media = _setup(engine, tmp_path)
-    leaving, leaving_viz = _visualized(engine, service)
-    _staying, staying_viz = _visualized(engine, service)
+    leaving, leaving_viz = visualized(engine, service)
+    _staying, staying_viz = visualized(engine, service)
     assert len(_files(tmp_path)) == 4
     with engine.begin() as conn:  # the API deletes the account; FKs cascade
         conn.execute(text("DELETE FROM users WHERE id = :u"), {"u": leaving})
@@ -66,7 +40,7 @@ def test_a_person_who_leaves_leaves_no_picture(engine: Engine, tmp_path: Path) -
 
 def test_a_redraw_in_another_format_removes_the_old_file(engine: Engine, tmp_path: Path) -> None:
     service, media = _setup(engine, tmp_path)
-    _user, viz = _visualized(engine, service)
+    _user, viz = visualized(engine, service)
     media.store.put(image_key(viz, "jpg"), b"old picture", "image/jpeg")
     media.replaced(viz, "png")
     assert _files(tmp_path) == {f"{viz}.png", f"{viz}_thumb.webp"}
@@ -76,7 +50,7 @@ def test_orphans_are_listed_then_deleted_and_young_files_spared(
     engine: Engine, tmp_path: Path
 ) -> None:
     service, media = _setup(engine, tmp_path)
-    _user, viz = _visualized(engine, service)
+    _user, viz = visualized(engine, service)
     stray = image_key(uuid.uuid4(), "png")
     media.store.put(stray, b"a picture nobody references", "image/png")
     assert media.find_orphans() == []  # younger than an hour: maybe a job mid-way

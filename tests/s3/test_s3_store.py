@@ -12,21 +12,16 @@ import uuid
 import pytest
 from sqlalchemy import Engine, text
 
-from db.engine import make_session_factory
-from db.uow import UnitOfWork
 from domain.errors import PermanentError, TransientError
 from domain.messages import EntryCreated
-from tests.integration.helpers import insert_entry, insert_user
+from tests.integration.helpers import picture_pipeline, visualized
 from tests.s3.conftest import PUBLIC, s3_settings
 from workers.devtools.seaweed import SeaweedS3
 from workers.observability.readiness import check_media
-from workers.providers.factory import Providers
-from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
-from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.s3_store import MediaStoreError, S3ImageStore
 from workers.providers.storage import image_store, picture
 from workers.services.media import MediaLifecycle, image_key, thumbnail_key
-from workers.services.visualize import Outcome, VisualizationService, VisualizeLimits
+from workers.services.visualize import Outcome, VisualizationService
 from workers.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -136,26 +131,7 @@ def test_readiness_reports_the_store(s3_server: SeaweedS3, prefix: str) -> None:
 
 
 def _lifecycle(engine: Engine, store: S3ImageStore) -> tuple[VisualizationService, MediaLifecycle]:
-    factory = make_session_factory(engine)
-    providers = Providers(  # type: ignore[arg-type]
-        LocalAnalysisProvider(), LocalImageProvider(64), store, LocalIntakeProvider()
-    )
-    service = VisualizationService(
-        lambda: UnitOfWork(factory), providers, VisualizeLimits(60, 32, 10**7, 10**7)
-    )
-    return service, MediaLifecycle(lambda: UnitOfWork(factory), store)
-
-
-def _visualized(engine: Engine, service: VisualizationService) -> tuple[uuid.UUID, uuid.UUID]:
-    with engine.begin() as conn:
-        user_id = insert_user(conn)
-        entry_id = insert_entry(conn, user_id)
-    assert service.process(EntryCreated(entry_id=entry_id, user_id=user_id)) is Outcome.COMPLETED
-    with engine.connect() as conn:
-        vid = conn.execute(
-            text("SELECT id FROM visualizations WHERE entry_id = :e"), {"e": entry_id}
-        )
-        return user_id, vid.scalar_one()
+    return picture_pipeline(engine, store)
 
 
 def test_a_redrawn_entry_still_has_one_picture_and_one_thumbnail(
@@ -163,7 +139,7 @@ def test_a_redrawn_entry_still_has_one_picture_and_one_thumbnail(
 ) -> None:
     store = _store(s3_server, prefix)
     service, _media = _lifecycle(engine, store)
-    user_id, vid = _visualized(engine, service)
+    user_id, vid = visualized(engine, service)
     with engine.begin() as conn:  # an operator's replay: the job runs again
         conn.execute(
             text(
@@ -184,8 +160,8 @@ def test_media_gc_deletes_the_objects_of_deleted_rows_and_orphans(
 ) -> None:
     store = _store(s3_server, prefix)
     service, media = _lifecycle(engine, store)
-    leaving, leaving_viz = _visualized(engine, service)
-    _staying, staying_viz = _visualized(engine, service)
+    leaving, leaving_viz = visualized(engine, service)
+    _staying, staying_viz = visualized(engine, service)
     assert len(store.keys("visualizations")) == 4
     with engine.begin() as conn:  # the API deletes the account; FKs cascade
         conn.execute(text("DELETE FROM users WHERE id = :u"), {"u": leaving})
@@ -212,7 +188,7 @@ def test_orphan_scan_keeps_the_files_of_rows_whose_url_it_does_not_recognise(
 ) -> None:
     store = _store(s3_server, prefix)
     service, media = _lifecycle(engine, store)
-    _user, vid = _visualized(engine, service)
+    _user, vid = visualized(engine, service)
     with engine.begin() as conn:  # say, the bucket was renamed behind the rows
         conn.execute(
             text(

@@ -246,21 +246,3 @@ def _wait(console: Console, total: int, worker: subprocess.Popen[bytes], timeout
                 return False
             time.sleep(0.25)
     return False
-
-
-def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--provider",
-        choices=["local", "emulator"],
-        default="local",
-        help="local (offline, default) or the real gemini provider against the emulator",
-    )
-    p.add_argument("--output", default="demo-output", help="folder for the gallery and logs")
-    p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--threads", type=int, default=8)
-    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the workers")
-    p.add_argument(
-        "--keep",
-        action="store_true",
-        help="keep earlier visualizations (default: redraw every entry)",
-    )
