@@ -114,19 +114,6 @@ def _grace_s() -> int:
     return int(deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
 
 
-def _statuses(harness: Harness, marker: str) -> dict[str, int]:
-    with harness.engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT v.status, count(*) FROM visualizations v "
-                "JOIN emotion_entries e ON e.id = v.entry_id "
-                "WHERE e.situation LIKE :m GROUP BY v.status"
-            ),
-            {"m": f"%{marker}%"},
-        )
-        return {status: int(n) for status, n in rows}
-
-
 def _rows_per_entry(harness: Harness, marker: str) -> set[int]:
     with harness.engine.connect() as conn:
         rows = conn.execute(
@@ -175,7 +162,7 @@ def test_a_worker_stopped_mid_run_loses_nothing(
         second: subprocess.Popen[bytes] | None = None
         try:
             deadline = time.monotonic() + 60
-            while _statuses(harness, marker).get("processing", 0) < 8:  # all threads busy
+            while harness.statuses(marker).get("processing", 0) < 8:  # all threads busy
                 assert time.monotonic() < deadline, log.read_text()[-3000:]
                 assert pod.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.1)
@@ -191,19 +178,19 @@ def test_a_worker_stopped_mid_run_loses_nothing(
             except subprocess.TimeoutExpired:
                 pytest.fail(f"still running {grace_s} s after SIGTERM: the kubelet would kill it")
             took = time.monotonic() - stopped
-            before = _statuses(harness, marker)
+            before = harness.statuses(marker)
             assert before.get("processing", 0) == 0, before  # finished, none abandoned
             assert before.get("completed", 0) < len(entries), "stopped too late to tell"
 
             second = _pod_worker(harness, log, [])  # the replacement pod
             deadline = time.monotonic() + 120
-            while _statuses(harness, marker).get("completed", 0) < len(entries):
+            while harness.statuses(marker).get("completed", 0) < len(entries):
                 assert time.monotonic() < deadline, (
-                    f"{_statuses(harness, marker)}\n{log.read_text()[-3000:]}"
+                    f"{harness.statuses(marker)}\n{log.read_text()[-3000:]}"
                 )
                 assert second.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.2)
-            lost = len(entries) - _statuses(harness, marker).get("completed", 0)
+            lost = len(entries) - harness.statuses(marker).get("completed", 0)
             duplicated = sum(n - 1 for n in _rows_per_entry(harness, marker) if n > 1)
             calls = harness.calls(marker)
             extra_paid = calls.get("analysis", 0) + calls.get("image", 0) - 2 * len(entries)

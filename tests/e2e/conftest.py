@@ -136,6 +136,19 @@ class Harness:
             ).scalar_one()
         return entry_id, user_id
 
+    def statuses(self, marker: str) -> dict[str, int]:
+        """Rows by status of the entries whose situation holds ``marker``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT v.status, count(*) FROM visualizations v "
+                    "JOIN emotion_entries e ON e.id = v.entry_id "
+                    "WHERE e.situation LIKE :m GROUP BY v.status"
+                ),
+                {"m": f"%{marker}%"},
+            )
+            return {status: int(n) for status, n in rows}
+
     def visualization(self, entry_id: uuid.UUID) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = (

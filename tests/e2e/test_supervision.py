@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from tests.e2e.conftest import Harness
 
@@ -55,19 +54,6 @@ def _start(harness: Harness, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _statuses(harness: Harness, marker: str) -> dict[str, int]:
-    with harness.engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT v.status, count(*) FROM visualizations v "
-                "JOIN emotion_entries e ON e.id = v.entry_id "
-                "WHERE e.situation LIKE :m GROUP BY v.status"
-            ),
-            {"m": f"%{marker}%"},
-        )
-        return {status: int(n) for status, n in rows}
-
-
 def test_a_killed_worker_process_restarts_the_worker_and_the_work_resumes(
     harness: Harness, tmp_path: Path
 ) -> None:
@@ -81,7 +67,7 @@ def test_a_killed_worker_process_restarts_the_worker_and_the_work_resumes(
     worker = _start(harness, log)
     try:
         deadline = time.monotonic() + 60
-        while _statuses(harness, marker).get("processing", 0) == 0:
+        while harness.statuses(marker).get("processing", 0) == 0:
             assert time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.1)
         victims = _children(worker.pid)
@@ -92,7 +78,7 @@ def test_a_killed_worker_process_restarts_the_worker_and_the_work_resumes(
         harness.emulator.state.latency_image_s = 0.0
         worker = _start(harness, log)  # the supervisor restarts it
         deadline = time.monotonic() + 120
-        while _statuses(harness, marker).get("completed", 0) < len(entries):
+        while harness.statuses(marker).get("completed", 0) < len(entries):
             # What the scheduler does every minute: republish work whose lease ran out.
             reconciled = subprocess.run(
                 [sys.executable, "-m", "workers.entrypoints.cli", "reconcile", "--json"],
@@ -102,12 +88,12 @@ def test_a_killed_worker_process_restarts_the_worker_and_the_work_resumes(
                 timeout=60,
             )
             assert time.monotonic() < deadline, (
-                f"{_statuses(harness, marker)}\nreconcile: {reconciled.returncode} "
+                f"{harness.statuses(marker)}\nreconcile: {reconciled.returncode} "
                 f"{reconciled.stdout[-500:]} {reconciled.stderr[-1500:]}\n"
                 f"{log.read_text()[-3000:]}"
             )
             time.sleep(2)
-        assert _statuses(harness, marker) == {"completed": len(entries)}
+        assert harness.statuses(marker) == {"completed": len(entries)}
         calls = harness.calls(marker)
         # At most the calls in flight when the process died are paid twice.
         assert calls.get("analysis", 0) <= len(entries) + 2, calls
