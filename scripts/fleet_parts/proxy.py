@@ -6,8 +6,9 @@ partition or a slow link can be cut for one machine only.
   server only when the link heals. Clients time out on their own.
 - ``slow(delay_s)``: every chunk waits ``delay_s`` in each direction, in order (a round
   trip pays twice).
-- Counts the connections open through it now and at peak: a machine's real use of the
-  server, what the connection budget promised.
+- Counts the connections open through it now and at peak, as the server sees them
+  (reached it, client still there): a machine's real use of the server, against what
+  the connection budget promised.
 """
 
 from __future__ import annotations
@@ -80,12 +81,13 @@ class FaultyProxy:
         self.delay_s = delay_s
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Counted open from the client's side: until the client closes (a connection a
-        partition holds on the server's side is the client's no longer)."""
+        """Counted open as the server sees the machine's clients: from the moment the
+        connection reaches the server until the client closes it. A connection made
+        while the link is cut waits, uncounted, and is dropped at the heal if its
+        client gave up meanwhile (a client that times out closes its socket; the
+        server never saw it)."""
         self.stats.accepted += 1
-        self.stats.open += 1
-        self.stats.peak = max(self.stats.peak, self.stats.open)
-        counted = [True]
+        counted = [False]
 
         def client_closed() -> None:
             if counted[0]:
@@ -98,7 +100,12 @@ class FaultyProxy:
         upstream: asyncio.StreamWriter | None = None
         try:
             await self._healed.wait()
+            if reader.at_eof() or writer.is_closing():
+                return  # the client gave up while the link was cut
             up_reader, upstream = await self.target.connect()
+            counted[0] = True
+            self.stats.open += 1
+            self.stats.peak = max(self.stats.peak, self.stats.open)
             await asyncio.gather(
                 self._pump(reader, upstream, up=True, at_eof=client_closed),
                 self._pump(up_reader, writer, up=False),
