@@ -34,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 from chaos_parts import poison  # noqa: E402
-from chaos_parts.procs import Supervised, Supervisor, client_ports  # noqa: E402
+from chaos_parts.procs import Supervised, Supervisor, client_ports, hard_timeout  # noqa: E402
 from chaos_parts.report import Disruption, Outcome, render  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
@@ -586,16 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     chaos = Chaos(args)
 
-    def hard_stop() -> None:
-        print(f"chaos: hard timeout ({args.timeout + 90:.0f} s): stopping", file=sys.stderr)
-        try:
-            chaos.cleanup()
-        finally:
-            os._exit(3)
-
-    timer = threading.Timer(args.timeout + 90, hard_stop)
-    timer.daemon = True
-    timer.start()
+    timer = hard_timeout("chaos", args.timeout + 90, chaos.cleanup)
     print(
         f"chaos {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {args.entries} entries over "
         f"{args.window:.0f} s, {args.groups} worker group(s) x {args.processes} process(es) x "

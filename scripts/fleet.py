@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+from chaos_parts.procs import hard_timeout  # noqa: E402
 from fleet_parts.run import FleetRun, ScaleRun  # noqa: E402
 
 
@@ -97,16 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     run: FleetRun | ScaleRun = ScaleRun(args) if args.scale else FleetRun(args)
 
-    def hard_stop() -> None:
-        print(f"fleet: hard timeout ({args.timeout + 90:.0f} s): stopping", file=sys.stderr)
-        try:
-            run.cleanup()
-        finally:
-            os._exit(3)
-
-    timer = threading.Timer(args.timeout + 90, hard_stop)
-    timer.daemon = True
-    timer.start()
+    timer = hard_timeout("fleet", args.timeout + 90, run.cleanup)
     print(f"fleet {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {run.describe()}", flush=True)
     try:
         code = run.execute()

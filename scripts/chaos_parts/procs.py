@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -165,3 +166,21 @@ class Supervisor:
 
     def all_pids(self) -> list[int]:
         return [pid for unit in self.units for pid in unit.pids()]
+
+
+def hard_timeout(name: str, seconds: float, cleanup: Callable[[], None]) -> threading.Timer:
+    """A started timer that, if the run is still going after ``seconds``, cleans up and
+    ends the process with exit 3 (a hung run must not outlive its CI job). Cancel it
+    when the run ends."""
+
+    def stop() -> None:
+        print(f"{name}: hard timeout ({seconds:.0f} s): stopping", file=sys.stderr)
+        try:
+            cleanup()
+        finally:
+            os._exit(3)
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
+    return timer

@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,7 @@ class FleetRun:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.infra = Infra(args.database_url, args.redis_url, keep=args.keep, label="faults")
+        self.marker = re.compile(rf"{self.infra.tag}[es]\d+x")  # in every prompt of the run
         self.upstream: Upstream | None = None
         self.obs = Observation({}, {})
         self.faults: list[Fault] = []
@@ -236,35 +238,26 @@ class FleetRun:
         with state.lock:
             return [dict(c) for c in state.calls if self.infra.tag in c["text"]]
 
+    def work_of(self, call: dict[str, Any]) -> tuple[str, str] | None:
+        """What a paid call was for: (entry or session marker, kind); None for a call
+        the quota refused (not paid) or one of no entry of the run."""
+        found = self.marker.search(call["text"])
+        if call["answered_429"] or found is None:
+            return None
+        return found.group(0), _kind(call)
+
     def paid_calls(self, calls: list[dict[str, Any]]) -> tuple[int, int]:
         """(paid calls made, calls the work needed): one analysis and one picture per
         entry, one call per intake turn."""
-        marker = re.compile(rf"{self.infra.tag}[es]\d+x")
-        needed: set[tuple[str, str]] = set()
-        paid = 0
-        for call in calls:
-            if call["answered_429"]:
-                continue
-            paid += 1
-            found = marker.search(call["text"])
-            if found is None:
-                continue
-            kind = _kind(call)
-            needed.add((found.group(0), kind))
-        return paid, len(needed)
+        paid = [c for c in calls if not c["answered_429"]]
+        return len(paid), len({w for c in paid if (w := self.work_of(c)) is not None})
 
     def repeated(self, calls: list[dict[str, Any]]) -> list[str]:
         """One line per call made more than once: which machines made it, when."""
-        marker = re.compile(rf"{self.infra.tag}[es]\d+x")
         seen: dict[tuple[str, str], list[str]] = {}
         for call in calls:
-            found = marker.search(call["text"])
-            if found is None or call["answered_429"]:
-                continue
-            kind = _kind(call)
-            seen.setdefault((found.group(0), kind), []).append(
-                f"{call['via']}@{call['at'] - self.started:.1f}s"
-            )
+            if (work := self.work_of(call)) is not None:
+                seen.setdefault(work, []).append(f"{call['via']}@{call['at'] - self.started:.1f}s")
         return [
             f"repeated call: {m} {kind}: {', '.join(v)}"
             for (m, kind), v in sorted(seen.items())
@@ -278,27 +271,18 @@ class FleetRun:
         begin = self.started + fault.at
         end = self.started + (fault.at if fault.until is None else fault.until)
         analysis_s, image_s = self.args.latency
-        marker = re.compile(rf"{self.infra.tag}[es]\d+x")
         found: set[tuple[str, str]] = set()
         for c in calls:
-            if c["via"] != fault.machine or c["answered_429"]:
-                continue
             lasts = image_s if c["kind"] == "image" else analysis_s
-            m = marker.search(c["text"])
-            if m is not None and c["at"] <= end and c["at"] + lasts + 1.0 >= begin:
-                found.add((m.group(0), _kind(c)))
+            under_way = c["at"] <= end and c["at"] + lasts + 1.0 >= begin
+            if c["via"] == fault.machine and under_way and (work := self.work_of(c)):
+                found.add(work)
         return found
 
     def unexplained(self, calls: list[dict[str, Any]], exposed: set[tuple[str, str]]) -> int:
         """Calls made again that no fault explains (a duplicate the product caused)."""
-        marker = re.compile(rf"{self.infra.tag}[es]\d+x")
-        made: dict[tuple[str, str], int] = {}
-        for c in calls:
-            m = marker.search(c["text"])
-            if m is not None and not c["answered_429"]:
-                key = (m.group(0), _kind(c))
-                made[key] = made.get(key, 0) + 1
-        return sum(n - 1 for key, n in made.items() if n > 1 and key not in exposed)
+        made = Counter(w for c in calls if (w := self.work_of(c)) is not None)
+        return sum(n - 1 for work, n in made.items() if n > 1 and work not in exposed)
 
     def outcome(self, seconds: float) -> FleetOutcome:
         infra, upstream = self.infra, self.upstream
