@@ -470,3 +470,37 @@ class EventDelivery(Base):
     )
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OperatorAction(Base):
+    """One change an operator made through the CLI or the console, or a console read of
+    a person's entry text (migration 0009; not in the seed spec): ``emotionviz audit``."""
+
+    __tablename__ = "operator_actions"
+    __table_args__ = (
+        CheckConstraint(
+            "length(operator) >= 1 AND length(operator) <= 200",
+            name="operator_actions_operator_check",
+        ),
+        CheckConstraint("source IN ('cli', 'console')", name="operator_actions_source_check"),
+        CheckConstraint(
+            "length(action) >= 1 AND length(action) <= 100", name="operator_actions_action_check"
+        ),
+        CheckConstraint("length(target) <= 1000", name="operator_actions_target_check"),
+        CheckConstraint("count >= 0", name="operator_actions_count_check"),
+        Index("idx_operator_actions_at", text("at DESC")),
+        Index("idx_operator_actions_operator", "operator", text("at DESC")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    operator: Mapped[str] = mapped_column(Text, nullable=False)
+    source: Mapped[str] = mapped_column(Text, nullable=False)
+    action: Mapped[str] = mapped_column(Text, nullable=False)
+    target: Mapped[str | None] = mapped_column(Text)
+    count: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )

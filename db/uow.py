@@ -42,6 +42,7 @@ from db.repositories import (
     UserRepository,
     VisualizationRepository,
 )
+from db.repositories.audit import AuditRepository
 from db.repositories.reconcile import Dispatch, ReconcileRepository, record_dispatches
 from domain.errors import (
     ConfigurationError,
@@ -196,6 +197,11 @@ class UnitOfWork:
     def showcase(self) -> ShowcaseRepository:
         """The devtools' read model."""
         return ShowcaseRepository(self.session)
+
+    @property
+    def audit(self) -> AuditRepository:
+        """The operators' trail (workers/operations/audit.py)."""
+        return AuditRepository(self.session)
 
     @property
     def console(self) -> ConsoleRepository:

@@ -261,6 +261,16 @@ class Settings(BaseSettings):
     events_retention_days: float = Field(default=7.0, gt=0)
     events_dispatch: bool = True  # false: this process delivers nothing
 
+    # --- Fairness (issue 23.2; docs/reliability.md) ---------------------------------
+
+    # --- Paid-call ledger and budgets (issue 23.3; docs/operations.md) --------------
+
+    # --- Queue pause (issue 24.3) ------------------------------------------------------
+
+    # --- Operators (issue 24.4) --------------------------------------------------------
+
+    # --- Data lifecycle: retention (issue 24.5) ---------------------------------------
+
     @field_validator("events_queue", "events_webhook_url", "events_webhook_secret", mode="before")
     @classmethod
     def _events_empty_is_unset(cls, value: object) -> object:

@@ -341,6 +341,29 @@ def _events(add: Add) -> None:
     a.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
+# --- commands being added (each function is its own issue's; filled in place) -------
+
+
+def _usage(add: Add) -> None:
+    """emotionviz usage (issue 23.3)."""
+
+
+def _job_search(add: Add) -> None:
+    """emotionviz jobs list (issue 24.1); the bulk replay's flags live on 'replay'."""
+
+
+def _queue_control(add: Add) -> None:
+    """emotionviz queue pause|resume|list (issue 24.3)."""
+
+
+def _operators(add: Add) -> None:
+    """emotionviz operator add|list|revoke and emotionviz audit (issue 24.4)."""
+
+
+def _data_lifecycle(add: Add) -> None:
+    """emotionviz user erase and emotionviz retention (issue 24.5)."""
+
+
 # The order commands appear in `emotionviz --help` (after cli.py's set-up commands).
 REGISTRARS: tuple[Callable[[Add], None], ...] = (
     _worker,
@@ -352,6 +375,11 @@ REGISTRARS: tuple[Callable[[Add], None], ...] = (
     _health,
     _doctor,
     _events,
+    _usage,
+    _job_search,
+    _queue_control,
+    _operators,
+    _data_lifecycle,
 )
 
 
