@@ -504,3 +504,54 @@ class OperatorAction(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
+
+
+class Operator(Base):
+    """A named operator token (migration 0009): ``emotionviz operator add NAME --scope``.
+    Only the SHA-256 of the random token is kept; a revoked token keeps its row."""
+
+    __tablename__ = "operators"
+    __table_args__ = (
+        CheckConstraint(
+            "name ~ '^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$'", name="operators_name_check"
+        ),
+        CheckConstraint("scope IN ('read', 'write')", name="operators_scope_check"),
+        CheckConstraint("token_sha256 ~ '^[0-9a-f]{64}$'", name="operators_token_sha256_check"),
+        UniqueConstraint("token_sha256", name="operators_token_sha256_key"),
+        Index(
+            "uq_operators_live_name",
+            "name",
+            unique=True,
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    token_sha256: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    created_by: Mapped[str] = mapped_column(Text, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PausedQueue(Base):
+    """A queue an operator paused (migration 0009, issue 24.3): the truth the workers'
+    Redis mirror is rebuilt from (workers/operations/pauses.py)."""
+
+    __tablename__ = "paused_queues"
+    __table_args__ = (
+        CheckConstraint(
+            "length(name) >= 1 AND length(name) <= 100", name="paused_queues_name_check"
+        ),
+        CheckConstraint("length(reason) <= 500", name="paused_queues_reason_check"),
+    )
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    paused_by: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
