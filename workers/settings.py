@@ -10,6 +10,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -26,13 +27,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.errors import ConfigurationError
+from domain.ledger import PriceTable, default_price_table, price_table
 
 ProviderChoice = Literal["auto", "local", "gemini"]
 _URL_SCHEMES = {
     "database_url": ("postgres", "postgresql", "postgresql+psycopg"),
     "database_direct_url": ("postgres", "postgresql", "postgresql+psycopg"),
-    "redis_url": ("redis", "rediss", "unix"),
-    "broker_url": ("redis", "rediss", "unix", "amqp", "amqps"),
+    "redis_url": ("redis", "rediss", "unix", "redis+sentinel"),
+    "broker_url": ("redis", "rediss", "unix", "redis+sentinel", "amqp", "amqps"),
 }
 
 
@@ -261,15 +263,78 @@ class Settings(BaseSettings):
     events_retention_days: float = Field(default=7.0, gt=0)
     events_dispatch: bool = True  # false: this process delivers nothing
 
+    # --- Redis Sentinel (issue 22.1) ---
+    # REDIS_URL=redis+sentinel://...: each worker process asks the sentinels for the
+    # primary this often; a new primary is a failover seen (docs/reliability.md).
+    redis_sentinel_poll_s: float = Field(default=1.0, gt=0, le=60)
+    # After a failover, the pending rows dispatched this long before it was seen are
+    # published again (their message may have been on the old primary only).
+    redis_failover_lookback_s: int = Field(default=120, ge=1, le=86_400)
+
     # --- Fairness (issue 23.2; docs/reliability.md) ---------------------------------
 
     # --- Paid-call ledger and budgets (issue 23.3; docs/operations.md) --------------
+    # The estimated cost of each paid attempt (USD): per model, per million input
+    # tokens, per million output tokens of a text answer, per image answered, as JSON
+    # ({"model": {"input_per_m": 0.3, "output_per_m": 2.5, "per_image": 0}}). A model
+    # not listed is priced as "default". Defaults: domain/ledger.py, DEFAULT_PRICES.
+    price_table: dict[str, dict[str, float]] = Field(default_factory=default_price_table)
+    # A person's spend since 00:00 UTC at which their new work waits for the next UTC
+    # day (unset: no budget). Each worker process reads a person's spend at most once
+    # per BUDGET_CACHE_S.
+    user_daily_budget_usd: Decimal | None = Field(default=None, gt=0)
+    budget_cache_s: float = Field(default=1.0, ge=0, le=60)
+
+    @field_validator("user_daily_budget_usd", mode="before")
+    @classmethod
+    def _budget_empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("price_table")
+    @classmethod
+    def _price_table(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        price_table(value)  # raises ValueError naming the model and the field
+        return value
+
+    def prices(self) -> PriceTable:
+        return price_table(self.price_table)
 
     # --- Queue pause (issue 24.3) ------------------------------------------------------
+    # A queue paused longer than this sets emotionviz_queue_paused_too_long (the
+    # EmotionvizQueuePausedTooLong alert): a pause someone forgot.
+    queue_pause_alert_s: float = Field(default=3600.0, gt=0)
 
     # --- Operators (issue 24.4) --------------------------------------------------------
 
     # --- Data lifecycle: retention (issue 24.5) ---------------------------------------
+    # Logs carry a keyed reference of every id (workers/logging.py: log_ref), never the
+    # id: `emotionviz user log-ref ID` prints it. Unset: a fixed key (weaker: anyone
+    # holding an id can compute its reference). Read by each process at boot.
+    log_pseudonym_key: SecretStr | None = None
+    # The scheduled purge (SCHEDULE_RETENTION; `emotionviz retention run`). 0: keep.
+    # Completed rows' raw model responses (the product keeps the analysis and the
+    # picture's facts), after this many days.
+    retention_raw_responses_days: float = Field(default=90.0, ge=0)
+    # Failed visualization rows (the person's entry stays) and their dead letters.
+    retention_failed_days: float = Field(default=90.0, ge=0)
+    # The operators' trail (operator_actions).
+    retention_operator_actions_days: float = Field(default=365.0, ge=0)
+    # The paid-call ledger (model_calls): kept by default (costs are audited yearly).
+    retention_model_calls_days: float = Field(default=0.0, ge=0)
+    retention_batch: int = Field(default=1000, ge=1, le=100_000)  # rows per transaction
+    schedule_retention: str = "30 3 * * *"  # cron (UTC); empty: no scheduled purge
+
+    @field_validator("schedule_retention")
+    @classmethod
+    def _retention_cron(cls, value: str) -> str:
+        if value.strip():
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"not a cron expression: {value!r} ({exc})") from None
+        return value
 
     @field_validator("events_queue", "events_webhook_url", "events_webhook_secret", mode="before")
     @classmethod
@@ -355,6 +420,12 @@ class Settings(BaseSettings):
         if value is None:
             return None
         schemes = _URL_SCHEMES[info.field_name or ""]
+        if value.get_secret_value().startswith("redis+sentinel:"):
+            # Several hosts and a service name: not a URL urlsplit reads (issue 22.1).
+            from domain.sentinel_url import parse_sentinel_url
+
+            parse_sentinel_url(value.get_secret_value())  # ValueError, never the URL
+            return value
         try:
             parts = urlsplit(value.get_secret_value())
             parts.port  # noqa: B018 - raises ValueError for a non-numeric port

@@ -8,6 +8,8 @@ rolled-back replay leaves no record), otherwise right after it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from psycopg.types.json import Jsonb
@@ -22,6 +24,17 @@ INSERT INTO operator_actions (operator, source, action, target, count, detail)
 VALUES (:operator, :source, :action, :target, :count, :detail)
 """
 )
+
+
+@dataclass(frozen=True)
+class ActionRow:
+    at: datetime
+    operator: str
+    source: str
+    action: str
+    target: str | None
+    count: int | None
+    detail: dict[str, Any]
 
 
 class AuditRepository:
@@ -51,3 +64,25 @@ class AuditRepository:
                 "detail": Jsonb(dict(detail or {})),
             },
         )
+
+    def listed(
+        self,
+        *,
+        since: datetime | None = None,
+        operator: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+    ) -> list[ActionRow]:
+        """Newest first (the ``at`` index; with ``operator``, the operator's)."""
+        rows = self.session.execute(
+            text(
+                "SELECT at, operator, source, action, target, count, detail "
+                "FROM operator_actions "
+                "WHERE (CAST(:since AS timestamptz) IS NULL OR at >= :since) "
+                "AND (CAST(:operator AS text) IS NULL OR operator = :operator) "
+                "AND (CAST(:action AS text) IS NULL OR action = :action) "
+                "ORDER BY at DESC, id DESC LIMIT :limit"
+            ),
+            {"since": since, "operator": operator, "action": action, "limit": limit},
+        ).all()
+        return [ActionRow(*row) for row in rows]

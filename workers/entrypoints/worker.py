@@ -10,9 +10,11 @@ from domain.errors import ConfigurationError
 from workers import bootstrap
 from workers.entrypoints.actors import declare_actors
 from workers.entrypoints.event_delivery import EventDelivery
-from workers.messaging.broker import declare_queues_now
+from workers.entrypoints.failover_watch import FailoverWatchMiddleware
+from workers.messaging.broker import declare_queues_now, watch_pauses
 from workers.messaging.middleware import WarmUp
 from workers.messaging.watchdog import Watchdog
+from workers.operations.pauses import restore_mirror
 from workers.providers.factory import announce_choice, choose_providers
 from workers.settings import get_settings
 
@@ -27,6 +29,7 @@ except ConfigurationError as exc:
     sys.stderr.flush()
     raise SystemExit(2) from None
 broker = bootstrap.broker()
+watch_pauses(broker, restore_mirror)  # paused queues (emotionviz queue pause)
 actors = declare_actors(broker, settings, bootstrap.actor_dependencies())
 try:
     declare_queues_now(broker)  # RabbitMQ: a queue of the other type stops us here
@@ -44,6 +47,7 @@ broker.add_middleware(
 )
 broker.add_middleware(Watchdog(settings.watchdog_interval_s))
 broker.add_middleware(EventDelivery(settings))  # completion events to their subscribers
+broker.add_middleware(FailoverWatchMiddleware(settings))  # REDIS_URL=redis+sentinel://
 if settings.metrics_port:
     from workers.observability.middleware import worker_middleware
 

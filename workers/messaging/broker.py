@@ -10,9 +10,10 @@ context and scrubbed failure reasons. Worker processes add the metrics middlewar
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dramatiq
@@ -25,6 +26,7 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotif
 from dramatiq.middleware.callbacks import Callbacks
 from dramatiq.middleware.pipelines import Pipelines
 
+from domain.errors import EmotionVizError
 from domain.messages import IntakeStep
 from workers.logging import get_logger
 from workers.messaging.announced import AnnouncedEnqueue, Row
@@ -88,11 +90,39 @@ class SafeRedisBroker(RedisBroker):
         self.wake_channel = channel(self.namespace)
         self._wake_ups: WakeUps | None = None
         self._announced_enqueue = AnnouncedEnqueue(self.client, self.namespace, self.wake_channel)
+        # Rebuilds the paused queues' mirror from PostgreSQL (set by the worker module:
+        # workers/operations/pauses.py: restore_mirror). With it, a fetch that finds the
+        # mirror missing takes nothing; without it (tools, tests), the mirror only
+        # pauses what it names (workers/messaging/pauses.py).
+        self.pause_source: Callable[[], object] | None = None
+        self._pauses_restored = False
+        self._pauses_lock = threading.Lock()
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> AdmittingConsumer:
         ceiling = self.idle_poll_ms.get(canonical_queue(queue_name), timeout)
-        commands = RedisCommands(self, queue_name)
+        strict = self.pause_source is not None
+        if strict:
+            with self._pauses_lock:  # the worker's start: the mirror as PostgreSQL says
+                first, self._pauses_restored = not self._pauses_restored, True
+            if first:
+                self.restore_pauses()
+        commands = RedisCommands(self, queue_name, strict_pauses=strict)
         return AdmittingConsumer(self, commands, prefetch, min(timeout, ceiling))
+
+    def restore_pauses(self) -> bool:
+        """Rebuild the paused queues' mirror from PostgreSQL; False (logged) when it
+        could not (the consumers keep fetching nothing while the mirror is missing)."""
+        if self.pause_source is None:
+            return False
+        try:
+            self.pause_source()
+        except (EmotionVizError, redis.RedisError) as exc:
+            log.warning(
+                "paused queues not restored from the database; retrying",
+                reason=f"{type(exc).__name__}: {str(exc)[:200]}",
+            )
+            return False
+        return True
 
     def actor_queues(self) -> Mapping[str, str]:
         """Each declared actor's queue (what the consumer admits)."""
@@ -288,3 +318,11 @@ def declare_queues_now(broker: dramatiq.Broker) -> None:
 
     if isinstance(broker, SafeRabbitmqBroker):
         broker.declare_all()
+
+
+def watch_pauses(broker: dramatiq.Broker, restore: Callable[[], object]) -> None:
+    """Make this worker's fetches hold to the paused queues (workers/messaging/pauses.py):
+    ``restore`` rebuilds the Redis mirror from PostgreSQL, at the first consume and
+    whenever a fetch finds it missing. RabbitMQ: not yet (docs/operations.md)."""
+    if isinstance(broker, SafeRedisBroker):
+        broker.pause_source = restore

@@ -27,6 +27,18 @@ Dramatiq's growing backoff as the timeout, so an announced message is fetched at
 and an unannounced one within the backoff (at most the worker timeout, 1 s). A consumer
 of a delay queue also stops waiting when the earliest message it holds falls due, so a
 retry runs on time rather than up to a backoff late.
+
+A paused queue (``emotionviz queue pause``; workers/messaging/pauses.py) gives nothing:
+the fetch itself looks at the paused queues' mirror in Redis (redis_keys.py), so a
+pause holds from every worker's next fetch, with no database query per fetch. The
+consumer then idles as on an empty queue (at most the backoff, 1 s), so a resume is
+seen within a second (at once when the resume's wake-up arrives). Messages a worker
+fetched before the pause landed run to their end: they were taken already, and
+handing them back would only move them to the head of a queue nobody takes from.
+When the mirror is missing (a Redis restarted without persistence, or flushed), the
+fetch takes nothing and the consumer rebuilds the mirror from PostgreSQL first, at
+most once a second (``restore_pauses``): a pause is never forgotten, even for a
+moment.
 """
 
 from __future__ import annotations
@@ -65,6 +77,7 @@ class AdmittingBroker(Protocol):
     def dead_letter_rejected(
         self, queue_name: str, rejected: list[tuple[bytes | None, str]]
     ) -> None: ...
+    def restore_pauses(self) -> bool: ...
 
 
 class AdmittingConsumer(Consumer):
@@ -96,6 +109,8 @@ class AdmittingConsumer(Consumer):
         self._acks: list[str] = []
         self._acks_lock = threading.Lock()
         self._closed = False
+        self.paused = False  # the last fetch found the queue paused
+        self._restored_at = 0.0  # monotonic time of the last mirror rebuild attempt
 
     @property
     def outstanding_message_count(self) -> int:
@@ -110,9 +125,10 @@ class AdmittingConsumer(Consumer):
                 if can_fetch:
                     # Cleared before the fetch: a wake-up sent after it is not lost.
                     self.woken.clear()
-                    fetched, keys = self._ack_and_fetch(
+                    fetched, keys, state = self._ack_and_fetch(
                         acks, self.prefetch - self.outstanding_message_count
                     )
+                    self._note_state(state)
                 elif acks:
                     self._ack_and_fetch(acks, 0)
                 if not fetched:
@@ -132,6 +148,21 @@ class AdmittingConsumer(Consumer):
             return Delivery(message)
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
+
+    def _note_state(self, state: str) -> None:
+        if state == "unmirrored":
+            now = time.monotonic()
+            if now - self._restored_at >= 1.0:
+                self._restored_at = now
+                self.broker.restore_pauses()
+            return
+        paused = state == "paused"
+        if paused != self.paused:
+            self.paused = paused
+            log.info(
+                "queue paused: taking no message" if paused else "queue resumed",
+                queue=self.queue_name,
+            )
 
     def _idle(self, seconds: float, *, wakeable: bool) -> None:
         if self.due:  # the consumer thread moves a delayed message only between waits

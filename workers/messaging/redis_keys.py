@@ -21,6 +21,14 @@ this module.
 The storage commands (``RedisCommands``): fetch, ack, nack, requeue, which
 ``RedisBroker`` makes up by name from the same Lua script (``broker.do_<command>``);
 Dramatiq's own Redis consumer calls them the same way, ours (consumer.py) through here.
+
+One of them is ours: the consumer's fetch (``ack_and_fetch``) runs
+``_FETCH_UNLESS_PAUSED``, Dramatiq's fetch (heartbeat, LPOP into the worker's acks set,
+HMGET) preceded by a look at the paused queues' mirror (``{ns}:__paused__``,
+workers/messaging/pauses.py) in the same script: a paused queue gives nothing, at the
+next fetch of every worker, with no extra round trip. Dramatiq's maintenance (dead
+workers' messages back to their queues) still runs, by its own script, as often as
+Dramatiq runs it on a fetch.
 """
 
 from __future__ import annotations
@@ -84,6 +92,11 @@ def queue_keys(namespace: str, queue: str) -> QueueKeys:
     return QueueKeys(namespace, queue)
 
 
+def paused(namespace: str) -> str:
+    """The paused queues' mirror: a hash, queue -> since (workers/messaging/pauses.py)."""
+    return f"{namespace}:__paused__"
+
+
 def heartbeats(namespace: str) -> str:
     return f"{namespace}:__heartbeats__"
 
@@ -96,6 +109,37 @@ def acks_pattern(namespace: str) -> str:
 class Fetched(NamedTuple):
     bodies: list[bytes | None]
     keys: list[bytes] | None  # the key each body is stored under (None: not known)
+    # "ok"; "paused": the queue is paused (nothing fetched); "unmirrored": the paused
+    # queues' mirror is missing (a flushed or restarted Redis), nothing fetched
+    state: str = "ok"
+
+
+# Dramatiq's fetch (dispatch.lua, command "fetch") behind the paused queues' mirror.
+# KEYS: paused mirror, heartbeats, ready list, ready bodies, this worker's acks set.
+# ARGV: canonical queue, count, timestamp (ms), worker id, strict ("1": a missing
+# mirror fetches nothing, the consumer rebuilds it from PostgreSQL first).
+_FETCH_UNLESS_PAUSED = """
+redis.call("zadd", KEYS[2], ARGV[3], ARGV[4])
+if ARGV[5] == "1" and redis.call("exists", KEYS[1]) == 0 then
+    return {"unmirrored"}
+end
+if redis.call("hexists", KEYS[1], ARGV[1]) == 1 then
+    return {"paused"}
+end
+local ids = {}
+for i = 1, tonumber(ARGV[2]) do
+    local id = redis.call("lpop", KEYS[3])
+    if not id then
+        break
+    end
+    ids[i] = id
+    redis.call("sadd", KEYS[5], id)
+end
+if #ids == 0 then
+    return {"ok", {}, {}}
+end
+return {"ok", ids, redis.call("hmget", KEYS[4], unpack(ids))}
+"""
 
 
 class RedisCommands:
@@ -104,9 +148,13 @@ class RedisCommands:
     which also heart-beats for this broker and, now and then, requeues the messages
     of dead workers."""
 
-    def __init__(self, broker: RedisBroker, queue_name: str) -> None:
+    def __init__(
+        self, broker: RedisBroker, queue_name: str, *, strict_pauses: bool = False
+    ) -> None:
         self.queue_name = queue_name
+        self.strict_pauses = strict_pauses
         self._broker = broker
+        self._fetch_unless_paused = broker.client.register_script(_FETCH_UNLESS_PAUSED)
         self._fetch = broker.do_fetch
         self._ack = broker.do_ack
         self._nack = broker.do_nack
@@ -118,24 +166,22 @@ class RedisCommands:
         return list(fetched)
 
     def ack_and_fetch(self, redis_ids: list[str], count: int) -> Fetched:
-        """``ack`` each of ``redis_ids``, then ``fetch(count)`` (none if 0), in one
-        round trip: the script's calls as ``RedisBroker`` makes them (same arguments,
-        heartbeat and maintenance), sent together on one connection of the broker's
-        pool; Redis runs them in order. The fetch runs in MULTI/EXEC after an LRANGE
-        of the ids it pops, so each body comes with the key it is stored under. A
-        Redis that lost the script (restarted, flushed) gets the unanswered calls
-        again through Dramatiq, which loads it (the keys are then not known)."""
+        """``ack`` each of ``redis_ids``, then fetch up to ``count`` bodies (none if 0)
+        unless the queue is paused, in one round trip: the acks are Dramatiq's script
+        called as ``RedisBroker`` calls it; the fetch is ``_FETCH_UNLESS_PAUSED``, which
+        also says which key each body is stored under; when Dramatiq would do
+        maintenance on a fetch, its script runs a fetch of 0 first (maintenance only).
+        A Redis that lost the scripts (restarted, flushed) gets the unanswered calls
+        again through redis-py, which loads them."""
         broker: Any = self._broker
         commands = [self._dispatch("ack", redis_id) for redis_id in redis_ids]
+        maintain = count > 0 and bool(broker._should_do_maintenance("fetch"))
+        if maintain:
+            commands.append(self._dispatch("fetch", 0, maintenance=True))
         if count > 0:
-            count = min(count, broker._max_unpack_size())  # as the script bounds it
-            ready = queue_keys(broker.namespace, self.queue_name).ready
-            commands += [
-                ("MULTI",),
-                ("LRANGE", ready, 0, count - 1),
-                self._dispatch("fetch", count),
-                ("EXEC",),
-            ]
+            count = min(count, broker._max_unpack_size())  # as Dramatiq's script bounds it
+            keys, args = self._fetch_call(count)
+            commands.append(("EVALSHA", self._fetch_unless_paused.sha, len(keys), *keys, *args))
         pool = broker.client.connection_pool
         conn = pool.get_connection()
         try:
@@ -151,20 +197,45 @@ class RedisCommands:
                 raise reply
         if count <= 0:
             return Fetched([], None)
-        for reply in replies[len(redis_ids) : -1]:  # MULTI's OK, then QUEUED twice
-            if isinstance(reply, Exception):
-                raise reply
-        executed = replies[-1]
-        if isinstance(executed, Exception):
-            raise executed
-        ids, bodies = executed
-        if isinstance(bodies, redis.exceptions.NoScriptError):
-            return Fetched(self.fetch(count), None)
-        if isinstance(bodies, Exception):
-            raise bodies
-        return Fetched(list(bodies), list(ids)[: len(bodies)])
+        maintained = replies[-2] if maintain else None
+        if isinstance(maintained, Exception) and not isinstance(
+            maintained, redis.exceptions.NoScriptError
+        ):
+            raise maintained
+        reply = replies[-1]
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            keys, args = self._fetch_call(count)
+            reply = self._fetch_unless_paused(keys=keys, args=args)  # loads the script
+        elif isinstance(reply, Exception):
+            raise reply
+        state = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        if state != "ok":
+            return Fetched([], None, state)
+        ids, bodies = reply[1], reply[2]
+        return Fetched(list(bodies), list(ids))
 
-    def _dispatch(self, command: str, argument: str | int) -> tuple[Any, ...]:
+    def _fetch_call(self, count: int) -> tuple[list[str], list[Any]]:
+        broker: Any = self._broker
+        namespace = broker.namespace
+        keys = [
+            paused(namespace),
+            heartbeats(namespace),
+            queue_keys(namespace, self.queue_name).ready,
+            queue_keys(namespace, self.queue_name).ready_bodies,
+            queue_keys(namespace, self.queue_name).acks(broker.broker_id),
+        ]
+        args = [
+            canonical_queue(self.queue_name),
+            count,
+            current_millis(),
+            broker.broker_id,
+            "1" if self.strict_pauses else "0",
+        ]
+        return keys, args
+
+    def _dispatch(
+        self, command: str, argument: str | int, *, maintenance: bool | None = None
+    ) -> tuple[Any, ...]:
         """Dramatiq's dispatch script called as ``RedisBroker._dispatch`` calls it."""
         broker: Any = self._broker
         return (
@@ -178,7 +249,7 @@ class RedisCommands:
             broker.broker_id,
             broker.heartbeat_timeout,
             broker.dead_message_ttl,
-            broker._should_do_maintenance(command),
+            int(maintenance) if maintenance is not None else broker._should_do_maintenance(command),
             broker._max_unpack_size(),
             argument,
         )

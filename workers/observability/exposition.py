@@ -29,6 +29,13 @@ def _state_collector() -> Any:
     return StateCollector(snapshot.shared().get)
 
 
+@lru_cache(maxsize=1)
+def _pause_collector() -> Any:
+    from workers.observability.pauses import PauseCollector
+
+    return PauseCollector()
+
+
 def render_metrics() -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -41,6 +48,7 @@ def render_metrics() -> bytes:
     if directory.is_dir():
         MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     registry.register(_state_collector())
+    registry.register(_pause_collector())  # paused queues (issue 24.3)
     return bytes(generate_latest(registry))
 
 

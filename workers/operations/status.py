@@ -33,4 +33,39 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "failures_last_hour": dict(failures.most_common()),
         "intake_sessions": rows.intake,
         "read_at": datetime.fromtimestamp(snap.taken_at, UTC).isoformat(timespec="seconds"),
+        "redis_failover": _last_failover(settings),  # issue 22.1
+        "paused_queues": _paused_queues(),  # issue 24.3
+        "paid_calls_today": _paid_calls_today(settings),  # issue 23.3
     }
+
+
+def _paid_calls_today(settings: Settings) -> dict[str, Any]:
+    """Today's paid calls and spend, and the rows waiting on a daily budget
+    (workers/operations/usage.py)."""
+    from workers.operations.usage import spend_today
+
+    return spend_today(settings)
+
+
+def _paused_queues() -> list[dict[str, Any]]:
+    """The paused queues with since and by (workers/operations/pauses.py)."""
+    from workers.operations.pauses import paused_queues
+
+    return [pause.as_dict() for pause in paused_queues()]
+
+
+def _last_failover(settings: Settings) -> dict[str, Any] | None:
+    """The last Redis Sentinel failover seen and its reconcile (None: none, or one
+    server); unreadable Redis shows in the broker's own error above."""
+    import redis
+
+    from domain.sentinel_url import is_sentinel_url
+    from workers import bootstrap
+    from workers.messaging import failover
+
+    if not is_sentinel_url(bootstrap.redis_url(settings)):
+        return None
+    try:
+        return failover.last(bootstrap.redis_client(), settings.redis_namespace)
+    except redis.RedisError:
+        return None

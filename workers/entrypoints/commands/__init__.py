@@ -132,6 +132,21 @@ def _jobs(add: Add) -> None:
     p.add_argument(
         "entry_ids", nargs="*", type=uuid_arg, help="only these entries (default: every failed)"
     )
+    # The bulk replay (issue 24.2; workers/operations/job_search.py): filters, a plan
+    # first, batches of one transaction each.
+    _job_filters(p, status=False)
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only count the matching failed rows by class and the paid model calls",
+    )
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=REPLAY_BATCH,
+        metavar="N",
+        help=f"rows per transaction (default {REPLAY_BATCH}); a rerun resumes",
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add(
@@ -346,22 +361,182 @@ def _events(add: Add) -> None:
 
 def _usage(add: Add) -> None:
     """emotionviz usage (issue 23.3)."""
+    p = add(
+        "usage",
+        lazy("usage", "cmd_usage"),
+        "paid model calls, tokens and estimated cost, by person, UTC day or model",
+    )
+    p.add_argument("--by", choices=["user", "day", "model"], default="user", help="group by")
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="an age (7d, 12h), a date (2026-12-01, from 00:00 UTC) or an ISO time (default: 7d)",
+    )
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+# Mirrors for jobs list and replay (issue 24.1-24.2; workers.operations.job_search;
+# checked equal by tests/integration/test_job_search_cli.py).
+FAILURE_CLASSES = (  # domain.failures: every class, then OTHER
+    "crash_loop",
+    "rate_limited",
+    "safety",
+    "timeout",
+    "server_error",
+    "invalid_output",
+    "configuration",
+    "request_rejected",
+    "database",
+    "not_found",
+    "gave_up",
+    "other",
+)
+VISUALIZATION_STATUSES = ("pending", "processing", "completed", "failed")  # VisualizationStatus
+JOBS_PAGE = 50  # job_search.DEFAULT_LIMIT
+REPLAY_BATCH = 500  # job_search.DEFAULT_BATCH
 
 
 def _job_search(add: Add) -> None:
     """emotionviz jobs list (issue 24.1); the bulk replay's flags live on 'replay'."""
+    sub = _actions(
+        add("jobs", None, "find jobs (visualizations) by person, status, class"), "action"
+    )
+    a = _action(
+        sub,
+        "list",
+        lazy("jobs", "cmd_jobs_list"),
+        "jobs newest first, a page at a time (--after the printed cursor)",
+    )
+    _job_filters(a, status=True)
+    a.add_argument(
+        "--older-than", metavar="AGE", help="created at least this long ago (e.g. 10m, 2h, 7d)"
+    )
+    a.add_argument("--limit", type=positive_int, default=JOBS_PAGE, metavar="N")
+    a.add_argument("--after", metavar="CURSOR", help="the next page: the cursor a page printed")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _job_filters(p: argparse.ArgumentParser, *, status: bool) -> None:
+    """The filters jobs list and replay share (checked in workers/operations/job_search.py:
+    one line, exit 2, for a bad one)."""
+    p.add_argument("--user", type=uuid_arg, metavar="ID", help="only this person's jobs")
+    if status:
+        p.add_argument("--status", choices=VISUALIZATION_STATUSES, help="only jobs in this state")
+    p.add_argument(
+        "--class",
+        dest="failure_class",
+        action="append",
+        choices=FAILURE_CLASSES,
+        metavar="CLASS",
+        help=f"failed jobs of this failure class (repeatable): {', '.join(FAILURE_CLASSES)}",
+    )
+    p.add_argument(
+        "--since", metavar="T", help="created since: an age back (2h) or a date/time (UTC)"
+    )
 
 
 def _queue_control(add: Add) -> None:
     """emotionviz queue pause|resume|list (issue 24.3)."""
+    sub = _actions(
+        add("queue", None, "pause and resume a queue on every worker (the others keep going)"),
+        "action",
+    )
+    a = _action(
+        sub,
+        "pause",
+        lazy("queue_control", "cmd_pause"),
+        "every worker takes no message from NAME from its next fetch, until resumed",
+    )
+    a.add_argument("name", choices=QUEUES, metavar="NAME", help=f"one of {', '.join(QUEUES)}")
+    a.add_argument("--reason", help="why (shown in status, the console and the audit)")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+    a = _action(
+        sub, "resume", lazy("queue_control", "cmd_resume"), "workers take NAME's messages again"
+    )
+    a.add_argument("name", choices=QUEUES, metavar="NAME", help=f"one of {', '.join(QUEUES)}")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+    a = _action(sub, "list", lazy("queue_control", "cmd_list"), "the paused queues")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def _operators(add: Add) -> None:
     """emotionviz operator add|list|revoke and emotionviz audit (issue 24.4)."""
+    sub = _actions(add("operator", None, "named operator tokens for the console"), "action")
+    a = _action(
+        sub,
+        "add",
+        lazy("operators", "cmd_add"),
+        "a new operator token, printed once (only its hash is kept)",
+    )
+    a.add_argument("name", metavar="NAME", help="letters, digits, . _ @ - (up to 100)")
+    a.add_argument(
+        "--scope",
+        choices=["read", "write"],
+        required=True,
+        help="read: see everything; write: also act (replay, purge, pause...)",
+    )
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+    a = _action(sub, "list", lazy("operators", "cmd_list"), "the operators (never their tokens)")
+    a.add_argument("--all", action="store_true", help="revoked ones too")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+    a = _action(
+        sub, "revoke", lazy("operators", "cmd_revoke"), "revoke NAME's token (its trail stays)"
+    )
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = add(
+        "audit",
+        lazy("operators", "cmd_audit"),
+        "the operators' trail, newest first: who changed what (CLI and console), and "
+        "console reads of a person's entry text",
+    )
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="an age (30m, 24h, 7d) or an ISO 8601 time (2026-12-01T09:00Z)",
+    )
+    p.add_argument("--operator", metavar="NAME", help="only this operator's actions")
+    p.add_argument("--action", metavar="ACTION", help="only this action (queue.pause, ...)")
+    p.add_argument(
+        "--limit", type=positive_int, default=100, metavar="N", help="at most N rows (100)"
+    )
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def _data_lifecycle(add: Add) -> None:
     """emotionviz user erase and emotionviz retention (issue 24.5)."""
+    sub = _actions(add("user", None, "a person's data: erase it, find their log lines"), "action")
+    a = _action(
+        sub,
+        "erase",
+        lazy("data_lifecycle", "cmd_erase"),
+        "remove every row, picture, message and log reference of a person, for good",
+        "Remove the person's rows (every table), pictures (the configured store), queued "
+        "and dead-lettered messages (Redis), and leave a tombstone (a digest of the id) "
+        "that 'emotionviz restore' applies again. Without --yes: show what would go. "
+        "Exit 0: erased. Exit 1: failed (run it again: it resumes). Exit 2: no --yes.",
+    )
+    a.add_argument("id", type=uuid_arg, help="users.id")
+    a.add_argument("--yes", action="store_true", help="erase (default: only show what would go)")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+    a = _action(
+        sub,
+        "log-ref",
+        lazy("data_lifecycle", "cmd_log_ref"),
+        "the reference log lines carry instead of an id (search the logs for it)",
+    )
+    a.add_argument("id", type=uuid_arg, help="a person's, entry's or session's id")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    sub = _actions(add("retention", None, "the retention purge (RETENTION_*_DAYS)"), "action")
+    a = _action(
+        sub,
+        "run",
+        lazy("data_lifecycle", "cmd_retention"),
+        "purge what RETENTION_*_DAYS no longer keep, in batches (the scheduler runs it too)",
+    )
+    a.add_argument("--dry-run", action="store_true", help="only count what would go")
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 # The order commands appear in `emotionviz --help` (after cli.py's set-up commands).

@@ -65,7 +65,42 @@ def render(status: dict[str, Any]) -> Group:
     intake.add_column("sessions", justify="right")
     for state, number in status["intake_sessions"].items():
         intake.add_row(state.replace("_", " "), str(number))
-    return Group(queues, workers, rows, failures, intake)
+    parts = [queues, workers, rows, failures, intake]
+    seen = status.get("redis_failover")
+    if seen:  # REDIS_URL=redis+sentinel:// (issue 22.1)
+        failover = Table(title="last Redis failover")
+        for column in ("seen", "primary", "no primary for", "republished"):
+            failover.add_column(column)
+        done = str(seen.get("republished", "-")) if seen.get("reconciled") else "NOT RECONCILED"
+        failover.add_row(
+            f"{age(time.time() - float(seen['seen_at']))} ago",
+            f"{seen['old']} -> {seen['new']}",
+            f"{seen['no_primary_s']} s",
+            done,
+        )
+        parts.append(failover)
+    paused = status.get("paused_queues")
+    if paused:  # emotionviz queue pause (issue 24.3)
+        table = Table(title="paused queues (workers take none of their messages)")
+        for column in ("queue", "paused for", "by", "reason"):
+            table.add_column(column)
+        for p in paused:
+            table.add_row(p["queue"], age(p["paused_s"]), p["paused_by"], p["reason"] or "-")
+        parts.append(table)
+    paid = status.get("paid_calls_today")
+    if paid:  # the paid-call ledger (issue 23.3)
+        budget = paid["user_daily_budget_usd"]
+        table = Table(title=f"paid calls today (UTC), daily budget {budget or 'off'}")
+        for column in ("calls", "est. cost USD", "people", "rows waiting on a budget"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            str(paid["calls"]),
+            paid["cost_usd"],
+            str(paid["people"]),
+            str(paid["waiting_on_budget"]),
+        )
+        parts.append(table)
+    return Group(*parts)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
