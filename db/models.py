@@ -22,6 +22,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -512,9 +513,7 @@ class Operator(Base):
 
     __tablename__ = "operators"
     __table_args__ = (
-        CheckConstraint(
-            "name ~ '^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$'", name="operators_name_check"
-        ),
+        CheckConstraint("name ~ '^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$'", name="operators_name_check"),
         CheckConstraint("scope IN ('read', 'write')", name="operators_scope_check"),
         CheckConstraint("token_sha256 ~ '^[0-9a-f]{64}$'", name="operators_token_sha256_check"),
         UniqueConstraint("token_sha256", name="operators_token_sha256_key"),
@@ -555,3 +554,127 @@ class PausedQueue(Base):
     )
     paused_by: Mapped[str] = mapped_column(Text, nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+# Job search (migration 0010, issue 24.1): failed rows by failure class (the SQL twin of
+# domain/failures.py, created by the migration), and the rows not completed by status,
+# each newest first in the listing's keyset order.
+Index(
+    "idx_visualizations_failed_class",
+    func.visualization_failure_class(Visualization.error_message),
+    Visualization.created_at.desc(),
+    Visualization.id.desc(),
+    postgresql_where=text("status = 'failed'"),
+)
+Index(
+    "idx_visualizations_open_status",
+    Visualization.status,
+    Visualization.created_at.desc(),
+    Visualization.id.desc(),
+    postgresql_where=text("status <> 'completed'"),
+)
+
+
+class ErasedUser(Base):
+    """A tombstone of a person erased by ``emotionviz user erase`` (migration 0011; not
+    in the seed spec): the SHA-256 of the id, never the id, and the erasure's counts.
+    ``emotionviz restore`` applies every tombstone again after loading a backup."""
+
+    __tablename__ = "erased_users"
+    __table_args__ = (
+        CheckConstraint("length(user_digest) = 32", name="erased_users_user_digest_check"),
+    )
+
+    user_digest: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    report: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+
+
+# The retention purge's walk over completed rows that still hold raw model responses
+# (RETENTION_RAW_RESPONSES_DAYS; migration 0011).
+Index(
+    "idx_visualizations_raw_responses",
+    Visualization.processing_completed_at,
+    postgresql_where=text(
+        "status = 'completed' AND ((gemini_analysis - 'analysis') <> '{}'::jsonb "
+        "OR (nanobanana_response - '{width,height,bytes,mime_type}'::text[]) <> '{}'::jsonb)"
+    ),
+)
+
+
+class ModelCall(Base):
+    """One attempt the model API received, with its tokens, outcome and estimated cost
+    (migration 0007, issue 23.3; not in the seed spec; domain/ledger.py says what counts).
+    No foreign keys: the accounting outlives the entry or session it was for."""
+
+    __tablename__ = "model_calls"
+    __table_args__ = (
+        CheckConstraint("kind IN ('analysis', 'image', 'intake')", name="model_calls_kind_check"),
+        Index("idx_model_calls_user_at", "user_id", "at"),
+        Index("idx_model_calls_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    entry_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    intake_session_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    image: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    outcome: Mapped[str] = mapped_column(Text, nullable=False)
+    cost_usd: Mapped[Decimal] = mapped_column(
+        Numeric(12, 6), nullable=False, server_default=text("0")
+    )
+
+
+class FairTurn(Base):
+    """A person with fresh entries waiting in the pool, and when they last had a turn
+    (migration 0008, issue 23.2; not in the seed spec): the ring ``fair_claim`` takes
+    people from (docs/reliability.md, "Fairness")."""
+
+    __tablename__ = "fair_turns"
+    __table_args__ = (Index("idx_fair_turns_turn_at", "turn_at"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    turn_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class FairWaiting(Base):
+    """An entry whose message is a token in the pool (migration 0008): lane 0 its first
+    dispatch (fresh), lane 1 a republish (the reconciler, a replay)."""
+
+    __tablename__ = "fair_waiting"
+    __table_args__ = (
+        CheckConstraint("lane IN (0, 1)", name="fair_waiting_lane_check"),
+        Index(
+            "idx_fair_waiting_fresh",
+            "user_id",
+            "queued_at",
+            postgresql_where=text("lane = 0"),
+        ),
+        Index("idx_fair_waiting_low", "queued_at", postgresql_where=text("lane = 1")),
+    )
+
+    entry_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("emotion_entries.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    lane: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    queued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )

@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from domain.errors import EmotionVizError
-from workers.console import actions, pages
+from workers.console import actions, jobs_pages, pages
 from workers.console.security import (
     SESSION_COOKIE,
     SESSION_MAX_AGE_S,
@@ -131,6 +131,7 @@ def build_app(settings: Settings, auth: ConsoleAuth) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         *pages.routes(),
         *actions.routes(),
+        *jobs_pages.routes(),  # find jobs, replay many (issue 24.1-24.2)
         Mount("/static", app=StaticFiles(packages=[("workers.console", "static")]), name="static"),
     ]
     middleware = [

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import UTC, datetime
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from db.repositories.job_search import JobFilter
 from domain.errors import NotFoundError
 from domain.intake import next_step, parse_history
 from domain.messages import EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
 from workers import bootstrap, producer_api
-from workers.entrypoints.cli_contract import emit_json, out
+from workers.entrypoints.cli_contract import InputError, emit_json, out
+from workers.operations import job_search
 from workers.operations.jobs import entry_life, replay_failed, session_life
+from workers.operations.readable import age
 from workers.settings import Settings
 
 
@@ -54,11 +61,99 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    filtered = args.failure_class or args.since or args.user
+    if filtered or args.dry_run:
+        if args.entry_ids:
+            raise InputError("give entry ids, or filters (--class, --since, --user), not both")
+        return _replay_matching(args)
     replayed = replay_failed(args.entry_ids or None)
     if args.json:
         emit_json({"replayed": [str(entry_id) for entry_id in replayed]})
     else:
         out(f"replayed {len(replayed)} failed visualizations")
+    return 0
+
+
+def _replay_matching(args: argparse.Namespace) -> int:
+    """The bulk replay: its plan first (counts, paid calls), then batches of --batch
+    rows, each one transaction, with a progress bar on a terminal."""
+    flt = _filter(args, status=None)
+    plan = job_search.plan_replay(flt)
+    if args.dry_run or not plan.rows:
+        if args.json:
+            emit_json(
+                {"dry_run": args.dry_run, "filters": job_search.describe(flt)} | plan.as_json()
+            )
+        else:
+            _print_plan(plan, "would replay" if args.dry_run else "nothing to replay:")
+        return 0
+    columns = (
+        TextColumn("replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+    )
+    with Progress(*columns, transient=True, disable=args.json or not sys.stderr.isatty()) as bar:
+        task = bar.add_task("rows", total=plan.rows)
+        result = job_search.replay_matching(
+            flt,
+            batch=args.batch,
+            on_batch=lambda rows, _classes: bar.update(task, advance=rows),
+        )
+    if args.json:
+        emit_json({"filters": job_search.describe(flt)} | result.as_json())
+    else:
+        classes = ", ".join(f"{n} {name}" for name, n in sorted(result.by_class.items()))
+        out(
+            f"replayed {result.rows} failed visualizations in {result.batches} batches "
+            f"({classes or 'none'}); about {result.paid_calls} paid model calls"
+        )
+    return 0
+
+
+def _print_plan(plan: job_search.ReplayPlan, lead: str) -> None:
+    if not plan.rows:
+        out(f"{lead} no failed visualization matches")
+        return
+    out(f"{lead} {plan.rows} failed visualizations, about {plan.paid_calls} paid model calls:")
+    for c in plan.by_class:
+        out(
+            f"  {c.failure_class:18} {c.rows:>8} rows ({c.checkpointed} with their analysis stored)"
+        )
+
+
+def _filter(args: argparse.Namespace, status: str | None) -> JobFilter:
+    return job_search.build_filter(
+        user=args.user,
+        status=status,
+        classes=args.failure_class or (),
+        since=args.since,
+        older_than=getattr(args, "older_than", None),
+    )
+
+
+# --- jobs list: find jobs by person, status, class, time (workers/operations/job_search.py)
+
+
+def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
+    page = job_search.find_jobs(_filter(args, args.status), args.limit, args.after)
+    if args.json:
+        emit_json({"jobs": [job_search.job_json(row) for row in page.rows], "next": page.next})
+        return 0
+    if not page.rows:
+        out("no jobs match")
+        return 0
+    now = datetime.now(UTC)
+    out(f"{'created':19}  {'age':>8}  {'status':10} {'class':16} {'entry':36}  user      reason")
+    for row in page.rows:
+        reason = (row.error_message or "").replace("\n", " ")[:60]
+        out(
+            f"{row.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}  "
+            f"{age((now - row.created_at).total_seconds()):>8}  {row.status:10} "
+            f"{row.failure_class or '-':16} {row.entry_id}  {str(row.user_id)[:8]}  {reason}"
+        )
+    if page.next:
+        out(f"next page: --after {page.next}")
     return 0
 
 
@@ -105,8 +200,6 @@ def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     elif args.entry_id:
         life = entry_life(settings, args.entry_id)
     else:
-        from workers.entrypoints.cli_contract import InputError
-
         raise InputError("give an ENTRY_ID, or --session ID")
     if args.json:
         emit_json(life)
