@@ -17,7 +17,9 @@ import subprocess
 import tempfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
@@ -201,13 +203,85 @@ def clean(database_url: str) -> None:
         engine.dispose()
 
 
-def restore(database_url: str, source: Path, *, clean_first: bool = False) -> None:
+@dataclass(frozen=True)
+class RestoreReport:
+    """The erasures applied again after the restore (docs/operations.md, "Erasing a
+    person, and retention")."""
+
+    tombstones: int  # tombstones kept across the restore (the database's and the dump's)
+    erased_again: int  # people the backup brought back, erased again
+    rows: int  # their rows deleted
+    migrated: bool  # the backup predated the tombstones: migrated to head to keep them
+
+
+def _tombstones(database_url: str) -> list[tuple[bytes, dict[str, Any]]]:
+    from db.repositories.erase import read_tombstones
+
+    engine = _engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return read_tombstones(conn)
+    finally:
+        engine.dispose()
+
+
+def reapply_tombstones(
+    database_url: str, kept: list[tuple[bytes, dict[str, Any]]]
+) -> RestoreReport:
+    """Write back the tombstones read before a restore, then erase again every person
+    the restored data holds a tombstone for (the kept ones and the dump's own): a
+    restore never brings an erased person back. A backup older than the tombstones'
+    table is migrated to head first, or the tombstones would be lost with it."""
+    from sqlalchemy.orm import Session
+
+    from db import migrate
+    from db.repositories.erase import (
+        EraseRepository,
+        read_tombstones,
+        users_with_digests,
+        write_tombstones,
+    )
+
+    engine = _engine(database_url)
+    migrated = False
+    try:
+        with engine.connect() as conn:
+            has_table = bool(
+                conn.execute(text("SELECT to_regclass('public.erased_users') IS NOT NULL")).scalar()
+            )
+        if kept and not has_table:
+            migrate.upgrade(database_url)
+            migrated, has_table = True, True
+        if not has_table:
+            return RestoreReport(0, 0, 0, False)
+        erased = rows = 0
+        with Session(engine) as session:
+            conn = session.connection()
+            write_tombstones(conn, kept)
+            everyone = read_tombstones(conn)
+            repo = EraseRepository(session)
+            for user_id in users_with_digests(conn, [d for d, _ in everyone]):
+                person = repo.person(user_id)
+                if person is not None:
+                    rows += sum(repo.delete_person(person, "erased-person").values())
+                    erased += 1
+            session.commit()
+        return RestoreReport(len(everyone), erased, rows, migrated)
+    finally:
+        engine.dispose()
+
+
+def restore(database_url: str, source: Path, *, clean_first: bool = False) -> RestoreReport:
     """Restore into an empty database; with ``clean_first``, empty it first (see
     ``clean``). A database that holds objects is refused, before anything runs, rather
     than half-restored into. A .sql.gz is decompressed chunk by chunk into psql's
-    standard input, which stops at the first error."""
+    standard input, which stops at the first error.
+
+    The tombstones of erased people (``erased_users``) are read before the database is
+    replaced and applied again after (``reapply_tombstones``)."""
     if not source.exists():
         raise BackupError(f"backup file not found: {source}")
+    kept = _tombstones(database_url) if clean_first else []
     if clean_first:
         clean(database_url)
     else:
@@ -217,6 +291,11 @@ def restore(database_url: str, source: Path, *, clean_first: bool = False) -> No
                 f"database {database_name(database_url)!r} is not empty ({found} objects): "
                 "restore into an empty database, or add --clean to replace its contents"
             )
+    _load(database_url, source)
+    return reapply_tombstones(database_url, kept)
+
+
+def _load(database_url: str, source: Path) -> None:
     args, env = _libpq_args(database_url)
     if not source.name.endswith(".sql.gz"):
         _run([_tool("pg_restore"), *args, "--no-owner", "--exit-on-error", str(source)], env)

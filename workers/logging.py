@@ -9,11 +9,15 @@ and is bounded and written whole (workers/log_lines.py).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
+import re
 import socket
 import sys
 import threading
+import uuid
 from typing import Any
 
 import structlog
@@ -23,9 +27,54 @@ from dramatiq.broker import MessageProxy
 from domain.redaction import redact, redact_value, register_secret
 from workers.log_lines import BoundedJSONRenderer, LineHandler, LineLoggerFactory, LineWriter
 
-__all__ = ["configure_logging", "get_logger", "register_secret", "scrub"]
+__all__ = ["configure_logging", "get_logger", "log_ref", "register_secret", "scrub"]
 
 DEFAULT_MAX_LINE_BYTES = 4000
+
+# --- a person's ids become references (issue 24.5) ------------------------------------
+# A log line never carries an id as it is stored: every UUID in a line (a bound
+# entry_id, an id inside an error's text) is written as its reference, a keyed hash
+# (HMAC-SHA256 with LOG_PSEUDONYM_KEY). Lines already shipped to a log store cannot be
+# erased, so they must not name the person in the first place; an operator who needs a
+# person's lines asks for the reference (`emotionviz user log-ref ID`) and searches for
+# it. Kept raw: the ids of messages and events (they name work, not people).
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_KEPT_RAW = frozenset({"message_id", "redis_id", "event_id", "event_ids", "redis_ids"})
+# Without LOG_PSEUDONYM_KEY: a fixed key. References are still not the ids, but anyone
+# holding an id can compute its reference (docs/operations.md).
+_DEFAULT_PSEUDONYM_KEY = b"emotionviz-log-ref-v1"
+_pseudonym_key: bytes = _DEFAULT_PSEUDONYM_KEY
+
+
+def log_ref(value: uuid.UUID | str, key: str | bytes | None = None) -> str:
+    """The reference a log line carries instead of the id ``value``."""
+    secret = _pseudonym_key if key is None else key.encode() if isinstance(key, str) else key
+    digest = hmac.new(secret or _DEFAULT_PSEUDONYM_KEY, str(value).lower().encode(), hashlib.sha256)
+    return "ref_" + digest.hexdigest()[:20]
+
+
+def _refs_in(value: Any, keep: str) -> Any:
+    if isinstance(value, str):
+        if "-" not in value:  # cheap: no UUID without dashes
+            return value
+        return _UUID.sub(
+            lambda m: m.group(0) if m.group(0).lower() == keep else log_ref(m.group(0)), value
+        )
+    if isinstance(value, uuid.UUID):
+        return value if str(value) == keep else log_ref(value)
+    if isinstance(value, dict):
+        return {k: _refs_in(v, keep) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_refs_in(v, keep) for v in value]
+    return value
+
+
+def _pseudonym_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    keep = str(event.get("message_id", "")).lower()  # the line's message may be named
+    for key, value in event.items():
+        if not key.startswith("_") and key not in _KEPT_RAW:
+            event[key] = _refs_in(value, keep)
+    return event
 
 
 def scrub(text: str) -> str:
@@ -84,8 +133,17 @@ def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
 
 
 def configure_logging(
-    level: str = "INFO", fmt: str = "auto", max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    level: str = "INFO",
+    fmt: str = "auto",
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    pseudonym_key: str | None = None,
 ) -> None:
+    """``pseudonym_key``: LOG_PSEUDONYM_KEY (read from the environment when not given)."""
+    global _pseudonym_key
+    key = pseudonym_key if pseudonym_key is not None else os.environ.get("LOG_PSEUDONYM_KEY")
+    if key:
+        register_secret(key)
+    _pseudonym_key = key.encode() if key else _DEFAULT_PSEUDONYM_KEY
     stream = sys.stderr  # in a Dramatiq worker: the pipe to the parent process
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Any] = [
@@ -93,6 +151,7 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        _pseudonym_processor,
         _scrub_processor,
     ]
     if use_json:  # lines from many machines end up in one place

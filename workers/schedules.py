@@ -1,4 +1,4 @@
-"""The scheduler's reconcile schedule, decided in one place: the scheduler runs it
+"""The scheduler's reconcile and retention schedules, decided in one place: the scheduler runs it
 (workers/entrypoints/scheduler.py) and the console shows it (workers/console/data.py),
 so what an operator reads is what runs."""
 
@@ -26,3 +26,9 @@ def reconcile_trigger(settings: Settings) -> tuple[str, BaseTrigger | None]:
     if not expr:
         return "disabled", None
     return expr, CronTrigger.from_crontab(expr, timezone="UTC")
+
+
+def retention_trigger(settings: Settings) -> BaseTrigger | None:
+    """The retention purge's schedule (SCHEDULE_RETENTION, cron, UTC), None when empty."""
+    expr = settings.schedule_retention
+    return CronTrigger.from_crontab(expr, timezone="UTC") if expr.strip() else None

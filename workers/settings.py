@@ -272,6 +272,11 @@ class Settings(BaseSettings):
     redis_failover_lookback_s: int = Field(default=120, ge=1, le=86_400)
 
     # --- Fairness (issue 23.2; docs/reliability.md) ---------------------------------
+    # Jobs one person may have running at once across every worker; 0: no cap. The
+    # fair claim already gives the next free thread to whoever has the fewest running
+    # (docs/reliability.md, "Fairness"); the cap bounds one person's share when jobs are
+    # long. Keep it at or above the workers' threads, or a person alone runs slower.
+    user_max_in_flight: int = Field(default=0, ge=0, le=100_000)
 
     # --- Paid-call ledger and budgets (issue 23.3; docs/operations.md) --------------
     # The estimated cost of each paid attempt (USD): per model, per million input

@@ -15,6 +15,7 @@ from db.engine import make_session_factory
 from db.uow import UnitOfWork
 from domain.messages import IntakeStep
 from tests.e2e.conftest import API_KEY, Harness
+from workers.logging import log_ref
 from workers.messaging.broker import build_broker
 from workers.messaging.producer import Producer
 from workers.producer_api import ProducerAPI
@@ -61,7 +62,7 @@ def _processed(harness: Harness, session_id: uuid.UUID) -> int:
     return sum(
         1
         for line in harness.log_path.read_text(errors="replace").splitlines()
-        if str(session_id) in line and "intake step processed" in line
+        if log_ref(session_id) in line and "intake step processed" in line
     )
 
 
@@ -169,7 +170,7 @@ def test_step_whose_answer_is_late_is_retried_then_served(
     harness.publish_message(IntakeStep(session_id=session_id, user_id=user_id, step=2))
     deadline = time.monotonic() + 15
     while not any(  # the worker tried step 2 and was refused: the answer comes later
-        str(session_id) in line and "answer to step 1 is not stored yet" in line
+        log_ref(session_id) in line and "answer to step 1 is not stored yet" in line
         for line in harness.log_path.read_text(errors="replace").splitlines()
     ):
         assert time.monotonic() < deadline, harness.log_path.read_text()[-3000:]

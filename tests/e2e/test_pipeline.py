@@ -12,6 +12,7 @@ from PIL import Image
 from sqlalchemy import text
 
 from tests.e2e.conftest import API_KEY, Harness
+from workers.logging import log_ref
 from workers.messaging.redis_keys import queue_keys
 
 pytestmark = [pytest.mark.e2e]
@@ -25,7 +26,7 @@ def _log_lines(harness: Harness, entry_id: uuid.UUID) -> list[dict[str, object]]
     return [
         json.loads(line)
         for line in harness.log_path.read_text().splitlines()
-        if str(entry_id) in line and line.startswith("{")
+        if log_ref(entry_id) in line and line.startswith("{")
     ]
 
 

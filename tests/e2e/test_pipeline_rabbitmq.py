@@ -21,6 +21,7 @@ from domain.messages import EntryCreated
 from tests.conftest import DatabaseFactory
 from tests.e2e.conftest import Harness, running_harness
 from tests.rabbitmq_support import peek, publish_raw, queue_types, rabbitmq_vhost, ready_count
+from workers.logging import log_ref
 from workers.messaging.producer import Producer
 from workers.messaging.rabbitmq import SafeRabbitmqBroker
 from workers.messaging.rabbitmq_queues import QueueType
@@ -125,7 +126,7 @@ def test_duplicate_message_does_nothing(rabbit: Rabbit) -> None:
     outcomes = [
         json.loads(line).get("outcome")
         for line in rabbit.h.log_path.read_text().splitlines()
-        if str(entry_id) in line and '"outcome"' in line
+        if log_ref(entry_id) in line and '"outcome"' in line
     ]
     assert outcomes == ["completed", "already_completed"]
 

@@ -115,10 +115,31 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.flush()
         if sys.stdin.readline().strip() != name:
             raise BackupError("not confirmed: nothing was changed")
-    restore(url, source, clean_first=clean_first)
+    report = restore(url, source, clean_first=clean_first)
     replaced = " (the previous contents replaced)" if clean_first else ""
     _out(f"restored from {args.input}{replaced}")
+    if report.tombstones:
+        migrated = " (migrated to head to keep them)" if report.migrated else ""
+        _out(
+            f"erasures applied again: {report.tombstones} tombstones{migrated}, "
+            f"{report.erased_again} people the backup held erased again ({report.rows} rows)"
+        )
+    if report.erased_again:
+        _after_reerase(report.erased_again)
     return 0
+
+
+def _after_reerase(people: int) -> None:
+    """The re-erased people's pictures (their media_garbage rows), then the audit."""
+    from workers import bootstrap
+    from workers.operations.audit import audited
+
+    try:
+        rows, files = bootstrap.media_lifecycle().collect_garbage(limit=100_000)
+        _out(f"pictures of erased people: {files} files deleted ({rows} garbage rows)")
+    except Exception as exc:  # noqa: BLE001 - the reconciler collects them within a minute
+        _out(f"pictures of erased people left to the reconciler: {type(exc).__name__}")
+    audited("user_erase_reapplied", target="after a restore", count=people)
 
 
 # --- parser ------------------------------------------------------------------------

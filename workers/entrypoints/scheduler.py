@@ -16,6 +16,9 @@ skipped or missed), and each served fire sets the time by which the next one is 
 (``emotionviz_scheduler_next_fire_due_timestamp_seconds``): docs/monitoring/alerts.yml
 alerts on both.
 
+The retention purge (SCHEDULE_RETENTION) is the one job run in the scheduler itself
+rather than published (``run_retention_job``: batched statements, no model call).
+
 The analytics recompute fans out: one ``analytics.recompute`` per batch of users
 (workers/services/analytics.py: ``plan_recompute``, shared with the CLI), so the
 nightly run spreads over every analytics worker, each message well under the job time
@@ -46,7 +49,7 @@ from domain.messages import AnalyticsRecompute, MaintenanceReconcile, Publisher
 from domain.periods import PeriodKind, period_containing
 from workers.logging import get_logger
 from workers.observability import metrics
-from workers.schedules import reconcile_trigger
+from workers.schedules import reconcile_trigger, retention_trigger
 from workers.settings import Settings
 
 log = get_logger("emotionviz.scheduler")
@@ -159,6 +162,16 @@ def publish_recompute(
     return published
 
 
+def run_retention_job(settings: Settings) -> int:
+    """The retention purge, run here rather than published: it is a few batched
+    statements (no model call, nothing a worker's retry policy would add), and the
+    fire guard already makes one scheduler run it. Concurrent runs (a purge longer than
+    LOCK_S) skip each other's locked rows. Returns the rows purged."""
+    from workers.operations.retention import run_and_audit
+
+    return run_and_audit(settings, dry_run=False, operator="scheduler").total
+
+
 def default_jobs(
     settings: Settings, producer: Publisher, uow_factory: Callable[[], UnitOfWork]
 ) -> list[ScheduledJob]:
@@ -176,6 +189,9 @@ def default_jobs(
                     lambda k=kind: publish_recompute(producer, uow_factory, k),  # type: ignore[misc]
                 )
             )
+    retention_at = retention_trigger(settings)
+    if retention_at is not None:
+        jobs.append(ScheduledJob("retention", retention_at, lambda: run_retention_job(settings)))
     _, reconcile_at = reconcile_trigger(settings)  # anchored on the epoch: all agree
     if reconcile_at is not None:
         jobs.append(

@@ -1,0 +1,269 @@
+"""Erasing a person: every row that names them, in one transaction, and the tombstone
+that makes a restore erase them again (migration 0011, docs/operations.md "Erasing a
+person, and retention").
+
+What cascades from ``users`` (the foreign keys): emotion_entries, visualizations,
+intake_sessions, emotion_analytics, api_keys, entry_arrivals (through the entries).
+What does not, and is deleted here by the person's ids: completion_events (the payload
+names user_id; event_deliveries cascade from them), analytics_refresh_queue (no FK,
+and the entries' delete trigger adds rows for the person: deleted after the cascade),
+model_calls (the paid-call ledger), and the ids inside operator_actions (replaced by
+the person's log reference: the trail keeps what was done, not who it was done to).
+media_garbage gets the person's visualization ids from its trigger; the caller deletes
+their pictures, then ``forget_garbage``.
+
+The tombstone holds the SHA-256 of the id, never the id: a dump taken after the erasure
+must not name the person, and a restore finds the restored rows by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, text
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from db.uow import UnitOfWork
+
+# Rows of these tables are counted before the cascade removes them (the report).
+_CASCADED = {
+    "emotion_entries": "user_id",
+    "visualizations": "user_id",
+    "intake_sessions": "user_id",
+    "emotion_analytics": "user_id",
+    "api_keys": "user_id",
+    "entry_arrivals": "user_id",
+}
+_AUDIT_CHUNK = 200  # ids per regular expression over operator_actions
+
+
+def user_digest(user_id: uuid.UUID | str) -> bytes:
+    """The tombstone's key: SHA-256 of the id's canonical text (what PostgreSQL's
+    ``sha256(convert_to(id::text, 'UTF8'))`` gives)."""
+    return hashlib.sha256(str(uuid.UUID(str(user_id))).encode()).digest()
+
+
+@dataclass(frozen=True)
+class PersonIds:
+    """Every id that names the person: theirs, their entries', sessions' and
+    visualizations' (the media keys are made from the visualization ids)."""
+
+    user_id: uuid.UUID
+    entry_ids: tuple[uuid.UUID, ...]
+    session_ids: tuple[uuid.UUID, ...]
+    visualization_ids: tuple[uuid.UUID, ...]
+
+    def all(self) -> list[str]:
+        return [
+            str(i)
+            for i in (self.user_id, *self.entry_ids, *self.session_ids, *self.visualization_ids)
+        ]
+
+
+class EraseRepository:
+    """``EraseRepository(uow.session)``: the erasure's statements."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def person(self, user_id: uuid.UUID) -> PersonIds | None:
+        """The person's ids, or None if no such user."""
+        s = self.session
+        if s.execute(text("SELECT 1 FROM users WHERE id = :u"), {"u": user_id}).first() is None:
+            return None
+        return PersonIds(
+            user_id,
+            _ids(s, "SELECT id FROM emotion_entries WHERE user_id = :u", user_id),
+            _ids(s, "SELECT id FROM intake_sessions WHERE user_id = :u", user_id),
+            _ids(s, "SELECT id FROM visualizations WHERE user_id = :u", user_id),
+        )
+
+    def is_erased(self, user_id: uuid.UUID) -> bool:
+        return (
+            self.session.execute(
+                text("SELECT 1 FROM erased_users WHERE user_digest = :d"),
+                {"d": user_digest(user_id)},
+            ).first()
+            is not None
+        )
+
+    def count_rows(self, person: PersonIds) -> dict[str, int]:
+        """What ``delete_person`` would delete, by table (the dry run's report)."""
+        counts = {
+            table: _count(self.session, f"SELECT count(*) FROM {table} WHERE {column} = :u", person)
+            for table, column in _CASCADED.items()
+        }
+        counts["users"] = 1
+        counts["completion_events"] = _count(
+            self.session,
+            "SELECT count(*) FROM completion_events WHERE payload->>'user_id' = :t",
+            person,
+        )
+        counts["analytics_refresh_queue"] = _count(
+            self.session, "SELECT count(*) FROM analytics_refresh_queue WHERE user_id = :u", person
+        )
+        counts["model_calls"] = _count(
+            self.session, "SELECT count(*) FROM model_calls WHERE user_id = :u", person
+        )
+        counts["operator_actions"] = len(self._audit_rows(person.all()))
+        return {table: n for table, n in sorted(counts.items())}
+
+    def delete_person(self, person: PersonIds, ref: str) -> dict[str, int]:
+        """Delete every row naming the person (caller commits); rows by table.
+        ``ref`` (their log reference) replaces their ids in operator_actions."""
+        s = self.session
+        counts = {
+            table: _count(s, f"SELECT count(*) FROM {table} WHERE {column} = :u", person)
+            for table, column in _CASCADED.items()
+        }
+        counts["event_deliveries"] = _count(
+            s,
+            "SELECT count(*) FROM event_deliveries d JOIN completion_events e ON e.id = d.event_id"
+            " WHERE e.payload->>'user_id' = :t",
+            person,
+        )
+        counts["completion_events"] = _rowcount(
+            s, "DELETE FROM completion_events WHERE payload->>'user_id' = :t", person
+        )
+        counts["model_calls"] = _rowcount(s, "DELETE FROM model_calls WHERE user_id = :u", person)
+        counts["users"] = _rowcount(s, "DELETE FROM users WHERE id = :u", person)
+        # After the cascade: the entries' delete trigger queued the person's days.
+        counts["analytics_refresh_queue"] = _rowcount(
+            s, "DELETE FROM analytics_refresh_queue WHERE user_id = :u", person
+        )
+        counts["operator_actions"] = self._scrub_audit(person.all(), ref)
+        return {table: n for table, n in sorted(counts.items())}
+
+    def tombstone(self, user_id: uuid.UUID, report: dict[str, Any]) -> None:
+        self.session.execute(
+            text(
+                "INSERT INTO erased_users (user_digest, report) VALUES (:d, :r) "
+                "ON CONFLICT (user_digest) DO NOTHING"
+            ),
+            {"d": user_digest(user_id), "r": Jsonb(_counts_only(report))},
+        )
+
+    def update_tombstone(self, user_id: uuid.UUID, report: dict[str, Any]) -> None:
+        self.session.execute(
+            text("UPDATE erased_users SET report = :r WHERE user_digest = :d"),
+            {"d": user_digest(user_id), "r": Jsonb(_counts_only(report))},
+        )
+
+    def forget_garbage(self, visualization_ids: Sequence[uuid.UUID]) -> int:
+        """The media_garbage rows of these visualizations (their pictures are gone)."""
+        if not visualization_ids:
+            return 0
+        result: Any = self.session.execute(
+            text("DELETE FROM media_garbage WHERE visualization_id = ANY(:v)"),
+            {"v": list(visualization_ids)},
+        )
+        return int(result.rowcount or 0)
+
+    def _audit_rows(self, ids: list[str]) -> list[int]:
+        found: list[int] = []
+        for start in range(0, len(ids), _AUDIT_CHUNK):
+            pattern = "|".join(re.escape(i) for i in ids[start : start + _AUDIT_CHUNK])
+            found += [
+                int(r[0])
+                for r in self.session.execute(
+                    text(
+                        "SELECT id FROM operator_actions "
+                        "WHERE coalesce(target, '') || detail::text ~* :p"
+                    ),
+                    {"p": pattern},
+                )
+            ]
+        return sorted(set(found))
+
+    def _scrub_audit(self, ids: list[str], ref: str) -> int:
+        rows = self._audit_rows(ids)
+        for start in range(0, len(ids), _AUDIT_CHUNK):
+            pattern = "|".join(re.escape(i) for i in ids[start : start + _AUDIT_CHUNK])
+            self.session.execute(
+                text(
+                    "UPDATE operator_actions SET "
+                    "target = regexp_replace(target, :p, :r, 'gi'), "
+                    "detail = regexp_replace(detail::text, :p, :r, 'gi')::jsonb "
+                    "WHERE id = ANY(:ids)"
+                ),
+                {"p": pattern, "r": ref, "ids": rows},
+            )
+        return len(rows)
+
+
+def erase_repository(uow: UnitOfWork) -> EraseRepository:
+    """The repository on a unit of work's session."""
+    return EraseRepository(uow.session)
+
+
+# --- the tombstones across a restore (db/backup.py) ------------------------------------
+
+
+def read_tombstones(conn: Connection) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every tombstone, or none if the database has no erased_users table (older than
+    0011, or empty)."""
+    if conn.execute(text("SELECT to_regclass('public.erased_users')")).scalar() is None:
+        return []
+    rows = conn.execute(text("SELECT user_digest, report FROM erased_users"))
+    return [(bytes(r[0]), dict(r[1] or {})) for r in rows]
+
+
+def write_tombstones(conn: Connection, tombstones: Iterable[tuple[bytes, dict[str, Any]]]) -> None:
+    for digest, report in tombstones:
+        conn.execute(
+            text(
+                "INSERT INTO erased_users (user_digest, report) VALUES (:d, :r) "
+                "ON CONFLICT (user_digest) DO NOTHING"
+            ),
+            {"d": digest, "r": Jsonb(_counts_only(report))},
+        )
+
+
+def users_with_digests(conn: Connection, digests: Sequence[bytes]) -> list[uuid.UUID]:
+    """The users a restore brought back although they were erased. One pass over users
+    (a restore's, once): the digest is not indexed."""
+    if not digests:
+        return []
+    rows = conn.execute(
+        text("SELECT id FROM users WHERE sha256(convert_to(id::text, 'UTF8')) = ANY(:d)"),
+        {"d": list(digests)},
+    )
+    return [r[0] for r in rows]
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _params(person: PersonIds) -> dict[str, Any]:
+    return {"u": person.user_id, "t": str(person.user_id)}
+
+
+def _ids(session: Session, sql: str, user_id: uuid.UUID) -> tuple[uuid.UUID, ...]:
+    return tuple(r[0] for r in session.execute(text(sql), {"u": user_id}))
+
+
+def _count(session: Session, sql: str, person: PersonIds) -> int:
+    return int(session.execute(text(sql), _params(person)).scalar_one())
+
+
+def _rowcount(session: Session, sql: str, person: PersonIds) -> int:
+    result: Any = session.execute(text(sql), _params(person))
+    return int(result.rowcount or 0)
+
+
+def _counts_only(report: dict[str, Any]) -> dict[str, Any]:
+    """A tombstone's report keeps numbers only (nested by store): no text, no ids."""
+    kept: dict[str, Any] = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            kept[str(key)] = _counts_only(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            kept[str(key)] = value
+    return kept
