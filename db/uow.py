@@ -17,13 +17,17 @@ problems become DatabaseUnavailableError (transient); data and integrity errors 
 in text, a broken constraint) become DataRejectedError (permanent: the same write can
 never succeed, so a retry would only pay for the model calls again). Callers never see
 psycopg, nor the SQL and parameters its messages carry.
+
+With tracing on, each unit is a span named after the function that opened it (the
+completion's among them), through ``trace_units``: db/ imports nothing of tracing.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from sqlalchemy import Engine
@@ -63,6 +67,25 @@ _UNAVAILABLE = (
 _REJECTED = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
 
 
+class UnitTracer(Protocol):
+    """A span per unit of work (workers/observability/tracing.py: UnitSpans)."""
+
+    def open(self, module: str, function: str) -> object: ...
+
+    def close(self, handle: object, outcome: str, exc: BaseException | None) -> None: ...
+
+
+# Set only while tracing is on (workers/observability/tracing.py); off, reading it is a
+# unit's whole cost.
+_unit_tracer: UnitTracer | None = None
+
+
+def trace_units(tracer: UnitTracer | None) -> None:
+    """Give every unit of work from now on a span (None: none)."""
+    global _unit_tracer
+    _unit_tracer = tracer
+
+
 class UnitOfWork:
     def __init__(
         self, session_factory: sessionmaker[Session], publisher: Publisher | None = None
@@ -79,6 +102,13 @@ class UnitOfWork:
         self._session: Session | None = None
         self._pooled: Any = None  # the pool's wrapper of the driver connection
         self._autocommit = False
+        self._committed = False
+        tracer = self._span_tracer = _unit_tracer
+        if tracer is not None:  # named after the function that opened the unit
+            caller = sys._getframe(1)
+            self._span = tracer.open(
+                caller.f_globals.get("__name__", "?"), caller.f_code.co_qualname
+            )
         return self
 
     def __exit__(
@@ -87,6 +117,20 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._span_tracer is None:
+            self._close(exc)
+            return
+        try:
+            self._close(exc)
+        except BaseException as raised:
+            self._span_tracer.close(self._span, "error", raised)
+            raise
+        outcome = (
+            "committed" if self._committed else "autocommit" if self._autocommit else "rolled back"
+        )
+        self._span_tracer.close(self._span, "error" if exc else outcome, exc)
+
+    def _close(self, exc: BaseException | None) -> None:
         if self._session is not None:
             try:
                 self._session.rollback()
@@ -218,6 +262,7 @@ class UnitOfWork:
             self._session.commit()
         elif self._pooled is not None and not self._autocommit:
             self.driver.commit()
+        self._committed = True
         outbox, self._outbox = self._outbox, []
         self.unpublished, self.publish_error = [], None
         if outbox:

@@ -14,6 +14,10 @@ retries), each call raises ``PublishFailedError``: the change is saved (do not r
 the call), and the reconciler publishes its work again after ``RECONCILE_GRACE_S``.
 
 Services in other languages write the same envelopes to the broker: docs/messages.md.
+
+With tracing on (docs/monitoring.md, "Tracing"), each call is a span, a child of the
+caller's current span: its unit of work and the message's publish span nest under it,
+and the message carries the trace to the worker.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from domain.intake import clean_answer, parse_history
 from domain.messages import EntryCreated, IntakeStep
 from domain.schemas import MAX_SITUATION_CHARS
 from domain.vocabulary import VisualizationStyle
+from workers.messaging.producer import request_span
 
 DEFAULT_RECONCILE_GRACE_S = 300  # RECONCILE_GRACE_S' default
 
@@ -79,10 +84,11 @@ class ProducerAPI:
     ) -> None:
         """Ask for an entry's analysis and picture (call after the entry committed).
         Raises PublishFailedError if the broker refused the message."""
-        with self.uow_factory() as uow:
-            uow.publish(EntryCreated(entry_id=entry_id, user_id=user_id, style=style))
-            uow.commit()
-        self._published(uow, f"the request for entry {entry_id}", entry_id)
+        with request_span("entry_created", entry_id=entry_id):
+            with self.uow_factory() as uow:
+                uow.publish(EntryCreated(entry_id=entry_id, user_id=user_id, style=style))
+                uow.commit()
+            self._published(uow, f"the request for entry {entry_id}", entry_id)
 
     def start_intake(self, user_id: uuid.UUID, initial_situation: str) -> uuid.UUID:
         """Create an intake session and, after commit, ask for its first question.
@@ -93,11 +99,12 @@ class ProducerAPI:
             raise PermanentError("the situation is empty")
         if len(situation) > MAX_SITUATION_CHARS:
             raise PermanentError(f"the situation is longer than {MAX_SITUATION_CHARS} characters")
-        with self.uow_factory() as uow:
-            session_id = uow.intake.create(user_id, situation)
-            uow.publish(IntakeStep(session_id=session_id, user_id=user_id, step=1))
-            uow.commit()
-        self._published(uow, f"intake session {session_id}", session_id)
+        with request_span("start_intake", user_id=user_id):
+            with self.uow_factory() as uow:
+                session_id = uow.intake.create(user_id, situation)
+                uow.publish(IntakeStep(session_id=session_id, user_id=user_id, step=1))
+                uow.commit()
+            self._published(uow, f"intake session {session_id}", session_id)
         return session_id
 
     def submit_answer(
@@ -110,6 +117,12 @@ class ProducerAPI:
         PublishFailedError if the broker refused it (the answer is stored).
         """
         text = clean_answer(answer)
+        with request_span("submit_answer", session_id=session_id, step=step):
+            return self._submit_answer(session_id, user_id, step, text)
+
+    def _submit_answer(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, step: int, text: str
+    ) -> int:
         with self.uow_factory() as uow:
             row = require_owned(
                 uow.intake.get(session_id, for_update=True), "intake session", session_id, user_id

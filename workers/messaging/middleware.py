@@ -1,8 +1,10 @@
-"""Dramatiq middleware: log context per message, scrubbed failure reasons, warm-up."""
+"""Dramatiq middleware: log and trace context per message, scrubbed failure reasons,
+warm-up."""
 
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +16,7 @@ from domain.redaction import redact
 from domain.sanitize import one_line
 from workers.logging import get_logger
 from workers.messaging.failure_policy import stored_reason
+from workers.observability import tracing
 
 log = get_logger("emotionviz.worker")
 
@@ -23,7 +26,15 @@ _BOUND_IDS = ("entry_id", "user_id", "session_id")
 
 class LogContext(Middleware):
     """Binds message id, actor, attempt and entry id to every log line written while a
-    message is processed (structlog contextvars)."""
+    message is processed (structlog contextvars); with tracing on, the message's span
+    too (a CONSUMER span, child of the publish span its options carry: ``trace_id`` on
+    every line, the model calls and units of work nested under it)."""
+
+    def __init__(self) -> None:
+        self._spans = threading.local()  # a worker thread processes one message at a time
+
+    def before_worker_boot(self, broker: Any, worker: Any) -> None:
+        tracing.resolve()  # decided before the first message, in the worker's process
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         structlog.contextvars.clear_contextvars()
@@ -37,15 +48,60 @@ class LogContext(Middleware):
                 value = message.args[0].get(key)
                 if isinstance(value, str):
                     context[key] = value[:64]
+        if tracing.tracer() is not None:
+            context["trace_id"] = self._open_span(message, context)
         structlog.contextvars.bind_contextvars(**context)
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: Any = None
     ) -> None:
         structlog.contextvars.clear_contextvars()
+        self._close_span("error" if exception is not None else "ok", exception)
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         structlog.contextvars.clear_contextvars()
+        self._close_span("skipped", None)
+
+    def _open_span(self, message: Any, bound: dict[str, Any]) -> str:
+        from opentelemetry import context, trace
+        from opentelemetry.trace import SpanKind
+
+        self._close_span("abandoned", None)  # a span a hook never closed: not leaked
+        attributes: dict[str, str | int] = {
+            "messaging.system": "dramatiq",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": str(message.queue_name),
+            "messaging.message.id": str(message.message_id)[:64],
+            "emotionviz.actor": str(message.actor_name),
+            "emotionviz.attempt": bound["attempt"],
+        }
+        for key in _BOUND_IDS:
+            if key in bound:
+                attributes[f"emotionviz.{key}"] = bound[key]
+        parent = tracing.extract(message.options, str(message.message_id))
+        opened = tracing.tracer().start_span(
+            f"process {message.actor_name}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        )
+        token = context.attach(trace.set_span_in_context(opened))
+        self._spans.current = (opened, token)
+        return f"{opened.get_span_context().trace_id:032x}"
+
+    def _close_span(self, outcome: str, exception: BaseException | None) -> None:
+        current = getattr(self._spans, "current", None)
+        if current is None:
+            return
+        self._spans.current = None
+        from opentelemetry import context
+
+        opened, token = current
+        context.detach(token)
+        opened.set_attribute("emotionviz.outcome", outcome)
+        if exception is not None:
+            tracing.failed(opened, exception)
+        opened.end()
 
 
 class ScrubFailures(Middleware):

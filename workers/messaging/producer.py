@@ -15,9 +15,10 @@ docs/messages.md.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import dramatiq
@@ -30,20 +31,20 @@ from domain.messages import MessageV1
 from workers.logging import get_logger
 from workers.messaging.broker import SafeRedisBroker
 from workers.messaging.redis_keys import queue_keys
-from workers.observability import metrics
+from workers.observability import metrics, tracing
 
 PIPELINE_BATCH = 500
 T = TypeVar("T")
 log = get_logger("emotionviz.producer")
 
 
-def envelope(message: MessageV1) -> dramatiq.Message[Any]:
+def envelope(message: MessageV1, options: dict[str, Any] | None = None) -> dramatiq.Message[Any]:
     return dramatiq.Message(
         queue_name=message.queue_name,
         actor_name=message.actor_name,
         args=(message.to_payload(),),
         kwargs={},
-        options={},
+        options=options or {},
         message_id=str(uuid.uuid4()),
         message_timestamp=int(time.time() * 1000),
     )
@@ -99,13 +100,51 @@ def _retrying(what: str) -> Callable[[Callable[[], T]], T]:
     return run
 
 
+# The ids a message's publish span names (never its other fields).
+_SPAN_IDS = ("entry_id", "session_id")
+
+
+def _span_ids(message: MessageV1) -> dict[str, str]:
+    return {key: str(getattr(message, key)) for key in _SPAN_IDS if hasattr(message, key)}
+
+
+@contextlib.contextmanager
+def request_span(operation: str, **ids: object) -> Iterator[None]:
+    """The producer API's span around one request (its unit of work and the publish
+    span nest under it); nothing when tracing is off."""
+    if tracing.tracer() is None:
+        yield
+        return
+    with tracing.span(
+        f"producer_api.{operation}", **{f"emotionviz.{k}": str(v) for k, v in ids.items()}
+    ):
+        yield
+
+
 class Producer:
     def __init__(self, broker: dramatiq.Broker) -> None:
         self.broker = broker
+        tracing.resolve()  # every publishing process decides once, before its first unit
 
     def publish(self, message: MessageV1, *, delay_ms: int | None = None) -> str:
+        if tracing.tracer() is None:
+            return self._publish(message, delay_ms, None)
+        opened, options = tracing.start_publish(
+            message.actor_name, message.queue_name, _span_ids(message)
+        )
+        try:
+            sent_id = self._publish(message, delay_ms, options)
+        except BaseException as exc:
+            tracing.end(opened, exc)
+            raise
+        tracing.end(opened, message_id=sent_id)
+        return sent_id
+
+    def _publish(
+        self, message: MessageV1, delay_ms: int | None, options: dict[str, Any] | None
+    ) -> str:
         sent = _retrying(f"{message.actor_name} message")(
-            lambda: self.broker.enqueue(envelope(message), delay=delay_ms)
+            lambda: self.broker.enqueue(envelope(message, options), delay=delay_ms)
         )
         return str(sent.message_id)
 
@@ -116,13 +155,40 @@ class Producer:
         items = list(messages)
         if not isinstance(self.broker, RedisBroker):
             return [self.publish(m) for m in items]
+        if tracing.tracer() is not None:
+            return self._publish_many_traced(items)
+        return self._publish_rows(items, [None] * len(items))
+
+    def _publish_many_traced(self, items: list[MessageV1]) -> list[str]:
+        """A publish span per message, each message carrying its own."""
+        spans, options = [], []
+        for item in items:
+            opened, carried = tracing.start_publish(
+                item.actor_name, item.queue_name, _span_ids(item)
+            )
+            spans.append(opened)
+            options.append(carried)
+        try:
+            ids = self._publish_rows(items, options)
+        except BaseException as exc:
+            for opened in spans:
+                tracing.end(opened, exc)
+            raise
+        for opened, sent_id in zip(spans, ids, strict=True):
+            tracing.end(opened, message_id=sent_id)
+        return ids
+
+    def _publish_rows(
+        self, items: list[MessageV1], options: Sequence[dict[str, Any] | None]
+    ) -> list[str]:
+        assert isinstance(self.broker, RedisBroker)
         ids: list[str] = []
         client = self.broker.client
         for start in range(0, len(items), PIPELINE_BATCH):
             batch = items[start : start + PIPELINE_BATCH]
             rows: list[tuple[str, str, bytes]] = []
-            for item in batch:
-                msg = envelope(item)
+            for item, carried in zip(batch, options[start : start + PIPELINE_BATCH], strict=True):
+                msg = envelope(item, carried)
                 # Exactly what the broker's enqueue script does: the body in the
                 # queue's hash under a unique id, that id pushed on the queue list.
                 redis_id = str(uuid.uuid4())

@@ -15,6 +15,7 @@ from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import DramatiqRateGate, RateGate
 from workers.providers.storage import image_store
+from workers.providers.traced import traced
 from workers.settings import Settings
 
 log = get_logger("emotionviz.providers")
@@ -84,7 +85,7 @@ def announce_choice(choice: ProviderChoice) -> None:
 
 def build_providers(settings: Settings, redis_client: redis.Redis) -> Providers:
     """The configured providers, each counting its failures by class (metrics)."""
-    built = _build(settings, redis_client)
+    built = traced(_build(settings, redis_client))  # a span per model call, tracing on
     local = settings.resolved_provider() == "local"
     analysis_model = "local" if local else settings.analysis_model
     image_model = "local" if local else settings.image_model
