@@ -14,7 +14,13 @@
   not failed at once: the checkpoints keep what finished (a retry after an overrun in
   the image step does not analyse again), and an overrun is mostly a slow moment of
   the model API, as a timeout is; a job that always overruns costs at most
-  ``max_retries`` more attempts, as any transient error does.
+  ``max_retries`` more attempts, as any transient error does;
+- a person over their daily budget (``BudgetExceededError``, domain/ledger.py) is
+  *deferred*: retried after its wait (the next 00:00 UTC), without spending a retry
+  (the retry count is given back): a day's wait is not a failure of the job, and a
+  person whose budget runs out again the next day must not see their work dead-lettered
+  after MAX_RETRIES days. The row keeps the wait (VisualizationService._release records
+  ``retry_after_s``), so the reconciler does not publish it again before then.
 
 Pure of I/O except through its arguments, so every branch is unit-tested on Dramatiq's
 StubBroker (tests/unit/test_failure_policy.py).
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import NoReturn
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -38,6 +45,7 @@ from domain.errors import (
     TransientError,
     failure_reason,
 )
+from domain.ledger import BudgetExceededError
 from workers.logging import get_logger
 
 log = get_logger("emotionviz.failures")
@@ -90,6 +98,8 @@ def run_classified(
     except PermanentError as exc:
         fail(stored_reason(exc))
         raise
+    except BudgetExceededError as exc:
+        defer(exc)
     except Exception as exc:  # every other error is retried, or given up on
         retries = current_retries()
         if retries >= max_retries:
@@ -115,3 +125,14 @@ def run_classified(
         if exc.retry_after_s is not None:
             delay_ms = int(exc.retry_after_s * 1000 + random.uniform(0, 250))
         raise dramatiq.Retry(stored_reason(exc), delay=delay_ms) from exc
+
+
+def defer(exc: BudgetExceededError) -> NoReturn:
+    """Retry after the error's wait without spending a retry: Dramatiq's Retries adds
+    one to the message's count when it enqueues the retry, taken back here first."""
+    message = CurrentMessage.get_current_message()
+    if message is not None:
+        message.options["retries"] = int(message.options.get("retries", 0)) - 1
+    wait_s = exc.retry_after_s or 0.0
+    log.info("deferred: daily budget reached", reason=stored_reason(exc), wait_s=round(wait_s))
+    raise dramatiq.Retry(stored_reason(exc), delay=int(wait_s * 1000)) from exc

@@ -41,10 +41,13 @@ from domain.errors import (
     ProviderError,
     ProviderUnavailableError,
 )
+from domain.failures import provider_error_class
+from domain.ledger import Attempt
 from domain.sanitize import from_model
 from domain.vocabulary import VisualizationStyle
 from workers.logging import get_logger
 from workers.observability import metrics
+from workers.providers import paid_calls
 from workers.providers.http_pools import PerThreadTransport
 from workers.providers.ratelimit import RateGate
 
@@ -65,6 +68,7 @@ BLOCKING_FINISH = {
     "IMAGE_RECITATION",
 }
 PER_DAY_WAIT_S = 3600.0
+T = TypeVar("T")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)s\s*$")
 
 
@@ -254,32 +258,79 @@ class GeminiClient:
         gate: RateGate,
         contents: Any,
         config: types.GenerateContentConfig,
-    ) -> types.GenerateContentResponse:
+        parse: Callable[[types.GenerateContentResponse], T],
+    ) -> T:
+        """One attempt, and what ``parse`` makes of its answer. Every attempt the API
+        received is reported to the ledger (paid_calls.py) with its outcome: the
+        answer's usage, or the class of what went wrong (domain/ledger.py)."""
         # The request's duration is observed without the wait for our rate limiter.
         started: float | None = None
         outcome = "ok"
+        failed: Attempt | None = None  # an attempt the API received that failed
         try:
             with gate.slot():
                 started = time.monotonic()
-                return self._client.models.generate_content(
+                response = self._client.models.generate_content(
                     model=model, contents=contents, config=config
                 )
         except genai_errors.APIError as exc:
             outcome = f"http_{exc.code}"
-            raise classify_api_error(exc, model=model, setting=setting) from None
+            error = classify_api_error(exc, model=model, setting=setting)
+            if exc.code != 429:  # a 429 was not run: not paid
+                failed = Attempt(model, outcome=provider_error_class(error))
+            raise error from None
         except TRANSPORT_ERRORS as exc:
             outcome = "transport_error"
+            if type(exc).__name__ not in _NOT_SENT:
+                timed_out = "timeout" in type(exc).__name__.lower()
+                failed = Attempt(model, outcome="timeout" if timed_out else "server_error")
             raise ProviderUnavailableError(
                 f"{model}: {type(exc).__name__} talking to the API (timeout or connection)"
             ) from None
         except json.JSONDecodeError:
             outcome = "bad_body"
+            failed = Attempt(model, outcome="invalid_output")
             raise ProviderUnavailableError(
                 f"{model}: the API answered with a non-JSON body"
             ) from None
         finally:
             if started is not None:
                 metrics.observe_request(model, time.monotonic() - started, outcome)
+            if failed is not None:
+                paid_calls.report(failed)
+        attempt = answered(model, response)
+        try:
+            return parse(response)
+        except Exception as exc:
+            attempt.outcome = provider_error_class(exc)
+            raise
+        finally:
+            paid_calls.report(attempt)
+
+
+# Transport errors raised before the request left: the API never saw it (not paid).
+_NOT_SENT = {"ConnectError", "ConnectTimeout", "PoolTimeout", "ConnectionRefusedError"}
+
+
+def answered(model: str, response: types.GenerateContentResponse) -> Attempt:
+    """An answered attempt: its tokens from the usage metadata (thinking tokens are
+    billed as output), and whether it carries an image."""
+    usage = response.usage_metadata
+    output: int | None = None
+    if usage is not None and (usage.candidates_token_count or usage.thoughts_token_count):
+        output = (usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)
+    image = any(
+        part.inline_data is not None and part.inline_data.data
+        for candidate in response.candidates or []
+        if candidate.content is not None
+        for part in candidate.content.parts or []
+    )
+    return Attempt(
+        model,
+        input_tokens=usage.prompt_token_count if usage is not None else None,
+        output_tokens=output,
+        image=image,
+    )
 
 
 def checked_text(response: types.GenerateContentResponse, model: str) -> str | None:
@@ -322,8 +373,6 @@ def structured_config(
     return config
 
 
-T = TypeVar("T")
-
 # Output token budgets of a structured answer: the first ask, and the one repair.
 FIRST_TOKENS, REPAIR_TOKENS = 2048, 4096
 
@@ -340,12 +389,24 @@ def generate_with_repair(
 ) -> T:
     """Ask for structured output; if it is unusable, ask once more, showing the model
     its answer and what was wrong with it (with a larger token budget), then give up."""
-    response = client.generate(
-        model=model, setting=setting, gate=gate, contents=contents, config=config(FIRST_TOKENS)
-    )
-    try:
+    first: list[types.GenerateContentResponse] = []
+
+    def keep(response: types.GenerateContentResponse) -> T:
+        first.append(response)
         return parse(response)
+
+    try:
+        return client.generate(
+            model=model,
+            setting=setting,
+            gate=gate,
+            contents=contents,
+            config=config(FIRST_TOKENS),
+            parse=keep,
+        )
     except InvalidModelOutputError as first_problem:
+        if not first:
+            raise
         log.warning("model output unusable, asking once for a repair", reason=str(first_problem))
         repair = (
             f"That answer was unusable ({first_problem}). Reply again with complete, "
@@ -353,20 +414,20 @@ def generate_with_repair(
         )
         retry_contents = [
             *contents,
-            text_turn("model", response.text or ""),
+            text_turn("model", first[0].text or ""),
             text_turn("user", repair),
         ]
-        repaired = client.generate(
+    try:
+        return client.generate(
             model=model,
             setting=setting,
             gate=gate,
             contents=retry_contents,
             config=config(REPAIR_TOKENS),
+            parse=parse,
         )
-        try:
-            return parse(repaired)
-        except InvalidModelOutputError as exc:
-            raise InvalidModelOutputError(f"{exc} (after one repair attempt)") from None
+    except InvalidModelOutputError as exc:
+        raise InvalidModelOutputError(f"{exc} (after one repair attempt)") from None
 
 
 class GeminiAnalysisProvider:
@@ -418,14 +479,14 @@ class GeminiImageProvider:
     def draw(
         self, entry: EntrySnapshot, analysis: Analysis, style: VisualizationStyle
     ) -> ImageResult:
-        response = self.client.generate(
+        return self.client.generate(
             model=self.model,
             setting="IMAGE_MODEL",
             gate=self.gate,
             contents=image_prompt(analysis, style),
             config=self.config,
+            parse=self.parse,
         )
-        return self.parse(response)
 
     def parse(self, response: types.GenerateContentResponse) -> ImageResult:
         """The picture in an answer (raises if blocked or if there is none)."""

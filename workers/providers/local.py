@@ -17,9 +17,11 @@ from domain.analysis import (
     ImageResult,
     VisualElements,
 )
+from domain.ledger import Attempt
 from domain.visual_language import LOOKS, intensity_word
 from domain.vocabulary import VisualizationStyle
 from workers.providers.local_render import render
+from workers.providers.paid_calls import estimated_tokens, report
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{3,}")
 _STOP = {
@@ -90,6 +92,13 @@ class LocalAnalysisProvider:
             image_prompt=f"{main.metaphor}, {', '.join(motifs[:3])}, {composition}",
         )
         raw = {"provider": self.name, "model": "local-rules-v1", "emotions": emotions}
+        report(
+            Attempt(
+                "local",
+                input_tokens=estimated_tokens(entry.situation + (entry.notes or "")),
+                output_tokens=estimated_tokens(summary + "".join(insights)),
+            )
+        )
         return AnalysisResult(analysis=analysis, raw_response=raw)
 
 
@@ -114,4 +123,5 @@ class LocalImageProvider:
             "size": [self.size_px, self.size_px],
             "mime_type": "image/png",
         }
+        report(Attempt("local", input_tokens=estimated_tokens(analysis.image_prompt), image=True))
         return ImageResult(data=out.getvalue(), mime_type="image/png", raw_response=raw)

@@ -12,7 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 from domain.intake import AskNext, Complete, IntakeState
+from domain.ledger import Attempt
 from domain.vocabulary import EMOTIONS
+from workers.providers.paid_calls import estimated_tokens, report
 
 LEXICON: dict[str, tuple[str, ...]] = {
     "joy": ("happy", "glad", "joy", "delighted", "great", "wonderful", "proud"),
@@ -49,6 +51,20 @@ class LocalIntakeProvider:
     name = "local"
 
     def next_turn(self, state: IntakeState) -> tuple[AskNext | Complete, dict[str, Any]]:
+        turn, context = self._next_turn(state)
+        said = " ".join([state.initial_situation, *(e.answer or "" for e in state.history)])
+        report(
+            Attempt(
+                "local",
+                input_tokens=estimated_tokens(said),
+                output_tokens=estimated_tokens(
+                    turn.question if isinstance(turn, AskNext) else turn.summary
+                ),
+            )
+        )
+        return turn, context
+
+    def _next_turn(self, state: IntakeState) -> tuple[AskNext | Complete, dict[str, Any]]:
         answers = [e.answer for e in state.history if e.answer]
         emotions = recognised_emotions([state.initial_situation, *answers])
         intensity = stated_intensity(answers)

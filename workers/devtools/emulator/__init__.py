@@ -14,7 +14,8 @@ demand, queued through the control API:
   POST /_emulator/reset   GET /_emulator/stats[?contains=TEXT&since=EPOCH&until=EPOCH]
 
 The stats count, per kind ("kinds") and per listener ("listeners"), the calls seen, the
-calls the quotas accepted, and the 429s answered, among calls that arrived in
+calls the quotas accepted, the 429s answered and the paid calls (accepted, not
+answered 429: what the paid-call ledger records), among calls that arrived in
 [since, until).
 
 Fault kinds: 400, 403, 404, 429, 500, 503, 504, 502html, timeout, slow, block_prompt,

@@ -250,7 +250,12 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         elif fault.kind in ("safety", "image_safety"):
             reason = "SAFETY" if fault.kind == "safety" else "IMAGE_SAFETY"
             self._send(
-                200, {"candidates": [{"finishReason": reason, "index": 0}], "modelVersion": model}
+                200,
+                {
+                    "candidates": [{"finishReason": reason, "index": 0}],
+                    "usageMetadata": {"promptTokenCount": 100, "totalTokenCount": 100},
+                    "modelVersion": model,
+                },
             )
         elif fault.kind == "max_tokens":
             self._send(
@@ -300,7 +305,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         return True
 
     @staticmethod
-    def _text_candidate(model: str, text: str, finish: str) -> dict[str, Any]:
+    def _text_candidate(
+        model: str, text: str, finish: str, prompt_tokens: int = 100
+    ) -> dict[str, Any]:
+        output_tokens = tokens(text)
         return {
             "candidates": [
                 {
@@ -310,9 +318,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 }
             ],
             "usageMetadata": {
-                "promptTokenCount": 100,
-                "candidatesTokenCount": 50,
-                "totalTokenCount": 150,
+                "promptTokenCount": prompt_tokens,
+                "candidatesTokenCount": output_tokens,
+                "totalTokenCount": prompt_tokens + output_tokens,
             },
             "modelVersion": model,
             "responseId": uuid.uuid4().hex[:20],
@@ -329,7 +337,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             if schema
             else f"Emulated answer to: {hint}"
         )
-        return self._text_candidate(model, answer, "STOP")
+        return self._text_candidate(model, answer, "STOP", prompt_tokens(body))
 
     def _image_answer(self, model: str, text: str, *, bad: bool) -> dict[str, Any]:
         data = (
@@ -355,19 +363,38 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                     "index": 0,
                 }
             ],
+            # An image answer is billed as 1290 output tokens (a 1K image).
             "usageMetadata": {
-                "promptTokenCount": 300,
-                "candidatesTokenCount": 1290,
-                "totalTokenCount": 1590,
+                "promptTokenCount": tokens(text),
+                "candidatesTokenCount": IMAGE_TOKENS,
+                "totalTokenCount": tokens(text) + IMAGE_TOKENS,
             },
             "modelVersion": model,
             "responseId": uuid.uuid4().hex[:20],
         }
 
 
+IMAGE_TOKENS = 1290
+
+
+def tokens(text: str) -> int:
+    """About four characters a token, as the API's tokenizer roughly counts English."""
+    return max(1, len(text) // 4)
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The request's input tokens: its contents and its system instruction."""
+    system = body.get("systemInstruction") or body.get("system_instruction") or {}
+    parts = system.get("parts", []) if isinstance(system, dict) else []
+    said = "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+    return tokens(request_text(body) + said)
+
+
 def call_summary(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per kind: calls seen, calls the quotas counted, 429s answered, and when the first
-    and last counted call arrived (epoch seconds)."""
+    """Per kind: calls seen, calls the quotas counted, 429s answered, paid calls (run by
+    the API: counted and not answered 429; what the paid-call ledger records, retries
+    and failed answers included: domain/ledger.py), and when the first and last counted
+    call arrived (epoch seconds)."""
     summary: dict[str, dict[str, Any]] = {}
     for call in calls:
         kind = summary.setdefault(
@@ -376,12 +403,15 @@ def call_summary(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "calls": 0,
                 "accepted": 0,
                 "rate_limited": 0,
+                "paid": 0,
                 "first_accepted_at": None,
                 "last_accepted_at": None,
             },
         )
         kind["calls"] += 1
         kind["rate_limited"] += call["answered_429"]
+        if call["accepted"] and not call["answered_429"]:
+            kind["paid"] += 1
         if call["accepted"]:
             kind["accepted"] += 1
             at = call["at"]

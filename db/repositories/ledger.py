@@ -1,0 +1,144 @@
+"""The paid-call ledger (migration 0007, issue 23.3): one ``model_calls`` row per
+attempt the model API received (domain/ledger.py), on the pooled connection as
+psycopg's own (``ledger_of(uow)``).
+
+The worker's insert is one statement in autocommit (``uow.single_statement()``), one
+round trip per call; the budget's read is one index range scan on ``(user_id, at)``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+import psycopg
+
+from domain.ledger import Attempt, CallKind, CallOwner
+
+if TYPE_CHECKING:
+    from db.uow import UnitOfWork
+
+UsageBy = Literal["user", "day", "model"]
+
+_RECORD = """
+INSERT INTO model_calls (user_id, entry_id, intake_session_id, model, kind,
+                         input_tokens, output_tokens, image, outcome, cost_usd)
+VALUES (%(user_id)s, %(entry_id)s, %(intake_session_id)s, %(model)s, %(kind)s,
+        %(input_tokens)s, %(output_tokens)s, %(image)s, %(outcome)s, %(cost_usd)s)
+"""
+
+_SPENT_SINCE = """
+SELECT coalesce(sum(cost_usd), 0) FROM model_calls WHERE user_id = %(user_id)s AND at >= %(since)s
+"""
+
+# The group key of each ``--by``: the person (NULL: a call no person's work asked for),
+# the UTC day, the model.
+_KEYS: dict[UsageBy, str] = {
+    "user": "coalesce(user_id::text, '-')",
+    "day": "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "model": "model",
+}
+
+_USAGE = """
+SELECT {key} AS key, count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
+       count(*) FILTER (WHERE image), count(*) FILTER (WHERE outcome <> 'ok'),
+       coalesce(sum(cost_usd), 0)
+FROM model_calls WHERE at >= %(since)s
+GROUP BY 1 ORDER BY {order}
+"""
+
+# Rows whose last attempt stopped on the daily budget (the reason the release keeps,
+# domain/ledger.py: budget_exceeded): pending, their retry due at the next UTC day.
+_BUDGET_WAITS = """
+SELECT count(*) FROM visualizations
+WHERE status = 'pending' AND error_message LIKE 'will retry: daily budget of %%'
+"""
+
+_DAY_SPEND = """
+SELECT count(*), coalesce(sum(cost_usd), 0), count(DISTINCT user_id)
+FROM model_calls WHERE at >= %(since)s
+"""
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    images: int
+    failed: int
+    cost_usd: Decimal
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "calls": self.calls,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "images": self.images,
+            "failed": self.failed,
+            "cost_usd": str(self.cost_usd),
+        }
+
+
+@dataclass(frozen=True)
+class DaySpend:
+    calls: int
+    cost_usd: Decimal
+    people: int
+
+
+class LedgerRepository:
+    def __init__(self, driver: psycopg.Connection[Any]) -> None:
+        self.driver = driver
+
+    def record(self, kind: CallKind, owner: CallOwner, attempt: Attempt, cost_usd: Decimal) -> None:
+        self.driver.execute(
+            _RECORD,
+            {
+                "user_id": owner.user_id,
+                "entry_id": owner.entry_id,
+                "intake_session_id": owner.intake_session_id,
+                "model": attempt.model[:200],
+                "kind": kind,
+                "input_tokens": attempt.input_tokens,
+                "output_tokens": attempt.output_tokens,
+                "image": attempt.image,
+                "outcome": attempt.outcome[:100],
+                "cost_usd": cost_usd,
+            },
+            prepare=True,
+        )
+
+    def spent_since(self, user_id: uuid.UUID, since: datetime) -> Decimal:
+        row = self.driver.execute(
+            _SPENT_SINCE, {"user_id": user_id, "since": since}, prepare=True
+        ).fetchone()
+        return Decimal(row[0]) if row else Decimal(0)
+
+    def usage(self, by: UsageBy, since: datetime) -> list[UsageRow]:
+        order = "key DESC" if by == "day" else "7 DESC, key"
+        sql = _USAGE.format(key=_KEYS[by], order=order)
+        rows = self.driver.execute(sql, {"since": since}).fetchall()  # type: ignore[arg-type]
+        return [
+            UsageRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6])
+            for r in rows
+        ]
+
+    def budget_waits(self) -> int:
+        row = self.driver.execute(_BUDGET_WAITS).fetchone()
+        return int(row[0]) if row else 0
+
+    def day_spend(self, since: datetime) -> DaySpend:
+        row = self.driver.execute(_DAY_SPEND, {"since": since}).fetchone()
+        assert row is not None
+        return DaySpend(int(row[0]), Decimal(row[1]), int(row[2]))
+
+
+def ledger_of(uow: UnitOfWork) -> LedgerRepository:
+    """The ledger on the unit's driver connection (db/uow.py lends it to repositories)."""
+    return LedgerRepository(uow.driver)

@@ -1,0 +1,96 @@
+"""The paid-call ledger the provider wrappers write to (domain/ledger.py: Ledger), and
+the per-person daily budget they check before a call.
+
+- ``record``: one INSERT in autocommit per attempt, right after it (so the row survives
+  the job's later failure), with its estimated cost from the price table (returned:
+  the providers count it, workers/providers/paid_calls.py). A failed write is logged,
+  never raised: the call happened and its result is worth keeping.
+- ``check_budget``: with USER_DAILY_BUDGET_USD set, the person's spend since 00:00 UTC,
+  cached per process for ``cache_s`` (plus what this process recorded since), so an
+  entry's calls cost no extra round trip. The budget is a soft limit: calls already
+  under way, and other processes' calls within ``cache_s``, may pass it a little.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from db.repositories.ledger import ledger_of
+from db.uow import UnitOfWork
+from domain.ledger import (
+    Attempt,
+    CallKind,
+    CallOwner,
+    PriceTable,
+    attempt_cost,
+    budget_exceeded,
+    start_of_utc_day,
+)
+from workers.logging import get_logger
+
+log = get_logger("emotionviz.ledger")
+
+_CACHE_MAX = 10_000  # people; past it the cache starts over
+
+
+class PaidCallLedger:
+    def __init__(
+        self,
+        uow_factory: Callable[[], UnitOfWork],
+        prices: PriceTable,
+        daily_budget_usd: Decimal | None = None,
+        cache_s: float = 1.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.uow_factory, self.prices = uow_factory, prices
+        self.budget, self.cache_s, self.clock = daily_budget_usd, cache_s, clock
+        self._lock = threading.Lock()
+        # (person, UTC day) -> (spend, when read): read from the database at most once
+        # per cache_s; what this process records meanwhile is added to it.
+        self._spent: dict[tuple[uuid.UUID, datetime], tuple[Decimal, float]] = {}
+
+    def record(self, kind: CallKind, owner: CallOwner, attempt: Attempt) -> Decimal:
+        cost = attempt_cost(attempt, self.prices.of(attempt.model))
+        try:
+            with self.uow_factory() as uow:
+                uow.single_statement()
+                ledger_of(uow).record(kind, owner, attempt, cost)
+        except Exception as exc:  # noqa: BLE001 - the call matters more than its row
+            log.warning("paid call not recorded in the ledger", error=type(exc).__name__)
+        if cost and owner.user_id is not None and self.budget is not None:
+            key = (owner.user_id, start_of_utc_day(self.clock()))
+            with self._lock:
+                if key in self._spent:
+                    spent, at = self._spent[key]
+                    self._spent[key] = (spent + cost, at)
+        return cost
+
+    def check_budget(self, owner: CallOwner) -> None:
+        if self.budget is None or owner.user_id is None:
+            return
+        now = self.clock()
+        spent = self.spent_today(owner.user_id, now)
+        if spent >= self.budget:
+            log.info("daily budget reached, the work waits for the next UTC day")
+            raise budget_exceeded(self.budget, spent, now)
+
+    def spent_today(self, user_id: uuid.UUID, now: datetime) -> Decimal:
+        day = start_of_utc_day(now)
+        key = (user_id, day)
+        with self._lock:
+            cached = self._spent.get(key)
+        if cached is not None and time.monotonic() - cached[1] < self.cache_s:
+            return cached[0]
+        with self.uow_factory() as uow:
+            uow.single_statement()
+            spent = ledger_of(uow).spent_since(user_id, day)
+        with self._lock:
+            if len(self._spent) >= _CACHE_MAX:
+                self._spent.clear()
+            self._spent[key] = (spent, time.monotonic())
+        return spent
