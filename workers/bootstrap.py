@@ -33,6 +33,7 @@ from workers.providers import storage
 from workers.providers.factory import Providers, build_providers
 from workers.providers.storage import image_store as build_image_store
 from workers.services.intake import IntakeService
+from workers.services.ledger import PaidCallLedger
 from workers.services.media import MediaLifecycle
 from workers.services.visualize import VisualizationService, VisualizeLimits
 from workers.settings import Settings, get_settings, webhook_secrets
@@ -207,7 +208,19 @@ def counters() -> Counters:
 @lru_cache(maxsize=1)
 def providers() -> Providers:
     settings = get_settings()
-    return build_providers(settings, redis_client())
+    return build_providers(settings, redis_client(), ledger=paid_call_ledger())
+
+
+@lru_cache(maxsize=1)
+def paid_call_ledger() -> PaidCallLedger:
+    """The paid-call ledger and daily budget the providers record to (issue 23.3)."""
+    settings = get_settings()
+    return PaidCallLedger(
+        unit_of_work,
+        settings.prices(),
+        settings.user_daily_budget_usd,
+        cache_s=settings.budget_cache_s,
+    )
 
 
 @lru_cache(maxsize=1)
@@ -322,4 +335,22 @@ def actor_dependencies() -> ActorDependencies:
         collect_media_garbage=lambda: media_lifecycle().collect_garbage(),
         publisher=producer,
         count=lambda name: counters().incr(name),
+    )
+
+
+# --- Redis Sentinel (issue 22.1) -----------------------------------------------------
+
+
+def run_failover_reconcile(seen_at: float) -> ReconcileReport:
+    """The reconcile a Redis failover calls for (workers/entrypoints/failover_watch.py):
+    pending rows dispatched within REDIS_FAILOVER_LOOKBACK_S before ``seen_at`` (Unix
+    time) are published again; ``skipped`` while another reconcile holds the lock."""
+    from datetime import UTC, datetime
+
+    from workers.services.reconcile import reconcile_after_failover
+
+    return reconcile_after_failover(
+        unit_of_work,
+        seen_at=datetime.fromtimestamp(seen_at, UTC),
+        lookback_s=get_settings().redis_failover_lookback_s,
     )

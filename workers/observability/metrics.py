@@ -99,6 +99,18 @@ def _metrics() -> dict[str, Any]:
             "Messages the reconciler published again, by kind of lost work",
             ["kind"],
         ),
+        # Paid-call ledger (issue 23.3): what the model_calls rows record, as counters.
+        "model_cost": Counter(
+            "emotionviz_model_cost_usd_total",
+            "Estimated cost of the model API attempts (USD, from the price table)",
+            ["model"],
+        ),
+        "model_calls": Counter(
+            "emotionviz_model_calls_total",
+            "Attempts the model API received (the ledger's rows), by kind and outcome "
+            "(ok or a failure class)",
+            ["model", "kind", "outcome"],
+        ),
     }
 
 
@@ -143,6 +155,17 @@ def count_publish_failure() -> None:
 
 def count_visualization_finished(status: str) -> None:
     _safely(lambda: _metrics()["finished"].labels(status).inc())
+
+
+def count_model_call(model: str, kind: str, outcome: str, cost_usd: float) -> None:
+    """One attempt the ledger recorded (workers/services/ledger.py)."""
+
+    def record() -> None:
+        found = _metrics()
+        found["model_calls"].labels(model, kind, outcome).inc()
+        found["model_cost"].labels(model).inc(cost_usd)
+
+    _safely(record)
 
 
 def count_reconciled(kind: str, number: int) -> None:
@@ -203,3 +226,21 @@ def timed_request(model: str) -> Iterator[None]:
         raise
     finally:
         observe_request(model, time.monotonic() - started, outcome)
+
+
+# --- Redis Sentinel (issue 22.1) -----------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _redis_failovers() -> Any:
+    from prometheus_client import Counter
+
+    return Counter(
+        "emotionviz_redis_failovers_total",
+        "Redis primaries replaced (Sentinel failovers) this process saw; each is followed "
+        "by one failover reconcile across the deployment (docs/reliability.md)",
+    )
+
+
+def count_redis_failover() -> None:
+    _safely(lambda: _redis_failovers().inc())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 
 from domain.errors import ConfigurationError
+from domain.ledger import Ledger
 from domain.providers import AnalysisProvider, ImageProvider, ImageStore, IntakeProvider
 from workers.logging import get_logger
 from workers.observability import metrics
@@ -83,17 +84,20 @@ def announce_choice(choice: ProviderChoice) -> None:
         )
 
 
-def build_providers(settings: Settings, redis_client: redis.Redis) -> Providers:
-    """The configured providers, each counting its failures by class (metrics)."""
+def build_providers(
+    settings: Settings, redis_client: redis.Redis, ledger: Ledger | None = None
+) -> Providers:
+    """The configured providers, each counting its failures by class (metrics) and,
+    given a ledger, recording its paid calls and checking the daily budget."""
     built = traced(_build(settings, redis_client))  # a span per model call, tracing on
     local = settings.resolved_provider() == "local"
     analysis_model = "local" if local else settings.analysis_model
     image_model = "local" if local else settings.image_model
     return Providers(
-        CountedAnalysis(built.analysis, analysis_model),
-        CountedImages(built.images, image_model),
+        CountedAnalysis(built.analysis, analysis_model, ledger),
+        CountedImages(built.images, image_model, ledger),
         built.store,
-        CountedIntake(built.intake, analysis_model),
+        CountedIntake(built.intake, analysis_model, ledger),
     )
 
 
