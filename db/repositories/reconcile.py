@@ -57,6 +57,15 @@ ORDER BY dispatched_at
 LIMIT :limit
 """
 
+# After a Redis failover (issue 22.1): pending rows whose message left in a window before
+# it (the old primary may have taken it to its grave), whatever the grace.
+DUE_PENDING_BETWEEN = """
+SELECT entry_id, user_id, style FROM visualizations
+WHERE status = 'pending' AND dispatched_at >= :since AND dispatched_at < :before
+ORDER BY dispatched_at
+LIMIT :limit
+"""
+
 # Processing rows whose lease ran out (the worker died or hangs) and that were not
 # republished since, or not within the grace window.
 DUE_STUCK = """
@@ -157,6 +166,13 @@ class ReconcileRepository:
 
     def due_pending(self, sent_before: datetime, limit: int) -> list[DueEntry]:
         rows = self.session.execute(text(DUE_PENDING), {"sent_before": sent_before, "limit": limit})
+        return [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
+
+    def due_pending_between(self, since: datetime, before: datetime, limit: int) -> list[DueEntry]:
+        """Pending rows dispatched in [since, before) (a failover's window)."""
+        rows = self.session.execute(
+            text(DUE_PENDING_BETWEEN), {"since": since, "before": before, "limit": limit}
+        )
         return [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
 
     def due_stuck(

@@ -49,9 +49,9 @@ def check_redis(name: str, url: str | None, timeout_s: float) -> Check:
     if url is None:
         return Check(name, False, _not_running("REDIS_URL"))
     try:
-        client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-        )
+        from workers.messaging.redis_clients import client_for  # Sentinel too
+
+        client = client_for(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
         with client:
             client.ping()
     except (redis.RedisError, OSError) as exc:

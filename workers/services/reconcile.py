@@ -30,6 +30,8 @@ from domain.vocabulary import VisualizationStyle
 # The queue head's time comes from the publisher's clock, a row's dispatch from the
 # database's: a margin for their skew and for the time between a commit and its publish.
 CLOCK_MARGIN = timedelta(seconds=60)
+# A failover's window is set by a worker's clock, the dispatches by the database's.
+FAILOVER_MARGIN = timedelta(seconds=5)
 DEFAULT_LIMIT = 5000
 # Rows per transaction: each statement of a batch stays within ~50 ms at ten million
 # rows (docs/benchmarks.md; recording 5,000 dispatches in one took 961 ms, 250 took 66:
@@ -154,3 +156,49 @@ def _sent_before(now: datetime, grace_s: int, queued_since: float, lost: bool) -
         head = datetime.fromtimestamp(queued_since, UTC) - CLOCK_MARGIN
         bound = min(bound, head)
     return bound
+
+
+def reconcile_after_failover(
+    uow_factory: Callable[[], UnitOfWork],
+    *,
+    seen_at: datetime,
+    lookback_s: int,
+    limit: int = DEFAULT_LIMIT,
+    batch: int = BATCH,
+) -> ReconcileReport:
+    """After a Redis failover seen at ``seen_at``: publish again every pending row whose
+    message left within ``lookback_s`` before it (asynchronous replication may have
+    lost it with the old primary, or the publish was refused while no primary was
+    named), and give a row to entries that arrived without one. A row whose message
+    did survive gets two: the claim is idempotent, the second finds it taken or done.
+    Older rows were replicated long before; the periodic pass keeps watching them.
+    Returns ``skipped`` when another reconcile holds the lock (the caller tries again)."""
+    since = seen_at - timedelta(seconds=lookback_s) - FAILOVER_MARGIN
+    before = seen_at + FAILOVER_MARGIN
+    total = ReconcileReport(0, 0, 0)
+    with uow_factory() as guard:
+        if not guard.reconcile.try_lock():
+            return dataclasses.replace(total, skipped=True)
+        while total.unfinished < limit:
+            with uow_factory() as uow:
+                adopted = uow.reconcile.adopt_arrivals(0, batch)
+                due = uow.reconcile.due_pending_between(
+                    since, before, min(batch, limit - total.unfinished)
+                )
+                for e in due:  # publish records the dispatch: now, after ``before``
+                    uow.publish(
+                        EntryCreated(
+                            entry_id=e.entry_id,
+                            user_id=e.user_id,
+                            style=VisualizationStyle(e.style),
+                        )
+                    )
+                uow.commit()
+            if uow.publish_error:
+                raise BrokerUnavailableError(f"reconcile could not publish: {uow.publish_error}")
+            total = ReconcileReport(
+                total.unfinished + len(due), 0, 0, adopted=total.adopted + adopted
+            )
+            if len(due) < batch and adopted < batch:
+                return total
+    return total

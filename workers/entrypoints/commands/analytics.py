@@ -91,14 +91,14 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from workers.bootstrap import producer
     from workers.entrypoints.scheduler import FireGuard, build_scheduler, default_jobs
+    from workers.messaging.redis_clients import client_for  # Sentinel too
 
     jobs = default_jobs(settings, producer(), bootstrap.unit_of_work)
-    guard = FireGuard(redis.Redis.from_url(bootstrap.redis_url(settings)), settings.redis_namespace)
+    guard = FireGuard(client_for(bootstrap.redis_url(settings)), settings.redis_namespace)
     if args.metrics_port:
         # Its own /metrics (the fires' outcomes and due times: docs/monitoring/).
         from prometheus_client import start_http_server

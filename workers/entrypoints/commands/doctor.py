@@ -32,8 +32,9 @@ def _redis_maxclients(settings: Settings) -> int:
     import redis
 
     from workers import bootstrap
+    from workers.messaging.redis_clients import client_for
 
-    client = redis.Redis.from_url(bootstrap.redis_url(settings), socket_timeout=5)
+    client = client_for(bootstrap.redis_url(settings), socket_timeout=5)  # Sentinel too
     try:
         found = client.config_get("maxclients")
         return int(str(found["maxclients"]))
@@ -59,6 +60,7 @@ def _line(s: Service) -> str:
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from db.server_limits import pgbouncer_config, postgres_slots, session_jit
     from workers import bootstrap
+    from workers.messaging.redis_clients import SENTINEL_LINKS_PER_PROCESS, sentinel_count
 
     pooled = settings.database_pooler == "pgbouncer"
     slots = postgres_slots(bootstrap.database_direct_url(settings))
@@ -80,6 +82,15 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
                 "jit is on through PgBouncer: run ALTER ROLE <role> SET jit = off "
                 "(docs/operations.md, 'Behind PgBouncer')"
             )
+    sentinels = sentinel_count(bootstrap.redis_url(settings))
+    if sentinels:
+        # Not connections to the primary (its maxclients), but connections all the same.
+        notes.append(
+            f"Redis Sentinel: each process also holds up to {SENTINEL_LINKS_PER_PROCESS} "
+            f"connections to each of the {sentinels} sentinels (the broker's and the "
+            "client's primary lookups, the failover watch); a sentinel's maxclients is "
+            "not read"
+        )
     kw: dict[str, Any] = {
         "intake_processes": args.intake_processes,
         "intake_threads": args.intake_threads,
