@@ -143,6 +143,6 @@ def test_a_wrapped_provider_checks_the_budget_then_records_each_attempt(engine: 
         structlog.contextvars.clear_contextvars()
     (row,) = _rows(engine)  # the refused call was not made
     assert (row["user_id"], str(row["entry_id"]), row["model"]) == (user, entry.entry_id, "local")
-    assert row["cost_usd"] >= 1
+    assert Decimal(str(row["cost_usd"])) >= 1
     with UnitOfWork(make_session_factory(engine)) as uow:
         assert ledger_of(uow).spent_since(user, datetime.now(UTC) - timedelta(hours=1)) >= 1
