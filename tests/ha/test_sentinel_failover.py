@@ -38,7 +38,7 @@ from workers.messaging.redis_clients import client_for
 from workers.producer_api import ProducerAPI
 from workers.settings import Settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # Entries published before the kill, on the primary only (the replica's feed frozen, the
 # worker stopped: their messages die with the primary), and from the kill on.
