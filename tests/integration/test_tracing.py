@@ -33,6 +33,7 @@ from tests.integration.helpers import insert_entry, insert_user
 from workers.devtools.emulator import EmulatorState, start_in_thread
 from workers.devtools.emulator.state import Fault
 from workers.entrypoints.actors import ActorDependencies, declare_actors
+from workers.logging import log_ref
 from workers.messaging.producer import Producer, envelope
 from workers.messaging.redis_keys import queue_keys
 from workers.observability import tracing
@@ -200,9 +201,10 @@ def test_one_entry_is_one_trace_from_the_api_call_to_the_completion(
     assert publish.kind is SpanKind.PRODUCER and consume.kind is SpanKind.CONSUMER
     assert analysis.kind is SpanKind.CLIENT and completion.kind is SpanKind.CLIENT
     assert publish.attributes is not None and consume.attributes is not None
-    assert publish.attributes["emotionviz.entry_id"] == str(entry_id)
+    assert publish.attributes["emotionviz.entry_ref"] == log_ref(entry_id)
     assert consume.attributes["messaging.message.id"] == publish.attributes["messaging.message.id"]
-    assert consume.attributes["emotionviz.entry_id"] == str(entry_id)
+    assert consume.attributes["emotionviz.entry_ref"] == log_ref(entry_id)
+    assert consume.attributes["emotionviz.user_ref"] == log_ref(world.user_id)
     assert consume.attributes["emotionviz.outcome"] == "ok"
     for model_call, model in (
         (analysis, world.settings.analysis_model),
@@ -214,9 +216,10 @@ def test_one_entry_is_one_trace_from_the_api_call_to_the_completion(
     assert completion.attributes is not None
     assert completion.attributes["emotionviz.outcome"] == "autocommit"  # one pipeline
     assert unit.attributes is not None and unit.attributes["emotionviz.outcome"] == "committed"
-    # Ids, models and outcomes only: no entry text anywhere.
+    # References, models and outcomes only: no entry text, no person's id, no key.
     values = json.dumps([dict(s.attributes or {}) for s in spans])
     assert "Quillbrook" not in values and KEY not in values
+    assert str(entry_id) not in values and str(world.user_id) not in values
 
 
 def test_a_retried_entry_stays_in_its_trace(world: World, exporter: InMemorySpanExporter) -> None:

@@ -75,9 +75,7 @@ class LogContext(Middleware):
             "emotionviz.actor": str(message.actor_name),
             "emotionviz.attempt": bound["attempt"],
         }
-        for key in _BOUND_IDS:
-            if key in bound:
-                attributes[f"emotionviz.{key}"] = bound[key]
+        attributes.update(tracing.refs({key: bound[key] for key in _BOUND_IDS if key in bound}))
         parent = tracing.extract(message.options, str(message.message_id))
         opened = tracing.tracer().start_span(
             f"process {message.actor_name}",

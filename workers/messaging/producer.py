@@ -115,9 +115,7 @@ def request_span(operation: str, **ids: object) -> Iterator[None]:
     if tracing.tracer() is None:
         yield
         return
-    with tracing.span(
-        f"producer_api.{operation}", **{f"emotionviz.{k}": str(v) for k, v in ids.items()}
-    ):
+    with tracing.span(f"producer_api.{operation}", **tracing.refs(ids)):
         yield
 
 

@@ -18,8 +18,11 @@ first look (``resolve``, called by the producer and the worker's boot):
 The context travels in a message's ``options.trace_context`` (W3C ``traceparent`` and
 ``tracestate``, written by the API's configured propagator; docs/messages.md). A
 message without it starts a trace of its own; a malformed one is ignored with a log
-line, never failing the job. Attributes carry ids, model names and outcomes only: no
-entry text, no prompt, no secret (docs/monitoring.md, "Tracing").
+line, never failing the job. Attributes carry references, model names and outcomes
+only: a person's ids (entry, user, session) as the keyed references the log lines
+carry (``log_ref``: spans shipped to a trace store cannot be erased either, and one
+reference finds both), message ids as they are; no entry text, no prompt, no secret
+(docs/monitoring.md, "Tracing").
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
-from workers.logging import get_logger
+from workers.logging import get_logger, log_ref
 
 log = get_logger("emotionviz.tracing")
 
@@ -191,6 +194,15 @@ def _is_sdk_provider(provider: Any) -> bool:
 # --- the context in a message ----------------------------------------------------------
 
 
+def refs(ids: Mapping[str, object]) -> dict[str, str]:
+    """Span attributes for a person's ids: ``entry_id`` -> ``emotionviz.entry_ref``, the
+    reference a log line carries for it (never the id itself)."""
+    return {
+        f"emotionviz.{key.removesuffix('_id')}_ref": log_ref(str(value))
+        for key, value in ids.items()
+    }
+
+
 def start_publish(actor: str, queue: str, ids: Mapping[str, str]) -> tuple[Any, dict[str, Any]]:
     """A PRODUCER span for one message (a child of the current span), and the options
     that carry it to the consumer. End it with ``end``. Only when ``tracer()`` is on."""
@@ -203,7 +215,7 @@ def start_publish(actor: str, queue: str, ids: Mapping[str, str]) -> tuple[Any, 
         "messaging.destination.name": queue,
         "emotionviz.actor": actor,
     }
-    attributes.update({f"emotionviz.{key}": value for key, value in ids.items()})
+    attributes.update(refs(ids))
     opened = tracer().start_span(f"publish {actor}", kind=SpanKind.PRODUCER, attributes=attributes)
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(opened))

@@ -11,7 +11,7 @@ model's answer. Off, a call costs one read of a module global more.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from domain.analysis import Analysis, AnalysisResult, EntrySnapshot, ImageResult
@@ -24,15 +24,25 @@ from workers.observability import tracing
 T = TypeVar("T")
 
 
-def _traced(operation: str, model: str, provider: str, call: Callable[[], T], **ids: str) -> T:
+def _traced(
+    operation: str,
+    model: str,
+    provider: str,
+    call: Callable[[], T],
+    *,
+    ids: Mapping[str, str] | None = None,
+    step: int | None = None,
+) -> T:
     from opentelemetry.trace import SpanKind
 
-    attributes = {
+    attributes: dict[str, str | int] = {
         "gen_ai.operation.name": operation,
         "gen_ai.request.model": model,
         "emotionviz.provider": provider,
-        **{f"emotionviz.{key}": value for key, value in ids.items()},
+        **tracing.refs(ids or {}),
     }
+    if step is not None:
+        attributes["emotionviz.step"] = step
     with tracing.tracer().start_as_current_span(
         f"{operation} {model}",
         kind=SpanKind.CLIENT,
@@ -76,7 +86,7 @@ class TracedAnalysis(_Transparent):
             self.model,
             self.name,
             lambda: self.inner.analyse(entry, style),
-            entry_id=entry.entry_id,
+            ids={"entry_id": entry.entry_id},
         )
 
 
@@ -94,7 +104,7 @@ class TracedImages(_Transparent):
             self.model,
             self.name,
             lambda: self.inner.draw(entry, analysis, style),
-            entry_id=entry.entry_id,
+            ids={"entry_id": entry.entry_id},
         )
 
 
@@ -110,7 +120,7 @@ class TracedIntake(_Transparent):
             self.model,
             self.name,
             lambda: self.inner.next_turn(state),
-            step=str(state.step),
+            step=state.step,
         )
 
 
