@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.e2e.conftest import API_KEY, Harness
+from workers.logging import log_ref
 from workers.messaging.redis_keys import DELAY_SUFFIX, acks_pattern, queue_keys
 
 pytestmark = [pytest.mark.e2e]
@@ -356,8 +357,8 @@ def test_a_misbehaving_model_costs_little_and_leaks_nothing(harness: Harness) ->
 
     lines, corrupt = _log_lines(harness)
     errors = _stored_errors(harness)
-    completed = {
-        str(entry_id)
+    completed = {  # a line carries the entry's reference, never its id (workers/logging.py)
+        log_ref(entry_id)
         for entry_id, status in zip(rows, _statuses(harness, rows), strict=True)
         if status == "completed"
     }
