@@ -426,6 +426,10 @@ class Chaos:
         dup_images, orphans = self.images()
         with self.emulator.state.lock:
             calls = [c for c in self.emulator.state.calls if self.tag in c["text"]]
+            paid = sum(
+                1 for c in self.emulator.state.calls if c["accepted"] and not c["answered_429"]
+            )
+        kills = sum(1 for d in disruptions if d.name.startswith("kill -9"))
         return Outcome(
             entries=len(self.entries),
             completed=completed,
@@ -447,7 +451,20 @@ class Chaos:
             seconds=seconds,
             disruptions=disruptions,
             notes=self.notes,
+            ledger_calls=self.ledger_calls(),
+            paid_calls=paid,
+            cut_bound=(kills + len(self.emulator.crashes)) * self.threads(),
         )
+
+    def ledger_calls(self) -> int:
+        """The paid-call ledger's rows (this run's database holds only this run's)."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT count(*) FROM model_calls").fetchone()
+        return int(row[0]) if row else 0
+
+    def threads(self) -> int:
+        """Worker threads per process: the calls one kill can cut at most."""
+        return int(self.args.threads)  # set by parse()
 
     def images(self) -> tuple[int, int]:
         """(entries with more than one image file, image files of no row)."""

@@ -39,6 +39,12 @@ class Outcome:
     disruptions: list[Disruption]
     notes: list[str] = field(default_factory=list)
     exact_poison_crashes: int | None = None  # else 1-5 (kills beside it may add some)
+    # The paid-call ledger (issue 23.3): its rows against the calls the emulator ran
+    # (accepted, not answered 429), and how many calls the run's kills could have cut
+    # (a call in flight in a killed process ran, but nobody was left to record it).
+    ledger_calls: int = 0
+    paid_calls: int = 0
+    cut_bound: int = 0
 
     def problems(self) -> list[str]:
         found = []
@@ -60,6 +66,12 @@ class Outcome:
             found.append("poison entry not failed after <= 5 crashes")
         if self.secrets_found:
             found.append("secret found")
+        unrecorded = self.paid_calls - self.ledger_calls
+        if not 0 <= unrecorded <= self.cut_bound:
+            found.append(
+                f"ledger has {self.ledger_calls} paid calls, the emulator ran {self.paid_calls} "
+                f"(at most {self.cut_bound} may be cut by the kills)"
+            )
         for d in self.disruptions:
             if d.limited and (d.all_terminal_s is None or d.all_terminal_s > RECOVERY_LIMIT_S):
                 found.append(f"{d.name} did not heal within {RECOVERY_LIMIT_S:.0f} s")
@@ -87,6 +99,10 @@ def render(o: Outcome) -> str:
         (
             "paid calls per entry",
             f"analysis {o.analysis_calls / per:.2f}, image {o.image_calls / per:.2f}",
+        ),
+        (
+            "paid calls: emulator, ledger",
+            f"{o.paid_calls}, {o.ledger_calls} (kills may cut at most {o.cut_bound})",
         ),
         ("poison entry", f"{o.poison_status} after {o.poison_crashes} worker crashes"),
         ("hostile bodies published", str(o.hostile_published)),

@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from db.repositories.ledger import ledger_of
 from db.uow import UnitOfWork
+from domain.errors import DatabaseUnavailableError
 from domain.ledger import (
     Attempt,
     CallKind,
@@ -56,12 +57,20 @@ class PaidCallLedger:
 
     def record(self, kind: CallKind, owner: CallOwner, attempt: Attempt) -> Decimal:
         cost = attempt_cost(attempt, self.prices.of(attempt.model))
-        try:
-            with self.uow_factory() as uow:
-                uow.single_statement()
-                ledger_of(uow).record(kind, owner, attempt, cost)
-        except Exception as exc:  # noqa: BLE001 - the call matters more than its row
-            log.warning("paid call not recorded in the ledger", error=type(exc).__name__)
+        # Twice at most: a pooled connection the server closed (a restart, a killed
+        # backend) fails once and is replaced; the row is worth the second round trip.
+        for attempt_no in (1, 2):
+            try:
+                with self.uow_factory() as uow:
+                    uow.single_statement()
+                    ledger_of(uow).record(kind, owner, attempt, cost)
+                break
+            except DatabaseUnavailableError:
+                if attempt_no == 2:
+                    log.warning("paid call not recorded: the database is unavailable")
+            except Exception as exc:  # noqa: BLE001 - the call matters more than its row
+                log.warning("paid call not recorded in the ledger", error=type(exc).__name__)
+                break
         if cost and owner.user_id is not None and self.budget is not None:
             key = (owner.user_id, start_of_utc_day(self.clock()))
             with self._lock:
