@@ -55,8 +55,9 @@ def _build(chosen: dict[str, Any]) -> JobFilter:
 def _operator(request: Request) -> str:
     """Who acts: the signed-in operator's name when the console's sign-in gives one
     (named operator tokens, issue 24.4), else "console"."""
-    named = request.scope.get("console.operator") or request.session.get("operator")
-    return str(named) if named else "console"
+    signed_in = request.scope.get("console.operator")  # the Guard's, when it names one
+    name = getattr(signed_in, "name", None)
+    return str(name) if name else "console"
 
 
 def _view(request: Request, chosen: dict[str, Any], **more: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from domain.vocabulary import VisualizationStyle
 from workers import bootstrap, producer_api
 from workers.entrypoints.cli_contract import InputError, emit_json, out
 from workers.operations import job_search
+from workers.operations.audit import audited, record
 from workers.operations.jobs import entry_life, replay_failed, session_life
 from workers.operations.readable import age
 from workers.settings import Settings
@@ -41,6 +42,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             step = args.step or next_step(parse_history(session.conversation_history))
             message = IntakeStep(session_id=args.id, user_id=session.user_id, step=step)
         uow.publish(message)
+        record(uow, "enqueue", target=f"{args.kind}:{args.id}", count=1)  # operators' trail
         uow.commit()
     what = (
         f"intake step {message.step} of session {args.id}"
@@ -159,6 +161,8 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     report = bootstrap.run_reconcile()
+    if not report.skipped:  # it republishes work: a change, in the operators' trail
+        audited("reconcile", count=report.unfinished + report.stuck + report.intake)
     if args.json:
         emit_json(report.summary())
     elif report.skipped:
