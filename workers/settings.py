@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.errors import ConfigurationError
-from domain.ledger import PriceTable, default_price_table, price_table
+from domain.ledger import PriceTable, price_table_from_json
 
 ProviderChoice = Literal["auto", "local", "gemini"]
 _URL_SCHEMES = {
@@ -281,9 +281,10 @@ class Settings(BaseSettings):
     # --- Paid-call ledger and budgets (issue 23.3; docs/operations.md) --------------
     # The estimated cost of each paid attempt (USD): per model, per million input
     # tokens, per million output tokens of a text answer, per image answered, as JSON
-    # ({"model": {"input_per_m": 0.3, "output_per_m": 2.5, "per_image": 0}}). A model
-    # not listed is priced as "default". Defaults: domain/ledger.py, DEFAULT_PRICES.
-    price_table: dict[str, dict[str, float]] = Field(default_factory=default_price_table)
+    # ({"model": {"input_per_m": 0.3, "output_per_m": 2.5, "per_image": 0}}), merged
+    # over the defaults (domain/ledger.py, DEFAULT_PRICES; empty: the defaults). A model
+    # not listed is priced as "default".
+    price_table: str = ""
     # A person's spend since 00:00 UTC at which their new work waits for the next UTC
     # day (unset: no budget). Each worker process reads a person's spend at most once
     # per BUDGET_CACHE_S.
@@ -297,12 +298,12 @@ class Settings(BaseSettings):
 
     @field_validator("price_table")
     @classmethod
-    def _price_table(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        price_table(value)  # raises ValueError naming the model and the field
+    def _price_table(cls, value: str) -> str:
+        price_table_from_json(value)  # raises ValueError naming the model and the field
         return value
 
     def prices(self) -> PriceTable:
-        return price_table(self.price_table)
+        return price_table_from_json(self.price_table)
 
     # --- Queue pause (issue 24.3) ------------------------------------------------------
     # A queue paused longer than this sets emotionviz_queue_paused_too_long (the

@@ -10,6 +10,7 @@ plain SQL, built once. Writes under a lease are compare-and-set on (id, status
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +55,18 @@ SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created
 FROM entry e LEFT JOIN claimed c ON true
 """
 
+# The fair claim (migration 0008: fair_claim): the fairest entry waiting in the pool,
+# claimed in the same statement, with its entry. No row: nothing pooled could be taken,
+# claim the message's own entry (``_CLAIM_ENTRY``). A row with no entry: the person is
+# at the cap (``capped``).
+_FAIR_CLAIM = """
+SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created_at,
+       f.f_id, f.f_lease, f.f_style, f.f_gemini_analysis, f.f_image_url, f.f_claim_count,
+       f.f_capped
+FROM fair_claim(%(entry_id)s, %(user_id)s, %(style)s, %(lease_s)s, %(cap)s) f
+LEFT JOIN emotion_entries e ON e.id = f.f_entry_id
+"""
+
 _HELD = "WHERE id = %(id)s AND status = 'processing' AND processing_started_at = %(lease)s"
 
 _SAVE_ANALYSIS = f"""
@@ -82,6 +95,29 @@ UPDATE visualizations SET claim_count = greatest(claim_count + %(delta)s, 0)
 """
 
 
+@dataclass(frozen=True)
+class FairClaim:
+    """What the fair claim took: an entry and its lease, or nothing (``capped``: the
+    message's person is at the cap and its entry waits)."""
+
+    taken: tuple[EntryRow, ClaimedVisualization] | None
+    capped: bool
+
+
+def _entry(row: Any) -> EntryRow:
+    return EntryRow(
+        snapshot=EntrySnapshot(
+            entry_id=str(row[0]),
+            situation=row[2],
+            emotions=tuple(row[3]),
+            intensity=row[4],
+            notes=row[5],
+        ),
+        user_id=row[1],
+        created_at=row[6],
+    )
+
+
 class EntryPipelineRepository:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
@@ -101,20 +137,36 @@ class EntryPipelineRepository:
         row = self.conn.execute(_CLAIM_ENTRY, params).fetchone()
         if row is None:
             return None, None
-        entry = EntryRow(
-            snapshot=EntrySnapshot(
-                entry_id=str(row[0]),
-                situation=row[2],
-                emotions=tuple(row[3]),
-                intensity=row[4],
-                notes=row[5],
-            ),
-            user_id=row[1],
-            created_at=row[6],
-        )
+        entry = _entry(row)
         if row[7] is None:
             return entry, None
         return entry, ClaimedVisualization(row[7], row[8], row[9], row[10], row[11], row[12])
+
+    def fair_claim(
+        self,
+        entry_id: uuid.UUID,
+        user_id: uuid.UUID,
+        style: str | None,
+        lease_s: int,
+        max_in_flight: int,
+    ) -> FairClaim:
+        """Claim the fairest entry waiting in the pool (maybe another person's), after
+        enrolling the message's own entry if nothing pooled it (docs/reliability.md,
+        "Fairness"). ``taken`` None: claim the own entry with ``claim_entry``, unless
+        ``capped`` (the person has ``max_in_flight`` jobs running; 0: no cap)."""
+        params = {
+            "entry_id": entry_id,
+            "user_id": user_id,
+            "style": style or DEFAULT_STYLE,
+            "lease_s": lease_s,
+            "cap": max_in_flight,
+        }
+        row = self.conn.execute(_FAIR_CLAIM, params).fetchone()
+        if row is None:
+            return FairClaim(None, capped=False)
+        if row[0] is None:
+            return FairClaim(None, capped=bool(row[13]))
+        return FairClaim((_entry(row), ClaimedVisualization(*row[7:13])), capped=False)
 
     def count_claim(self, claim: ClaimedVisualization, delta: int) -> bool:
         """Add ``delta`` (+1 or -1) to the row's count of claims that may have ended in

@@ -24,6 +24,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+LANE_FRESH, LANE_LOW = 0, 1
+
 # Any 64-bit key no other lock of ours uses: "emotionviz reconcile".
 RECONCILE_LOCK_KEY = 0x656D6F7669737263
 
@@ -91,6 +93,7 @@ FROM unnest(%(entry_ids)s::uuid[], %(user_ids)s::uuid[], %(styles)s::text[])
      AS m(entry_id, user_id, style)
 WHERE v.entry_id = m.entry_id AND v.user_id = m.user_id
   AND v.status IN ('pending', 'processing')
+RETURNING v.entry_id, v.user_id
 """
 
 RECORD_NEW = """
@@ -100,6 +103,24 @@ FROM unnest(%(entry_ids)s::uuid[], %(user_ids)s::uuid[], %(styles)s::text[])
      AS m(entry_id, user_id, style)
 JOIN emotion_entries e ON e.id = m.entry_id AND e.user_id = m.user_id
 WHERE NOT EXISTS (SELECT 1 FROM visualizations v WHERE v.entry_id = m.entry_id)
+ON CONFLICT (entry_id) DO NOTHING
+RETURNING entry_id, user_id
+"""
+
+# The fair pool (migration 0008): each dispatched row's message becomes a token that
+# takes the fairest waiting entry. A first dispatch is fresh (lane 0, its person joins
+# the ring first: their fair_turns row is held while their pool rows change, in user
+# order so that two publishers never wait on each other); a republish of an existing
+# row (the reconciler, a replay) is the low lane (1), taken after every fresh entry.
+POOL_PEOPLE = """
+INSERT INTO fair_turns AS t (user_id)
+SELECT DISTINCT u FROM unnest(%(user_ids)s::uuid[]) AS p(u) ORDER BY u
+ON CONFLICT (user_id) DO UPDATE SET turn_at = t.turn_at
+"""
+
+POOL_ENTRIES = """
+INSERT INTO fair_waiting (entry_id, user_id, lane)
+SELECT * FROM unnest(%(entry_ids)s::uuid[], %(user_ids)s::uuid[], %(lanes)s::int[])
 ON CONFLICT (entry_id) DO NOTHING
 """
 
@@ -139,10 +160,23 @@ def record_dispatches(conn: Any, dispatches: Sequence[Dispatch]) -> None:
     }
     with conn.cursor() as cursor:
         cursor.execute(RECORD_EXISTING, params)
-        if cursor.rowcount == len(dispatches):
-            return  # every row exists (a republish): nothing to create
-        cursor.execute(RECORD_NEW, params)
-        cursor.execute(DROP_ARRIVALS, params)
+        pooled = [(e, u, LANE_LOW) for e, u in cursor.fetchall()]
+        if len(pooled) < len(dispatches):
+            cursor.execute(RECORD_NEW, params)
+            fresh = [(e, u, LANE_FRESH) for e, u in cursor.fetchall()]
+            cursor.execute(DROP_ARRIVALS, params)
+            if fresh:
+                cursor.execute(POOL_PEOPLE, {"user_ids": [u for _, u, _ in fresh]})
+            pooled += fresh
+        if pooled:
+            cursor.execute(
+                POOL_ENTRIES,
+                {
+                    "entry_ids": [e for e, _, _ in pooled],
+                    "user_ids": [u for _, u, _ in pooled],
+                    "lanes": [lane for _, _, lane in pooled],
+                },
+            )
 
 
 class ReconcileRepository:

@@ -3,21 +3,191 @@
 Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-04 00:00:00+00:00
+
+A message on ``visualizations`` is a token: a first delivery claims the fairest entry
+waiting in the pool, not necessarily its own (docs/reliability.md, "Fairness").
+
+- ``fair_waiting``: the pool, one row per entry whose message counts as a token. Lane 0
+  (fresh): an entry's first dispatch; lane 1 (low): a republish (the reconciler, a
+  replay). Filled when the dispatch is recorded (db/repositories/reconcile.py), emptied
+  by ``fair_claim``.
+- ``fair_turns``: the ring of people with fresh entries waiting, each with the time of
+  their last turn. Every change to a person's lane-0 pool rows is made holding their
+  ``fair_turns`` row, so "no row left" is exact when the ring drops them.
+- ``fair_claim(...)``: in one statement, enrol the message's own entry if nothing else
+  pooled it, then claim a fresh entry of the waiting person with the fewest jobs in
+  flight (none first, then the longest since their turn), else the oldest low-lane
+  entry. No row: the caller claims its own entry as before. A row with ``capped``:
+  the caller's person is at the cap and their entry waits.
 """
 
 from collections.abc import Sequence
 
-from alembic import op  # noqa: F401
+from alembic import op
 
 revision: str = "0008"
 down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# A live job of a person: processing under a lease that has not run out.
+_LIVE = "v.status = 'processing' AND coalesce(v.lease_expires_at, v.processing_started_at) >= now()"
+
+# Claim one pooled entry's row if it can be taken now (pending, or its lease ran out);
+# a row locked by another claim is left to it.
+_TAKE = """
+        RETURN QUERY
+        WITH taken AS (
+        UPDATE visualizations AS v
+        SET status = 'processing',
+            processing_started_at = clock_timestamp(),
+            lease_expires_at = clock_timestamp() + make_interval(secs => p_lease_s),
+            claim_count = v.claim_count + 1
+        WHERE v.id = (
+            SELECT c.id FROM visualizations c
+            WHERE c.entry_id = v_entry
+              AND (c.status = 'pending'
+                   OR (c.status = 'processing'
+                       AND coalesce(c.lease_expires_at, c.processing_started_at) < now()))
+            FOR UPDATE SKIP LOCKED)
+        RETURNING v.entry_id, v.id, v.processing_started_at, v.style::text,
+                  v.gemini_analysis, v.image_url, v.claim_count, false)
+        SELECT * FROM taken;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+"""
+
+FAIR_CLAIM = f"""
+CREATE OR REPLACE FUNCTION fair_claim(
+    p_entry uuid, p_user uuid, p_style text, p_lease_s double precision, p_cap integer)
+RETURNS TABLE (
+    f_entry_id uuid, f_id uuid, f_lease timestamptz, f_style text,
+    f_gemini_analysis jsonb, f_image_url text, f_claim_count integer, f_capped boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_person uuid;
+    v_entry uuid;
+    v_enrol boolean := false;
+    v_tries integer := 0;
+BEGIN
+    -- 0. A message naming no entry of its person takes nothing: the caller rejects it.
+    IF NOT EXISTS (SELECT 1 FROM emotion_entries e WHERE e.id = p_entry AND e.user_id = p_user)
+    THEN
+        RETURN;
+    END IF;
+    -- 1. The message's own entry joins the pool (fresh) unless something pooled it:
+    --    its row is missing (a producer that wrote only the message) or pending and
+    --    never failed (a row upstream inserted). The caller's entry only.
+    IF NOT EXISTS (SELECT 1 FROM fair_waiting w WHERE w.entry_id = p_entry) THEN
+        INSERT INTO visualizations (entry_id, user_id, style, dispatched_at)
+        SELECT e.id, e.user_id, p_style, now() FROM emotion_entries e
+        WHERE e.id = p_entry AND e.user_id = p_user
+        ON CONFLICT (entry_id) DO NOTHING;
+        IF FOUND THEN
+            DELETE FROM entry_arrivals a WHERE a.entry_id = p_entry;
+            v_enrol := true;
+        ELSE
+            v_enrol := EXISTS (
+                SELECT 1 FROM visualizations v
+                WHERE v.entry_id = p_entry AND v.user_id = p_user
+                  AND v.status = 'pending' AND v.error_message IS NULL);
+        END IF;
+        IF v_enrol THEN
+            INSERT INTO fair_turns AS t (user_id) VALUES (p_user)
+            ON CONFLICT (user_id) DO UPDATE SET turn_at = t.turn_at;  -- locks the person
+            INSERT INTO fair_waiting (entry_id, user_id, lane) VALUES (p_entry, p_user, 0)
+            ON CONFLICT (entry_id) DO NOTHING;
+        END IF;
+    END IF;
+
+    -- 2. Fresh lane: the waiting person with nothing in flight who waited longest since
+    --    their last turn, else the one with the fewest jobs in flight (under the cap).
+    LOOP
+        v_tries := v_tries + 1;
+        EXIT WHEN v_tries > 8;
+        v_person := NULL;
+        SELECT t.user_id INTO v_person FROM fair_turns t
+        WHERE NOT EXISTS (SELECT 1 FROM visualizations v WHERE v.user_id = t.user_id AND {_LIVE})
+        ORDER BY t.turn_at LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        IF v_person IS NULL THEN
+            SELECT t.user_id INTO v_person
+            FROM fair_turns t
+            JOIN (SELECT v.user_id, count(*) AS n FROM visualizations v WHERE {_LIVE}
+                  GROUP BY v.user_id) b ON b.user_id = t.user_id
+            WHERE p_cap <= 0 OR b.n < p_cap
+            ORDER BY b.n, t.turn_at LIMIT 1
+            FOR UPDATE OF t SKIP LOCKED;
+        END IF;
+        EXIT WHEN v_person IS NULL;
+        SELECT w.entry_id INTO v_entry FROM fair_waiting w
+        WHERE w.user_id = v_person AND w.lane = 0
+        ORDER BY w.queued_at LIMIT 1;
+        IF v_entry IS NULL THEN  -- nothing left for them: out of the ring (exact: held)
+            DELETE FROM fair_turns t WHERE t.user_id = v_person;
+            CONTINUE;
+        END IF;
+        DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;
+        UPDATE fair_turns t SET turn_at = clock_timestamp() WHERE t.user_id = v_person;
+        {_TAKE}
+    END LOOP;
+
+    -- 3. Low lane: the oldest republished entry (a reconcile, a replay).
+    FOR v_entry IN
+        SELECT w.entry_id FROM fair_waiting w WHERE w.lane = 1
+        ORDER BY w.queued_at LIMIT 4
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;
+        {_TAKE}
+    END LOOP;
+
+    -- 4. Nothing pooled could be taken: the caller claims its own entry, unless its
+    --    person is at the cap and the entry still waits.
+    IF p_cap > 0
+       AND EXISTS (SELECT 1 FROM visualizations v
+                   WHERE v.entry_id = p_entry AND v.status = 'pending')
+       AND (SELECT count(*) FROM visualizations v WHERE v.user_id = p_user AND {_LIVE})
+           >= p_cap THEN
+        RETURN QUERY SELECT NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::text,
+                            NULL::jsonb, NULL::text, NULL::integer, true;
+    END IF;
+    RETURN;
+END;
+$$
+"""
+
+STEPS = [
+    "CREATE TABLE IF NOT EXISTS fair_turns ("
+    " user_id uuid NOT NULL,"
+    " turn_at timestamp with time zone DEFAULT now() NOT NULL,"
+    " CONSTRAINT fair_turns_pkey PRIMARY KEY (user_id),"
+    " CONSTRAINT fair_turns_user_id_fkey FOREIGN KEY (user_id)"
+    " REFERENCES users (id) ON DELETE CASCADE)",
+    "CREATE INDEX IF NOT EXISTS idx_fair_turns_turn_at ON fair_turns (turn_at)",
+    "CREATE TABLE IF NOT EXISTS fair_waiting ("
+    " entry_id uuid NOT NULL,"
+    " user_id uuid NOT NULL,"
+    " lane integer DEFAULT 0 NOT NULL,"
+    " queued_at timestamp with time zone DEFAULT now() NOT NULL,"
+    " CONSTRAINT fair_waiting_pkey PRIMARY KEY (entry_id),"
+    " CONSTRAINT fair_waiting_entry_id_fkey FOREIGN KEY (entry_id)"
+    " REFERENCES emotion_entries (id) ON DELETE CASCADE,"
+    " CONSTRAINT fair_waiting_lane_check CHECK (lane IN (0, 1)))",
+    "CREATE INDEX IF NOT EXISTS idx_fair_waiting_fresh ON fair_waiting (user_id, queued_at)"
+    " WHERE lane = 0",
+    "CREATE INDEX IF NOT EXISTS idx_fair_waiting_low ON fair_waiting (queued_at) WHERE lane = 1",
+    FAIR_CLAIM,
+]
+
 
 def upgrade() -> None:
-    pass
+    for step in STEPS:
+        op.execute(step)
 
 
 def downgrade() -> None:
-    pass
+    op.execute("DROP FUNCTION IF EXISTS fair_claim(uuid, uuid, text, double precision, integer)")
+    op.execute("DROP TABLE IF EXISTS fair_waiting")
+    op.execute("DROP TABLE IF EXISTS fair_turns")

@@ -28,10 +28,15 @@ class SlowService:
     def __init__(self, ran: list[str]) -> None:
         self.ran = ran
 
-    def process(self, message: EntryCreated) -> Outcome:
+    def process(
+        self, message: EntryCreated, *, fair: bool = False, max_in_flight: int = 0
+    ) -> Outcome:
         time.sleep(0.05)
         self.ran.append("entry")
         return Outcome.COMPLETED
+
+    def turn_taken(self) -> EntryCreated | None:
+        return None  # always its own entry
 
     def mark_failed(self, entry_id: uuid.UUID, reason: str) -> None:
         raise AssertionError(reason)

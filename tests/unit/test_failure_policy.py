@@ -43,7 +43,9 @@ class FakeVisualizations:
     overruns: int = 0  # the first attempts that run until the time limit stops them
     interrupted: list[BaseException] = field(default_factory=list)
 
-    def process(self, message: EntryCreated) -> Outcome:
+    def process(
+        self, message: EntryCreated, *, fair: bool = False, max_in_flight: int = 0
+    ) -> Outcome:
         self.calls.append(time.monotonic())
         if self.overruns:
             self.overruns -= 1
@@ -56,6 +58,9 @@ class FakeVisualizations:
         if self.script:
             raise self.script.pop(0)
         return Outcome.COMPLETED
+
+    def turn_taken(self) -> EntryCreated | None:
+        return None  # always its own entry
 
     def mark_failed(self, entry_id: uuid.UUID, reason: str) -> None:
         self.failed.append(reason)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import dramatiq
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
-from domain.errors import InvalidMessageError, LeaseHeldError, PermanentError
+from domain.errors import InvalidMessageError, JobTimeLimitError, LeaseHeldError, PermanentError
 from domain.messages import (
     AnalyticsRecompute,
     EntryCreated,
@@ -26,7 +27,13 @@ from domain.messages import (
     parse_message,
 )
 from workers.logging import get_logger
-from workers.messaging.failure_policy import Count, reject, run_classified
+from workers.messaging.failure_policy import (
+    Count,
+    current_retries,
+    reject,
+    run_classified,
+    stored_reason,
+)
 from workers.observability import metrics
 from workers.services.analytics import RecomputeSummary
 from workers.services.intake import IntakeService
@@ -43,6 +50,8 @@ M = TypeVar("M", bound=MessageV1)
 # pass) goes before images: behind a backlog it never got a thread, so lost work and
 # dead leases waited as long as the backlog did.
 PRIORITY_INTAKE, PRIORITY_MAINTENANCE, PRIORITY_ENTRY, PRIORITY_ANALYTICS = 0, 5, 10, 20
+# A message whose person is at USER_MAX_IN_FLIGHT comes back after 1-2 s.
+AT_CAP_DELAY_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -106,17 +115,63 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
         service = deps.visualization()
 
         def work() -> None:
+            # A first delivery is a token: it takes the fairest waiting entry (maybe
+            # another person's). A retry keeps to its own entry (its count is its own).
+            fair = current_retries() == 0
             try:
-                outcome = service.process(message)
+                outcome = service.process(
+                    message, fair=fair, max_in_flight=settings.user_max_in_flight
+                )
                 log.info("entry processed", outcome=outcome.value)
                 if outcome is Outcome.COMPLETED:
                     metrics.count_visualization_finished("completed")
+                elif outcome is Outcome.AT_CAP:
+                    delay_ms = int(AT_CAP_DELAY_MS + random.uniform(0, AT_CAP_DELAY_MS))
+                    deps.publisher().publish(message, delay_ms=delay_ms)
+                    log.info("person at the in-flight cap, deferred", delay_ms=delay_ms)
             except LeaseHeldError as exc:
+                turn = service.turn_taken()
+                if turn is not None:  # the turn's own job raised it: that entry's failure
+                    turn_failed(turn, exc)
+                    return
                 # Another worker is on it. Look again when its lease would expire; this
                 # does not spend a retry (the other worker may simply be slow).
                 delay_ms = int((exc.retry_after_s or 30) * 1000 + random.uniform(0, 1000))
                 deps.publisher().publish(message, delay_ms=delay_ms)
                 log.info("lease held elsewhere, deferred", delay_ms=delay_ms)
+            except (Exception, TimeLimitExceeded) as exc:
+                turn = service.turn_taken()
+                if turn is None:
+                    raise
+                # The job was another entry's, taken in turn: its failure is that entry's
+                # (failed, or retried with its own message), and this message is done.
+                turn_failed(turn, exc)
+
+        def turn_failed(turn: EntryCreated, exc: BaseException) -> None:
+            if isinstance(exc, TimeLimitExceeded):
+                exc = JobTimeLimitError(settings.job_time_limit_s)
+            reason = stored_reason(exc)
+            if isinstance(exc, PermanentError) or settings.max_retries == 0:
+                if not isinstance(exc, PermanentError):
+                    reason = stored_reason(exc, prefix="gave up after 1 attempts; last error: ")
+                if service.mark_failed(turn.entry_id, reason):
+                    metrics.count_visualization_finished("failed")
+                return
+            deps.count("retries")
+            retry_after = getattr(exc, "retry_after_s", None)
+            delay_ms = (
+                int(retry_after * 1000 + random.uniform(0, 250))
+                if retry_after is not None
+                else int(settings.min_backoff_ms * random.uniform(1.0, 1.5))
+            )
+            # Its first attempt: the retry is its own message, counted as retry 1.
+            entry_created.send_with_options(args=(turn.to_payload(),), delay=delay_ms, retries=1)
+            log.warning(
+                "entry taken in turn failed, will retry",
+                taken_entry_id=str(turn.entry_id),
+                reason=reason,
+                delay_ms=delay_ms,
+            )
 
         def fail(reason: str) -> None:
             if service.mark_failed(message.entry_id, reason):

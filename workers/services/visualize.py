@@ -39,6 +39,7 @@ class Outcome(StrEnum):
     ALREADY_COMPLETED = "already_completed"
     ALREADY_FAILED = "already_failed"
     LEASE_LOST = "lease_lost"
+    AT_CAP = "at_cap"  # the person has USER_MAX_IN_FLIGHT jobs running: try again soon
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class VisualizeLimits:
 
 class _Job(threading.local):
     held: tuple[uuid.UUID, ClaimedVisualization] | None = None
+    # The pooled entry this thread took in the message's stead (its own message is
+    # another's token): a failure of its job is that entry's, not the message's.
+    turn: EntryCreated | None = None
 
 
 class VisualizationService:
@@ -71,15 +75,30 @@ class VisualizationService:
         # Per worker thread: the entry and claim of the job it runs (or last ran).
         self._job = _Job()
 
-    def process(self, message: EntryCreated) -> Outcome:
+    def process(
+        self, message: EntryCreated, *, fair: bool = False, max_in_flight: int = 0
+    ) -> Outcome:
+        """``fair``: the message is a token (a first delivery): it takes the fairest
+        entry waiting in the pool, maybe another person's (``turn_taken`` then names
+        it), else its own. A retry claims its own entry only."""
         self._job.held = None
+        self._job.turn = None
         # Claimed under an ordinary share of the suspect lock: a suspect of this
         # process runs alone (services/isolation.py).
         with self.suspects.ordinary():
-            entry, claim = self._claim(message)
+            taken = self._claim(message, fair=fair, max_in_flight=max_in_flight)
+            if taken is None:
+                return Outcome.AT_CAP
+            entry, claim = taken
+            entry_id = uuid.UUID(entry.snapshot.entry_id)
             if claim is None:
-                return self._not_claimed(message.entry_id)
-            self._job.held = (message.entry_id, claim)  # mark_failed fails under it
+                return self._not_claimed(entry_id)
+            self._job.held = (entry_id, claim)  # mark_failed fails under it
+            if entry_id != message.entry_id:
+                self._job.turn = EntryCreated(
+                    entry_id=entry_id, user_id=entry.user_id, style=VisualizationStyle(claim.style)
+                )
+                log.info("took a waiting entry in turn", taken_entry_id=str(entry_id))
             crashes = claim.claim_count - 1  # earlier claims of this row that never finished
             if crashes >= self.limits.max_claims:
                 raise CrashLoopError(
@@ -141,9 +160,29 @@ class VisualizationService:
 
     # --- steps ---------------------------------------------------------------------
 
-    def _claim(self, message: EntryCreated) -> tuple[EntryRow, ClaimedVisualization | None]:
+    def turn_taken(self) -> EntryCreated | None:
+        """The pooled entry this thread's last job ran in its message's stead, if any."""
+        return self._job.turn
+
+    def _claim(
+        self, message: EntryCreated, *, fair: bool, max_in_flight: int
+    ) -> tuple[EntryRow, ClaimedVisualization | None] | None:
+        """The entry and its lease (None: not claimable now); None when the person is
+        at the cap."""
         with self.uow_factory() as uow:
             uow.single_statement()
+            if fair:
+                pick = uow.entry_pipeline.fair_claim(
+                    message.entry_id,
+                    message.user_id,
+                    message.style.value if message.style else None,
+                    self.limits.lease_s,
+                    max_in_flight,
+                )
+                if pick.taken is not None:
+                    return pick.taken
+                if pick.capped:
+                    return None
             found, claim = uow.entry_pipeline.claim_entry(
                 message.entry_id,
                 message.user_id,
