@@ -560,3 +560,23 @@ def test_console_jobs_page_and_a_replay_confirmed_with_its_count(
     # The shared token's name in the trail: "console" here ("shared-token" once named
     # operator tokens, issue 24.4, tell the console who signed in).
     assert audit.operator in ("console", "shared-token")
+
+
+@pytest.mark.usefixtures("operator_process")
+def test_the_replay_of_listed_ids_is_recorded_in_its_transaction(engine: Engine) -> None:
+    from workers.operations.jobs import replay_failed
+
+    rows = _seed(engine)
+    chosen = [r.entry_id for r in rows if r.status == "failed"][:3]
+    chosen.append(next(r.entry_id for r in rows if r.status == "completed"))  # not failed
+
+    assert sorted(replay_failed(chosen)) == sorted(chosen[:3])
+    assert replay_failed(chosen[3:]) == []  # nothing replayed: nothing recorded
+
+    (audit,) = _audit(engine)
+    assert (audit.operator, audit.source, audit.action, audit.count) == (
+        "tester",
+        "cli",
+        "replay",
+        3,
+    )

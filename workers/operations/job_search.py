@@ -34,8 +34,11 @@ from domain.failures import _CLASSES, OTHER
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers import bootstrap
+from workers.logging import get_logger
 from workers.operations.audit import record
 from workers.operations.published import require_published
+
+log = get_logger("emotionviz.replay")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -290,9 +293,17 @@ def replay_matching(
             result.batches += 1
             for name, n in counts.items():
                 result.by_class[name] = result.by_class.get(name, 0) + n
+            log.info(
+                "replay batch committed",
+                rows=len(replayed),
+                by_class=counts,
+                batch=result.batches,
+                source=source,
+            )
             if on_batch is not None:
                 on_batch(len(replayed), counts)
             require_published(uow)
+    log.info("replay done", filters=describe(flt), source=source, **result.as_json())
     return result
 
 

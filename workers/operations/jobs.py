@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from db.repositories import EntryRow, IntakeSessionRow, VisualizationRow
+from db.repositories.audit import Source
 from domain.errors import NotFoundError
 from domain.failures import failure_class
 from domain.intake import next_step, parse_history
@@ -15,18 +16,33 @@ from domain.messages import EntryCreated, IntakeStep
 from domain.vocabulary import VisualizationStyle
 from workers import bootstrap
 from workers.messaging.broker_state import locate
+from workers.operations.audit import record
 from workers.operations.published import require_published
 from workers.settings import Settings
 
 
-def replay_failed(entry_ids: list[uuid.UUID] | None) -> list[uuid.UUID]:
+def replay_failed(
+    entry_ids: list[uuid.UUID] | None, *, source: Source = "cli", operator: str | None = None
+) -> list[uuid.UUID]:
     """Failed visualizations (all, or these entries') back to pending, and published
-    again after the commit. Returns the entries replayed (the CLI and the console)."""
+    again after the commit, recorded in the operators' trail in the same transaction.
+    Returns the entries replayed (the CLI and the console). The bulk replay by filters,
+    in batches: workers/operations/job_search.py."""
     with bootstrap.unit_of_work() as uow:
         rows = uow.visualizations.replay_failed(entry_ids)
         for entry_id, user_id, style in rows:
             uow.publish(
                 EntryCreated(entry_id=entry_id, user_id=user_id, style=VisualizationStyle(style))
+            )
+        if rows:
+            record(
+                uow,
+                "replay",
+                operator=operator,
+                source=source,
+                target="failed visualizations",
+                count=len(rows),
+                detail={"entries": "every failed" if entry_ids is None else len(entry_ids)},
             )
         uow.commit()
     require_published(uow)
