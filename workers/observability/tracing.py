@@ -304,9 +304,12 @@ def failed(opened: Any, exc: BaseException, error_type: str | None = None) -> No
 
 
 class UnitSpans:
-    """A span per unit of work (db/uow.py calls it; db/ knows nothing of OpenTelemetry):
-    named after the function that opened the unit, current while it runs (what it
-    publishes after its commit nests under it), ended with its outcome."""
+    """A span per unit of work inside a trace (db/uow.py calls it; db/ knows nothing of
+    OpenTelemetry): named after the function that opened the unit, current while it
+    runs (what it publishes after its commit nests under it), ended with its outcome.
+    A unit outside any trace (a lease renewal, the events dispatcher's claims, the
+    scheduler's reads) gets none: a root span per renewal would bury the entries'
+    traces and cost a span each."""
 
     def __init__(self, tracer: Any) -> None:
         from opentelemetry import context, trace
@@ -316,6 +319,8 @@ class UnitSpans:
         self._kind = SpanKind.CLIENT
 
     def open(self, module: str, function: str) -> object:
+        if not self._trace.get_current_span().get_span_context().is_valid:
+            return None
         opened = self._tracer.start_span(
             f"uow {function}",
             kind=self._kind,
@@ -327,6 +332,8 @@ class UnitSpans:
         return opened, self._context.attach(self._trace.set_span_in_context(opened))
 
     def close(self, handle: object, outcome: str, exc: BaseException | None) -> None:
+        if handle is None:
+            return
         opened, token = cast(tuple[Any, Any], handle)
         self._context.detach(token)
         opened.set_attribute("emotionviz.outcome", outcome)
