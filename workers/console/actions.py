@@ -1,7 +1,9 @@
-"""The console's actions (POST, checked by the Guard): replay failed rows, retry and
-purge dead letters. Each is the use case the CLI runs too (workers/operations/:
-jobs.replay_failed, dead_letters.retry_dead_letters; DeadLetters.purge), logged, then a
-redirect with a one-line flash message (post/redirect/get)."""
+"""The console's actions (POST, checked by the Guard, which also refuses a read-scope
+operator): replay failed rows, retry and purge dead letters. Each is the use case the
+CLI runs too (workers/operations/: jobs.replay_failed, dead_letters.retry_dead_letters;
+DeadLetters.purge), logged and recorded in the operators' trail under the signed-in
+operator's name (``audited``), then a redirect with a one-line flash message
+(post/redirect/get)."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from starlette.routing import BaseRoute, Route
 
 from workers import bootstrap
 from workers.console import data
-from workers.console.security import first, form_of, local_path
+from workers.console.security import first, form_of, local_path, operator_of
 from workers.console.web import flash, render
 from workers.logging import get_logger
 from workers.messaging.dead_letters import DeadLetters
+from workers.operations.audit import audited
 from workers.operations.dead_letters import retry_dead_letters
 from workers.operations.jobs import replay_failed
 from workers.settings import Settings
@@ -41,6 +44,20 @@ def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+async def record(
+    request: Request, action: str, *, target: str | None = None, count: int | None = None
+) -> None:
+    """The change, in the operators' trail under the signed-in operator's name."""
+    await run_in_threadpool(
+        audited,
+        action,
+        operator=operator_of(request).name,
+        source="console",
+        target=target,
+        count=count,
+    )
+
+
 async def replay(request: Request) -> Response:
     try:
         entry_ids = [uuid.UUID(value) for value in _chosen(request, "entry_id")]
@@ -51,6 +68,7 @@ async def replay(request: Request) -> Response:
         flash(request, "select at least one failed row to replay")
         return _back(request, "/failures")
     replayed = await run_in_threadpool(replay_failed, entry_ids)
+    await record(request, "replay", target="failed visualizations", count=len(replayed))
     log.info("console replayed failed visualizations", rows=len(replayed), client=_client(request))
     skipped = len(entry_ids) - len(replayed)
     note = f" ({skipped} no longer failed)" if skipped else ""
@@ -68,6 +86,7 @@ async def retry(request: Request) -> Response:
         flash(request, "select at least one dead letter to retry")
     else:
         moved = await run_in_threadpool(retry_dead_letters, settings, queue, ids)
+        await record(request, "dlq.retry", target=queue, count=len(moved))
         log.info(
             "console retried dead letters", queue=queue, moved=len(moved), client=_client(request)
         )
@@ -85,6 +104,7 @@ async def purge(request: Request) -> Response:
     else:
         dead = DeadLetters(bootstrap.redis_client(), settings.redis_namespace)
         removed = await run_in_threadpool(dead.purge, queue)
+        await record(request, "dlq.purge", target=queue, count=removed)
         log.info(
             "console purged dead letters", queue=queue, removed=removed, client=_client(request)
         )

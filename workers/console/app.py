@@ -7,9 +7,11 @@ the Guard (authentication, origin and CSRF checks), the routes (pages.py, action
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import redis
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -18,20 +20,24 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from domain.errors import EmotionVizError
-from workers.console import actions, jobs_pages, pages
+from workers.console import actions, jobs_pages, pages, queues
 from workers.console.security import (
     SESSION_COOKIE,
     SESSION_MAX_AGE_S,
     ConsoleAuth,
+    ConsoleOperator,
     Guard,
+    OperatorCache,
     SecurityHeaders,
     first,
     form_of,
     local_path,
     new_csrf_token,
+    token_sha256,
 )
 from workers.console.web import render, signed_in, templates
 from workers.logging import get_logger, scrub
+from workers.operations import operators
 from workers.operations.readable import translate
 from workers.settings import Settings
 
@@ -80,11 +86,28 @@ async def login_page(request: Request) -> Response:
     )
 
 
+def lookup_operator(hashed: str) -> ConsoleOperator | None:
+    """The live named operator whose token hashes to ``hashed`` (workers/operations)."""
+    row = operators.by_token_hash(hashed)
+    return None if row is None else ConsoleOperator(row.name, row.scope)
+
+
 async def login(request: Request) -> Response:
     form = form_of(request)
     auth: ConsoleAuth = request.app.state.auth
+    cache: OperatorCache = request.app.state.operators
     target = local_path(first(form, "next"))
-    if not auth.matches(first(form, "token") or ""):
+    token = first(form, "token") or ""
+    hashed = token_sha256(token)
+    named = None if auth.matches(token) else await run_in_threadpool(cache.get, hashed)
+    if named is not None:
+        request.session.clear()
+        request.session.update(
+            {"auth": auth.session_mark, "operator": hashed, "csrf": new_csrf_token()}
+        )
+        log.info("console sign-in", operator=named.name, scope=named.scope, client=_client(request))
+        return RedirectResponse(target, status_code=303)
+    if not auth.matches(token):
         await asyncio.sleep(FAILED_SIGN_IN_DELAY_S)  # slows guessing; the token is long anyway
         log.warning(
             "console sign-in failed", client=request.client.host if request.client else None
@@ -123,7 +146,13 @@ async def _bug(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("unexpected error (the console's log has the traceback)", 500)
 
 
-def build_app(settings: Settings, auth: ConsoleAuth) -> Starlette:
+def build_app(
+    settings: Settings,
+    auth: ConsoleAuth,
+    lookup: Callable[[str], ConsoleOperator | None] | None = None,
+) -> Starlette:
+    """``lookup``: a token hash -> its live operator (default: the operators table)."""
+    operator_cache = OperatorCache(lookup or lookup_operator)
     routes = [
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
@@ -131,6 +160,7 @@ def build_app(settings: Settings, auth: ConsoleAuth) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         *pages.routes(),
         *actions.routes(),
+        *queues.routes(),
         *jobs_pages.routes(),  # find jobs, replay many (issue 24.1-24.2)
         Mount("/static", app=StaticFiles(packages=[("workers.console", "static")]), name="static"),
     ]
@@ -144,11 +174,12 @@ def build_app(settings: Settings, auth: ConsoleAuth) -> Starlette:
             same_site="strict",
             https_only=settings.console_secure_cookie,
         ),
-        Middleware(Guard, auth=auth, refuse=refuse),
+        Middleware(Guard, auth=auth, refuse=refuse, operators=operator_cache),
     ]
     handlers = {EmotionVizError: _unavailable, redis.RedisError: _unavailable, Exception: _bug}
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
     app.state.settings = settings
     app.state.auth = auth
+    app.state.operators = operator_cache
     app.state.templates = templates()
     return app

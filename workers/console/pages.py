@@ -12,7 +12,9 @@ from starlette.routing import BaseRoute, Route
 
 from domain.messages import EntryCreated
 from workers.console import data
+from workers.console.security import operator_of
 from workers.console.web import render
+from workers.operations.audit import audited
 from workers.settings import Settings
 
 LIVE_REFRESH_MS = 3000
@@ -21,6 +23,13 @@ LIVE_REFRESH_MS = 3000
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def read_recorded(request: Request, target: str) -> None:
+    """A read of a person's entry text, in the operators' trail (issue 24.4)."""
+    await run_in_threadpool(
+        audited, "read_entry", operator=operator_of(request).name, source="console", target=target
+    )
 
 
 def _not_found(request: Request, what: str) -> Response:
@@ -86,6 +95,7 @@ async def entry_job(request: Request) -> Response:
     view = await run_in_threadpool(data.entry_job, _settings(request), entry_id)
     if view is None:
         return _not_found(request, "entry")
+    await read_recorded(request, f"entry:{entry_id}")  # the page shows the person's text
     return render(request, "job_entry.html", view)
 
 
@@ -106,6 +116,7 @@ async def session_job(request: Request) -> Response:
     view = await run_in_threadpool(data.session_job, _settings(request), session_id)
     if view is None:
         return _not_found(request, "intake session")
+    await read_recorded(request, f"intake_session:{session_id}")  # their words too
     return render(request, "job_session.html", view)
 
 

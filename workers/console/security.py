@@ -1,6 +1,14 @@
 """Who may use the console, and which requests may change anything.
 
-- One secret, ``CONSOLE_TOKEN``: sent as ``Authorization: Bearer`` (scripts) or typed
+- Named operators (issue 24.4): a token from ``emotionviz operator add NAME --scope
+  read|write`` (workers/operations/operators.py; only its SHA-256 is stored) signs in
+  as NAME, by the form or as ``Authorization: Bearer``. A read token sees every page;
+  every unsafe request (a POST other than sign-in and sign-out) needs a write token,
+  refused here with 403 and one line otherwise. A session holds the token's hash
+  (never the token), and a revoked token stops working within ``OPERATOR_RECHECK_S``.
+  Every change and every read of a person's entry text is recorded under the name.
+- The shared token stays for development on loopback, signing in as ``shared-token``
+  with write scope, as before: sent as ``Authorization: Bearer`` (scripts) or typed
   once into the login form, which stores a mark derived from it in a signed, HttpOnly,
   SameSite=Strict session cookie. Tokens are compared in constant time. The cookie's
   signing key and the mark are both derived from the token, so rotating the token
@@ -20,10 +28,13 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,6 +51,11 @@ FORM_SCOPE_KEY = "console.form"
 CSRF_FIELD = "csrf"
 PUBLIC_PATHS = frozenset({"/login", "/healthz"})
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Unsafe, yet open to a read token: signing in and out change no data.
+READ_SCOPE_POSTS = frozenset({"/login", "/logout"})
+OPERATOR_SCOPE_KEY = "console.operator"
+SHARED_OPERATOR = "shared-token"  # who the shared token signs in as, in the trail
+OPERATOR_RECHECK_S = 10.0  # a revoked token's sessions end within this
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -58,6 +74,56 @@ SECURITY_HEADERS = {
 
 Form = dict[str, list[str]]
 Refuse = Callable[[Request, int, str], Response]
+
+
+@dataclass(frozen=True)
+class ConsoleOperator:
+    """Who is signed in: an operator's name and scope, or the shared token."""
+
+    name: str
+    scope: str  # read | write
+
+    @property
+    def may_write(self) -> bool:
+        return self.scope == "write"
+
+
+SHARED = ConsoleOperator(SHARED_OPERATOR, "write")
+# token hash -> the live operator (None: unknown or revoked); a sign-in looks it up.
+Lookup = Callable[[str], ConsoleOperator | None]
+
+
+class OperatorCache:
+    """Live operators by token hash, each looked up again after OPERATOR_RECHECK_S: a
+    page costs no database query, and a revoke takes effect within seconds."""
+
+    def __init__(self, lookup: Lookup, ttl_s: float = OPERATOR_RECHECK_S) -> None:
+        self.lookup, self.ttl_s = lookup, ttl_s
+        self._seen: dict[str, tuple[float, ConsoleOperator | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token_sha256: str) -> ConsoleOperator | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._seen.get(token_sha256)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        found = self.lookup(token_sha256)
+        with self._lock:
+            if len(self._seen) > 10_000:  # wrong tokens must not grow it forever
+                self._seen.clear()
+            self._seen[token_sha256] = (now, found)
+        return found
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def operator_of(request: Request) -> ConsoleOperator:
+    """Who made this request (set by the Guard on every signed-in request)."""
+    found = request.scope.get(OPERATOR_SCOPE_KEY)
+    return found if isinstance(found, ConsoleOperator) else SHARED
 
 
 @dataclass(frozen=True)
@@ -158,8 +224,26 @@ class Guard:
     """Authentication on every path but /login, /healthz and /static/; for every
     unsafe method: same origin, a urlencoded form of bounded size, the CSRF token."""
 
-    def __init__(self, app: ASGIApp, auth: ConsoleAuth, refuse: Refuse) -> None:
-        self.app, self.auth, self.refuse = app, auth, refuse
+    def __init__(
+        self, app: ASGIApp, auth: ConsoleAuth, refuse: Refuse, operators: OperatorCache
+    ) -> None:
+        self.app, self.auth, self.refuse, self.operators = app, auth, refuse, operators
+
+    async def _who(self, request: Request, bearer: str | None) -> ConsoleOperator | None:
+        """The operator behind a Bearer token or the session; None: not signed in."""
+        if bearer is not None:
+            if self.auth.matches(bearer):
+                return SHARED
+            return await run_in_threadpool(self.operators.get, token_sha256(bearer))
+        if not hmac.compare_digest(str(request.session.get("auth", "")), self.auth.session_mark):
+            return None
+        hashed = request.session.get("operator")
+        if not hashed:
+            return SHARED
+        found = await run_in_threadpool(self.operators.get, str(hashed))
+        if found is None:
+            request.session.clear()  # revoked since: signed out
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -167,16 +251,16 @@ class Guard:
             return
         request = Request(scope, receive)
         bearer = _bearer(request)
-        if bearer is not None and not self.auth.matches(bearer):
+        who = await self._who(request, bearer)
+        if bearer is not None and who is None:
             await self.refuse(request, 401, "wrong token")(scope, receive, send)
             return
-        signed_in = bearer is not None or hmac.compare_digest(
-            str(request.session.get("auth", "")), self.auth.session_mark
-        )
         path = request.url.path
-        if not signed_in and path not in PUBLIC_PATHS and not path.startswith("/static/"):
+        if who is None and path not in PUBLIC_PATHS and not path.startswith("/static/"):
             await self.refuse(request, 401, "sign in first")(scope, receive, send)
             return
+        if who is not None:
+            scope[OPERATOR_SCOPE_KEY] = who
         if request.method in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
@@ -184,6 +268,13 @@ class Guard:
             await self.refuse(request, 403, "refused: this request did not come from the console")(
                 scope, receive, send
             )
+            return
+        if who is not None and not who.may_write and path not in READ_SCOPE_POSTS:
+            await self.refuse(
+                request,
+                403,
+                f"refused: {who.name}'s token has read scope; this needs a write token",
+            )(scope, receive, send)
             return
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/x-www-form-urlencoded":

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from workers.console.security import ConsoleAuth, new_csrf_token
+from workers.console.security import ConsoleAuth, new_csrf_token, operator_of
 from workers.logging import scrub
 from workers.operations.readable import age
 
@@ -59,10 +59,16 @@ def signed_in(request: Request) -> bool:
     return hmac.compare_digest(str(request.session.get("auth", "")), auth.session_mark)
 
 
+def _operator_name(request: Request) -> str:
+    """Who is signed in (the Guard's finding), shown in the header."""
+    return operator_of(request).name if signed_in(request) else ""
+
+
 def _context(request: Request) -> dict[str, Any]:
     return {
         "csrf_token": csrf_token(request),
         "signed_in": signed_in(request),
+        "operator_name": _operator_name(request),
         "take_flash": lambda: request.session.pop("flash", None),
         "path": request.url.path,
     }

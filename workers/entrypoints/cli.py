@@ -93,6 +93,19 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _audit_restore(source: Path, clean: bool) -> None:
+    """Into the operators' trail of the restored database (after the restore: a clean
+    restore replaces the trail with the backup's). A backup from before the trail
+    existed (migration 0009) cannot hold it: said on stderr, the restore stands."""
+    from domain.errors import EmotionVizError
+    from workers.operations.audit import audited
+
+    try:
+        audited("restore", target=source.name, detail={"clean": clean})
+    except EmotionVizError as exc:
+        sys.stderr.write(f"emotionviz restore: not recorded in the operators' trail: {exc}\n")
+
+
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from db.backup import BackupError, database_name, restore, user_object_count
     from workers.bootstrap import database_direct_url
@@ -118,6 +131,7 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     report = restore(url, source, clean_first=clean_first)
     replaced = " (the previous contents replaced)" if clean_first else ""
     _out(f"restored from {args.input}{replaced}")
+    _audit_restore(source, clean_first)
     if report.tombstones:
         migrated = " (migrated to head to keep them)" if report.migrated else ""
         _out(

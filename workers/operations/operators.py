@@ -90,10 +90,13 @@ def revoke_operator(
 
 def authenticate(token: str) -> OperatorRow | None:
     """The live operator holding ``token``, or None (a shared or wrong token)."""
-    if not token.startswith(TOKEN_PREFIX):
-        return None
+    return by_token_hash(token_hash(token))
+
+
+def by_token_hash(hashed: str) -> OperatorRow | None:
+    """The live operator whose token hashes to ``hashed`` (the console's sessions)."""
     with bootstrap.unit_of_work() as uow:
-        return operator_repository(uow).by_token_hash(token_hash(token))
+        return operator_repository(uow).by_token_hash(hashed)
 
 
 def trail(

@@ -19,6 +19,7 @@ from workers import bootstrap
 from workers.entrypoints.cli_contract import (
     InputError,
 )
+from workers.operations.audit import audited, record
 from workers.operations.published import require_published
 from workers.settings import Settings
 
@@ -65,6 +66,12 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
                 on_batch=lambda n, rows: progress.update(task, advance=n, rows=rows),
                 parallel=args.parallel or settings.analytics_parallelism,
             )
+        audited(
+            "analytics.recompute",
+            target=f"{message.period}:{message.period_start}",
+            count=summary.rows,
+            detail={"inline": True, "users": summary.users},
+        )
         sys.stdout.write(
             f"analytics recompute: period={summary.period} from={summary.first_period} "
             f"to={summary.end} (exclusive) users={summary.users} rows={summary.rows} "
@@ -79,6 +86,13 @@ def cmd_recompute(args: argparse.Namespace, settings: Settings) -> int:
     with bootstrap.unit_of_work() as uow:
         for message in messages:
             uow.publish(message)
+        first_message = messages[0] if messages else _message(args, None)
+        record(
+            uow,
+            "analytics.recompute",
+            target=f"{first_message.period}:{first_message.period_start}",
+            count=len(messages),
+        )
         uow.commit()
     require_published(uow)
     first = messages[0] if messages else _message(args, None)

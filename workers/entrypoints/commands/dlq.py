@@ -8,6 +8,7 @@ import json
 from domain.errors import NotFoundError
 from workers import bootstrap
 from workers.entrypoints.cli_contract import InputError, emit_json, out
+from workers.operations.audit import audited
 from workers.operations.dead_letters import readable_dead_letters, retry_dead_letters
 from workers.settings import Settings
 
@@ -52,6 +53,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     if not ids and not everything:
         raise InputError("name the message ids to retry, or --all")
     moved = retry_dead_letters(settings, args.queue, None if everything else ids)
+    audited(f"dlq.{args.action}", target=args.queue, count=len(moved))
     if args.json:
         emit_json({"retried": [letter.message_id for letter in moved]})
     else:
@@ -69,6 +71,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
         removed = purge_dead_letters(amqp, args.queue)
     else:
         removed = readable_dead_letters(settings).purge(args.queue)
+    audited("dlq.purge", target=args.queue, count=removed)
     if args.json:
         emit_json({"purged": removed})
     else:

@@ -10,6 +10,7 @@ from typing import Any
 from db.repositories.events import DeliveryRow
 from workers import bootstrap
 from workers.entrypoints.cli_contract import InputError, emit_json, out
+from workers.operations.audit import audited
 from workers.services.events import list_deliveries, replay_deliveries
 from workers.settings import Settings
 
@@ -62,6 +63,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(
             f"no such event: {', '.join(str(i) for i in unknown[:3])}{more} (nothing replayed)"
         )
+    audited(
+        "events.replay",
+        target=args.subscriber,
+        count=count,
+        detail={"events": [str(i) for i in args.event_ids[:100]]} if args.event_ids else None,
+    )
     if args.json:
         emit_json({"replayed": count})
     else:

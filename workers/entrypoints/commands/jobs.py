@@ -81,21 +81,28 @@ def _replay_matching(args: argparse.Namespace) -> int:
     rows, each one transaction, with a progress bar on a terminal."""
     flt = _filter(args, status=None)
     plan = job_search.plan_replay(flt)
-    if args.dry_run or not plan.rows:
+    if args.dry_run:
         if args.json:
-            emit_json(
-                {"dry_run": args.dry_run, "filters": job_search.describe(flt)} | plan.as_json()
-            )
+            emit_json({"dry_run": True, "filters": job_search.describe(flt)} | plan.as_json())
         else:
-            _print_plan(plan, "would replay" if args.dry_run else "nothing to replay:")
+            _print_plan(plan, "would replay")
         return 0
+    if not plan.rows:
+        if args.json:
+            nothing = job_search.ReplayResult().as_json()
+            emit_json({"filters": job_search.describe(flt)} | nothing)
+        else:
+            out("nothing to replay: no failed visualization matches")
+        return 0
+    if not args.json:
+        _print_plan(plan, "replaying")
     columns = (
         TextColumn("replay"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("rows"),
     )
-    with Progress(*columns, transient=True, disable=args.json or not sys.stderr.isatty()) as bar:
+    with Progress(*columns, transient=True, disable=args.json or not sys.stdout.isatty()) as bar:
         task = bar.add_task("rows", total=plan.rows)
         result = job_search.replay_matching(
             flt,

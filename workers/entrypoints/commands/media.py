@@ -6,11 +6,14 @@ import argparse
 
 from workers import bootstrap
 from workers.entrypoints.cli_contract import emit_json, out
+from workers.operations.audit import audited
 from workers.settings import Settings
 
 
 def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
     report = bootstrap.media_lifecycle().gc(apply=args.apply, min_age_s=args.min_age)
+    if args.apply:
+        audited("media.gc", count=report.files_deleted, detail={"orphans": len(report.orphans)})
     if args.json:
         emit_json({**report.as_dict(), "orphan_keys": report.orphans[:1000]})
         return 0
