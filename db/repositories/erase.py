@@ -9,8 +9,9 @@ names user_id; event_deliveries cascade from them), analytics_refresh_queue (no 
 and the entries' delete trigger adds rows for the person: deleted after the cascade),
 model_calls (the paid-call ledger), and the ids inside operator_actions (replaced by
 the person's log reference: the trail keeps what was done, not who it was done to).
-media_garbage gets the person's visualization ids from its trigger; the caller deletes
-their pictures, then ``forget_garbage``.
+media_garbage gets the person's visualization ids (from its trigger, and here for rows
+that name no picture yet: a worker may have stored one and died); the caller deletes
+their pictures through it.
 
 The tombstone holds the SHA-256 of the id, never the id: a dump taken after the erasure
 must not name the person, and a restore finds the restored rows by digest.
@@ -133,6 +134,15 @@ class EraseRepository:
             s, "DELETE FROM completion_events WHERE payload->>'user_id' = :t", person
         )
         counts["model_calls"] = _rowcount(s, "DELETE FROM model_calls WHERE user_id = :u", person)
+        # The delete trigger queues only rows that name a picture; a row whose worker
+        # stored one and died before saving its URL has files too: queue those rows.
+        s.execute(
+            text(
+                "INSERT INTO media_garbage (visualization_id) SELECT id FROM visualizations "
+                "WHERE user_id = :u AND image_url IS NULL AND thumbnail_url IS NULL"
+            ),
+            _params(person),
+        )
         counts["users"] = _rowcount(s, "DELETE FROM users WHERE id = :u", person)
         # After the cascade: the entries' delete trigger queued the person's days.
         counts["analytics_refresh_queue"] = _rowcount(
@@ -155,16 +165,6 @@ class EraseRepository:
             text("UPDATE erased_users SET report = :r WHERE user_digest = :d"),
             {"d": user_digest(user_id), "r": Jsonb(_counts_only(report))},
         )
-
-    def forget_garbage(self, visualization_ids: Sequence[uuid.UUID]) -> int:
-        """The media_garbage rows of these visualizations (their pictures are gone)."""
-        if not visualization_ids:
-            return 0
-        result: Any = self.session.execute(
-            text("DELETE FROM media_garbage WHERE visualization_id = ANY(:v)"),
-            {"v": list(visualization_ids)},
-        )
-        return int(result.rowcount or 0)
 
     def _audit_rows(self, ids: list[str]) -> list[int]:
         found: list[int] = []
