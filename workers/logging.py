@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -132,6 +133,23 @@ def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
     )
 
 
+def _configured_pseudonym_key() -> str | None:
+    """LOG_PSEUDONYM_KEY as the settings read it: the environment, else ``.env`` in the
+    working directory (this module may not import the settings)."""
+    if "LOG_PSEUDONYM_KEY" in os.environ:
+        return os.environ["LOG_PSEUDONYM_KEY"].strip() or None
+    try:
+        lines = Path(".env").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if sep and name.strip().upper() == "LOG_PSEUDONYM_KEY":
+            value = value.split(" #")[0].strip().strip("'\"")
+            return value or None
+    return None
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: str = "auto",
@@ -140,7 +158,7 @@ def configure_logging(
 ) -> None:
     """``pseudonym_key``: LOG_PSEUDONYM_KEY (read from the environment when not given)."""
     global _pseudonym_key
-    key = pseudonym_key if pseudonym_key is not None else os.environ.get("LOG_PSEUDONYM_KEY")
+    key = pseudonym_key if pseudonym_key is not None else _configured_pseudonym_key()
     if key:
         register_secret(key)
     _pseudonym_key = key.encode() if key else _DEFAULT_PSEUDONYM_KEY

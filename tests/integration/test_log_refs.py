@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from workers.logging import log_ref
 
@@ -46,3 +47,21 @@ def test_lines_carry_references_and_the_cli_prints_the_same() -> None:
     )
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["log_ref"] == log_ref(ENTRY, key)
+
+
+def test_the_key_is_read_from_dot_env_as_the_settings_read_it(tmp_path: Path) -> None:
+    key = "dotenv-" + uuid.uuid4().hex
+    (tmp_path / ".env").write_text(f"LOG_LEVEL=INFO\nLOG_PSEUDONYM_KEY={key}  # secret\n")
+    env = {k: v for k, v in os.environ.items() if k != "LOG_PSEUDONYM_KEY"}
+    env["PYTHONPATH"] = str(Path.cwd())
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    ours = json.loads(done.stderr.strip().splitlines()[-2])
+    assert ours["user_id"] == log_ref(PERSON, key)
