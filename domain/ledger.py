@@ -13,6 +13,7 @@ failed; a timed-out one may still be billed, which the ledger cannot know).
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from dataclasses import dataclass
@@ -97,28 +98,40 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 _PRICE_FIELDS = ("input_per_m", "output_per_m", "per_image")
 
 
-def default_price_table() -> dict[str, dict[str, float]]:
-    return {model: dict(price) for model, price in DEFAULT_PRICES.items()}
-
-
 def price_table(raw: dict[str, dict[str, float]]) -> PriceTable:
-    """The table from its JSON form; ValueError naming what is wrong."""
+    """The table from its JSON form, merged over DEFAULT_PRICES; ValueError naming
+    what is wrong."""
     prices: dict[str, Price] = {}
-    for model, fields in raw.items():
+    for model, fields in {**DEFAULT_PRICES, **raw}.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"price of {model!r}: expected an object of prices")
         unknown = set(fields) - set(_PRICE_FIELDS)
         if unknown:
             raise ValueError(
                 f"price of {model!r}: unknown field {sorted(unknown)[0]!r} "
                 f"(expected {', '.join(_PRICE_FIELDS)})"
             )
-        values = {name: Decimal(str(fields.get(name, 0))) for name in _PRICE_FIELDS}
+        try:
+            values = {name: Decimal(str(fields.get(name, 0))) for name in _PRICE_FIELDS}
+        except ArithmeticError:
+            raise ValueError(f"price of {model!r}: every price must be a number") from None
         if any(not value.is_finite() or value < 0 for value in values.values()):
             raise ValueError(f"price of {model!r}: every price must be a number >= 0")
         prices[model] = Price(**values)
-    default = prices.get(
-        "default", Price(**{n: Decimal(str(v)) for n, v in DEFAULT_PRICES["default"].items()})
-    )
-    return PriceTable(prices, default)
+    return PriceTable(prices, prices["default"])
+
+
+def price_table_from_json(text: str) -> PriceTable:
+    """PRICE_TABLE's value: a JSON object (empty: the defaults)."""
+    if not text.strip():
+        return price_table({})
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError('not JSON: expected {"model": {"input_per_m": ...}}') from None
+    if not isinstance(raw, dict):
+        raise ValueError("expected a JSON object of models")
+    return price_table(raw)
 
 
 class BudgetExceededError(TransientError):

@@ -46,7 +46,7 @@ _USAGE = """
 SELECT {key} AS key, count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),
        count(*) FILTER (WHERE image), count(*) FILTER (WHERE outcome <> 'ok'),
        coalesce(sum(cost_usd), 0)
-FROM model_calls WHERE at >= %(since)s
+FROM model_calls WHERE at >= %(since)s AND at < %(until)s
 GROUP BY 1 ORDER BY {order}
 """
 
@@ -120,10 +120,12 @@ class LedgerRepository:
         ).fetchone()
         return Decimal(row[0]) if row else Decimal(0)
 
-    def usage(self, by: UsageBy, since: datetime) -> list[UsageRow]:
+    def usage(self, by: UsageBy, since: datetime, until: datetime) -> list[UsageRow]:
+        """Per group key, calls in [since, until); the costliest first (days: newest)."""
         order = "key DESC" if by == "day" else "7 DESC, key"
         sql = _USAGE.format(key=_KEYS[by], order=order)
-        rows = self.driver.execute(sql, {"since": since}).fetchall()  # type: ignore[arg-type]
+        params = {"since": since, "until": until}
+        rows = self.driver.execute(sql, params).fetchall()  # type: ignore[arg-type]
         return [
             UsageRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6])
             for r in rows

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,10 +30,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ANALYSIS_MODEL, IMAGE_MODEL = "gemini-3.5-flash", "gemini-3.1-flash-image"
 
 
-def _cli(harness: Harness, *args: str) -> Any:
+def _cli(harness: Harness, *args: str, env: dict[str, str] | None = None) -> Any:
     done = subprocess.run(
         [sys.executable, "-m", "workers.entrypoints.cli", *args],
-        env=harness.env,
+        env={**harness.env, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -112,51 +111,51 @@ def test_usage_totals_equal_the_calls_the_emulator_ran_under_faults(
 
 
 def test_over_the_daily_budget_the_next_entry_waits_until_midnight(
-    database_factory: DatabaseFactory, redis_server_url: str, tmp_path: Path
+    ledger_harness: Harness,
 ) -> None:
     # One entry costs ~$0.04 (an analysis and a 1K image at the default prices): a
-    # budget of $0.03 lets the first one finish and stops the second.
-    env = {"USER_DAILY_BUDGET_USD": "0.03", "BUDGET_CACHE_S": "0"}
-    with running_harness(database_factory, redis_server_url, tmp_path, env=env, threads=2) as h:
-        marker = f"budget-{uuid.uuid4().hex[:8]}"
-        first, user_id = h.make_entry(f"{marker}-1")
-        h.publish(first, user_id)
-        assert h.wait_for(first, timeout=30)["status"] == "completed"
-        with h.engine.begin() as conn:
-            second = conn.execute(
-                text(
-                    "INSERT INTO emotion_entries (user_id, situation, emotions, intensity) "
-                    "VALUES (:u, :s, ARRAY['joy'], 0.5) RETURNING id"
-                ),
-                {"u": user_id, "s": f"Situation {marker}-2: the same person again"},
-            ).scalar_one()
-        calls_before = sum(_paid(h).values())
-        h.publish(second, user_id)
+    # budget of $0.03 lets a person's first one finish and stops their second.
+    h = ledger_harness
+    h.stop_workers()
+    budget = {"USER_DAILY_BUDGET_USD": "0.03", "BUDGET_CACHE_S": "0"}
+    h.start_worker(threads=2, extra_env=budget)
+    marker = f"budget-{uuid.uuid4().hex[:8]}"
+    first, user_id = h.make_entry(f"{marker}-1")
+    h.publish(first, user_id)
+    assert h.wait_for(first, timeout=30)["status"] == "completed"
+    with h.engine.begin() as conn:
+        second = conn.execute(
+            text(
+                "INSERT INTO emotion_entries (user_id, situation, emotions, intensity) "
+                "VALUES (:u, :s, ARRAY['joy'], 0.5) RETURNING id"
+            ),
+            {"u": user_id, "s": f"Situation {marker}-2: the same person again"},
+        ).scalar_one()
+    calls_before = sum(_paid(h).values())
+    h.publish(second, user_id)
+    row = h.wait_for(second, statuses=("pending",), timeout=30)
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while "daily budget" not in (row["error_message"] or ""):
+        assert datetime.now(UTC) < deadline, row
         row = h.wait_for(second, statuses=("pending",), timeout=30)
-        deadline = datetime.now(UTC) + timedelta(seconds=30)
-        while "daily budget" not in (row["error_message"] or ""):
-            assert datetime.now(UTC) < deadline, row
-            row = h.wait_for(second, statuses=("pending",), timeout=30)
 
-        assert row["error_message"].startswith("will retry: daily budget of $0.03 reached")
-        assert "resumes at 00:00 UTC" in row["error_message"]
-        midnight = next_utc_midnight(datetime.now(UTC))
-        # The reconciler leaves the row alone until then (its retry is due then).
-        assert (
-            midnight <= row["dispatched_at"] <= midnight + timedelta(seconds=MIDNIGHT_JITTER_S + 5)
-        )
-        assert sum(_paid(h).values()) == calls_before  # no call was made for it
-        status = _cli(h, "status", "--json")["paid_calls_today"]
-        assert status["waiting_on_budget"] == 1
-        assert status["user_daily_budget_usd"] == "0.03"
-        assert Decimal(status["cost_usd"]) >= Decimal("0.03")
-        assert "deferred: daily budget reached" in h.log_path.read_text(errors="replace")
-        # Its retry waits in the delay queue for midnight, without spending a retry;
-        # nothing was dead-lettered.
-        keys = queue_keys(h.namespace, "visualizations")
-        delayed = [json.loads(b) for b in h.redis.hvals(keys.delayed_bodies)]
-        (retry,) = [m for m in delayed if m["args"][0]["entry_id"] == str(second)]
-        assert retry["options"]["retries"] == 0
-        eta = datetime.fromtimestamp(retry["options"]["eta"] / 1000, UTC)
-        assert midnight <= eta <= midnight + timedelta(seconds=MIDNIGHT_JITTER_S + 5)
-        assert h.redis.hlen(keys.dead_bodies) == 0
+    assert row["error_message"].startswith("will retry: daily budget of $0.03 reached")
+    assert "resumes at 00:00 UTC" in row["error_message"]
+    midnight = next_utc_midnight(datetime.now(UTC))
+    # The reconciler leaves the row alone until then (its retry is due then).
+    assert midnight <= row["dispatched_at"] <= midnight + timedelta(seconds=MIDNIGHT_JITTER_S + 5)
+    assert sum(_paid(h).values()) == calls_before  # no call was made for it
+    status = _cli(h, "status", "--json", env=budget)["paid_calls_today"]
+    assert status["waiting_on_budget"] == 1
+    assert status["user_daily_budget_usd"] == "0.03"
+    assert Decimal(status["cost_usd"]) >= Decimal("0.03")
+    assert "deferred: daily budget reached" in h.log_path.read_text(errors="replace")
+    # Its retry waits in the delay queue for midnight, without spending a retry;
+    # nothing was dead-lettered.
+    keys = queue_keys(h.namespace, "visualizations")
+    delayed = [json.loads(b) for b in h.redis.hvals(keys.delayed_bodies)]
+    (retry,) = [m for m in delayed if m["args"][0]["entry_id"] == str(second)]
+    assert retry["options"]["retries"] == 0
+    eta = datetime.fromtimestamp(retry["options"]["eta"] / 1000, UTC)
+    assert midnight <= eta <= midnight + timedelta(seconds=MIDNIGHT_JITTER_S + 5)
+    assert h.redis.hlen(keys.dead_bodies) == 0

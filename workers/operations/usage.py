@@ -1,5 +1,5 @@
 """The paid-call ledger read back (issue 23.3): ``emotionviz usage`` (calls, tokens and
-estimated cost by person, UTC day or model, since a time, with a totals row) and the
+estimated cost by person, UTC day or model, between two times, with a totals row) and the
 day's spend that ``status`` shows (with the rows waiting on a daily budget)."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from workers.settings import Settings
 class UsageReport:
     by: UsageBy
     since: datetime
+    until: datetime
     rows: list[UsageRow]
 
     @property
@@ -37,15 +38,16 @@ class UsageReport:
         return {
             "by": self.by,
             "since": self.since.isoformat(timespec="seconds"),
+            "until": self.until.isoformat(timespec="seconds"),
             "rows": [r.as_dict() for r in self.rows],
             "totals": self.totals.as_dict(),
         }
 
 
-def usage_report(by: UsageBy, since: datetime) -> UsageReport:
+def usage_report(by: UsageBy, since: datetime, until: datetime) -> UsageReport:
     with bootstrap.unit_of_work() as uow:
-        rows = ledger_of(uow).usage(by, since)
-    return UsageReport(by, since, rows)
+        rows = ledger_of(uow).usage(by, since, until)
+    return UsageReport(by, since, until, rows)
 
 
 def spend_today(settings: Settings) -> dict[str, Any]:

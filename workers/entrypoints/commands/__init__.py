@@ -372,6 +372,9 @@ def _usage(add: Add) -> None:
         metavar="WHEN",
         help="an age (7d, 12h), a date (2026-12-01, from 00:00 UTC) or an ISO time (default: 7d)",
     )
+    p.add_argument(
+        "--until", metavar="WHEN", help="the end, excluded, in the same forms (default: now)"
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 

@@ -14,7 +14,7 @@ from workers.operations.usage import UsageReport, usage_report
 from workers.settings import Settings
 
 
-def since_arg(value: str, now: datetime) -> datetime:
+def moment_arg(option: str, value: str, now: datetime) -> datetime:
     """An age (30m, 2h, 7d: that long ago), a date (its 00:00 UTC) or an ISO time
     (UTC unless it names its offset)."""
     try:
@@ -25,13 +25,14 @@ def since_arg(value: str, now: datetime) -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InputError(
-            f"--since: not an age (7d), a date (2026-12-01) or an ISO time: {value[:40]!r}"
+            f"{option}: not an age (7d), a date (2026-12-01) or an ISO time: {value[:40]!r}"
         ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def render(report: UsageReport) -> Table:
-    table = Table(title=f"paid calls by {report.by} since {report.since:%Y-%m-%d %H:%M} UTC")
+    span = f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC"
+    table = Table(title=f"paid calls by {report.by}, {span}")
     for column in (report.by, "calls", "failed", "input tokens", "output tokens", "images"):
         table.add_column(column, justify="left" if column == report.by else "right")
     table.add_column("est. cost", justify="right")
@@ -50,8 +51,11 @@ def render(report: UsageReport) -> Table:
 
 def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(UTC)
-    since = since_arg(args.since, now) if args.since else now - timedelta(days=7)
-    report = usage_report(args.by, since)
+    since = moment_arg("--since", args.since, now) if args.since else now - timedelta(days=7)
+    until = moment_arg("--until", args.until, now) if args.until else now
+    if since >= until:
+        raise InputError(f"--since ({since:%Y-%m-%d %H:%M}) is not before --until")
+    report = usage_report(args.by, since, until)
     if args.json:
         emit_json(report.as_dict())
     else:
