@@ -49,7 +49,10 @@ class LogContext(Middleware):
                 if isinstance(value, str):
                     context[key] = value[:64]
         if tracing.tracer() is not None:
-            context["trace_id"] = self._open_span(message, context)
+            try:
+                context["trace_id"] = self._open_span(message, context)
+            except Exception as exc:  # noqa: BLE001 - tracing never fails a job
+                log.warning("no span for this message", reason=type(exc).__name__)
         structlog.contextvars.bind_contextvars(**context)
 
     def after_process_message(

@@ -321,15 +321,19 @@ class UnitSpans:
     def open(self, module: str, function: str) -> object:
         if not self._trace.get_current_span().get_span_context().is_valid:
             return None
-        opened = self._tracer.start_span(
-            f"uow {function}",
-            kind=self._kind,
-            attributes={
-                "db.system.name": "postgresql",
-                "code.function.name": f"{module}.{function}",
-            },
-        )
-        return opened, self._context.attach(self._trace.set_span_in_context(opened))
+        try:
+            opened = self._tracer.start_span(
+                f"uow {function}",
+                kind=self._kind,
+                attributes={
+                    "db.system.name": "postgresql",
+                    "code.function.name": f"{module}.{function}",
+                },
+            )
+            return opened, self._context.attach(self._trace.set_span_in_context(opened))
+        except Exception as exc:  # noqa: BLE001 - tracing never fails a unit of work
+            log.warning("no span for this unit of work", reason=type(exc).__name__)
+            return None
 
     def close(self, handle: object, outcome: str, exc: BaseException | None) -> None:
         if handle is None:
