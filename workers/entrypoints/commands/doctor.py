@@ -84,12 +84,16 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
             )
     sentinels = sentinel_count(bootstrap.redis_url(settings))
     if sentinels:
-        # Not connections to the primary (its maxclients), but connections all the same.
+        # Not connections to the primary (its maxclients), but connections all the same:
+        # each worker process up to 3 to each sentinel, the scheduler, console and CLI 2.
+        workers = args.machines * (settings.worker_processes + args.intake_processes)
+        per_sentinel = SENTINEL_LINKS_PER_PROCESS * workers + 2 * 3
         notes.append(
-            f"Redis Sentinel: each process also holds up to {SENTINEL_LINKS_PER_PROCESS} "
-            f"connections to each of the {sentinels} sentinels (the broker's and the "
-            "client's primary lookups, the failover watch); a sentinel's maxclients is "
-            "not read"
+            f"Redis Sentinel: each of the {sentinels} sentinels gets up to {per_sentinel} "
+            f"connections at peak ({SENTINEL_LINKS_PER_PROCESS} per worker process: the "
+            "broker's and the client's primary lookups, the failover watch; 2 each for "
+            "the scheduler, console and a command); a sentinel's maxclients (10000 by "
+            "default) is not read"
         )
     kw: dict[str, Any] = {
         "intake_processes": args.intake_processes,
