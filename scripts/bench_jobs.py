@@ -46,6 +46,8 @@ from db.uow import UnitOfWork
 from workers.operations.job_search import DEFAULT_BATCH, DEFAULT_LIMIT, build_filter
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+# An entry number in scale_data.MIX's failed share: its person's entries all failed.
+FAILED_ENTRY = next(start for name, start, _ in scale_data.MIX if name == "failed") + 570
 
 
 @dataclass
@@ -72,11 +74,15 @@ class Timed:
         return self.p95_ms <= limit and not self.seq_scans
 
 
-def cases(person: uuid.UUID, now: datetime) -> list[Case]:
+def cases(person: uuid.UUID, failing: uuid.UUID, now: datetime) -> list[Case]:
+    """``person``: a person whose jobs completed; ``failing``: one whose jobs all failed
+    (scale_data's mix goes by entry number, and a person's entries are every
+    ``people``-th one)."""
+
     def f(**kw: Any) -> JobFilter:
         return build_filter(now=now, **kw)
 
-    user = str(person)
+    user, failer = str(person), str(failing)
     listed = [
         ("no filter", f()),
         ("status completed", f(status="completed")),
@@ -93,13 +99,16 @@ def cases(person: uuid.UUID, now: datetime) -> list[Case]:
         ("older than 1y", f(older_than="365d")),
         ("since 90d older than 30d", f(since="90d", older_than="30d")),
         ("user", f(user=user)),
-        ("user failed", f(user=user, status="failed")),
-        ("user class invalid_output", f(user=user, classes=["invalid_output"])),
+        ("user failed (none)", f(user=user, status="failed")),
+        ("failing user failed", f(user=failer, status="failed")),
+        ("failing user class safety", f(user=failer, classes=["safety"])),
+        ("failing user classes safety+timeout", f(user=failer, classes=["safety", "timeout"])),
         ("user since 1y", f(user=user, since="365d")),
     ]
     out = [Case(name, flt) for name, flt in listed]
     out += [Case(f"{name}, page 2", flt, "second") for name, flt in listed[:10]]
     out += [
+        Case("failing user failed, page 2", f(user=failer, status="failed"), "second"),
         Case("no filter, a year deep", f(), "deep"),
         Case("status completed, a year deep", f(status="completed"), "deep"),
         Case("class server_error, a year deep", f(classes=["server_error"]), "deep"),
@@ -110,6 +119,7 @@ def cases(person: uuid.UUID, now: datetime) -> list[Case]:
             "counts",
         ),
         Case("dry run: class safety", f(classes=["safety"]), "counts"),
+        Case("dry run: failing user", f(user=failer), "counts"),
         Case(
             f"replay batch pick ({DEFAULT_BATCH}), class server_error",
             f(classes=["server_error"]),
@@ -220,9 +230,10 @@ def main() -> int:
         sizes = periodic._sizes(engine)
         deep = _deep_cursor(engine)
         person = uuid.UUID(md5_uuid(engine, f"u{mark.people // 2}"))
+        failing = uuid.UUID(md5_uuid(engine, f"u{FAILED_ENTRY % mark.people}"))
         chosen = [
             c
-            for c in cases(person, datetime.now(UTC))
+            for c in cases(person, failing, datetime.now(UTC))
             if not args.only or any(o in c.name for o in args.only)
         ]
         results = [time_case(engine, c, deep, args.runs, sizes) for c in chosen]

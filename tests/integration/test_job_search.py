@@ -296,6 +296,12 @@ def test_a_replay_by_class_replays_that_class_alone_in_audited_batches(
         r.entry_id for r in rows if r.cls in ("safety", "timeout")
     }
     assert sorted(_published(redis_server_url, redis_namespace)) == sorted(map(str, wanted))
+    with engine.connect() as conn:  # replays wait in the fair pool's low lane
+        lanes = conn.execute(
+            text("SELECT entry_id, lane FROM fair_waiting WHERE entry_id = ANY(:e)"),
+            {"e": list(wanted)},
+        ).all()
+    assert {e for e, _ in lanes} == wanted and {lane for _, lane in lanes} == {1}
     audit = _audit(engine)
     assert len(audit) == result.batches == -(-len(wanted) // 2)
     assert {(a.operator, a.source, a.action) for a in audit} == {("tester", "cli", "replay")}
@@ -563,15 +569,16 @@ def test_console_jobs_page_and_a_replay_confirmed_with_its_count(
 
 
 @pytest.mark.usefixtures("operator_process")
-def test_the_replay_of_listed_ids_is_recorded_in_its_transaction(engine: Engine) -> None:
+def test_the_cli_replay_of_listed_ids_is_recorded_in_its_transaction(engine: Engine) -> None:
     from workers.operations.jobs import replay_failed
 
     rows = _seed(engine)
     chosen = [r.entry_id for r in rows if r.status == "failed"][:3]
     chosen.append(next(r.entry_id for r in rows if r.status == "completed"))  # not failed
 
-    assert sorted(replay_failed(chosen)) == sorted(chosen[:3])
-    assert replay_failed(chosen[3:]) == []  # nothing replayed: nothing recorded
+    assert sorted(replay_failed(chosen, source="cli")) == sorted(chosen[:3])
+    assert replay_failed(chosen[3:], source="cli") == []  # nothing replayed: no record
+    replay_failed(None)  # every failed row; the caller records it (the console does)
 
     (audit,) = _audit(engine)
     assert (audit.operator, audit.source, audit.action, audit.count) == (

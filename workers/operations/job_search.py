@@ -240,9 +240,9 @@ class ReplayResult:
 
 
 def _message(entry_id: uuid.UUID, user_id: uuid.UUID, style: str) -> EntryCreated:
-    # TODO(issue 24, fair dispatch): an operator's replay belongs in the lower lane once
-    # workers/services/visualize.py offers one (a field of EntryCreated or a queue): set
-    # it here, the one place bulk replays build their messages.
+    # The lower lane comes with the commit: a dispatch of a row that exists already (a
+    # replay, a republish) joins the fair pool in the low lane, taken after every fresh
+    # entry (db/repositories/reconcile.py: record_dispatches, migration 0008).
     return EntryCreated(entry_id=entry_id, user_id=user_id, style=VisualizationStyle(style))
 
 

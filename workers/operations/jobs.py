@@ -22,19 +22,23 @@ from workers.settings import Settings
 
 
 def replay_failed(
-    entry_ids: list[uuid.UUID] | None, *, source: Source = "cli", operator: str | None = None
+    entry_ids: list[uuid.UUID] | None,
+    *,
+    source: Source | None = None,
+    operator: str | None = None,
 ) -> list[uuid.UUID]:
     """Failed visualizations (all, or these entries') back to pending, and published
-    again after the commit, recorded in the operators' trail in the same transaction.
-    Returns the entries replayed (the CLI and the console). The bulk replay by filters,
-    in batches: workers/operations/job_search.py."""
+    again after the commit. With ``source``, recorded in the operators' trail in the
+    same transaction (the CLI); without, the caller records it (the console's
+    actions.py, after, under the signed-in name). Returns the entries replayed. The
+    bulk replay by filters, in batches: workers/operations/job_search.py."""
     with bootstrap.unit_of_work() as uow:
         rows = uow.visualizations.replay_failed(entry_ids)
         for entry_id, user_id, style in rows:
             uow.publish(
                 EntryCreated(entry_id=entry_id, user_id=user_id, style=VisualizationStyle(style))
             )
-        if rows:
+        if rows and source is not None:
             record(
                 uow,
                 "replay",

@@ -68,7 +68,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         if args.entry_ids:
             raise InputError("give entry ids, or filters (--class, --since, --user), not both")
         return _replay_matching(args)
-    replayed = replay_failed(args.entry_ids or None)
+    replayed = replay_failed(args.entry_ids or None, source="cli")
     if args.json:
         emit_json({"replayed": [str(entry_id) for entry_id in replayed]})
     else:
