@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from domain.messages import AnalyticsRecompute
+from domain.messages import AnalyticsRecompute, EntryCreated
 from tests.conftest import DatabaseFactory
 from tests.e2e.conftest import Harness, running_harness
 from workers.messaging.redis_keys import paused, queue_keys
@@ -132,3 +132,39 @@ def test_a_paused_queue_takes_nothing_the_others_go_on_and_resume_drains(harness
     actions = [(row["action"], row["target"], row["operator"]) for row in trail]
     assert ("queue.pause", "visualizations", "pause-tester") in actions
     assert ("queue.resume", "visualizations", "pause-tester") in actions
+
+
+def test_a_paused_queue_takes_nothing_on_rabbitmq_and_resume_drains(
+    database_factory: DatabaseFactory,
+    redis_server_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from tests.rabbitmq_support import rabbitmq_vhost, ready_count
+    from workers.messaging.producer import Producer
+    from workers.messaging.rabbitmq import SafeRabbitmqBroker
+
+    folder = tmp_path_factory.mktemp("pause-rabbitmq")
+    with (
+        rabbitmq_vhost("pause") as url,
+        running_harness(
+            database_factory, redis_server_url, folder, env={"BROKER_URL": url}, threads=2
+        ) as h,
+    ):
+        broker = SafeRabbitmqBroker(url=url)
+        try:
+            assert _cli(h, "queue", "pause", "visualizations").returncode == 0
+            _until(lambda: _paused_lines(h) > 0, "no RabbitMQ consumer saw the pause", h)
+            entries = [h.make_entry(f"pause-{uuid.uuid4().hex[:6]}") for _ in range(2)]
+            producer = Producer(broker)
+            for entry_id, user_id in entries:
+                producer.publish(EntryCreated(entry_id=entry_id, user_id=user_id))
+            _holds(
+                lambda: ready_count(url, "visualizations") == 2,
+                2.0,
+                "a paused RabbitMQ queue gave a message",
+            )
+            assert _cli(h, "queue", "resume", "visualizations").returncode == 0
+            for entry_id, _ in entries:
+                assert h.wait_for(entry_id)["status"] == "completed"
+        finally:
+            broker.close()

@@ -320,9 +320,20 @@ def declare_queues_now(broker: dramatiq.Broker) -> None:
         broker.declare_all()
 
 
-def watch_pauses(broker: dramatiq.Broker, restore: Callable[[], object]) -> None:
-    """Make this worker's fetches hold to the paused queues (workers/messaging/pauses.py):
-    ``restore`` rebuilds the Redis mirror from PostgreSQL, at the first consume and
-    whenever a fetch finds it missing. RabbitMQ: not yet (docs/operations.md)."""
+def watch_pauses(
+    broker: dramatiq.Broker,
+    restore: Callable[[], object],
+    read: Callable[[], Mapping[str, str] | None],
+) -> None:
+    """Make this worker hold to the paused queues (workers/messaging/pauses.py):
+    ``restore`` rebuilds the Redis mirror from PostgreSQL (at the first consume and
+    whenever it is found missing); ``read`` reads the mirror (RabbitMQ's consumers,
+    which look every half second; on Redis the fetch script reads it itself)."""
     if isinstance(broker, SafeRedisBroker):
         broker.pause_source = restore
+        return
+    from workers.messaging.rabbitmq import SafeRabbitmqBroker  # needs the rabbitmq extra
+
+    if isinstance(broker, SafeRabbitmqBroker):
+        broker.pause_source = restore
+        broker.pause_reader = read

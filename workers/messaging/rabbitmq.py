@@ -15,6 +15,12 @@ retries and raises BrokerUnavailableError. The queues are declared by us, classi
 quorum (workers/messaging/rabbitmq_queues.py). ``BROKER_URL`` may name several servers
 (``url1;url2``): every connection tries them in order.
 
+A paused queue (``emotionviz queue pause``): each consumer looks at the paused queues'
+mirror in Redis (workers/messaging/pauses.py) at most every ``PAUSE_LOOK_S`` (not per
+message: RabbitMQ pushes), cancels its basic.consume when its queue is paused (the
+deliveries it had not handed on yet go back to the queue; those handed on run to their
+end, acked on the open channel) and consumes again on resume.
+
 Dead-lettering is "publish to ``<queue>.XQ``, then ack": not atomic. A connection lost
 between the two redelivers the message, which is judged or run again (handlers are
 idempotent) and may leave a second dead letter: a duplicate record, never a loss.
@@ -23,17 +29,20 @@ idempotent) and may leave a second dead letter: a duplicate record, never a loss
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
 import pika
+import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
+from domain.errors import EmotionVizError
 from workers.logging import get_logger
 from workers.messaging.delivery import (
     RabbitmqDelivery,
@@ -52,6 +61,9 @@ from workers.messaging.rabbitmq_queues import QueueType, declare_queues
 log = get_logger("emotionviz.consumer")
 _PERSISTENT = pika.BasicProperties(delivery_mode=2)
 _CHANNEL_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError)
+PAUSE_LOOK_S = 0.5  # how often a consumer reads the paused queues' mirror
+# The mirror's pauses (queue -> since), or None when it is missing (rebuild it first).
+PauseReader = Callable[[], Mapping[str, str] | None]
 
 
 def servers(url: str) -> list[str]:
@@ -81,6 +93,9 @@ class SafeRabbitmqBroker(RabbitmqBroker):
         self.max_message_bytes = max_message_bytes
         self.queue_type: QueueType = queue_type
         self.consumer_parameters = connection_parameters(url)
+        # Set by the worker module (broker.watch_pauses); None: pauses are not looked at.
+        self.pause_reader: PauseReader | None = None
+        self.pause_source: Callable[[], object] | None = None
 
     def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
         """Dramatiq's (the queue and its delay queue registered, its hooks), but the
@@ -121,6 +136,27 @@ class SafeRabbitmqBroker(RabbitmqBroker):
         self.declare_queue(queue_name, ensure=True)  # as Dramatiq's consume does
         return AdmittingRabbitmqConsumer(self, queue_name, prefetch, timeout)
 
+    def queue_paused(self, queue_name: str) -> bool:
+        """Whether ``queue_name`` (or the queue its delay queue belongs to) is paused; a
+        missing mirror is rebuilt first, and counts as paused until it is (fail closed).
+        Redis unreachable: the last answer stands (the caller keeps its state)."""
+        if self.pause_reader is None:
+            return False
+        pauses = self.pause_reader()
+        if pauses is None:
+            if self.pause_source is None:
+                return False
+            try:
+                self.pause_source()
+            except (EmotionVizError, redis.RedisError) as exc:
+                log.warning(
+                    "paused queues not restored from the database; retrying",
+                    reason=f"{type(exc).__name__}: {str(exc)[:200]}",
+                )
+                return True
+            pauses = self.pause_reader() or {}
+        return q_name(queue_name) in pauses
+
     def actor_queues(self) -> Mapping[str, str]:
         return {name: self.get_actor(name).queue_name for name in self.get_declared_actors()}
 
@@ -146,9 +182,39 @@ class AdmittingRabbitmqConsumer(Consumer):
         # Delivery tags of this connection: after a reconnect the old ones are invalid,
         # and pika does not take an unknown tag well.
         self.known_tags: set[int] = set()
+        self.prefetch, self.timeout = prefetch, timeout
+        self.paused = False
+        self._looked_at = 0.0
+
+    def _hold_to_pause(self) -> bool:
+        """Look at the pause at most every PAUSE_LOOK_S; cancel or resume consuming.
+        True while paused."""
+        now = time.monotonic()
+        if now - self._looked_at < PAUSE_LOOK_S:
+            return self.paused
+        self._looked_at = now
+        try:
+            paused = self.broker.queue_paused(self.queue_name)
+        except redis.RedisError as exc:  # Redis unreachable: keep the last state
+            log.warning("could not read the paused queues", reason=type(exc).__name__)
+            return self.paused
+        if paused and not self.paused:
+            self.channel.cancel()  # the deliveries not handed on go back to the queue
+            log.info("queue paused: taking no message", queue=self.queue_name)
+        elif self.paused and not paused:
+            self.iterator = self.channel.consume(
+                self.queue_name, inactivity_timeout=self.timeout / 1000
+            )
+            log.info("queue resumed", queue=self.queue_name)
+        self.paused = paused
+        return paused
 
     def __next__(self) -> MessageProxy | None:
         try:
+            if self._hold_to_pause():
+                # Acks and dead letters asked for by worker threads still run here.
+                self.connection.process_data_events(time_limit=PAUSE_LOOK_S)
+                return None
             method, _properties, body = next(self.iterator)
             if method is None:
                 return None

@@ -138,3 +138,8 @@ def restore_mirror() -> None:
         repo.lock()
         _write_mirror(repo, mirror)
         uow.commit()
+
+
+def mirrored() -> dict[str, str] | None:
+    """The workers' mirror (queue -> since); None when Redis lost it."""
+    return _mirror().read()
