@@ -15,7 +15,7 @@ _MIN_SECRET_CHARS = 6
 _PATTERNS = [
     re.compile(r"(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}]+", re.IGNORECASE),
     re.compile(r"([?&](?:api_?)?key=)[^&\s'\"]+", re.IGNORECASE),
-    re.compile(r"(://[^:/@\s]+:)[^@\s]+(@)"),
+    re.compile(r"(://[^:/@\s]*:)[^@\s]+(@)"),  # an empty user too: redis://:password@
 ]
 _secrets: list[str] = []
 

@@ -74,3 +74,15 @@ def test_a_parsed_url_never_shows_its_password() -> None:
     assert target.password == SECRET
     assert SECRET not in repr(target) and SECRET not in target.where()
     assert target.where() == "s1:26379/svc/0"
+
+
+def test_log_lines_hide_the_password_of_a_url_without_a_user() -> None:
+    # redis://:password@ and redis+sentinel://:password@ (no user before the colon).
+    from domain.redaction import redact
+
+    for url in (
+        "redis+sentinel://:s3cret-pw@s1:26379,s2:26379/svc/0",
+        "redis://:s3cret-pw@redis:6379/0",
+        "redis+sentinel://app:s3cret-pw@s1/svc",
+    ):
+        assert "s3cret-pw" not in redact(f"could not reach {url} (timeout)")
