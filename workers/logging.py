@@ -9,6 +9,7 @@ and is bounded and written whole (workers/log_lines.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -49,18 +50,30 @@ _pseudonym_key: bytes = _DEFAULT_PSEUDONYM_KEY
 
 def log_ref(value: uuid.UUID | str, key: str | bytes | None = None) -> str:
     """The reference a log line carries instead of the id ``value``."""
-    secret = _pseudonym_key if key is None else key.encode() if isinstance(key, str) else key
-    digest = hmac.new(secret or _DEFAULT_PSEUDONYM_KEY, str(value).lower().encode(), hashlib.sha256)
-    return "ref_" + digest.hexdigest()[:20]
+    if key is None:
+        return _process_ref(str(value).lower())
+    secret = key.encode() if isinstance(key, str) else key
+    return _ref(secret or _DEFAULT_PSEUDONYM_KEY, str(value).lower())
+
+
+def _ref(secret: bytes, value: str) -> str:
+    return "ref_" + hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=4096)
+def _process_ref(value: str) -> str:
+    """With the process's key; a job's lines name the same few ids (cleared when the
+    key changes)."""
+    return _ref(_pseudonym_key, value)
 
 
 def _refs_in(value: Any, keep: str) -> Any:
     if isinstance(value, str):
-        if "-" not in value:  # cheap: no UUID without dashes
+        if len(value) < 36 or "-" not in value:  # no UUID fits: most values (cheap)
             return value
-        return _UUID.sub(
-            lambda m: m.group(0) if m.group(0).lower() == keep else log_ref(m.group(0)), value
-        )
+        if len(value) == 36 and _UUID.fullmatch(value):  # a bound id, the common case
+            return value if value.lower() == keep else log_ref(value)
+        return _UUID.sub(lambda m: m[0] if m[0].lower() == keep else log_ref(m[0]), value)
     if isinstance(value, uuid.UUID):
         return value if str(value) == keep else log_ref(value)
     if isinstance(value, dict):
@@ -162,6 +175,7 @@ def configure_logging(
     if key:
         register_secret(key)
     _pseudonym_key = key.encode() if key else _DEFAULT_PSEUDONYM_KEY
+    _process_ref.cache_clear()
     stream = sys.stderr  # in a Dramatiq worker: the pipe to the parent process
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Any] = [
