@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import text
 
 from db.engine import make_session_factory
@@ -34,7 +35,7 @@ from workers.devtools.sentinel import SentinelCluster, SentinelUnavailableError,
 from workers.messaging import failover
 from workers.messaging.broker import build_broker
 from workers.messaging.producer import Producer
-from workers.messaging.redis_clients import client_for
+from workers.messaging.redis_clients import client_for, pooled_client
 from workers.producer_api import ProducerAPI
 from workers.settings import Settings
 
@@ -255,3 +256,23 @@ def test_the_watch_sees_nothing_while_the_primary_stays(cluster: SentinelCluster
         assert calls == []
     finally:
         watch.stop()
+
+
+def test_the_sentinel_pool_makes_a_thread_wait_for_a_free_connection(
+    cluster: SentinelCluster,
+) -> None:
+    """REDIS_MAX_CONNECTIONS behind Sentinel as on one server: a thread that finds none
+    free waits (up to its wait) instead of failing at once (redis_clients.py)."""
+    client = pooled_client(cluster.url, 1, wait_s=0.3)
+    pool = client.connection_pool
+    held = pool.get_connection()
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError, match="No connection available"):
+            pool.get_connection()
+        assert time.monotonic() - started >= 0.3
+    finally:
+        pool.release(held)
+    assert client.ping() is True
+    assert (held.host, held.port) == cluster.primary_address()
+    client.close()
