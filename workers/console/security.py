@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from domain.errors import ConfigurationError
+from domain.errors import ConfigurationError, EmotionVizError
 from workers.settings import Settings
 
 MIN_TOKEN_CHARS = 16
@@ -251,7 +251,13 @@ class Guard:
             return
         request = Request(scope, receive)
         bearer = _bearer(request)
-        who = await self._who(request, bearer)
+        try:
+            who = await self._who(request, bearer)
+        except EmotionVizError:  # the operators table unreadable: say so, no 500
+            await self.refuse(
+                request, 503, "cannot check the operator token: the database is unavailable"
+            )(scope, receive, send)
+            return
         if bearer is not None and who is None:
             await self.refuse(request, 401, "wrong token")(scope, receive, send)
             return
