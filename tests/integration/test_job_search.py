@@ -587,3 +587,17 @@ def test_the_cli_replay_of_listed_ids_is_recorded_in_its_transaction(engine: Eng
         "replay",
         3,
     )
+
+
+def test_a_first_ctrl_c_stops_the_replay_between_batches_a_second_at_once() -> None:
+    import signal
+
+    from workers.entrypoints.commands.jobs import _stopped_by_signals
+
+    stop = threading.Event()
+    with _stopped_by_signals(stop):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread's handler
+        assert stop.is_set()  # the batch in flight finishes; the loop checks stop()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -102,13 +106,24 @@ def _replay_matching(args: argparse.Namespace) -> int:
         MofNCompleteColumn(),
         TextColumn("rows"),
     )
-    with Progress(*columns, transient=True, disable=args.json or not sys.stdout.isatty()) as bar:
+    stop = threading.Event()
+    with (
+        _stopped_by_signals(stop),
+        Progress(*columns, transient=True, disable=args.json or not sys.stdout.isatty()) as bar,
+    ):
         task = bar.add_task("rows", total=plan.rows)
         result = job_search.replay_matching(
             flt,
             batch=args.batch,
             on_batch=lambda rows, _classes: bar.update(task, advance=rows),
+            stop=stop.is_set,
         )
+    if stop.is_set():
+        sys.stderr.write(
+            f"emotionviz replay: stopped after {result.batches} batches ({result.rows} rows "
+            "replayed, each batch committed); run the same command again to replay the rest\n"
+        )
+        return 130
     if args.json:
         emit_json({"filters": job_search.describe(flt)} | result.as_json())
     else:
@@ -118,6 +133,24 @@ def _replay_matching(args: argparse.Namespace) -> int:
             f"({classes or 'none'}); about {result.paid_calls} paid model calls"
         )
     return 0
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C or SIGTERM: finish the batch in flight, then stop (a second Ctrl-C stops
+    at once; that batch rolls back)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _print_plan(plan: job_search.ReplayPlan, lead: str) -> None:
