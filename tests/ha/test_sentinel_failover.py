@@ -168,6 +168,11 @@ def test_a_killed_primary_loses_no_entry_and_pays_none_twice(
             # The lost ones came back through the failover's reconcile, not 300 s later.
             assert int(str(seen["republished"])) >= len(lost), seen
             _cli_follows_the_new_primary(h, seen)
+            log = h.log_path.read_text(errors="replace")
+            for line in ("redis failover watch started", "redis failover seen"):
+                assert line in log
+            assert "redis failover reconciled" in log
+            assert PASSWORD not in log
             print(
                 f"\nsentinel failover: {len(pub.entries)} entries, primary {old} killed "
                 f"(SIGKILL) with {in_flight} pictures in flight and {LOST} entries' messages "
@@ -252,6 +257,7 @@ def test_the_watch_sees_nothing_while_the_primary_stays(cluster: SentinelCluster
     try:
         assert watch.check() is None  # the first answer is the reference
         assert watch.primary is not None
+        assert PASSWORD not in watch.where and watch.where.endswith("/emotionviz/0")
         assert watch.check() is None
         assert calls == []
     finally:

@@ -101,6 +101,11 @@ class FailoverWatchMiddleware(Middleware):
             poll_s=self.settings.redis_sentinel_poll_s,
         )
         self.watch.start()
+        log.info(
+            "redis failover watch started",
+            sentinels=self.watch.where,
+            poll_s=self.settings.redis_sentinel_poll_s,
+        )
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
         if self.watch is not None:

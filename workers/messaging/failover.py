@@ -77,13 +77,20 @@ class FailoverWatch:
             client.close()
 
     def _epoch(self) -> int:
+        """The failover's configuration epoch: the highest the sentinels report (one
+        that has not heard of the failover yet still reports the one before)."""
+        epochs = [0]
         for client in self._sentinel.sentinels:
             try:
                 state: Any = client.sentinel_master(self._target.service)
-                return int(state.get("config-epoch", 0))
+                epochs.append(int(state.get("config-epoch", 0)))
             except (redis.RedisError, OSError, ValueError):
                 continue
-        return 0
+        return max(epochs)
+
+    @property
+    def where(self) -> str:
+        return self._target.where()  # no credentials
 
     def check(self) -> FailoverSeen | None:
         """One look (the thread's step; tests call it too)."""
