@@ -1,14 +1,15 @@
 """The paid-call ledger's vocabulary (issue 23.3): one attempt at a model API, what it
 is estimated to cost, and the per-person daily budget's wait. Pure.
 
-What counts as a paid attempt: a request the model API received and did not refuse for
-quota. Answered 200 (usable or not: a safety block, a cut-off or malformed answer, a
-repair attempt), answered with an error other than 429 (4xx, 5xx), or left without an
-answer once sent (a timeout, a dropped connection). Not one: a 429 (the API did not
-run it), a call our own rate gate or the budget refused before sending, a connection
-that never opened. Only an answer with usage metadata has a cost; an attempt without
-one is recorded at cost 0 with its outcome class (Google does not bill a request that
-failed; a timed-out one may still be billed, which the ledger cannot know).
+What counts as a paid attempt: a request the model API received and set out to run.
+Answered 200 (usable or not: a safety block, a cut-off or malformed answer, a repair
+attempt), answered with a server error (5xx), or left without an answer once sent (a
+timeout, a dropped connection). Not one: a 4xx (the API refused the request without
+running it: a 429 for quota, a bad key, an unknown model), a call our own rate gate or
+the budget held back, a connection that never opened. Only an answer with usage
+metadata has a cost; an attempt without one is recorded at cost 0 with its outcome class
+(Google does not bill a request that failed; a timed-out one may still be billed, which
+the ledger cannot know).
 """
 
 from __future__ import annotations

@@ -427,7 +427,9 @@ class Chaos:
         with self.emulator.state.lock:
             calls = [c for c in self.emulator.state.calls if self.tag in c["text"]]
             paid = sum(
-                1 for c in self.emulator.state.calls if c["accepted"] and not c["answered_429"]
+                1
+                for c in self.emulator.state.calls
+                if c["accepted"] and not c["answered_429"] and not c["refused"]
             )
         kills = sum(1 for d in disruptions if d.name.startswith("kill -9"))
         return Outcome(

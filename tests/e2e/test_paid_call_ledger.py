@@ -73,14 +73,18 @@ def test_usage_totals_equal_the_calls_the_emulator_ran_under_faults(
     h.fault(kind="timeout", target="analysis", contains=marker, times=1, seconds=3)
     h.fault(kind="malformed_json", target="analysis", contains=marker, times=1)
     h.fault(kind="429", target="image", contains=marker, times=1, seconds=0.2)
+    # And a request the API refuses (400): failed for good, not run, not paid.
+    h.fault(kind="400", target="analysis", contains=f"{marker}-refused", times=1)
+    refused = h.make_entry(f"{marker}-refused")
     entries = [h.make_entry(f"{marker}-{i}") for i in range(4)]
-    for entry_id, user_id in entries:
+    for entry_id, user_id in [*entries, refused]:
         h.publish(entry_id, user_id)
     for entry_id, _ in entries:
         assert h.wait_for(entry_id, timeout=60)["status"] == "completed"
+    assert h.wait_for(refused[0], timeout=60)["status"] == "failed"
 
     paid = _paid(h)
-    # 4 analyses + 3 faulted attempts, 4 images (the 429 not counted)
+    # 4 analyses + 3 faulted attempts, 4 images (the 429 and the 400 not counted)
     assert paid == {"analysis": 7, "image": 4}
     by_model = _cli(h, "usage", "--by", "model", "--json")
     rows = {row["key"]: row for row in by_model["rows"]}
@@ -158,4 +162,5 @@ def test_over_the_daily_budget_the_next_entry_waits_until_midnight(
     assert retry["options"]["retries"] == 0
     eta = datetime.fromtimestamp(retry["options"]["eta"] / 1000, UTC)
     assert midnight <= eta <= midnight + timedelta(seconds=MIDNIGHT_JITTER_S + 5)
-    assert h.redis.hlen(keys.dead_bodies) == 0
+    dead = [json.loads(b) for b in h.redis.hvals(keys.dead_bodies)]
+    assert not [m for m in dead if m["args"][0]["entry_id"] == str(second)]

@@ -145,16 +145,20 @@ def test_the_stats_split_calls_by_listener_and_by_arrival_time(
 def test_paid_calls_are_the_calls_run_not_the_429s_nor_the_refused(
     servers: list[EmulatorServer],
 ) -> None:
-    """What the paid-call ledger counts (domain/ledger.py): a 5xx was run, an injected
-    429 and a quota's refusal were not."""
+    """What the paid-call ledger counts (domain/ledger.py): a 5xx was run; an injected
+    429, a 400 and a quota's refusal were not."""
     url = servers[0].url
-    post(url, "/_emulator/config", {"quota_analysis_per_minute": 3})
-    faults = [{"kind": "429", "target": "analysis"}, {"kind": "503", "target": "analysis"}]
+    post(url, "/_emulator/config", {"quota_analysis_per_minute": 4})
+    faults = [
+        {"kind": "429", "target": "analysis"},
+        {"kind": "503", "target": "analysis"},
+        {"kind": "400", "target": "analysis"},
+    ]
     post(url, "/_emulator/faults", {"faults": faults})
-    assert [generate(url, ANALYSIS)[0] for _ in range(4)] == [429, 503, 200, 429]
+    assert [generate(url, ANALYSIS)[0] for _ in range(5)] == [429, 503, 400, 200, 429]
     image_status, image = generate(url, IMAGE)
     kinds = get(url, "/_emulator/stats")["kinds"]
-    assert (kinds["analysis"]["calls"], kinds["analysis"]["paid"]) == (4, 2)
+    assert (kinds["analysis"]["calls"], kinds["analysis"]["paid"]) == (5, 2)
     assert kinds["image"]["paid"] == 1
     # Usage metadata as the API reports it: the prompt's tokens, a 1K image's 1290.
     assert image_status == 200

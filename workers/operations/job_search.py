@@ -293,7 +293,7 @@ def replay_matching(
             result.batches += 1
             for name, n in counts.items():
                 result.by_class[name] = result.by_class.get(name, 0) + n
-            log.info(
+            log.debug(
                 "replay batch committed",
                 rows=len(replayed),
                 by_class=counts,

@@ -276,7 +276,7 @@ class GeminiClient:
         except genai_errors.APIError as exc:
             outcome = f"http_{exc.code}"
             error = classify_api_error(exc, model=model, setting=setting)
-            if exc.code != 429:  # a 429 was not run: not paid
+            if int(exc.code or 0) >= 500:  # a 4xx (a 429 too) was refused, not run
                 failed = Attempt(model, outcome=provider_error_class(error))
             raise error from None
         except TRANSPORT_ERRORS as exc:

@@ -15,7 +15,7 @@ demand, queued through the control API:
 
 The stats count, per kind ("kinds") and per listener ("listeners"), the calls seen, the
 calls the quotas accepted, the 429s answered and the paid calls (accepted, not
-answered 429: what the paid-call ledger records), among calls that arrived in
+answered with a 4xx: what the paid-call ledger records), among calls that arrived in
 [since, until).
 
 Fault kinds: 400, 403, 404, 429, 500, 503, 504, 502html, timeout, slow, block_prompt,

@@ -176,6 +176,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                     "via": self.server.label,
                     "accepted": accepted,
                     "answered_429": fault is not None and fault.kind == "429",
+                    "refused": fault is not None and fault.kind in REFUSED,
                 }
             )
         time.sleep(state.latency_image_s if kind == "image" else state.latency_analysis_s)
@@ -375,6 +376,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
 
 
 IMAGE_TOKENS = 1290
+# Faults answered with a 4xx other than 429: the API refused the request, not run.
+REFUSED = {"400", "403", "404", "echo_key_400"}
 
 
 def tokens(text: str) -> int:
@@ -392,8 +395,8 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 
 def call_summary(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per kind: calls seen, calls the quotas counted, 429s answered, paid calls (run by
-    the API: counted and not answered 429; what the paid-call ledger records, retries
-    and failed answers included: domain/ledger.py), and when the first and last counted
+    the API: counted, not answered with a 4xx; what the paid-call ledger records, retries
+    and 5xx answers included: domain/ledger.py), and when the first and last counted
     call arrived (epoch seconds)."""
     summary: dict[str, dict[str, Any]] = {}
     for call in calls:
@@ -410,7 +413,7 @@ def call_summary(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         )
         kind["calls"] += 1
         kind["rate_limited"] += call["answered_429"]
-        if call["accepted"] and not call["answered_429"]:
+        if call["accepted"] and not call["answered_429"] and not call.get("refused"):
             kind["paid"] += 1
         if call["accepted"]:
             kind["accepted"] += 1
