@@ -48,6 +48,7 @@ DEFAULT_BATCH = 500
 CALLS_WITH_CHECKPOINT = 1
 CALLS_WITHOUT_CHECKPOINT = 2
 
+# domain/failures.py keeps its classes private; their names, in its order, then OTHER.
 FAILURE_CLASSES: tuple[str, ...] = (*(name for name, _ in _CLASSES), OTHER)
 STATUSES: tuple[str, ...] = tuple(s.value for s in VisualizationStatus)
 FAILED = VisualizationStatus.FAILED.value
