@@ -160,6 +160,22 @@ def test_queue_commands_keep_the_contract_and_are_in_the_trail(env: dict[str, st
         ["queue", "list", "--json"],
         ["status", "--json"],
     )
+    metrics = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from workers.observability.exposition import render_metrics; "
+            "print(render_metrics().decode())",
+        ],
+        env={**os.environ, **env, "QUEUE_PAUSE_ALERT_S": "0.001"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert 'emotionviz_queue_paused{queue="analytics"} 1.0' in metrics
+    assert 'emotionviz_queue_paused{queue="intake"} 0.0' in metrics
+    assert 'emotionviz_queue_paused_too_long{queue="analytics"} 1.0' in metrics
+    assert 'emotionviz_queue_paused_seconds{queue="analytics"} 0.0' not in metrics
     _one_line(twice, 1, "paused already")
     _one_line(unknown, 2, "invalid choice")
     (row,) = json.loads(listed.stdout)
