@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,10 +21,16 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from db.engine import make_session_factory
+from db.uow import UnitOfWork
 from domain.ledger import MIDNIGHT_JITTER_S, next_utc_midnight
 from tests.conftest import DatabaseFactory
 from tests.e2e.conftest import Harness, running_harness
+from workers.messaging.broker import build_broker
+from workers.messaging.producer import Producer
 from workers.messaging.redis_keys import queue_keys
+from workers.producer_api import ProducerAPI
+from workers.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -112,6 +119,45 @@ def test_usage_totals_equal_the_calls_the_emulator_ran_under_faults(
         ).scalar_one()
     assert outcomes == {"ok": 8, "server_error": 1, "timeout": 1, "invalid_output": 1}
     assert unowned == 0  # every row names its person and entry
+
+
+def test_an_intake_turn_is_recorded_as_the_persons_with_its_session(
+    ledger_harness: Harness,
+) -> None:
+    h = ledger_harness
+    settings = Settings(_env_file=None, redis_namespace=h.namespace)  # type: ignore[call-arg]
+    broker = build_broker(settings, h.redis_url)
+    factory = make_session_factory(h.engine)
+    try:
+        producer = ProducerAPI(lambda: UnitOfWork(factory, Producer(broker)))
+        with h.engine.begin() as conn:
+            user_id = conn.execute(
+                text(
+                    "INSERT INTO users (email, hashed_password, name) "
+                    "VALUES (:e, 'x', 'I') RETURNING id"
+                ),
+                {"e": f"intake-{uuid.uuid4().hex[:8]}@example.com"},
+            ).scalar_one()
+        session_id = producer.start_intake(user_id, "Situation: my flight was cancelled")
+    finally:
+        broker.close()
+    deadline = time.monotonic() + 30
+    rows: list[Any] = []
+    while not rows:
+        assert time.monotonic() < deadline, "no intake call recorded"
+        with h.engine.connect() as conn:
+            rows = list(
+                conn.execute(
+                    text(
+                        "SELECT kind, user_id, entry_id, outcome, input_tokens FROM model_calls "
+                        "WHERE intake_session_id = :s"
+                    ),
+                    {"s": session_id},
+                ).all()
+            )
+        time.sleep(0.1)
+    assert [tuple(r)[:4] for r in rows] == [("intake", user_id, None, "ok")]
+    assert rows[0][4] > 0
 
 
 def test_over_the_daily_budget_the_next_entry_waits_until_midnight(
