@@ -90,7 +90,8 @@ def render(status: dict[str, Any]) -> Group:
     paid = status.get("paid_calls_today")
     if paid:  # the paid-call ledger (issue 23.3)
         budget = paid["user_daily_budget_usd"]
-        table = Table(title=f"paid calls today (UTC), daily budget {budget or 'off'}")
+        shown = f"${budget} per person" if budget else "off"
+        table = Table(title=f"paid calls today (UTC), daily budget {shown}")
         for column in ("calls", "est. cost USD", "people", "rows waiting on a budget"):
             table.add_column(column, justify="right")
         table.add_row(
