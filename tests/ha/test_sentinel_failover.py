@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import text
 
 from db.engine import make_session_factory
@@ -31,6 +33,7 @@ from db.uow import UnitOfWork
 from domain.errors import PublishFailedError
 from tests.conftest import DatabaseFactory
 from tests.e2e.conftest import Harness, running_harness
+from workers.devtools.replication_link import free_port
 from workers.devtools.sentinel import SentinelCluster, SentinelUnavailableError, running_sentinels
 from workers.messaging import failover
 from workers.messaging.broker import build_broker
@@ -128,8 +131,11 @@ def test_a_killed_primary_loses_no_entry_and_pays_none_twice(
                 cluster.link.freeze()
                 lost = [pub.one() for _ in range(LOST)]  # enqueued on the primary only
                 in_flight = _processing(h, marker)
+                # The primary and the sentinel on its machine, first in the URL: every
+                # lookup finds it dead before asking the next.
                 cluster.kill("primary")
                 killed = time.monotonic()
+                cluster.kill("sentinel-1")
             finally:
                 os.killpg(h.workers[0].pid, signal.SIGCONT)
             after: list[uuid.UUID] = [pub.one() for _ in range(AFTER)]
@@ -175,7 +181,7 @@ def test_a_killed_primary_loses_no_entry_and_pays_none_twice(
             assert PASSWORD not in log
             print(
                 f"\nsentinel failover: {len(pub.entries)} entries, primary {old} killed "
-                f"(SIGKILL) with {in_flight} pictures in flight and {LOST} entries' messages "
+                f"(SIGKILL, with the first sentinel) with {in_flight} pictures in flight and {LOST} entries' messages "
                 f"on it alone; new primary {new}\n"
                 f"  publish gap: first publish after the kill returned after {gap:.2f} s; "
                 f"{len(pub.refused)} publishes refused\n"
@@ -282,3 +288,15 @@ def test_the_sentinel_pool_makes_a_thread_wait_for_a_free_connection(
     assert client.ping() is True
     assert (held.host, held.port) == cluster.primary_address()
     client.close()
+
+
+def test_no_sentinel_answering_is_one_short_line_without_the_password() -> None:
+    ports = [free_port(), free_port()]  # nobody listens there
+    url = f"redis+sentinel://:{PASSWORD}@" + ",".join(f"127.0.0.1:{p}" for p in ports) + "/svc"
+    # No retries here (redis-py's default backs off 1, 2, 4 s: what rides out a failover).
+    client = client_for(url, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    with pytest.raises(redis.ConnectionError) as caught:
+        client.ping()
+    line = str(caught.value)
+    assert line.startswith("no primary for 'svc': the sentinels at 127.0.0.1:")
+    assert len(line) < 200 and PASSWORD not in line
