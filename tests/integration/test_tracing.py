@@ -20,6 +20,7 @@ import dramatiq
 import jsonschema
 import pytest
 import redis
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -313,3 +314,29 @@ def test_tracing_off_writes_no_context_and_makes_no_span(world: World) -> None:
     world.run_until(lambda: world.status(entry_id) == "completed")
     assert tracing.tracer() is None and unused.get_finished_spans() == ()
     provider.shutdown()
+
+
+def test_a_deferred_message_carries_the_jobs_trace(
+    world: World, exporter: InMemorySpanExporter
+) -> None:
+    """A deferral (a lease held elsewhere: entrypoints/actors.py) is published from
+    inside the job: the delayed message carries the job's trace onward."""
+    job = tracing.tracer().start_span("process entry.created")
+    with trace.use_span(job, end_on_exit=True):
+        world.producer.publish(
+            EntryCreated(entry_id=uuid.uuid4(), user_id=world.user_id), delay_ms=600_000
+        )
+    client = redis.Redis.from_url(world.redis_url)
+    keys = queue_keys(world.settings.redis_namespace, EntryCreated.queue_name)
+    try:
+        (body,) = client.hvals(keys.delayed_bodies)
+    finally:
+        client.close()
+    carried = json.loads(body)["options"][tracing.OPTION]["traceparent"]
+    publish = _one(list(exporter.get_finished_spans()), "publish entry.created")
+    assert (
+        publish.context is not None and job.get_span_context().trace_id == publish.context.trace_id
+    )
+    assert _parent(publish) == job.get_span_context().span_id
+    # (flags: sampled, and with this SDK the trace id's "random" bit too)
+    assert carried.startswith(f"00-{publish.context.trace_id:032x}-{publish.context.span_id:016x}-")

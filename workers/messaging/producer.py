@@ -11,6 +11,10 @@ Messages that follow a database change go through ``UnitOfWork.publish`` (db/uow
 which calls this after commit; upstream services use workers/producer_api.py, which
 does the same. Non-Python producers write the same envelope to Redis:
 docs/messages.md.
+
+With tracing on (workers/observability/tracing.py), each message gets a publish span,
+a child of the current one, and carries it in ``options.trace_context``; off, nothing
+is added to the envelope.
 """
 
 from __future__ import annotations
