@@ -321,6 +321,8 @@ def test_a_read_token_sees_but_may_not_act_and_a_write_token_acts_in_its_name(
         "POST", "/queues/intake/pause", form={"reason": "drill"}, headers=_bearer(writer)
     )
     assert status == 303
+    status, _, live = console.request("GET", "/overview/live", headers=_bearer(reader))
+    assert status == 200 and 'id="q-intake-paused"' in live and "paused by walt" in live
     status, _, _ = console.request(
         "POST", "/queues/intake/resume", form={}, headers=_bearer(writer)
     )
