@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_off_when_the_exporter_is_none_even_with_an_endpoint() -> None:
 _ON = """
 from workers.observability import tracing
 assert tracing.resolve() is not None
-with tracing.span("probe", **tracing.refs({"entry_id": "6f1c0a7e-0000-4000-8000-000000000001"})):
+with tracing.span("probe", tracing.refs({"entry_id": "6f1c0a7e-0000-4000-8000-000000000001"})):
     pass
 tracing.shutdown()
 """
@@ -137,3 +138,29 @@ def test_variables_it_cannot_honour_leave_tracing_off_with_one_line(otel: dict[s
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "None"
     assert "tracing is off: the OTEL_* variables cannot be honoured" in done.stdout + done.stderr
+
+
+def test_the_producer_apis_span_names_references_and_the_step_as_it_is() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from workers.logging import log_ref
+    from workers.messaging.producer import request_span
+    from workers.observability import tracing
+
+    provider, spans = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    session_id = uuid.uuid4()
+    tracing.use(provider)
+    try:
+        with request_span("submit_answer", session_id=session_id, step=2):
+            pass
+    finally:
+        tracing.use(None)
+    (span,) = spans.get_finished_spans()
+    assert span.name == "producer_api.submit_answer"
+    assert dict(span.attributes or {}) == {
+        "emotionviz.session_ref": log_ref(session_id),
+        "emotionviz.step": 2,
+    }

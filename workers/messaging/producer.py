@@ -113,13 +113,17 @@ def _span_ids(message: MessageV1) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def request_span(operation: str, **ids: object) -> Iterator[None]:
+def request_span(operation: str, *, step: int | None = None, **ids: object) -> Iterator[None]:
     """The producer API's span around one request (its unit of work and the publish
-    span nest under it); nothing when tracing is off."""
+    span nest under it): ``ids`` as references, the intake ``step`` as it is; nothing
+    when tracing is off."""
     if tracing.tracer() is None:
         yield
         return
-    with tracing.span(f"producer_api.{operation}", **tracing.refs(ids)):
+    attributes: dict[str, str | int] = dict(tracing.refs(ids))
+    if step is not None:
+        attributes["emotionviz.step"] = step
+    with tracing.span(f"producer_api.{operation}", attributes):
         yield
 
 

@@ -269,7 +269,9 @@ def _ignored(message_id: str, why: str) -> None:
 
 
 @contextlib.contextmanager
-def span(name: str, kind: str = "INTERNAL", **attributes: str | int) -> Iterator[Any]:
+def span(
+    name: str, attributes: Mapping[str, str | int] | None = None, kind: str = "INTERNAL"
+) -> Iterator[Any]:
     """A span around the block, current inside it (its children are ours and the
     libraries'); a no-op yielding None when tracing is off. An exception ends it with
     an error status naming the exception's class, never its message."""
@@ -282,7 +284,7 @@ def span(name: str, kind: str = "INTERNAL", **attributes: str | int) -> Iterator
     with current.start_as_current_span(
         name,
         kind=SpanKind[kind],
-        attributes=attributes,
+        attributes=dict(attributes or {}),
         record_exception=False,
         set_status_on_exception=False,
     ) as opened:
