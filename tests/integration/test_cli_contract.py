@@ -105,6 +105,12 @@ FAILURES = [
     (["doctor", "--machines", "1000"], {}, 1, "does not fit"),
     (["doctor"], {"DATABASE_POOLER": "pgcat"}, 2, "DATABASE_POOLER"),
     (["doctor"], {"DATABASE_DIRECT_URL": "mysql://u@localhost/x"}, 2, "DATABASE_DIRECT_URL"),
+    # issue 24.3-24.4: queue pause, operators, the trail (more in test_operators.py)
+    (["queue", "pause", "nope"], {}, 2, "invalid choice"),
+    (["queue", "resume", "intake"], {}, 1, "not paused"),
+    (["operator", "add", "two words", "--scope", "read"], {}, 2, "operator name"),
+    (["operator", "revoke", "nobody"], {}, 1, "no live operator"),
+    (["audit", "--since", "someday"], {}, 2, "--since"),
 ]
 
 
@@ -146,6 +152,9 @@ def test_debug_shows_the_traceback(cli_env: dict[str, str]) -> None:
         ["replay", "--json"],
         ["reconcile", "--json"],
         ["doctor", "--json"],
+        ["queue", "list", "--json"],
+        ["operator", "list", "--json"],
+        ["audit", "--json"],
     ],
 )
 def test_reports_have_json(cli_env: dict[str, str], args: list[str]) -> None:
