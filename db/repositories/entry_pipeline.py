@@ -67,6 +67,34 @@ FROM fair_claim(%(entry_id)s, %(user_id)s, %(style)s, %(lease_s)s, %(cap)s) f
 LEFT JOIN emotion_entries e ON e.id = f.f_entry_id
 """
 
+# A job yields its thread between its steps (after the analysis, checkpointed) when
+# another person has a fresh entry waiting and nothing running, and its own person has
+# other jobs running: its row goes back to the pool, first of its person's entries, and
+# the thread takes the waiting one (docs/reliability.md, "Fairness"). The person's ring
+# row is held (SKIP LOCKED: no wait) so that the ring cannot drop them meanwhile.
+_LIVE = "status = 'processing' AND coalesce(lease_expires_at, processing_started_at) >= now()"
+_YIELD_TURN = f"""
+WITH ring AS (
+    SELECT user_id FROM fair_turns WHERE user_id = %(user_id)s FOR UPDATE SKIP LOCKED
+), released AS (
+    UPDATE visualizations
+    SET status = 'pending', processing_started_at = NULL, lease_expires_at = NULL,
+        claim_count = greatest(claim_count - 1, 0)
+    WHERE id = %(id)s AND status = 'processing' AND processing_started_at = %(lease)s
+      AND EXISTS (SELECT 1 FROM ring)
+      AND EXISTS (
+          SELECT 1 FROM fair_turns t
+          WHERE t.user_id <> %(user_id)s
+            AND EXISTS (SELECT 1 FROM fair_waiting w WHERE w.user_id = t.user_id AND w.lane = 0)
+            AND NOT EXISTS (SELECT 1 FROM visualizations o WHERE o.user_id = t.user_id AND {_LIVE}))
+      AND (SELECT count(*) FROM visualizations m WHERE m.user_id = %(user_id)s AND {_LIVE}) >= 2
+    RETURNING entry_id, user_id
+)
+INSERT INTO fair_waiting (entry_id, user_id, lane, queued_at)
+SELECT entry_id, user_id, 0, '-infinity' FROM released
+ON CONFLICT (entry_id) DO NOTHING
+"""
+
 _HELD = "WHERE id = %(id)s AND status = 'processing' AND processing_started_at = %(lease)s"
 
 _SAVE_ANALYSIS = f"""
@@ -167,6 +195,14 @@ class EntryPipelineRepository:
         if row[0] is None:
             return FairClaim(None, capped=bool(row[13]))
         return FairClaim((_entry(row), ClaimedVisualization(*row[7:13])), capped=False)
+
+    def yield_turn(self, claim: ClaimedVisualization, user_id: uuid.UUID) -> bool:
+        """Give the row back to the pool if another person waits with nothing running
+        (and ``user_id`` has other jobs running); True if it was given back."""
+        cursor = self.conn.execute(
+            _YIELD_TURN, {"user_id": user_id, "id": claim.id, "lease": claim.lease}
+        )
+        return cursor.rowcount > 0
 
     def count_claim(self, claim: ClaimedVisualization, delta: int) -> bool:
         """Add ``delta`` (+1 or -1) to the row's count of claims that may have ended in

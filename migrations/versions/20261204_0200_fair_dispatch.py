@@ -30,6 +30,9 @@ down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# The advisory locks of the cap: (this space, hash of the person).
+LOCK_SPACE = 0x46414952  # "FAIR"
+
 # A live job of a person: processing under a lease that has not run out.
 _LIVE = "v.status = 'processing' AND coalesce(v.lease_expires_at, v.processing_started_at) >= now()"
 
@@ -70,6 +73,7 @@ DECLARE
     v_entry uuid;
     v_enrol boolean := false;
     v_tries integer := 0;
+    v_passed uuid[] := '{{}}';
 BEGIN
     -- 0. A message naming no entry of its person takes nothing: the caller rejects it.
     IF NOT EXISTS (SELECT 1 FROM emotion_entries e WHERE e.id = p_entry AND e.user_id = p_user)
@@ -102,34 +106,59 @@ BEGIN
     END IF;
 
     -- 2. Fresh lane: the waiting person with nothing in flight who waited longest since
-    --    their last turn, else the one with the fewest jobs in flight (under the cap).
+    --    their last turn, else the one with the fewest jobs in flight (under the cap);
+    --    their oldest entry that no concurrent claim holds. Nothing here waits for a
+    --    lock (SKIP LOCKED): concurrent claims for one person take their next entries.
     LOOP
         v_tries := v_tries + 1;
         EXIT WHEN v_tries > 8;
         v_person := NULL;
         SELECT t.user_id INTO v_person FROM fair_turns t
-        WHERE NOT EXISTS (SELECT 1 FROM visualizations v WHERE v.user_id = t.user_id AND {_LIVE})
-        ORDER BY t.turn_at LIMIT 1
-        FOR UPDATE SKIP LOCKED;
+        WHERE t.user_id <> ALL (v_passed)
+          AND NOT EXISTS (SELECT 1 FROM visualizations v WHERE v.user_id = t.user_id AND {_LIVE})
+        ORDER BY t.turn_at LIMIT 1;
         IF v_person IS NULL THEN
             SELECT t.user_id INTO v_person
             FROM fair_turns t
             JOIN (SELECT v.user_id, count(*) AS n FROM visualizations v WHERE {_LIVE}
                   GROUP BY v.user_id) b ON b.user_id = t.user_id
-            WHERE p_cap <= 0 OR b.n < p_cap
-            ORDER BY b.n, t.turn_at LIMIT 1
-            FOR UPDATE OF t SKIP LOCKED;
+            WHERE t.user_id <> ALL (v_passed) AND (p_cap <= 0 OR b.n < p_cap)
+            ORDER BY b.n, t.turn_at LIMIT 1;
         END IF;
         EXIT WHEN v_person IS NULL;
+        IF p_cap > 0 THEN  -- the cap is exact: one claim per person at a time counts
+            IF NOT pg_try_advisory_xact_lock({LOCK_SPACE}, hashtext(v_person::text)) THEN
+                v_passed := v_passed || v_person;  -- another claim is serving them
+                CONTINUE;
+            END IF;
+            IF (SELECT count(*) FROM visualizations v WHERE v.user_id = v_person AND {_LIVE})
+               >= p_cap THEN
+                v_passed := v_passed || v_person;
+                CONTINUE;
+            END IF;
+        END IF;
+        v_entry := NULL;
         SELECT w.entry_id INTO v_entry FROM fair_waiting w
         WHERE w.user_id = v_person AND w.lane = 0
-        ORDER BY w.queued_at LIMIT 1;
-        IF v_entry IS NULL THEN  -- nothing left for them: out of the ring (exact: held)
-            DELETE FROM fair_turns t WHERE t.user_id = v_person;
+        ORDER BY w.queued_at LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+        IF v_entry IS NULL THEN
+            v_passed := v_passed || v_person;
+            -- Out of the ring if nothing is left. Held first: whoever adds to a person's
+            -- pool holds their ring row, so the check (a statement after the lock, with
+            -- its own snapshot) cannot miss an entry being added.
+            PERFORM 1 FROM fair_turns t WHERE t.user_id = v_person FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                DELETE FROM fair_turns t WHERE t.user_id = v_person
+                  AND NOT EXISTS (SELECT 1 FROM fair_waiting w
+                                  WHERE w.user_id = v_person AND w.lane = 0);
+            END IF;
             CONTINUE;
         END IF;
         DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;
-        UPDATE fair_turns t SET turn_at = clock_timestamp() WHERE t.user_id = v_person;
+        UPDATE fair_turns t SET turn_at = clock_timestamp()
+        WHERE t.user_id = (SELECT r.user_id FROM fair_turns r WHERE r.user_id = v_person
+                           FOR UPDATE SKIP LOCKED);
         {_TAKE}
     END LOOP;
 
@@ -143,15 +172,24 @@ BEGIN
         {_TAKE}
     END LOOP;
 
-    -- 4. Nothing pooled could be taken: the caller claims its own entry, unless its
-    --    person is at the cap and the entry still waits.
-    IF p_cap > 0
-       AND EXISTS (SELECT 1 FROM visualizations v
-                   WHERE v.entry_id = p_entry AND v.status = 'pending')
-       AND (SELECT count(*) FROM visualizations v WHERE v.user_id = p_user AND {_LIVE})
-           >= p_cap THEN
-        RETURN QUERY SELECT NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::text,
-                            NULL::jsonb, NULL::text, NULL::integer, true;
+    -- 4. Nothing pooled could be taken: the caller claims its own entry. Under a cap
+    --    the claim is made here, under the person's lock; and while pooled entries
+    --    wait (their people at the cap), the message comes back soon ("capped") rather
+    --    than after a lease: it is still somebody's token.
+    IF p_cap > 0 THEN
+        IF pg_try_advisory_xact_lock({LOCK_SPACE}, hashtext(p_user::text))
+           AND (SELECT count(*) FROM visualizations v WHERE v.user_id = p_user AND {_LIVE})
+               < p_cap THEN
+            v_entry := p_entry;
+            {_TAKE}
+        END IF;
+        IF EXISTS (SELECT 1 FROM fair_waiting w WHERE w.lane = 0)
+           OR EXISTS (SELECT 1 FROM visualizations v
+                      WHERE v.entry_id = p_entry AND v.status = 'pending') THEN
+            RETURN QUERY SELECT NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::text,
+                                NULL::jsonb, NULL::text, NULL::integer, true;
+            RETURN;
+        END IF;
     END IF;
     RETURN;
 END;

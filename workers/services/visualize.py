@@ -40,6 +40,7 @@ class Outcome(StrEnum):
     ALREADY_FAILED = "already_failed"
     LEASE_LOST = "lease_lost"
     AT_CAP = "at_cap"  # the person has USER_MAX_IN_FLIGHT jobs running: try again soon
+    YIELDED = "yielded"  # back to the pool after its analysis: someone else waited
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class _Job(threading.local):
     # The pooled entry this thread took in the message's stead (its own message is
     # another's token): a failure of its job is that entry's, not the message's.
     turn: EntryCreated | None = None
+    may_yield: bool = False  # a token's job: may give its thread to a waiting person
 
 
 class VisualizationService:
@@ -80,9 +82,20 @@ class VisualizationService:
     ) -> Outcome:
         """``fair``: the message is a token (a first delivery): it takes the fairest
         entry waiting in the pool, maybe another person's (``turn_taken`` then names
-        it), else its own. A retry claims its own entry only."""
+        it), else its own. A retry claims its own entry only. A token's job may yield
+        its thread after the analysis to a person waiting with nothing running; the
+        token then takes that person's entry."""
+        outcome = self._process(message, fair, max_in_flight, may_yield=fair)
+        if outcome is Outcome.YIELDED:
+            outcome = self._process(message, fair, max_in_flight, may_yield=False)
+        return outcome
+
+    def _process(
+        self, message: EntryCreated, fair: bool, max_in_flight: int, *, may_yield: bool
+    ) -> Outcome:
         self._job.held = None
         self._job.turn = None
+        self._job.may_yield = may_yield
         # Claimed under an ordinary share of the suspect lock: a suspect of this
         # process runs alone (services/isolation.py).
         with self.suspects.ordinary():
@@ -128,6 +141,7 @@ class VisualizationService:
         if not self._count(claim, -1):
             return Outcome.LEASE_LOST
         log.warning("row held by a worker that died: processing it alone", crashes=crashes)
+        self._job.may_yield = False  # a suspect runs to its end
         with self.suspects.alone(holding_ordinary=True):
             if not self._count(claim, +1):
                 return Outcome.LEASE_LOST
@@ -146,6 +160,9 @@ class VisualizationService:
         analysis = self._analysis_step(entry, claim, style)
         if analysis is None:
             return Outcome.LEASE_LOST
+        if self._job.may_yield and not claim.image_url and self._yield_turn(entry, claim):
+            log.info("gave the thread to a person waiting with nothing running")
+            return Outcome.YIELDED
         # The picture is saved with the completion, in one write.
         picture = {} if claim.image_url else self._image_step(entry, claim, analysis, style)
         with self.uow_factory() as uow:
@@ -192,6 +209,11 @@ class VisualizationService:
             entry = require_owned(found, "entry", message.entry_id, message.user_id)
             uow.commit()
         return entry, claim
+
+    def _yield_turn(self, entry: EntryRow, claim: ClaimedVisualization) -> bool:
+        with self.uow_factory() as uow:
+            uow.single_statement()
+            return uow.entry_pipeline.yield_turn(claim, entry.user_id)
 
     def _count(self, claim: ClaimedVisualization, delta: int) -> bool:
         """Count (+1) or uncount (-1) this claim as one that may end in a crash; False

@@ -1,0 +1,184 @@
+"""The fair claim on real PostgreSQL (migration 0008; docs/reliability.md, "Fairness"):
+the pool and its lanes, the ring, the yield, and recovery of a claim whose worker died."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import dramatiq
+import pytest
+from sqlalchemy import Engine, text
+
+from db.engine import make_session_factory
+from db.repositories import ClaimedVisualization
+from db.repositories.entry_pipeline import FairClaim
+from db.uow import UnitOfWork
+from domain.messages import EntryCreated
+from tests.integration.helpers import insert_entry, insert_user
+from workers.messaging.producer import Producer
+from workers.services.reconcile import reconcile
+
+pytestmark = pytest.mark.integration
+LEASE_S = 60
+
+
+@pytest.fixture
+def uow_factory(engine: Engine, broker: dramatiq.Broker) -> Callable[[], UnitOfWork]:
+    factory = make_session_factory(engine)
+    producer = Producer(broker)
+    return lambda: UnitOfWork(factory, producer)
+
+
+def _person(engine: Engine, entries: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        return user, [insert_entry(conn, user) for _ in range(entries)]
+
+
+def _publish(factory: Callable[[], UnitOfWork], user: uuid.UUID, entries: list[uuid.UUID]) -> None:
+    with factory() as uow:
+        for entry in entries:
+            uow.publish(EntryCreated(entry_id=entry, user_id=user))
+        uow.commit()
+
+
+def _claim(
+    factory: Callable[[], UnitOfWork], entry: uuid.UUID, user: uuid.UUID, cap: int = 0
+) -> FairClaim:
+    """What the token (the message of ``entry``) takes."""
+    with factory() as uow:
+        uow.single_statement()
+        return uow.entry_pipeline.fair_claim(entry, user, None, LEASE_S, cap)
+
+
+def _taken(pick: FairClaim) -> uuid.UUID:
+    assert pick.taken is not None
+    return uuid.UUID(pick.taken[0].snapshot.entry_id)
+
+
+def _pool(engine: Engine) -> dict[uuid.UUID, int]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT entry_id, lane FROM fair_waiting")).all())  # type: ignore[arg-type]
+
+
+def _ring(engine: Engine) -> set[uuid.UUID]:
+    with engine.connect() as conn:
+        return set(conn.execute(text("SELECT user_id FROM fair_turns")).scalars())
+
+
+def test_tokens_take_people_in_turn_and_each_entry_once(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    a, a_entries = _person(engine, 5)
+    b, [b_entry] = _person(engine, 1)
+    _publish(uow_factory, a, a_entries)
+    _publish(uow_factory, b, [b_entry])
+    assert _pool(engine) == {e: 0 for e in [*a_entries, b_entry]}
+    assert _ring(engine) == {a, b}
+    # A's messages come first; the first takes A's oldest, the second B's (B has
+    # nothing running), then A's in order, whatever the message.
+    taken = [_taken(_claim(uow_factory, e, a)) for e in a_entries[:2]]
+    assert taken == [a_entries[0], b_entry]
+    taken += [_taken(_claim(uow_factory, e, a)) for e in a_entries[2:]]
+    taken.append(_taken(_claim(uow_factory, b_entry, b)))
+    assert sorted(taken) == sorted([*a_entries, b_entry])  # each once
+    assert _pool(engine) == {}
+    # A spare token (every entry is taken): its own entry is held, nothing is taken;
+    # the ring drops whoever it finds with nothing left (lazily, on the next look).
+    assert _claim(uow_factory, a_entries[0], a) == FairClaim(None, capped=False)
+    assert _ring(engine) == set()
+
+
+def test_fresh_entries_go_before_replays_and_republished_stuck_rows(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork], broker: dramatiq.Broker
+) -> None:
+    c, c_entries = _person(engine, 3)
+    _publish(uow_factory, c, c_entries)
+    for entry in c_entries[:2]:
+        _taken(_claim(uow_factory, entry, c))
+    with engine.begin() as conn:  # one failed, one whose worker died (lease ran out)
+        conn.execute(
+            text("UPDATE visualizations SET status = 'failed' WHERE entry_id = :e"),
+            {"e": c_entries[0]},
+        )
+        conn.execute(
+            text(
+                "UPDATE visualizations SET lease_expires_at = now() - interval '1 hour', "
+                "processing_started_at = now() - interval '2 hours', "
+                "dispatched_at = now() - interval '2 hours' WHERE entry_id = :e"
+            ),
+            {"e": c_entries[1]},
+        )
+    with uow_factory() as uow:  # an operator's replay (workers/operations/jobs.py)
+        for entry_id, user_id, style in uow.visualizations.replay_failed([c_entries[0]]):
+            uow.publish(EntryCreated(entry_id=entry_id, user_id=user_id, style=style))
+        uow.commit()
+    assert reconcile(uow_factory, grace_s=300).stuck == 1
+    pool = _pool(engine)
+    assert pool[c_entries[0]] == 1 and pool[c_entries[1]] == 1  # the low lane
+    assert pool[c_entries[2]] == 0  # never taken: still fresh
+    d, [d_entry] = _person(engine, 1)
+    _publish(uow_factory, d, [d_entry])
+    # Any message, the republished ones included, takes the fresh entries first.
+    first = [_taken(_claim(uow_factory, c_entries[0], c)) for _ in range(2)]
+    assert sorted(first) == sorted([c_entries[2], d_entry])
+    low = [_claim(uow_factory, c_entries[1], c) for _ in range(2)]
+    claims = {_taken(p): p.taken[1].claim_count for p in low if p.taken is not None}
+    # The replayed row starts afresh; the dead worker's claim counts, so a row that
+    # keeps killing workers still fails after MAX_CLAIMS.
+    assert claims == {c_entries[0]: 1, c_entries[1]: 2}
+
+
+def test_a_message_without_a_row_enrols_its_entry(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    """A producer that wrote only the message (docs/messages.md): the row is made and
+    pooled by its own token, which then takes the fairest entry."""
+    a, [a_entry] = _person(engine, 1)
+    pick = _claim(uow_factory, a_entry, a)
+    assert _taken(pick) == a_entry
+    with engine.connect() as conn:
+        arrivals = conn.execute(text("SELECT count(*) FROM entry_arrivals")).scalar_one()
+    assert arrivals == 0 and _pool(engine) == {}
+    # A message naming another person's entry takes nothing (it is rejected).
+    b, _ = _person(engine, 1)
+    assert _claim(uow_factory, a_entry, b) == FairClaim(None, capped=False)
+
+
+def test_the_cap_holds_a_person_back_and_their_message_waits(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    a, entries = _person(engine, 3)
+    _publish(uow_factory, a, entries)
+    assert _taken(_claim(uow_factory, entries[0], a, cap=2)) == entries[0]
+    assert _taken(_claim(uow_factory, entries[1], a, cap=2)) == entries[1]
+    assert _claim(uow_factory, entries[2], a, cap=2) == FairClaim(None, capped=True)
+    assert _taken(_claim(uow_factory, entries[2], a, cap=3)) == entries[2]
+
+
+def test_a_job_yields_its_thread_to_a_person_waiting_with_nothing_running(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    a, a_entries = _person(engine, 3)
+    _publish(uow_factory, a, a_entries)
+    held: list[ClaimedVisualization] = []
+    for entry in a_entries[:2]:
+        pick = _claim(uow_factory, entry, a)
+        assert pick.taken is not None
+        held.append(pick.taken[1])
+
+    def yields(claim: ClaimedVisualization, user: uuid.UUID) -> bool:
+        with uow_factory() as uow:
+            uow.single_statement()
+            return uow.entry_pipeline.yield_turn(claim, user)
+
+    assert not yields(held[0], a)  # nobody else waits
+    b, [b_entry] = _person(engine, 1)
+    _publish(uow_factory, b, [b_entry])
+    assert yields(held[0], a)
+    assert not yields(held[1], a)  # A has one job left running: it keeps it
+    assert _pool(engine)[a_entries[0]] == 0
+    assert _taken(_claim(uow_factory, a_entries[2], a)) == b_entry
+    # The yielded entry is A's next, before A's later entries.
+    assert _taken(_claim(uow_factory, a_entries[2], a)) == a_entries[0]
