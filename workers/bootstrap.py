@@ -14,33 +14,39 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import dramatiq
-import redis
-
 from db import embedded
-from db.engine import Database
-from db.engine import redact_url as redact_url  # for logs; callers use bootstrap's
-from db.uow import UnitOfWork
 from domain.messages import QUEUES, EntryCreated, MessageV1
-from domain.providers import ImageStore
 from workers.logging import configure_logging, register_secret
-from workers.messaging.broker import build_broker
-from workers.messaging.broker_state import BrokerState, read_broker_state
-from workers.messaging.counters import Counters
-from workers.messaging.producer import Producer
-from workers.messaging.redis_clients import pooled_client
-from workers.providers import storage
-from workers.providers.factory import Providers, build_providers
-from workers.providers.storage import image_store as build_image_store
-from workers.services.intake import IntakeService
-from workers.services.ledger import PaidCallLedger
-from workers.services.media import MediaLifecycle
-from workers.services.visualize import VisualizationService, VisualizeLimits
 from workers.settings import Settings, get_settings, webhook_secrets
 
+# Each part's module is imported where the part is built: a command pays only for what
+# it uses (``status`` reads Redis and the database; it never loads the broker, the
+# providers or the services, nor Pillow, the model SDK or Dramatiq's worker).
 if TYPE_CHECKING:
+    import dramatiq
+    import redis
+
+    from db.engine import Database
+    from db.uow import UnitOfWork
+    from domain.providers import ImageStore
     from workers.entrypoints.actors import ActorDependencies
+    from workers.messaging.broker_state import BrokerState
+    from workers.messaging.counters import Counters
+    from workers.messaging.producer import Producer
+    from workers.providers.factory import Providers
+    from workers.services.intake import IntakeService
+    from workers.services.ledger import PaidCallLedger
+    from workers.services.media import MediaLifecycle
     from workers.services.reconcile import ReconcileReport
+    from workers.services.visualize import VisualizationService
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs (db/engine.py's)."""
+    from db.engine import redact_url as redact
+
+    return redact(url)
+
 
 # --- settings and logging -------------------------------------------------------------
 
@@ -63,7 +69,13 @@ def configure_process(settings: Settings | None = None) -> Settings:
             register_secret(secret.get_secret_value())
     for value in webhook_secrets(settings):  # completion events' webhook
         register_secret(value)
-    configure_logging(settings.log_level, settings.log_format, settings.log_max_line_bytes)
+    pseudonym_key = settings.log_pseudonym_key  # registered as a secret by configure_logging
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        settings.log_max_line_bytes,
+        pseudonym_key.get_secret_value() if pseudonym_key is not None else "",
+    )
     from db.engine import use_pooler
 
     # Every connection the process opens (pool, health checks, LISTEN) follows it.
@@ -116,6 +128,8 @@ def database() -> Database:
     from db.engine import use_pooler
 
     use_pooler(settings.database_pooler == "pgbouncer")  # before the first connection
+    from db.engine import Database
+
     size, overflow = database_pool(settings)
     return Database(database_url(settings), pool_size=size, max_overflow=overflow)
 
@@ -162,12 +176,16 @@ class _LazyPublisher:
 
 @lru_cache(maxsize=1)
 def broker() -> dramatiq.Broker:
+    from workers.messaging.broker import build_broker
+
     settings = configure_process()
     return build_broker(settings, redis_url(settings))
 
 
 @lru_cache(maxsize=1)
 def producer() -> Producer:
+    from workers.messaging.producer import Producer
+
     return Producer(broker())
 
 
@@ -175,6 +193,8 @@ def producer() -> Producer:
 def redis_client() -> redis.Redis:
     """The process's client for our own Redis reads and writes (rate gates, counters,
     status, dead letters), on a blocking pool of REDIS_MAX_CONNECTIONS."""
+    from workers.messaging.redis_clients import pooled_client
+
     settings = get_settings()
     return pooled_client(redis_url(settings), settings.redis_max_connections)
 
@@ -194,11 +214,15 @@ def broker_state(queues: tuple[str, ...] = QUEUES) -> BrokerState:
         from workers.messaging.rabbitmq_state import read_rabbitmq_state  # the rabbitmq extra
 
         return read_rabbitmq_state(amqp, queues)
+    from workers.messaging.broker_state import read_broker_state
+
     return read_broker_state(redis_client(), settings.redis_namespace, queues)
 
 
 @lru_cache(maxsize=1)
 def counters() -> Counters:
+    from workers.messaging.counters import Counters
+
     return Counters(redis_client(), get_settings().redis_namespace)
 
 
@@ -207,6 +231,8 @@ def counters() -> Counters:
 
 @lru_cache(maxsize=1)
 def providers() -> Providers:
+    from workers.providers.factory import build_providers
+
     settings = get_settings()
     return build_providers(settings, redis_client(), ledger=paid_call_ledger())
 
@@ -214,6 +240,8 @@ def providers() -> Providers:
 @lru_cache(maxsize=1)
 def paid_call_ledger() -> PaidCallLedger:
     """The paid-call ledger and daily budget the providers record to (issue 23.3)."""
+    from workers.services.ledger import PaidCallLedger
+
     settings = get_settings()
     return PaidCallLedger(
         unit_of_work,
@@ -226,21 +254,29 @@ def paid_call_ledger() -> PaidCallLedger:
 @lru_cache(maxsize=1)
 def image_store() -> ImageStore:
     """The media store alone (the console serves its images; needs no provider)."""
+    from workers.providers.storage import image_store as build_image_store
+
     return build_image_store(get_settings())
 
 
 def picture(url: str) -> tuple[bytes, str] | None:
     """A row's picture read through the store (a folder, or the fleet's bucket)."""
+    from workers.providers import storage
+
     return storage.picture(image_store(), url)
 
 
 def check_media_store(settings: Settings, timeout_s: float) -> tuple[bool, str] | None:
     """Readiness of the object store; None where pictures are in a local folder."""
+    from workers.providers import storage
+
     return storage.check_store(settings, timeout_s)
 
 
 @lru_cache(maxsize=1)
 def visualization_service() -> VisualizationService:
+    from workers.services.visualize import VisualizationService, VisualizeLimits
+
     settings = get_settings()
     return VisualizationService(
         unit_of_work,
@@ -257,11 +293,15 @@ def visualization_service() -> VisualizationService:
 
 @lru_cache(maxsize=1)
 def media_lifecycle() -> MediaLifecycle:
+    from workers.services.media import MediaLifecycle
+
     return MediaLifecycle(unit_of_work, providers().store)
 
 
 @lru_cache(maxsize=1)
 def intake_service() -> IntakeService:
+    from workers.services.intake import IntakeService
+
     return IntakeService(
         unit_of_work,
         providers().intake,
