@@ -152,6 +152,9 @@ class Chaos:
             "METRICS_PORT": "0",
             "DB_POOL_SIZE": "4",
             "LOG_FORMAT": "json",
+            # Completion events go to a queue of the run's namespace: the verdict checks
+            # one per terminal transition, each delivered.
+            "EVENTS_QUEUE": "chaos.events",
         }
 
     # --- work --------------------------------------------------------------------
@@ -402,6 +405,7 @@ class Chaos:
         seconds: float,
     ) -> Outcome:
         assert self.supervisor is not None and self.emulator is not None
+        terminal_rows, events, undelivered = self.completion_events()
         self.supervisor.stop()
         completed = failed_expected = failed_unexpected = lost = dup_rows = 0
         for entry_id in self.entries:
@@ -456,7 +460,32 @@ class Chaos:
             ledger_calls=self.ledger_calls(),
             paid_calls=paid,
             cut_bound=(kills + len(self.emulator.crashes)) * self.threads(),
+            terminal_rows=terminal_rows,
+            events=events,
+            events_undelivered=undelivered,
         )
+
+    def completion_events(self, wait_s: float = 30.0) -> tuple[int, int, int]:
+        """(terminal rows, visualization.completed|failed events, events not yet delivered to the
+        queue subscriber), once every event has been delivered or ``wait_s`` passed:
+        the workers' dispatchers deliver within a poll or two of the last transition."""
+        query = """
+            SELECT (SELECT count(*) FROM visualizations WHERE status IN ('completed', 'failed')),
+                   (SELECT count(*) FROM completion_events WHERE kind LIKE 'visualization.%'),
+                   (SELECT count(*) FROM completion_events e
+                    WHERE e.kind LIKE 'visualization.%' AND NOT EXISTS (
+                        SELECT 1 FROM event_deliveries d
+                        WHERE d.event_id = e.id AND d.status = 'delivered'))
+        """
+        deadline = time.monotonic() + wait_s
+        with self.connect() as conn:
+            while True:
+                row = conn.execute(query).fetchone()
+                assert row is not None
+                terminal, events, undelivered = (int(v) for v in row)
+                if not undelivered or time.monotonic() > deadline:
+                    return terminal, events, undelivered
+                time.sleep(0.5)
 
     def ledger_calls(self) -> int:
         """The paid-call ledger's rows (this run's database holds only this run's)."""

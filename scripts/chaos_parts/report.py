@@ -45,6 +45,12 @@ class Outcome:
     ledger_calls: int = 0
     paid_calls: int = 0
     cut_bound: int = 0
+    # Completion events (issue 23.1): one per terminal transition (every row of this
+    # run ends terminal once: nothing replays it), each delivered to the run's queue
+    # subscriber before the workers stop.
+    terminal_rows: int = 0
+    events: int = 0
+    events_undelivered: int = 0
 
     def problems(self) -> list[str]:
         found = []
@@ -72,6 +78,12 @@ class Outcome:
                 f"ledger has {self.ledger_calls} paid calls, the emulator ran {self.paid_calls} "
                 f"(at most {self.cut_bound} may be cut by the kills)"
             )
+        if self.events != self.terminal_rows:
+            found.append(
+                f"{self.events} completion events for {self.terminal_rows} terminal transitions"
+            )
+        if self.events_undelivered:
+            found.append(f"{self.events_undelivered} completion events not delivered")
         for d in self.disruptions:
             if d.limited and (d.all_terminal_s is None or d.all_terminal_s > RECOVERY_LIMIT_S):
                 found.append(f"{d.name} did not heal within {RECOVERY_LIMIT_S:.0f} s")
@@ -103,6 +115,11 @@ def render(o: Outcome) -> str:
         (
             "paid calls: emulator, ledger",
             f"{o.paid_calls}, {o.ledger_calls} (kills may cut at most {o.cut_bound})",
+        ),
+        (
+            "completion events",
+            f"{o.events} for {o.terminal_rows} terminal transitions, "
+            f"{o.events_undelivered} not delivered",
         ),
         ("poison entry", f"{o.poison_status} after {o.poison_crashes} worker crashes"),
         ("hostile bodies published", str(o.hostile_published)),
