@@ -22,12 +22,23 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import structlog
-from dramatiq import Message
-from dramatiq.broker import MessageProxy
-
 from domain.redaction import redact, redact_value, register_secret
 from workers.log_lines import BoundedJSONRenderer, LineHandler, LineLoggerFactory, LineWriter
+
+# structlog imports rich, when it is installed, only to pretty-print tracebacks (~90 ms
+# of every CLI command's start, pygments included): we render tracebacks plainly
+# (format_exc_info; plain_traceback on a terminal), so rich stays out of structlog's
+# reach while it loads. structlog offers no setting for this: its optional import is
+# the contract, checked by tests/unit/test_structlog_without_rich.py. The CLI imports
+# rich itself where it draws a table.
+_hide_rich = "rich" not in sys.modules
+if _hide_rich:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` -> ImportError
+try:
+    import structlog
+finally:
+    if _hide_rich:
+        del sys.modules["rich"]
 
 __all__ = ["configure_logging", "get_logger", "log_ref", "register_secret", "scrub"]
 
@@ -113,7 +124,11 @@ class MessageSummaries(logging.Filter):
     however large): each message argument of a record becomes its summary."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
+        dramatiq = sys.modules.get("dramatiq")  # none of its messages before it loads
+        if dramatiq is not None and isinstance(record.args, tuple) and record.args:
+            from dramatiq import Message
+            from dramatiq.broker import MessageProxy
+
             record.args = tuple(
                 summarise_message(arg) if isinstance(arg, Message | MessageProxy) else arg
                 for arg in record.args
@@ -191,7 +206,9 @@ def configure_logging(
     renderer: Any = (
         BoundedJSONRenderer(max_line_bytes)
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     writer = LineWriter(stream)
     structlog.configure(
