@@ -60,12 +60,23 @@ LIMIT :limit
 """
 
 # After a Redis failover (issue 22.1): pending rows whose message left in a window before
-# it (the old primary may have taken it to its grave), whatever the grace.
+# it (the old primary may have taken it to its grave), whatever the grace. A keyset walk:
+# each batch starts after the last row of the one before, (dispatched_at, entry_id), so
+# a pass never reads a row twice whatever a republish does to its dispatch time.
 DUE_PENDING_BETWEEN = """
-SELECT entry_id, user_id, style FROM visualizations
-WHERE status = 'pending' AND dispatched_at >= :since AND dispatched_at < :before
-ORDER BY dispatched_at
+SELECT entry_id, user_id, style, dispatched_at FROM visualizations
+WHERE status = 'pending' AND dispatched_at >= :after_at AND dispatched_at < :before
+  AND (dispatched_at, entry_id) > (:after_at, :after_id)
+ORDER BY dispatched_at, entry_id
 LIMIT :limit
+"""
+
+# The failover's republishes are recorded as dispatched no earlier than the window's end
+# (a few seconds ahead at most): another pass for the same failover (a retry, a second
+# process) leaves them alone. Pending rows only: a claimed row's lease is its own clock.
+MARK_DISPATCHED_FROM = """
+UPDATE visualizations SET dispatched_at = :at
+WHERE entry_id = ANY(:ids) AND status = 'pending' AND dispatched_at < :at
 """
 
 # Processing rows whose lease ran out (the worker died or hangs) and that were not
@@ -128,6 +139,10 @@ DROP_ARRIVALS = """
 DELETE FROM entry_arrivals a USING unnest(%(entry_ids)s::uuid[]) AS m(entry_id)
 WHERE a.entry_id = m.entry_id
 """
+
+
+# Where a failover's keyset walk stands: the last row's (dispatched_at, entry_id).
+WindowCursor = tuple[datetime, uuid.UUID]
 
 
 @dataclass(frozen=True)
@@ -202,12 +217,25 @@ class ReconcileRepository:
         rows = self.session.execute(text(DUE_PENDING), {"sent_before": sent_before, "limit": limit})
         return [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
 
-    def due_pending_between(self, since: datetime, before: datetime, limit: int) -> list[DueEntry]:
-        """Pending rows dispatched in [since, before) (a failover's window)."""
+    def due_pending_between(
+        self, since: datetime, before: datetime, limit: int, after: WindowCursor | None = None
+    ) -> tuple[list[DueEntry], WindowCursor | None]:
+        """Pending rows dispatched in [since, before) (a failover's window), in
+        (dispatched_at, entry_id) order from just after ``after``; with the cursor to
+        pass for the next batch (``after`` again when this one is empty)."""
+        at, entry_id = after or (since, uuid.UUID(int=0))
         rows = self.session.execute(
-            text(DUE_PENDING_BETWEEN), {"since": since, "before": before, "limit": limit}
-        )
-        return [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
+            text(DUE_PENDING_BETWEEN),
+            {"after_at": at, "after_id": entry_id, "before": before, "limit": limit},
+        ).all()
+        due = [DueEntry(r.entry_id, r.user_id, r.style) for r in rows]
+        return due, ((rows[-1].dispatched_at, rows[-1].entry_id) if rows else after)
+
+    def mark_dispatched_from(self, entry_ids: Sequence[uuid.UUID], at: datetime) -> None:
+        """Record pending rows as dispatched at ``at`` at the earliest (a failover's
+        republishes: MARK_DISPATCHED_FROM)."""
+        if entry_ids:
+            self.session.execute(text(MARK_DISPATCHED_FROM), {"ids": list(entry_ids), "at": at})
 
     def due_stuck(
         self, grace_s: int, limit: int, sent_before: datetime | None = None

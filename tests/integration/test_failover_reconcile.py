@@ -6,6 +6,7 @@ grace; a second pass finds nothing; it waits for a reconcile that holds the lock
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -20,7 +21,7 @@ from tests.integration.helpers import insert_entry, insert_user
 from tests.integration.test_reconcile import _drop_queue, _queued
 from workers.messaging.producer import Producer
 from workers.producer_api import ProducerAPI
-from workers.services.reconcile import reconcile_after_failover
+from workers.services.reconcile import BATCH, reconcile_after_failover
 
 pytestmark = pytest.mark.integration
 LOOKBACK_S = 120
@@ -96,3 +97,53 @@ def test_it_reports_skipped_while_another_reconcile_holds_the_lock(
         holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": RECONCILE_LOCK_KEY})
         report = reconcile_after_failover(uow_factory, seen_at=_now(engine), lookback_s=LOOKBACK_S)
     assert report.skipped
+
+
+def test_a_failover_seen_now_republishes_each_lost_row_once_over_many_batches(
+    engine: Engine, producer: Producer, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    """The production case: the reconcile starts right after the failover is seen, so
+    its own republishes (dispatched now) fall inside the window's margin. More rows than
+    one batch: each batch must find the next rows, never the ones just sent (before the
+    fix: 5,000 messages for these 250 rows)."""
+    lost = _published(engine, uow_factory, 2 * BATCH + BATCH // 2, ago_s=3)
+    _drop_queue(producer)
+    seen_at = _now(engine)
+
+    report = reconcile_after_failover(uow_factory, seen_at=seen_at, lookback_s=LOOKBACK_S)
+
+    per_entry = Counter(uuid.UUID(m["entry_id"]) for m in _queued(producer))
+    assert report.unfinished == len(lost), report
+    assert per_entry == Counter(lost)  # each lost row once, nothing else
+    # Another pass for the same failover (a retry, another process) sends nothing.
+    again = reconcile_after_failover(uow_factory, seen_at=seen_at, lookback_s=LOOKBACK_S)
+    assert again.unfinished == 0, again
+    assert len(_queued(producer)) == len(lost)
+
+
+def test_a_row_dispatched_while_the_pass_runs_is_left_alone(
+    engine: Engine, producer: Producer, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    """The window ends when the pass began: what a producer sends meanwhile went to
+    the new primary, inside the window's margin but not republished."""
+    lost = _published(engine, uow_factory, BATCH + 10, ago_s=3)
+    _drop_queue(producer)
+    during: list[uuid.UUID] = []
+    opened = 0
+
+    def factory() -> UnitOfWork:
+        nonlocal opened
+        opened += 1
+        if opened == 3:  # the guard, the first batch (and its mark), then: a new entry
+            with engine.begin() as conn:
+                user = insert_user(conn)
+                during.append(insert_entry(conn, user))
+            ProducerAPI(uow_factory).entry_created(during[0], user)
+        return uow_factory()
+
+    report = reconcile_after_failover(factory, seen_at=_now(engine), lookback_s=LOOKBACK_S)
+
+    assert during, "the pass ran in several batches"
+    per_entry = Counter(uuid.UUID(m["entry_id"]) for m in _queued(producer))
+    assert report.unfinished == len(lost), report
+    assert per_entry == Counter([*lost, during[0]])  # its one message: the producer's

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from db.repositories.reconcile import WindowCursor
 from db.uow import UnitOfWork
 from domain.errors import BrokerUnavailableError
 from domain.messages import EntryCreated, IntakeStep, MessageV1
@@ -172,20 +173,36 @@ def reconcile_after_failover(
     named), and give a row to entries that arrived without one. A row whose message
     did survive gets two: the claim is idempotent, the second finds it taken or done.
     Older rows were replicated long before; the periodic pass keeps watching them.
-    Returns ``skipped`` when another reconcile holds the lock (the caller tries again)."""
+    Returns ``skipped`` when another reconcile holds the lock (the caller tries again).
+
+    Each row is published once per failover, however many batches the window takes:
+    the window ends when the pass began (the database's clock), if that is before
+    ``seen_at`` + FAILOVER_MARGIN, so neither this pass's republishes (dispatched now)
+    nor what producers send meanwhile (to the new primary) fall in it; the batches walk
+    the window forward by (dispatched_at, entry_id); and each published batch is
+    recorded as dispatched at ``seen_at`` + FAILOVER_MARGIN (at most FAILOVER_MARGIN
+    after the pass began), so that another pass for the same failover (a retry after
+    an error) sends none of them again; the periodic pass waits its grace from there.
+    Such a pass may send again what producers dispatched during the first one's
+    margin: a duplicate the claim absorbs."""
     since = seen_at - timedelta(seconds=lookback_s) - FAILOVER_MARGIN
-    before = seen_at + FAILOVER_MARGIN
     total = ReconcileReport(0, 0, 0)
     with uow_factory() as guard:
         if not guard.reconcile.try_lock():
             return dataclasses.replace(total, skipped=True)
+        pass_started = guard.reconcile.database_now()
+        before = min(seen_at + FAILOVER_MARGIN, pass_started)
+        # Never before the window's end; a few seconds ahead at most, whatever a
+        # worker's clock says.
+        mark = min(seen_at + FAILOVER_MARGIN, pass_started + FAILOVER_MARGIN)
+        cursor: WindowCursor | None = None
         while total.unfinished < limit:
             with uow_factory() as uow:
                 adopted = uow.reconcile.adopt_arrivals(0, batch)
-                due = uow.reconcile.due_pending_between(
-                    since, before, min(batch, limit - total.unfinished)
+                due, cursor = uow.reconcile.due_pending_between(
+                    since, before, min(batch, limit - total.unfinished), after=cursor
                 )
-                for e in due:  # publish records the dispatch: now, after ``before``
+                for e in due:
                     uow.publish(
                         EntryCreated(
                             entry_id=e.entry_id,
@@ -194,8 +211,12 @@ def reconcile_after_failover(
                         )
                     )
                 uow.commit()
-            if uow.publish_error:
+            if uow.publish_error:  # unmarked: a retry sends them all again
                 raise BrokerUnavailableError(f"reconcile could not publish: {uow.publish_error}")
+            if due:  # committed and published: mark them for another pass
+                with uow_factory() as marking:
+                    marking.reconcile.mark_dispatched_from([e.entry_id for e in due], mark)
+                    marking.commit()
             total = ReconcileReport(
                 total.unfinished + len(due), 0, 0, adopted=total.adopted + adopted
             )
