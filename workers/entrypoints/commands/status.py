@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from workers.entrypoints.cli_contract import emit_json
 from workers.operations.readable import age
 from workers.operations.status import collect_status
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Group
 
 NOT_MEASURED = "n/a"  # a number this broker cannot tell (RabbitMQ without its management API)
 
@@ -23,6 +22,9 @@ def _count(value: int | None) -> str:
 
 
 def render(status: dict[str, Any]) -> Group:
+    from rich.console import Group  # rich only where a table is drawn (not for --json)
+    from rich.table import Table
+
     rabbit = status.get("broker") == "rabbitmq"
     queues = Table(title="queues (RabbitMQ: n/a = not readable over AMQP)" if rabbit else "queues")
     columns = ("queue", "ready", "delayed", "in flight", "retrying", "dead", "oldest ready")
@@ -106,6 +108,8 @@ def render(status: dict[str, Any]) -> Group:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.watch:
+        from rich.live import Live
+
         with Live(render(collect_status(settings)), refresh_per_second=1) as live:
             while True:
                 time.sleep(args.interval)
@@ -114,5 +118,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         emit_json(status)
     elif not args.quiet:
+        from rich.console import Console
+
         Console().print(render(status))
     return 0
