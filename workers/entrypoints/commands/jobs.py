@@ -11,14 +11,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
 from db.repositories.job_search import JobFilter
 from domain.errors import NotFoundError
 from domain.intake import next_step, parse_history
 from domain.messages import EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
-from workers import bootstrap, producer_api
+from workers import bootstrap
 from workers.entrypoints.cli_contract import InputError, emit_json, out
 from workers.operations import job_search
 from workers.operations.audit import audited, record
@@ -28,6 +26,8 @@ from workers.settings import Settings
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from workers import producer_api  # the producer (pika, Dramatiq): not for `job`
+
     message: MessageV1
     with bootstrap.unit_of_work() as uow:
         if args.kind == "entry":
@@ -100,6 +100,8 @@ def _replay_matching(args: argparse.Namespace) -> int:
         return 0
     if not args.json:
         _print_plan(plan, "replaying")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # here only
+
     columns = (
         TextColumn("replay"),
         BarColumn(),
