@@ -1,6 +1,8 @@
-"""Redis failovers in every worker process (REDIS_URL=redis+sentinel://): a Dramatiq
-middleware that starts the sentinels' watch at worker boot
-(workers/messaging/failover.py) and stops it at shutdown. When the primary changes it
+"""Redis failovers in every worker process (BROKER_URL or REDIS_URL =
+redis+sentinel://): a Dramatiq middleware that starts the sentinels' watch at worker
+boot (workers/messaging/failover.py), one per deployment that carries our writes (the
+broker's, where a failover loses enqueues, and REDIS_URL's when it is another), and
+stops them at shutdown. When the primary changes it
 logs, counts (emotionviz_redis_failovers_total) and, in the one process that claims the
 failover, runs the failover's reconcile at once (bootstrap.run_failover_reconcile),
 not RECONCILE_GRACE_S later, and records the outcome for ``status``.
@@ -15,7 +17,6 @@ import redis
 from dramatiq.middleware import Middleware
 
 from domain.errors import EmotionVizError
-from domain.sentinel_url import is_sentinel_url
 from workers import bootstrap
 from workers.logging import get_logger
 from workers.messaging import failover
@@ -36,6 +37,7 @@ def handle_failover(seen: failover.FailoverSeen, settings: Settings) -> None:
     metrics.count_redis_failover()
     log.warning(
         "redis failover seen",
+        sentinels=seen.where,
         old_primary=seen.old,
         new_primary=seen.new,
         epoch=seen.epoch,
@@ -86,27 +88,34 @@ def handle_failover(seen: failover.FailoverSeen, settings: Settings) -> None:
     )
 
 
+def urls_to_watch(settings: Settings) -> list[str]:
+    """The ``redis+sentinel://`` URLs this process watches (failover.urls_to_watch)."""
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    broker_url = settings.broker_url.get_secret_value() if settings.broker_url else None
+    return failover.urls_to_watch(redis_url, broker_url)
+
+
 class FailoverWatchMiddleware(Middleware):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.watch: failover.FailoverWatch | None = None
+        self.watches: list[failover.FailoverWatch] = []
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
-        url = bootstrap.redis_url(self.settings)
-        if not is_sentinel_url(url):
-            return  # one server: nothing fails over under us
-        self.watch = failover.FailoverWatch(
-            url,
-            lambda seen: handle_failover(seen, self.settings),
-            poll_s=self.settings.redis_sentinel_poll_s,
-        )
-        self.watch.start()
-        log.info(
-            "redis failover watch started",
-            sentinels=self.watch.where,
-            poll_s=self.settings.redis_sentinel_poll_s,
-        )
+        # None when one server (or RabbitMQ) carries our writes: nothing fails over.
+        for url in urls_to_watch(self.settings):
+            watch = failover.FailoverWatch(
+                url,
+                lambda seen: handle_failover(seen, self.settings),
+                poll_s=self.settings.redis_sentinel_poll_s,
+            )
+            watch.start()
+            self.watches.append(watch)
+            log.info(
+                "redis failover watch started",
+                sentinels=watch.where,
+                poll_s=self.settings.redis_sentinel_poll_s,
+            )
 
     def before_worker_shutdown(self, broker: Any, worker: Any) -> None:
-        if self.watch is not None:
-            self.watch.stop()
+        for watch in self.watches:
+            watch.stop()

@@ -5,8 +5,10 @@ be missing on the replica the sentinels promote. The clients follow the new prim
 themselves (workers/messaging/redis_clients.py); what they cannot do is bring back a
 lost write. So each worker process watches the sentinels (``FailoverWatch``: one
 question per REDIS_SENTINEL_POLL_S to the first sentinel that answers) and, when the
-primary's address changes, reports a ``FailoverSeen``. One process per failover
-(``claim``: SET NX on the new primary) then runs the failover's reconcile
+primary's address changes, reports a ``FailoverSeen``; one watch per deployment that
+carries our writes (``urls_to_watch``: the broker's, and REDIS_URL's when it is
+another). One process per failover (``claim``: SET NX on the new primary) then runs
+the failover's reconcile
 (workers/entrypoints/failover_watch.py); ``record`` keeps the last one for ``status``.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 import redis
 from redis.sentinel import MasterNotFoundError
 
+from domain.sentinel_url import SentinelTarget, is_sentinel_url, parse_sentinel_url
 from workers.logging import get_logger
 from workers.messaging.redis_clients import sentinel_manager
 
@@ -42,6 +45,7 @@ class FailoverSeen:
     epoch: int
     seen_at: float  # Unix time
     no_primary_s: float
+    where: str = ""  # the deployment: its sentinels and service (no credentials)
 
 
 def _address(found: tuple[Any, Any]) -> str:
@@ -108,7 +112,7 @@ class FailoverWatch:
         previous, self.primary = self.primary, found
         if previous is None or previous == found:
             return None
-        return FailoverSeen(previous, found, self._epoch(), time.time(), round(gap, 3))
+        return FailoverSeen(previous, found, self._epoch(), time.time(), round(gap, 3), self.where)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -119,6 +123,28 @@ class FailoverWatch:
             except Exception:  # the watch must outlive any one failure
                 log.exception("redis failover watch step failed")
             self._stop.wait(self._poll_s)
+
+
+def urls_to_watch(redis_url: str | None, broker_url: str | None) -> list[str]:
+    """The Sentinel deployments whose failover can lose our writes, each once: the
+    broker's first (BROKER_URL, else REDIS_URL, as workers/messaging/broker.py builds
+    its client: a failover there loses enqueues), then REDIS_URL's when it is another
+    deployment. Two URLs name the same one when they share the service and a sentinel
+    (another db number, another order of sentinels). RabbitMQ and plain Redis: none."""
+    broker = None if broker_url and broker_url.startswith("amqp") else broker_url or redis_url
+    urls: list[str] = []
+    known: list[SentinelTarget] = []
+    for url in (broker, redis_url):
+        if url is None or not is_sentinel_url(url):
+            continue
+        target = parse_sentinel_url(url)
+        if any(
+            t.service == target.service and set(t.sentinels) & set(target.sentinels) for t in known
+        ):
+            continue
+        known.append(target)
+        urls.append(url)
+    return urls
 
 
 def _key(namespace: str, name: str) -> str:
