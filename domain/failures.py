@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 # Checked in order: the first class whose marker appears in the reason wins.
-_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+CLASS_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("crash_loop", ("worker stopped",)),
     ("rate_limited", ("429", "quota", "rate limit", "resource_exhausted")),
     ("safety", ("safety", "blocked", "prohibited")),
@@ -25,6 +25,8 @@ _CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gave_up", ("gave up",)),
 )
 OTHER = "other"
+# Every class's name, in the order above, then OTHER (filters, the console's choices).
+FAILURE_CLASSES: tuple[str, ...] = (*(name for name, _ in CLASS_MARKERS), OTHER)
 
 
 def _matches(marker: str, text: str) -> bool:
@@ -37,7 +39,7 @@ def _matches(marker: str, text: str) -> bool:
 
 def failure_class(reason: str | None) -> str:
     text = (reason or "").lower()
-    for name, markers in _CLASSES:
+    for name, markers in CLASS_MARKERS:
         if any(_matches(marker, text) for marker in markers):
             return name
     return OTHER

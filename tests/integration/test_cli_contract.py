@@ -111,6 +111,27 @@ FAILURES = [
     (["operator", "add", "two words", "--scope", "read"], {}, 2, "operator name"),
     (["operator", "revoke", "nobody"], {}, 1, "no live operator"),
     (["audit", "--since", "someday"], {}, 2, "--since"),
+    # Ages and moments (domain/moments.py, one parser): an empty value is refused (an
+    # unset shell variable must not widen a replay to every failed row), and so are
+    # non-finite and out-of-range ones (they were an OverflowError, exit 1).
+    (["replay", "--since", ""], {}, 2, "since: empty"),
+    (["replay", "--since", "", "--dry-run"], {}, 2, "since: empty"),
+    (["jobs", "list", "--since", ""], {}, 2, "since: empty"),
+    (["jobs", "list", "--older-than", ""], {}, 2, "older-than: empty"),
+    (["jobs", "list", "--after", ""], {}, 2, "not a cursor"),
+    (["jobs", "list", "--since", "99999999999d"], {}, 2, "too long an age"),
+    (["jobs", "list", "--older-than", "1e400d"], {}, 2, "not an age"),
+    (["usage", "--since", ""], {}, 2, "--since: empty"),
+    (["usage", "--until", ""], {}, 2, "--until: empty"),
+    (["usage", "--since", "nan"], {}, 2, "--since: not an age"),
+    (["usage", "--since", "1e400d"], {}, 2, "--since: not an age"),
+    (["usage", "--since", "99999999d"], {}, 2, "too long an age"),
+    (["usage", "--until", "0001-01-01T00:00+05:00"], {}, 2, "outside the years"),
+    (["audit", "--since", ""], {}, 2, "--since: empty"),
+    (["audit", "--since", "99999999999d"], {}, 2, "too long an age"),
+    (["audit", "--operator", ""], {}, 2, "--operator: empty"),
+    (["dlq", "list", "--older-than", "nan"], {}, 2, "not an age"),
+    (["dlq", "list", "--newer-than", "99999999d"], {}, 2, "too long an age"),
 ]
 
 

@@ -28,7 +28,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from db.repositories.job_search import JobFilter
-from domain.failures import _CLASSES, failure_class
+from domain.failures import CLASS_MARKERS, failure_class
 from tests.integration.helpers import insert_entry, insert_user
 from workers import bootstrap
 from workers.messaging.redis_keys import queue_keys
@@ -155,7 +155,7 @@ def _audit(engine: Engine) -> list[Any]:
 
 def test_the_sql_failure_class_agrees_with_domain_failures(engine: Engine) -> None:
     reasons: list[str | None] = [None, "", "all fine", "5000x5000 pixels", "1429 bytes"]
-    for _, markers in _CLASSES:
+    for _, markers in CLASS_MARKERS:
         for marker in markers:
             reasons += [marker, f"image: {marker.upper()} after 3 s", f"x{marker}9", f"9{marker}"]
     reasons += list(REASONS.values())
@@ -170,7 +170,7 @@ def test_the_sql_failure_class_agrees_with_domain_failures(engine: Engine) -> No
         if s != failure_class(r)
     ]
     assert not wrong, wrong
-    assert len(set(in_sql)) == len(_CLASSES) + 1  # every class (and "other") was reached
+    assert len(set(in_sql)) == len(CLASS_MARKERS) + 1  # every class (and "other") was reached
 
 
 # --- find ------------------------------------------------------------------------------
@@ -262,12 +262,21 @@ def test_bad_filters_are_one_error_each() -> None:
         {"since": "yesterday"},
         {"older_than": "5x"},
         {"since": "1h", "older_than": "2h"},
+        # empty is refused, never "no filter"; non-finite and out-of-range ages and
+        # moments are bad input, not an overflow (domain/moments.py)
+        {"since": ""},
+        {"older_than": " "},
+        {"since": "99999999999d"},
+        {"older_than": "nan"},
+        {"since": "1e400d"},
+        {"since": "0001-01-01T00:00+05:00"},
     ]
     for typed in bad:
         with pytest.raises(job_search.FilterError):
             job_search.build_filter(**typed)
-    with pytest.raises(job_search.FilterError):
-        job_search.decode_cursor("junk")
+    for cursor in ("junk", "", "9" * 5000 + ".00"):
+        with pytest.raises(job_search.FilterError):
+            job_search.decode_cursor(cursor)
 
 
 # --- act on many -----------------------------------------------------------------------
@@ -540,6 +549,12 @@ def test_console_jobs_page_and_a_replay_confirmed_with_its_count(
     assert ('id="next-page"' in listed.body) == (len(mine) > 2)
     bad = browser.request("GET", "/jobs?since=yesterday")
     assert bad.status == 400 and "since: not an age" in bad.body
+    # Out of range is bad input too (it was an OverflowError, a 500), and so is a limit.
+    far = browser.request("GET", "/jobs?since=99999999999d")
+    assert far.status == 400 and "is too long an age" in far.body
+    assert browser.request("GET", "/jobs?older_than=0001-01-01").status == 400
+    huge = browser.request("GET", "/jobs?limit=" + "9" * 5000)
+    assert huge.status == 400 and "limit: a whole number" in huge.body
 
     confirm = browser.request("GET", "/jobs/replay?class=safety")
     cost = sum(1 if r.checkpointed else 2 for r in safety)

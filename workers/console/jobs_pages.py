@@ -70,13 +70,25 @@ def _view(request: Request, chosen: dict[str, Any], **more: Any) -> dict[str, An
     }
 
 
+def _limit(text: str) -> int:
+    """The page size typed in the address: blank is the default; anything else that is
+    not a whole number in range is a 400 with the line, like a bad filter."""
+    if not text:
+        return job_search.DEFAULT_LIMIT
+    whole = text.isascii() and text.isdigit() and len(text) <= 9  # int() of 5000 digits fails
+    if not (whole and 1 <= int(text) <= job_search.MAX_LIMIT):
+        raise job_search.FilterError(
+            f"limit: a whole number from 1 to {job_search.MAX_LIMIT}, not {text[:20]!r}"
+        )
+    return int(text)
+
+
 async def jobs(request: Request) -> Response:
     values = {key: request.query_params.getlist(key) for key in request.query_params}
     chosen = _filters(values)
     after = request.query_params.get("after") or None
-    limit_text = request.query_params.get("limit", "")
-    limit = int(limit_text) if limit_text.isdigit() else job_search.DEFAULT_LIMIT
     try:
+        limit = _limit(request.query_params.get("limit", "").strip())
         flt = _build(chosen)
         page = await run_in_threadpool(job_search.find_jobs, flt, limit, after)
     except job_search.FilterError as exc:

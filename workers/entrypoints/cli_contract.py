@@ -20,6 +20,7 @@ from datetime import date
 from typing import Any, NoReturn
 
 from domain.errors import ConfigurationError
+from domain.moments import TimeInputError, parse_age
 
 
 class InputError(ConfigurationError):
@@ -72,12 +73,12 @@ def iso_date(value: str) -> date:
 
 
 def age_arg(value: str) -> float:
-    """30s, 15m, 2h, 7d -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    """An age (30s, 15m, 2h, 7d, 1w; a bare number: seconds) -> seconds: the one parser of
+    ages and moments, domain/moments.py."""
     try:
-        return float(value[:-1]) * units[value[-1]] if value[-1] in units else float(value)
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"not an age like 30s, 15m, 2h, 7d: {value!r}") from None
+        return parse_age(value).total_seconds()
+    except TimeInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def seconds_arg(value: str) -> float:

@@ -12,7 +12,6 @@ no longer failed, and a rerun picks up the rest. Within a run the batches walk f
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,9 +28,10 @@ from db.repositories.job_search import (
     classes_of,
     job_search_of,
 )
+from domain import failures
 from domain.errors import ConfigurationError
-from domain.failures import _CLASSES, OTHER
 from domain.messages import EntryCreated
+from domain.moments import TimeInputError, parse_age, parse_moment
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers import bootstrap
 from workers.logging import get_logger
@@ -48,8 +48,9 @@ DEFAULT_BATCH = 500
 CALLS_WITH_CHECKPOINT = 1
 CALLS_WITHOUT_CHECKPOINT = 2
 
-# domain/failures.py keeps its classes private; their names, in its order, then OTHER.
-FAILURE_CLASSES: tuple[str, ...] = (*(name for name, _ in _CLASSES), OTHER)
+# The failure classes' names, in domain/failures.py's order, then OTHER (the console's
+# jobs page and the CLI's mirror read them here).
+FAILURE_CLASSES: tuple[str, ...] = failures.FAILURE_CLASSES
 STATUSES: tuple[str, ...] = tuple(s.value for s in VisualizationStatus)
 FAILED = VisualizationStatus.FAILED.value
 
@@ -59,31 +60,22 @@ class FilterError(ConfigurationError):
 
 
 # --- what operators type ---------------------------------------------------------------
-
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_age(text: str, what: str) -> timedelta:
-    """30s, 15m, 2h, 7d, 1w."""
-    found = _AGE.match(text.strip())
-    if not found:
-        raise FilterError(f"{what}: not an age like 30s, 15m, 2h, 7d, 1w: {text[:40]!r}")
-    return timedelta(seconds=float(found[1]) * _UNITS[found[2]])
+# Ages and moments: domain/moments.py, the parser the CLI's options share; its errors
+# become FilterError here, so the console has one error to show as a 400.
 
 
-def parse_moment(text: str, what: str, now: datetime) -> datetime:
-    """An age back from ``now`` (2h) or an ISO date or time (UTC unless it says)."""
-    text = text.strip()
-    if _AGE.match(text):
-        return now - parse_age(text, what)
+def _moment(text: str, what: str, now: datetime) -> datetime:
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise FilterError(
-            f"{what}: not an age (2h) or a date/time (2026-12-04T10:00): {text[:40]!r}"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_moment(text, what, now)
+    except TimeInputError as exc:
+        raise FilterError(str(exc)) from None
+
+
+def _age(text: str, what: str) -> timedelta:
+    try:
+        return parse_age(text, what)
+    except TimeInputError as exc:
+        raise FilterError(str(exc)) from None
 
 
 def build_filter(
@@ -117,8 +109,9 @@ def build_filter(
         user_id=user,
         status=FAILED if classes else status,
         classes=tuple(dict.fromkeys(classes)),
-        since=parse_moment(since, "since", now) if since else None,
-        before=now - parse_age(older_than, "older-than") if older_than else None,
+        # ``is not None``: an empty value is refused (domain/moments.py), never "no filter".
+        since=_moment(since, "since", now) if since is not None else None,
+        before=now - _age(older_than, "older-than") if older_than is not None else None,
     )
     if flt.since and flt.before and flt.since > flt.before:
         raise FilterError("since: later than --older-than allows: no job can match")
@@ -164,7 +157,7 @@ class Page:
 def find_jobs(flt: JobFilter, limit: int = DEFAULT_LIMIT, after: str | None = None) -> Page:
     if not 1 <= limit <= MAX_LIMIT:
         raise FilterError(f"limit: between 1 and {MAX_LIMIT}, not {limit}")
-    start = decode_cursor(after) if after else None
+    start = decode_cursor(after) if after is not None else None  # "": refused, not page 1
     with bootstrap.unit_of_work() as uow:
         rows = job_search_of(uow).page(flt, limit + 1, start)
     more = len(rows) > limit

@@ -67,7 +67,9 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    filtered = args.failure_class or args.since or args.user
+    # ``is not None``: an empty filter (an unset shell variable) must reach build_filter
+    # and be refused there, never fall through to "replay every failed row".
+    filtered = any(v is not None for v in (args.failure_class, args.since, args.user))
     if filtered or args.dry_run:
         if args.entry_ids:
             raise InputError("give entry ids, or filters (--class, --since, --user), not both")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
-from workers.entrypoints.cli_contract import InputError, age_arg, emit_json, out
+from domain.moments import parse_moment
+from workers.entrypoints.cli_contract import InputError, emit_json, out
 from workers.operations.operators import (
     action_dict,
     add_operator,
@@ -53,23 +54,15 @@ def cmd_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def since_of(value: str | None) -> datetime | None:
-    """An age (24h) back from now, or an ISO 8601 time (UTC unless it says)."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            seconds = age_arg(value)
-        except argparse.ArgumentTypeError:
-            raise InputError(
-                f"--since: not an age (30m, 24h, 7d) or an ISO 8601 time: {value[:40]!r}"
-            ) from None
-        return datetime.now(UTC) - timedelta(seconds=seconds)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    """An age (24h) back from now, or an ISO 8601 time (UTC unless it says): the one
+    parser of moments, domain/moments.py (an empty value is refused)."""
+    return None if value is None else parse_moment(value, "--since")
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    for option, value in (("--operator", args.operator), ("--action", args.action)):
+        if value is not None and not value.strip():
+            raise InputError(f"{option}: empty (give a value, or leave the option out)")
     rows = trail(
         since=since_of(args.since), operator=args.operator, action=args.action, limit=args.limit
     )

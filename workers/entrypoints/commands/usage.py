@@ -9,25 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from domain.ledger import usd
-from workers.entrypoints.cli_contract import InputError, age_arg, emit_json
+from domain.moments import parse_moment
+from workers.entrypoints.cli_contract import InputError, emit_json
 from workers.operations.usage import UsageReport, usage_report
 from workers.settings import Settings
-
-
-def moment_arg(option: str, value: str, now: datetime) -> datetime:
-    """An age (30m, 2h, 7d: that long ago), a date (its 00:00 UTC) or an ISO time
-    (UTC unless it names its offset)."""
-    try:
-        return now - timedelta(seconds=age_arg(value))
-    except argparse.ArgumentTypeError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InputError(
-            f"{option}: not an age (7d), a date (2026-12-01) or an ISO time: {value[:40]!r}"
-        ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def render(report: UsageReport) -> Table:
@@ -51,8 +36,12 @@ def render(report: UsageReport) -> Table:
 
 def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(UTC)
-    since = moment_arg("--since", args.since, now) if args.since else now - timedelta(days=7)
-    until = moment_arg("--until", args.until, now) if args.until else now
+    # The one parser of moments (domain/moments.py); an empty value is refused, not
+    # taken for the default.
+    since = now - timedelta(days=7)
+    if args.since is not None:
+        since = parse_moment(args.since, "--since", now)
+    until = parse_moment(args.until, "--until", now) if args.until is not None else now
     if since >= until:
         raise InputError(f"--since ({since:%Y-%m-%d %H:%M}) is not before --until")
     report = usage_report(args.by, since, until)
