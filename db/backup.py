@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -214,7 +215,12 @@ class RestoreReport:
     migrated: bool  # the backup predated the tombstones: migrated to head to keep them
 
 
-def _tombstones(database_url: str) -> list[tuple[bytes, dict[str, Any]]]:
+# An erased person's tombstone: the digest of their id, and the erasure's counts.
+Tombstones = list[tuple[bytes, dict[str, Any]]]
+
+
+def _tombstones(database_url: str) -> Tombstones:
+    """The database's tombstones (none if it has no erased_users table)."""
     from db.repositories.erase import read_tombstones
 
     engine = _engine(database_url)
@@ -225,9 +231,7 @@ def _tombstones(database_url: str) -> list[tuple[bytes, dict[str, Any]]]:
         engine.dispose()
 
 
-def reapply_tombstones(
-    database_url: str, kept: list[tuple[bytes, dict[str, Any]]]
-) -> RestoreReport:
+def reapply_tombstones(database_url: str, kept: Tombstones) -> RestoreReport:
     """Write back the tombstones read before a restore, then erase again every person
     the restored data holds a tombstone for (the kept ones and the dump's own): a
     restore never brings an erased person back. A backup older than the tombstones'
@@ -271,28 +275,135 @@ def reapply_tombstones(
         engine.dispose()
 
 
-def restore(database_url: str, source: Path, *, clean_first: bool = False) -> RestoreReport:
+def tombstone_file(database_url: str, source: Path) -> Path:
+    """Where a restore keeps the tombstones while it replaces the database: beside the
+    backup it restores, named by the database (a restore of another backup from the
+    same folder finds it)."""
+    return source.parent / f"emotionviz-tombstones-{database_name(database_url)}.json"
+
+
+def read_tombstone_file(path: Path) -> Tombstones:
+    """The tombstones a restore kept in ``path`` (none if there is no such file)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise BackupError(
+            f"cannot read the tombstones kept in {path}: {exc}; nothing was changed "
+            "(move the file away only if no one was erased since the backup)"
+        ) from None
+    try:
+        return [(bytes.fromhex(t["digest"]), dict(t.get("report") or {})) for t in raw]
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise BackupError(f"{path} does not hold tombstones; nothing was changed") from None
+
+
+def _write_tombstone_file(path: Path, tombstones: Tombstones) -> None:
+    """Digests and counts only, as erased_users holds them; written whole or not at all,
+    readable by the operator only."""
+    data = [{"digest": d.hex(), "report": r} for d, r in tombstones]
+    partial = path.with_name(path.name + ".partial")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise BackupError(
+            f"cannot keep the {len(tombstones)} tombstones in {path} before replacing the "
+            f"database: {exc.strerror or exc}; nothing was changed"
+        ) from None
+
+
+def _merge(*sources: Tombstones) -> Tombstones:
+    merged: dict[bytes, dict[str, Any]] = {}
+    for tombstones in sources:
+        for digest, report in tombstones:
+            merged.setdefault(digest, report)
+    return list(merged.items())
+
+
+def _keep_in_database(database_url: str, tombstones: Tombstones) -> bool:
+    """Write the tombstones back into what a failed load left (erased_users created if
+    missing); False if that failed too (the file still holds them)."""
+    from db.repositories.erase import keep_tombstones
+
+    engine = _engine(database_url)
+    try:
+        with engine.begin() as conn:
+            keep_tombstones(conn, tombstones)
+        return True
+    except Exception:  # noqa: BLE001 - the load's error is the one to report; the file stays
+        return False
+    finally:
+        engine.dispose()
+
+
+def restore(
+    database_url: str,
+    source: Path,
+    *,
+    clean_first: bool = False,
+    tombstones_at: Path | None = None,
+) -> RestoreReport:
     """Restore into an empty database; with ``clean_first``, empty it first (see
     ``clean``). A database that holds objects is refused, before anything runs, rather
     than half-restored into. A .sql.gz is decompressed chunk by chunk into psql's
     standard input, which stops at the first error.
 
     The tombstones of erased people (``erased_users``) are read before the database is
-    replaced and applied again after (``reapply_tombstones``)."""
+    replaced and applied again after (``reapply_tombstones``). Until then they are kept
+    in a file (``tombstones_at``, default ``tombstone_file``: beside the backup), deleted
+    only once applied: if the load fails, they are also written back into what it left,
+    and the next restore reads both. A tombstone file put there by hand (disaster
+    recovery into an empty database) is applied the same way."""
     if not source.exists():
         raise BackupError(f"backup file not found: {source}")
-    kept = _tombstones(database_url) if clean_first else []
-    if clean_first:
-        clean(database_url)
-    else:
+    kept_at = tombstones_at or tombstone_file(database_url, source)
+    if not clean_first:
         found = user_object_count(database_url)
         if found:
             raise DatabaseNotEmptyError(
                 f"database {database_name(database_url)!r} is not empty ({found} objects): "
                 "restore into an empty database, or add --clean to replace its contents"
             )
-    _load(database_url, source)
-    return reapply_tombstones(database_url, kept)
+    kept = _merge(read_tombstone_file(kept_at), _tombstones(database_url) if clean_first else [])
+    if kept:
+        _write_tombstone_file(kept_at, kept)  # before anything is dropped
+    if clean_first:
+        clean(database_url)
+    try:
+        _load(database_url, source)
+    except BackupError as exc:
+        if not kept:
+            raise
+        where = (
+            "written back into the database and kept in"
+            if _keep_in_database(database_url, kept)
+            else "kept in"
+        )
+        raise BackupError(
+            f"{exc} -- the {len(kept)} tombstones of erased people are {where} {kept_at}: "
+            "the next restore applies them (restore from that folder or leave the file "
+            "beside the backup)"
+        ) from None
+    try:
+        report = reapply_tombstones(database_url, kept)
+    except Exception as exc:
+        if not kept:
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise BackupError(
+            f"the backup was loaded but the erasures were not applied again "
+            f"({type(exc).__name__}: {first}); the {len(kept)} tombstones are kept in "
+            f"{kept_at}: run the restore again"
+        ) from exc
+    kept_at.unlink(missing_ok=True)  # applied: the restored database holds them
+    return report
 
 
 def _load(database_url: str, source: Path) -> None:

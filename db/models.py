@@ -604,6 +604,11 @@ Index(
         "OR (nanobanana_response - '{width,height,bytes,mime_type}'::text[]) <> '{}'::jsonb)"
     ),
 )
+# An erasure's completion events: those whose payload names the person (migration 0011).
+Index(
+    "idx_completion_events_payload_user",
+    CompletionEvent.payload["user_id"].astext,
+)
 
 
 class ModelCall(Base):

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import socket
 import sys
 import threading
@@ -22,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from domain.identifiers import UUID_RE
 from domain.redaction import redact, redact_value, register_secret
 from workers.log_lines import BoundedJSONRenderer, LineHandler, LineLoggerFactory, LineWriter
 
@@ -51,7 +51,6 @@ DEFAULT_MAX_LINE_BYTES = 4000
 # erased, so they must not name the person in the first place; an operator who needs a
 # person's lines asks for the reference (`emotionviz user log-ref ID`) and searches for
 # it. Kept raw: the ids of messages and events (they name work, not people).
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _KEPT_RAW = frozenset({"message_id", "redis_id", "event_id", "event_ids", "redis_ids"})
 # Without LOG_PSEUDONYM_KEY: a fixed key. References are still not the ids, but anyone
 # holding an id can compute its reference (docs/operations.md).
@@ -82,9 +81,9 @@ def _refs_in(value: Any, keep: str) -> Any:
     if isinstance(value, str):
         if len(value) < 36 or "-" not in value:  # no UUID fits: most values (cheap)
             return value
-        if len(value) == 36 and _UUID.fullmatch(value):  # a bound id, the common case
+        if len(value) == 36 and UUID_RE.fullmatch(value):  # a bound id, the common case
             return value if value.lower() == keep else log_ref(value)
-        return _UUID.sub(lambda m: m[0] if m[0].lower() == keep else log_ref(m[0]), value)
+        return UUID_RE.sub(lambda m: m[0] if m[0].lower() == keep else log_ref(m[0]), value)
     if isinstance(value, uuid.UUID):
         return value if str(value) == keep else log_ref(value)
     if isinstance(value, dict):
@@ -162,8 +161,12 @@ def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
 
 
 def _configured_pseudonym_key() -> str | None:
-    """LOG_PSEUDONYM_KEY as the settings read it: the environment, else ``.env`` in the
-    working directory (this module may not import the settings)."""
+    """LOG_PSEUDONYM_KEY as the settings would read it (the environment, else ``.env`` in
+    the working directory), for a process that configures logging without settings: a
+    script or test calling ``configure_logging()`` directly (tests/integration/
+    test_log_refs.py). Every entry point goes through ``bootstrap.configure_process``,
+    which passes ``Settings.log_pseudonym_key`` (this module may not import the
+    settings)."""
     if "LOG_PSEUDONYM_KEY" in os.environ:
         return os.environ["LOG_PSEUDONYM_KEY"].strip() or None
     try:
@@ -184,7 +187,8 @@ def configure_logging(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     pseudonym_key: str | None = None,
 ) -> None:
-    """``pseudonym_key``: LOG_PSEUDONYM_KEY (read from the environment when not given)."""
+    """``pseudonym_key``: LOG_PSEUDONYM_KEY as the settings hold it ("" for none: the fixed
+    key); None only where no settings exist yet (``_configured_pseudonym_key``)."""
     global _pseudonym_key
     key = pseudonym_key if pseudonym_key is not None else _configured_pseudonym_key()
     if key:

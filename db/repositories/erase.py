@@ -5,10 +5,11 @@ person, and retention").
 What cascades from ``users`` (the foreign keys): emotion_entries, visualizations,
 intake_sessions, emotion_analytics, api_keys, entry_arrivals (through the entries).
 What does not, and is deleted here by the person's ids: completion_events (the payload
-names user_id; event_deliveries cascade from them), analytics_refresh_queue (no FK,
-and the entries' delete trigger adds rows for the person: deleted after the cascade),
-model_calls (the paid-call ledger), and the ids inside operator_actions (replaced by
-the person's log reference: the trail keeps what was done, not who it was done to).
+names user_id, indexed; event_deliveries cascade from them), analytics_refresh_queue
+(no FK, and the entries' delete trigger adds rows for the person: deleted after the
+cascade), model_calls (the paid-call ledger: by user, entry or intake session), and
+the ids inside operator_actions (replaced by the person's log reference: the trail
+keeps what was done, not who it was done to).
 media_garbage gets the person's visualization ids (from its trigger, and here for rows
 that name no picture yet: a worker may have stored one and died); the caller deletes
 their pictures through it.
@@ -30,6 +31,8 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
+from domain.identifiers import UUID_PATTERN
+
 if TYPE_CHECKING:
     from db.uow import UnitOfWork
 
@@ -42,7 +45,22 @@ _CASCADED = {
     "api_keys": "user_id",
     "entry_arrivals": "user_id",
 }
-_UUID_PATTERN = "([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})"
+# The ledger's rows for the person: charged to them, or for one of their entries or
+# intake sessions (a paid call may have been charged to someone else's user_id). One pass
+# over model_calls (only user_id is indexed: an index per id column would be written on
+# every paid call for the sake of a rare erasure).
+_MODEL_CALLS = (
+    "FROM model_calls WHERE user_id = :u OR entry_id = ANY(CAST(:e AS uuid[])) "
+    "OR intake_session_id = ANY(CAST(:s AS uuid[]))"
+)
+# Completion events naming the person (idx_completion_events_payload_user, migration
+# 0011), deleted once; their deliveries (which cascade) counted in the same statement,
+# whose snapshot still sees them.
+_DELETE_EVENTS = """
+WITH gone AS (DELETE FROM completion_events WHERE payload->>'user_id' = :t RETURNING id)
+SELECT (SELECT count(*) FROM gone),
+       (SELECT count(*) FROM event_deliveries WHERE event_id IN (SELECT id FROM gone))
+"""
 
 
 def user_digest(user_id: uuid.UUID | str) -> bytes:
@@ -110,9 +128,7 @@ class EraseRepository:
         counts["analytics_refresh_queue"] = _count(
             self.session, "SELECT count(*) FROM analytics_refresh_queue WHERE user_id = :u", person
         )
-        counts["model_calls"] = _count(
-            self.session, "SELECT count(*) FROM model_calls WHERE user_id = :u", person
-        )
+        counts["model_calls"] = _count(self.session, f"SELECT count(*) {_MODEL_CALLS}", person)
         counts["operator_actions"] = len(self._audit_rows(person.all()))
         return {table: n for table, n in sorted(counts.items())}
 
@@ -124,16 +140,9 @@ class EraseRepository:
             table: _count(s, f"SELECT count(*) FROM {table} WHERE {column} = :u", person)
             for table, column in _CASCADED.items()
         }
-        counts["event_deliveries"] = _count(
-            s,
-            "SELECT count(*) FROM event_deliveries d JOIN completion_events e ON e.id = d.event_id"
-            " WHERE e.payload->>'user_id' = :t",
-            person,
-        )
-        counts["completion_events"] = _rowcount(
-            s, "DELETE FROM completion_events WHERE payload->>'user_id' = :t", person
-        )
-        counts["model_calls"] = _rowcount(s, "DELETE FROM model_calls WHERE user_id = :u", person)
+        events, deliveries = s.execute(text(_DELETE_EVENTS), _params(person)).one()
+        counts["completion_events"], counts["event_deliveries"] = int(events), int(deliveries)
+        counts["model_calls"] = _rowcount(s, f"DELETE {_MODEL_CALLS}", person)
         # The delete trigger queues only rows that name a picture; a row whose worker
         # stored one and died before saving its URL has files too: queue those rows.
         s.execute(
@@ -152,13 +161,7 @@ class EraseRepository:
         return {table: n for table, n in sorted(counts.items())}
 
     def tombstone(self, user_id: uuid.UUID, report: dict[str, Any]) -> None:
-        self.session.execute(
-            text(
-                "INSERT INTO erased_users (user_digest, report) VALUES (:d, :r) "
-                "ON CONFLICT (user_digest) DO NOTHING"
-            ),
-            {"d": user_digest(user_id), "r": Jsonb(_counts_only(report))},
-        )
+        write_tombstones(self.session.connection(), [(user_digest(user_id), report)])
 
     def update_tombstone(self, user_id: uuid.UUID, report: dict[str, Any]) -> None:
         self.session.execute(
@@ -175,7 +178,7 @@ class EraseRepository:
                 "regexp_matches(coalesce(a.target, '') || ' ' || a.detail::text, :uuid, 'g') m "
                 "WHERE lower(m[1]) = ANY(:ids) GROUP BY a.id"
             ),
-            {"uuid": _UUID_PATTERN, "ids": [i.lower() for i in ids]},
+            {"uuid": UUID_PATTERN, "ids": [i.lower() for i in ids]},
         )
         return {int(r[0]): list(r[1]) for r in rows}
 
@@ -212,15 +215,38 @@ def read_tombstones(conn: Connection) -> list[tuple[bytes, dict[str, Any]]]:
     return [(bytes(r[0]), dict(r[1] or {})) for r in rows]
 
 
+# NOT EXISTS as well as ON CONFLICT: a restore that failed half-way may have left an
+# erased_users table without its primary key yet (pg_restore adds constraints last), and
+# the tombstones are written back into it (db/backup.py).
+_INSERT_TOMBSTONE = (
+    "INSERT INTO erased_users (user_digest, report) SELECT :d, :r "
+    "WHERE NOT EXISTS (SELECT 1 FROM erased_users WHERE user_digest = :d) "
+    "ON CONFLICT DO NOTHING"
+)
+# The table as migration 0011 creates it: for a restore that failed before creating it.
+_CREATE_ERASED_USERS = """
+CREATE TABLE IF NOT EXISTS erased_users (
+    user_digest bytea NOT NULL,
+    erased_at timestamptz NOT NULL DEFAULT now(),
+    report jsonb NOT NULL DEFAULT '{}'::jsonb,
+    CONSTRAINT erased_users_pkey PRIMARY KEY (user_digest),
+    CONSTRAINT erased_users_user_digest_check CHECK (length(user_digest) = 32)
+)
+"""
+
+
 def write_tombstones(conn: Connection, tombstones: Iterable[tuple[bytes, dict[str, Any]]]) -> None:
-    for digest, report in tombstones:
-        conn.execute(
-            text(
-                "INSERT INTO erased_users (user_digest, report) VALUES (:d, :r) "
-                "ON CONFLICT (user_digest) DO NOTHING"
-            ),
-            {"d": digest, "r": Jsonb(_counts_only(report))},
-        )
+    """Add the tombstones not there yet (the one INSERT every tombstone goes through)."""
+    rows = [{"d": digest, "r": Jsonb(_counts_only(report))} for digest, report in tombstones]
+    if rows:
+        conn.execute(text(_INSERT_TOMBSTONE), rows)
+
+
+def keep_tombstones(conn: Connection, tombstones: Iterable[tuple[bytes, dict[str, Any]]]) -> None:
+    """Write the tombstones into whatever a failed restore left, creating erased_users
+    if it is missing: the next restore reads them from there (db/backup.py)."""
+    conn.execute(text(_CREATE_ERASED_USERS))
+    write_tombstones(conn, tombstones)
 
 
 def users_with_digests(conn: Connection, digests: Sequence[bytes]) -> list[uuid.UUID]:
@@ -239,7 +265,12 @@ def users_with_digests(conn: Connection, digests: Sequence[bytes]) -> list[uuid.
 
 
 def _params(person: PersonIds) -> dict[str, Any]:
-    return {"u": person.user_id, "t": str(person.user_id)}
+    return {
+        "u": person.user_id,
+        "t": str(person.user_id),
+        "e": list(person.entry_ids),
+        "s": list(person.session_ids),
+    }
 
 
 def _ids(session: Session, sql: str, user_id: uuid.UUID) -> tuple[uuid.UUID, ...]:

@@ -14,6 +14,14 @@ Create Date: 2026-12-04 00:00:00+00:00
   purge (RETENTION_RAW_RESPONSES_DAYS) walks it a batch at a time and a purged row
   leaves it, so each run reads only what is left to do. Failed rows by age are served
   by ``idx_visualizations_failed_at`` (0004), operator actions by ``idx_operator_actions_at``.
+- ``idx_completion_events_payload_user``: completion events by the person their
+  payload names (``payload->>'user_id'``), so an erasure finds theirs without reading
+  the whole outbox (db/repositories/erase.py).
+
+The indexes are built CONCURRENTLY (the tables may be large: writes go on meanwhile),
+outside the migration's transaction: if a build fails, the table is committed and the
+revision not recorded, and running the upgrade again finishes it (hence IF NOT EXISTS
+everywhere, and an interrupted build's INVALID index dropped first).
 """
 
 from collections.abc import Sequence
@@ -33,10 +41,29 @@ RAW_LEFT = (
 )
 
 
+INDEXES = {
+    "idx_visualizations_raw_responses": (
+        f"ON visualizations (processing_completed_at) WHERE {RAW_LEFT}"
+    ),
+    "idx_completion_events_payload_user": "ON completion_events ((payload ->> 'user_id'))",
+}
+
+# An interrupted CONCURRENTLY build leaves an INVALID index that IF NOT EXISTS would keep
+# (and the planner never uses): drop it first.
+DROP_IF_INVALID = """
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               WHERE c.relname = '{name}' AND NOT i.indisvalid) THEN
+        EXECUTE 'DROP INDEX {name}';
+    END IF;
+END $$
+"""
+
+
 def upgrade() -> None:
     op.execute(
         """
-        CREATE TABLE erased_users (
+        CREATE TABLE IF NOT EXISTS erased_users (
             user_digest bytea NOT NULL,
             erased_at timestamptz NOT NULL DEFAULT now(),
             report jsonb NOT NULL DEFAULT '{}'::jsonb,
@@ -45,12 +72,14 @@ def upgrade() -> None:
         )
         """
     )
-    op.execute(
-        "CREATE INDEX idx_visualizations_raw_responses ON visualizations "
-        f"(processing_completed_at) WHERE {RAW_LEFT}"
-    )
+    with op.get_context().autocommit_block():
+        for name, definition in INDEXES.items():
+            op.execute(DROP_IF_INVALID.format(name=name))
+            op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {definition}")
 
 
 def downgrade() -> None:
-    op.execute("DROP INDEX IF EXISTS idx_visualizations_raw_responses")
+    with op.get_context().autocommit_block():
+        for name in INDEXES:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
     op.execute("DROP TABLE IF EXISTS erased_users")

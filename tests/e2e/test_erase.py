@@ -59,7 +59,7 @@ def _cli(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
 
 def _person(h: Harness, marker: str) -> dict[str, list[str]]:
     """A person with entries in every state, an intake session, an API key, analytics,
-    a paid call, completion events, an audit row naming an entry, queued, delayed and
+    paid calls (two charged to others), completion events, an audit row naming an entry, queued, delayed and
     dead-lettered messages; the completed entry went through the real worker."""
     done, user = h.make_entry(marker)
     h.publish(done, user)
@@ -111,6 +111,16 @@ def _person(h: Harness, marker: str) -> dict[str, list[str]]:
                 "VALUES (:u, :e, 'm', 'analysis', 'ok')"
             ),
             {"u": user, "e": done},
+        )
+        # Paid calls for the person's entry and session charged to someone else or to
+        # no one: erased by entry and session (the dump check below finds their ids).
+        conn.execute(
+            text(
+                "INSERT INTO model_calls (user_id, entry_id, intake_session_id, model, kind, "
+                "outcome) VALUES (:other, :e, NULL, 'm', 'image', 'ok'), "
+                "(NULL, NULL, :s, 'm', 'intake', 'ok')"
+            ),
+            {"other": uuid.uuid4(), "e": ids["entry"][1], "s": session},
         )
         conn.execute(
             text(
@@ -213,7 +223,7 @@ def test_an_erased_person_is_found_nowhere_even_after_a_restore(h: Harness, tmp_
     report = json.loads(erased.stdout)
     rows = report["postgresql"]["rows"]
     assert rows["users"] == 1 and rows["emotion_entries"] == 4 and rows["visualizations"] == 4
-    assert rows["intake_sessions"] == 1 and rows["api_keys"] == 1 and rows["model_calls"] >= 1
+    assert rows["intake_sessions"] == 1 and rows["api_keys"] == 1 and rows["model_calls"] >= 3
     assert rows["completion_events"] >= 1 and rows["operator_actions"] == 1
     assert report["media"]["files_deleted"] >= 2  # the picture and its thumbnail
     assert report["redis"]["messages"] == 3  # queued, delayed, dead

@@ -4,8 +4,10 @@ workers/messaging/redis_keys.py) and any other key of the namespace whose name o
 does (a per-person gate, a completion event on EVENTS_QUEUE, whatever a later feature
 keys by person).
 
-A walk over the whole namespace (SCAN, HSCAN: never a blocking KEYS): the erasure is
-rare, and a list of key kinds to visit would miss the next kind someone adds. A
+A walk over the whole namespace (SCAN, HSCAN, SSCAN, ZSCAN and lists in pages of
+1,000: never one command over a whole big key): the erasure is rare, and a list of key
+kinds to visit would miss the next kind someone adds. A queue's list (a key with a
+``.msgs`` hash beside it) holds message ids only and is not read: its bodies are. A
 message body removed from its ``.msgs`` hash is also removed from the list, delay set
 or dead-letter set that orders it, and from every worker's acks set; a worker that
 fetched it meanwhile finds no body and acknowledges nothing.
@@ -16,16 +18,18 @@ consuming the queue (docs/operations.md says what happens to those).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import redis
 
+from domain.identifiers import UUID_BYTES_RE
 from workers.messaging.redis_keys import BODIES_SUFFIX, DEAD_SUFFIX, acks_pattern
 
 _SCAN_COUNT = 1000
-_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# A list is read a page at a time: one LRANGE 0 -1 over a ready queue of a million ids
+# would hold Redis (single-threaded) for the whole copy.
+_LIST_PAGE = 1000
 
 
 @dataclass
@@ -56,7 +60,7 @@ def _text(value: bytes | str) -> str:
 def _names(value: bytes | str, needles: frozenset[bytes]) -> bool:
     """Whether ``value`` holds one of the ids (one pass, whatever the number of ids)."""
     raw = value.encode() if isinstance(value, str) else value
-    return any(found.lower() in needles for found in _UUID.findall(raw))
+    return any(found.lower() in needles for found in UUID_BYTES_RE.findall(raw))
 
 
 def erase_from_redis(
@@ -109,11 +113,12 @@ def erase_from_redis(
                 if not dry_run:
                     client.delete(raw_key)
         elif kind == "list":
-            for item in set(client.lrange(raw_key, 0, -1)):
-                if _names(item, needles):
-                    report.other_values += 1
-                    if not dry_run:
-                        client.lrem(raw_key, 0, item)  # type: ignore[arg-type]
+            if client.exists(f"{key}{BODIES_SUFFIX}"):
+                continue  # a queue's order: message ids only (the bodies hash is walked)
+            for item in _list_items_naming(client, raw_key, needles):
+                report.other_values += 1
+                if not dry_run:
+                    client.lrem(raw_key, 0, item)  # type: ignore[arg-type]
         elif kind == "set":
             found_members = [m for m in client.sscan_iter(raw_key) if _names(m, needles)]
             report.other_values += len(found_members)
@@ -128,6 +133,22 @@ def erase_from_redis(
         for acks in client.scan_iter(match=acks_pattern(namespace), count=_SCAN_COUNT):
             client.srem(acks, *removed_message_ids)
     return report
+
+
+def _list_items_naming(
+    client: redis.Redis, key: bytes | str, needles: frozenset[bytes]
+) -> set[bytes | str]:
+    """The distinct items of a list that name one of the ids, read in pages. Items a
+    consumer pops meanwhile shift the pages: one may be read twice (a set) or skipped,
+    which the erasure's second sweep catches (workers/operations/erase.py)."""
+    found: set[bytes | str] = set()
+    start = 0
+    while True:
+        page = client.lrange(key, start, start + _LIST_PAGE - 1)
+        found.update(item for item in page if _names(item, needles))
+        if len(page) < _LIST_PAGE:
+            return found
+        start += _LIST_PAGE
 
 
 def _remove_messages(client: redis.Redis, order_key: str, message_ids: list[bytes]) -> None:
