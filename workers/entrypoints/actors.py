@@ -166,12 +166,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
             )
             # Its first attempt: the retry is its own message, counted as retry 1.
             entry_created.send_with_options(args=(turn.to_payload(),), delay=delay_ms, retries=1)
-            log.warning(
-                "entry taken in turn failed, will retry",
-                taken_entry_id=str(turn.entry_id),
-                reason=reason,
-                delay_ms=delay_ms,
-            )
+            log.warning("entry taken in turn failed, will retry", reason=reason, delay_ms=delay_ms)
 
         def fail(reason: str) -> None:
             if service.mark_failed(message.entry_id, reason):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import structlog
+
 from db.repositories import ClaimedVisualization, EntryRow
 from db.uow import UnitOfWork
 from domain.analysis import Analysis
@@ -111,7 +113,13 @@ class VisualizationService:
                 self._job.turn = EntryCreated(
                     entry_id=entry_id, user_id=entry.user_id, style=VisualizationStyle(claim.style)
                 )
-                log.info("took a waiting entry in turn", taken_entry_id=str(entry_id))
+                # The job's lines name the entry it runs; the message's, as in_turn_for.
+                structlog.contextvars.bind_contextvars(
+                    entry_id=str(entry_id),
+                    user_id=str(entry.user_id),
+                    in_turn_for=str(message.entry_id),
+                )
+                log.info("took a waiting entry in turn")
             crashes = claim.claim_count - 1  # earlier claims of this row that never finished
             if crashes >= self.limits.max_claims:
                 raise CrashLoopError(
