@@ -13,7 +13,9 @@ Targets: ``emotionviz --help`` and a command's ``--help`` <= 0.3 s; ``status`` a
 command (``python -X importtime``, cumulative), to find what makes it slow.
 
 Usage:
-  .venv/bin/python scripts/bench_cli.py [--runs 7] [--json FILE]
+  .venv/bin/python scripts/bench_cli.py [--runs 7] [--json FILE] [--against DIR]
+  (DIR: another checkout, e.g. `git worktree add /tmp/before REV`: its code timed too,
+  interleaved with this one's)
   .venv/bin/python scripts/bench_cli.py [--top 25] --importtime job ENTRY_ID  (last: the rest
   is the command; ENTRY_ID stands for the idle deployment's entry)
   (exit 0: every target met; 1: one was not)
@@ -57,9 +59,9 @@ class Row:
         return None if self.target_s is None else self.median_s <= self.target_s
 
 
-def _run_once(argv: Sequence[str], env: dict[str, str]) -> tuple[float, int]:
+def _run_once(argv: Sequence[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, int]:
     started = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=120)
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=120)
     return time.perf_counter() - started, done.returncode
 
 
@@ -94,9 +96,12 @@ def idle_deployment() -> Iterator[tuple[dict[str, str], str]]:
                 client.delete(*keys)
 
 
-def measure(runs: int) -> list[Row]:
+def measure(runs: int, against: Path | None = None) -> list[Row]:
     """Round-robin: run r of every command, then run r + 1, so a burst of other work on
-    the machine falls on all of them alike (and the ratio to the bare interpreter holds)."""
+    the machine falls on all of them alike (and the ratio to the bare interpreter holds).
+    ``against``: another checkout (``git worktree add DIR REV``) whose code runs each
+    command too, interleaved, as "(against)" rows without a target: before and after
+    in one run."""
     with idle_deployment() as (env, entry_id):
         cases: list[tuple[str, list[str], float | None]] = [
             ("python -c pass", ["-c", "pass"], None),
@@ -107,12 +112,15 @@ def measure(runs: int) -> list[Row]:
             ("emotionviz status --json", ["status", "--json"], READ_TARGET_S),
             ("emotionviz job ENTRY_ID", ["job", entry_id], READ_TARGET_S),
         ]
+        if against is not None:
+            cases += [(f"{n} (against)", a, None) for n, a, t in cases if t is not None]
         times: dict[str, list[float]] = {name: [] for name, _argv, _target in cases}
         codes: dict[str, list[int]] = {name: [] for name, _argv, _target in cases}
         for i in range(runs + 1):
             for name, argv, _target in cases:
                 command = [sys.executable, *argv] if target_is_bare(name) else [*CLI, *argv]
-                elapsed, code = _run_once(command, env)
+                cwd = against if against is not None and name.endswith("(against)") else ROOT
+                elapsed, code = _run_once(command, env, cwd)
                 if i:  # the first round warms the disk cache (and starts nothing twice)
                     times[name].append(elapsed)
                     codes[name].append(code)
@@ -177,17 +185,20 @@ def main() -> int:
         "--importtime", nargs=argparse.REMAINDER, metavar="CMD", help="profile one command"
     )
     parser.add_argument("--top", type=int, default=25, help="with --importtime: rows shown")
+    parser.add_argument(
+        "--against", type=Path, metavar="DIR", help="also time another checkout's code"
+    )
     args = parser.parse_args()
     if args.importtime is not None:
         import_profile(args.importtime, args.top)
         return 0
-    rows = measure(args.runs)
-    print(f"{'command':32} {'median s':>9} {'x bare':>7} {'target s':>9}  met  exits")
+    rows = measure(args.runs, args.against)
+    print(f"{'command':36} {'median s':>9} {'x bare':>7} {'target s':>9}  met  exits")
     for row in rows:
         met = {None: "-", True: "yes", False: "NO"}[row.met]
         target = "-" if row.target_s is None else f"{row.target_s:.1f}"
         codes = ",".join(str(c) for c in sorted(set(row.exit_codes))) or "-"
-        print(f"{row.name:32} {row.median_s:9.3f} {row.ratio:7.1f} {target:>9}  {met:4} {codes}")
+        print(f"{row.name:36} {row.median_s:9.3f} {row.ratio:7.1f} {target:>9}  {met:4} {codes}")
     load = os.getloadavg()
     print(f"{args.runs} runs each (median), load average {load[0]:.2f} {load[1]:.2f}")
     if args.json:
