@@ -56,9 +56,9 @@ FROM entry e LEFT JOIN claimed c ON true
 """
 
 # The fair claim (migration 0008: fair_claim): the fairest entry waiting in the pool,
-# claimed in the same statement, with its entry. No row: nothing pooled could be taken,
-# claim the message's own entry (``_CLAIM_ENTRY``). A row with no entry: the person is
-# at the cap (``capped``).
+# claimed in the same statement, with its entry (else the message's own entry). No row:
+# nothing could be taken; ``_CLAIM_ENTRY`` then says why (a duplicate, a held lease). A
+# row with no entry: the person is at the cap (``capped``).
 _FAIR_CLAIM = """
 SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created_at,
        f.f_id, f.f_lease, f.f_style, f.f_gemini_analysis, f.f_image_url, f.f_claim_count,
@@ -180,8 +180,9 @@ class EntryPipelineRepository:
     ) -> FairClaim:
         """Claim the fairest entry waiting in the pool (maybe another person's), after
         enrolling the message's own entry if nothing pooled it (docs/reliability.md,
-        "Fairness"). ``taken`` None: claim the own entry with ``claim_entry``, unless
-        ``capped`` (the person has ``max_in_flight`` jobs running; 0: no cap)."""
+        "Fairness"), else the own entry. ``taken`` None: nothing could be taken
+        (``claim_entry`` says why), or ``capped``: the person has ``max_in_flight``
+        jobs running (0: no cap) and their entry waits."""
         params = {
             "entry_id": entry_id,
             "user_id": user_id,

@@ -17,8 +17,9 @@ waiting in the pool, not necessarily its own (docs/reliability.md, "Fairness").
 - ``fair_claim(...)``: in one statement, enrol the message's own entry if nothing else
   pooled it, then claim a fresh entry of the waiting person with the fewest jobs in
   flight (none first, then the longest since their turn), else the oldest low-lane
-  entry. No row: the caller claims its own entry as before. A row with ``capped``:
-  the caller's person is at the cap and their entry waits.
+  entry, else the message's own. No row: nothing could be taken (the caller's claim
+  says why: a duplicate, a held lease). A row with ``capped``: the caller's person is
+  at the cap and their entry waits.
 """
 
 from collections.abc import Sequence
@@ -172,24 +173,28 @@ BEGIN
         {_TAKE}
     END LOOP;
 
-    -- 4. Nothing pooled could be taken: the caller claims its own entry. Under a cap
-    --    the claim is made here, under the person's lock; and while pooled entries
-    --    wait (their people at the cap), the message comes back soon ("capped") rather
-    --    than after a lease: it is still somebody's token.
-    IF p_cap > 0 THEN
-        IF pg_try_advisory_xact_lock({LOCK_SPACE}, hashtext(p_user::text))
-           AND (SELECT count(*) FROM visualizations v WHERE v.user_id = p_user AND {_LIVE})
-               < p_cap THEN
-            v_entry := p_entry;
-            {_TAKE}
-        END IF;
-        IF EXISTS (SELECT 1 FROM fair_waiting w WHERE w.lane = 0)
-           OR EXISTS (SELECT 1 FROM visualizations v
-                      WHERE v.entry_id = p_entry AND v.status = 'pending') THEN
-            RETURN QUERY SELECT NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::text,
-                                NULL::jsonb, NULL::text, NULL::integer, true;
-            RETURN;
-        END IF;
+    -- 4. Nothing pooled could be taken: the message's own entry, in this statement (a
+    --    claim after it would race the other messages for the entry this statement may
+    --    have just pooled, and lose its turn to a lease's wait). Under a cap, under the
+    --    person's lock; and while pooled entries wait (their people at the cap), the
+    --    message comes back soon ("capped"): it is still somebody's token. No row: the
+    --    caller claims its own entry as before (a duplicate, a held lease).
+    IF p_cap <= 0 THEN
+        v_entry := p_entry;
+        {_TAKE}
+    ELSIF pg_try_advisory_xact_lock({LOCK_SPACE}, hashtext(p_user::text))
+          AND (SELECT count(*) FROM visualizations v WHERE v.user_id = p_user AND {_LIVE})
+              < p_cap THEN
+        v_entry := p_entry;
+        {_TAKE}
+    END IF;
+    IF p_cap > 0
+       AND (EXISTS (SELECT 1 FROM fair_waiting w WHERE w.lane = 0)
+            OR EXISTS (SELECT 1 FROM visualizations v
+                       WHERE v.entry_id = p_entry AND v.status = 'pending')) THEN
+        RETURN QUERY SELECT NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::text,
+                            NULL::jsonb, NULL::text, NULL::integer, true;
+        RETURN;
     END IF;
     RETURN;
 END;
