@@ -23,11 +23,21 @@ if TYPE_CHECKING:
 
 UsageBy = Literal["user", "day", "model"]
 
+# model_calls has no FK (a row outlives its person): a person erased while their job
+# ran must not be named by a row written after the erase committed. Then the cost is
+# still recorded (the money was spent), with no person, entry or session. FOR KEY SHARE:
+# an erase that deleted the person but has not committed yet is waited for (a few ms).
 _RECORD = """
 INSERT INTO model_calls (user_id, entry_id, intake_session_id, model, kind,
                          input_tokens, output_tokens, image, outcome, cost_usd)
-VALUES (%(user_id)s, %(entry_id)s, %(intake_session_id)s, %(model)s, %(kind)s,
-        %(input_tokens)s, %(output_tokens)s, %(image)s, %(outcome)s, %(cost_usd)s)
+SELECT CASE WHEN known.present THEN %(user_id)s::uuid END,
+       CASE WHEN known.present THEN %(entry_id)s::uuid END,
+       CASE WHEN known.present THEN %(intake_session_id)s::uuid END,
+       %(model)s, %(kind)s, %(input_tokens)s, %(output_tokens)s, %(image)s, %(outcome)s,
+       %(cost_usd)s
+FROM (SELECT %(user_id)s::uuid IS NULL
+             OR EXISTS (SELECT 1 FROM users WHERE id = %(user_id)s::uuid FOR KEY SHARE)
+             AS present) AS known
 """
 
 _SPENT_SINCE = """
@@ -51,12 +61,17 @@ GROUP BY 1 ORDER BY {order}
 """
 
 # Rows whose last attempt stopped on the daily budget (the reason the release keeps,
-# domain/ledger.py: budget_exceeded): pending, their retry due at the next UTC day.
+# domain/ledger.py: budget_exceeded): pending, their retry due at the next UTC day. The
+# release sets dispatched_at to when the retry is due, so a waiting row is a pending row
+# due in the future: a range of idx_visualizations_pending_dispatch (only the few rows
+# with a delayed retry are read, never every pending row's reason).
 _BUDGET_WAITS = """
 SELECT count(*) FROM visualizations
-WHERE status = 'pending' AND error_message LIKE 'will retry: daily budget of %%'
+WHERE status = 'pending' AND dispatched_at > now()
+  AND error_message LIKE 'will retry: daily budget of %%'
 """
 
+# A range of idx_model_calls_at (today's rows); read once per snapshot period.
 _DAY_SPEND = """
 SELECT count(*), coalesce(sum(cost_usd), 0), count(DISTINCT user_id)
 FROM model_calls WHERE at >= %(since)s

@@ -25,6 +25,7 @@ from domain.ledger import (
     price_table,
 )
 from domain.vocabulary import VisualizationStyle
+from tests.integration.helpers import insert_user
 from workers.providers.instrumented import CountedAnalysis
 from workers.providers.local import LocalAnalysisProvider
 from workers.services.ledger import PaidCallLedger
@@ -49,6 +50,12 @@ def _ledger(engine: Engine, budget: str | None, cache_s: float = 0.0) -> PaidCal
     )
 
 
+def _person(engine: Engine) -> uuid.UUID:
+    """A person who exists (a row naming one who does not is recorded without them)."""
+    with engine.begin() as conn:
+        return insert_user(conn)
+
+
 def _rows(engine: Engine) -> list[dict[str, object]]:
     with engine.connect() as conn:
         return [
@@ -58,7 +65,7 @@ def _rows(engine: Engine) -> list[dict[str, object]]:
 
 def test_each_attempt_is_a_row_with_its_owner_tokens_outcome_and_cost(engine: Engine) -> None:
     ledger = _ledger(engine, None)
-    owner = CallOwner(user_id=uuid.uuid4(), entry_id=uuid.uuid4())
+    owner = CallOwner(user_id=_person(engine), entry_id=uuid.uuid4())
     assert ledger.record(
         "analysis", owner, Attempt("text-model", input_tokens=1000, output_tokens=200)
     ) == Decimal("0.003000")
@@ -78,8 +85,8 @@ def test_each_attempt_is_a_row_with_its_owner_tokens_outcome_and_cost(engine: En
 
 def test_the_budget_counts_todays_spend_only_and_waits_until_midnight(engine: Engine) -> None:
     ledger = _ledger(engine, "0.05")
-    person = CallOwner(user_id=uuid.uuid4())
-    other = CallOwner(user_id=uuid.uuid4())
+    person = CallOwner(user_id=_person(engine))
+    other = CallOwner(user_id=_person(engine))
     expensive = Attempt("image-model", image=True)  # $0.04
     ledger.record("image", person, expensive)
     with engine.begin() as conn:  # yesterday's calls (UTC) do not count today
@@ -106,7 +113,7 @@ def test_a_persons_spend_is_read_once_per_cache_period_plus_what_this_process_sp
     engine: Engine,
 ) -> None:
     ledger = _ledger(engine, "0.05", cache_s=3600)
-    person = CallOwner(user_id=uuid.uuid4())
+    person = CallOwner(user_id=_person(engine))
     ledger.check_budget(person)  # reads $0, cached
     with engine.begin() as conn:  # another process's spend, unseen until the cache ends
         conn.execute(
@@ -132,7 +139,7 @@ def test_a_wrapped_provider_checks_the_budget_then_records_each_attempt(engine: 
     )
     provider = CountedAnalysis(LocalAnalysisProvider(), "local", ledger)
     entry = EntrySnapshot(str(uuid.uuid4()), "a long day at work", ("joy",), Decimal("0.5"), None)
-    user = uuid.uuid4()
+    user = _person(engine)
     # What the worker's log context binds from the message (workers/messaging/middleware.py)
     structlog.contextvars.bind_contextvars(user_id=str(user), entry_id="not-a-uuid")
     try:
@@ -146,3 +153,27 @@ def test_a_wrapped_provider_checks_the_budget_then_records_each_attempt(engine: 
     assert Decimal(str(row["cost_usd"])) >= 1
     with UnitOfWork(make_session_factory(engine)) as uow:
         assert ledger_of(uow).spent_since(user, datetime.now(UTC) - timedelta(hours=1)) >= 1
+
+
+def test_a_call_of_a_person_erased_meanwhile_keeps_its_cost_but_names_nobody(
+    engine: Engine,
+) -> None:
+    """model_calls has no FK: a job's call that ends after its person's erase committed
+    must not write a row naming them (the erase already deleted their rows)."""
+    ledger = _ledger(engine, None)
+    kept, erased = _person(engine), _person(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM users WHERE id = :u"), {"u": erased})
+    attempt = Attempt("image-model", image=True)
+    ledger.record("image", CallOwner(user_id=erased, entry_id=uuid.uuid4()), attempt)
+    ledger.record("image", CallOwner(user_id=kept, entry_id=uuid.uuid4()), attempt)
+    ledger.record("image", CallOwner(entry_id=uuid.uuid4()), attempt)  # nobody known
+    rows = _rows(engine)
+    assert [r["cost_usd"] for r in rows] == [Decimal("0.040000")] * 3  # the money counted
+    assert (rows[0]["user_id"], rows[0]["entry_id"], rows[0]["intake_session_id"]) == (
+        None,
+        None,
+        None,
+    )
+    assert rows[1]["user_id"] == kept and rows[1]["entry_id"] is not None
+    assert rows[2]["user_id"] is None and rows[2]["entry_id"] is not None

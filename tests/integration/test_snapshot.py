@@ -83,6 +83,29 @@ def test_status_and_metrics_read_the_same_snapshot(
     from workers.operations.status import collect_status
     from workers.settings import Settings
 
+    # What status reads besides the rows comes from the snapshot's database too: a
+    # paused queue, a paid call today, a row waiting on its person's daily budget.
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        entry = insert_entry(conn, user)
+        conn.execute(
+            text("INSERT INTO paused_queues (name, paused_by) VALUES ('visualizations', 'ops')")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model_calls (user_id, model, kind, outcome, cost_usd) "
+                "VALUES (:u, 'm', 'analysis', 'ok', 0.5)"
+            ),
+            {"u": user},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO visualizations (entry_id, user_id, status, error_message, "
+                "dispatched_at) VALUES (:e, :u, 'pending', "
+                "'will retry: daily budget of $1.00 reached', now() + interval '1 hour')"
+            ),
+            {"e": entry, "u": user},
+        )
     cache = SnapshotCache(Counted(client, redis_namespace), _uow_factory(engine), max_age_s=60.0)
     monkeypatch.setattr(snapshot, "_shared", cache)
     status = collect_status(Settings(_env_file=None))  # type: ignore[call-arg]
@@ -91,7 +114,10 @@ def test_status_and_metrics_read_the_same_snapshot(
     generate_latest(registry)
     collect_status(Settings(_env_file=None))  # type: ignore[call-arg]
     assert cache.computations == 1
-    assert status["visualizations"] == {"pending": 0, "processing": 0, "failed": 0}
+    assert status["visualizations"] == {"pending": 1, "processing": 0, "failed": 0}
+    assert [p["queue"] for p in status["paused_queues"]] == ["visualizations"]
+    paid = status["paid_calls_today"]
+    assert (paid["calls"], paid["people"], paid["waiting_on_budget"]) == (1, 1, 1)
 
 
 def test_completed_work_is_counted_exactly_after_analyze(

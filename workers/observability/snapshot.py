@@ -1,7 +1,8 @@
 """The one snapshot of the work that ``status``, ``status --watch``, the console and the
 metrics all read: the broker's queues and workers, and the rows (open rows by status,
 rows finished in the last hour, stuck leases, the last hour's failure reasons, open
-intake sessions by state).
+intake sessions by state, the paused queues, today's paid calls and the rows waiting on
+a daily budget), and the last Redis failover seen.
 
 A process computes it at most once every ``METRICS_CACHE_S`` seconds (2), however many
 readers ask (every open console tab, a watching terminal, a scrape): the first reader
@@ -19,9 +20,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
 
 from db.repositories.events import event_repository
+from db.repositories.ledger import DaySpend, ledger_of
+from db.repositories.pauses import PausedRow, pause_repository
 from db.uow import UnitOfWork
+from domain.ledger import start_of_utc_day
 from workers.messaging.broker_state import BrokerState
 
 SNAPSHOT_MAX_AGE_S = 2.0  # METRICS_CACHE_S's default
@@ -39,6 +45,10 @@ class WorkRows:
     intake: dict[str, int]  # open sessions: waiting_for_person, waiting_for_worker, failed
     # completion events' deliveries not (yet) delivered: pending, dead
     event_deliveries: dict[str, int] = field(default_factory=dict)
+    paused_queues: list[PausedRow] = field(default_factory=list)  # issue 24.3
+    # Issue 23.3: today's (UTC) paid calls, and the pending rows waiting on a budget.
+    spend_today: DaySpend | None = None
+    budget_waits: int = 0
 
 
 def read_rows(uow: UnitOfWork) -> WorkRows:
@@ -59,6 +69,7 @@ class Snapshot:
     rows: WorkRows | None
     taken_at: float  # time.time() when it was read
     errors: dict[str, BaseException] = field(default_factory=dict)  # source -> what failed
+    redis_failover: dict[str, Any] | None = None  # the last one seen (issue 22.1)
 
     @property
     def up(self) -> dict[str, bool]:
@@ -74,9 +85,11 @@ class SnapshotCache:
         uow_factory: Callable[[], UnitOfWork],
         *,
         max_age_s: float = SNAPSHOT_MAX_AGE_S,
+        read_failover: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.read_broker = read_broker
         self.uow_factory = uow_factory
+        self.read_failover = read_failover
         self.max_age_s = max_age_s
         self.computations = 0
         self._lock = threading.Lock()
@@ -105,9 +118,27 @@ class SnapshotCache:
                 # Apart from read_rows (whose plans test_periodic_plans checks on the
                 # large tables): two counts through event_deliveries' partial indexes.
                 rows = replace(rows, event_deliveries=event_repository(uow).undelivered_counts())
+                rows = replace(rows, paused_queues=pause_repository(uow).paused())
+            with self.uow_factory() as uow:  # the ledger reads on the driver connection
+                rows = replace(rows, **_ledger_today(uow))
         except Exception as exc:  # noqa: BLE001 - as above
             errors["database"] = exc
-        return Snapshot(broker, rows, time.time(), errors)
+        failover: dict[str, Any] | None = None
+        try:
+            failover = self.read_failover()
+        except Exception:  # noqa: BLE001 - an unreadable Redis shows in the broker's error
+            failover = None
+        return Snapshot(broker, rows, time.time(), errors, failover)
+
+
+def _ledger_today(uow: UnitOfWork) -> dict[str, Any]:
+    """Today's paid calls (a range of idx_model_calls_at) and the budget waits (a range
+    of idx_visualizations_pending_dispatch: the pending rows due in the future)."""
+    ledger = ledger_of(uow)
+    return {
+        "spend_today": ledger.day_spend(start_of_utc_day(datetime.now(UTC))),
+        "budget_waits": ledger.budget_waits(),
+    }
 
 
 _shared: SnapshotCache | None = None
@@ -129,6 +160,7 @@ def shared() -> SnapshotCache:
                 _deployment_broker_state,
                 bootstrap.unit_of_work,
                 max_age_s=settings.metrics_cache_s,
+                read_failover=_last_failover,
             )
             _shared_settings = settings
         return _shared
@@ -149,3 +181,17 @@ def _deployment_broker_state() -> BrokerState:
         max_age_s=settings.metrics_cache_s,
     )
     return shared_state.get()
+
+
+def _last_failover() -> dict[str, Any] | None:
+    """The last Redis Sentinel failover seen and its reconcile (None: none, or one
+    server, not Sentinel)."""
+    from domain.sentinel_url import is_sentinel_url
+    from workers import bootstrap
+    from workers.messaging import failover
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    if not is_sentinel_url(bootstrap.redis_url(settings)):
+        return None
+    return failover.last(bootstrap.redis_client(), settings.redis_namespace)

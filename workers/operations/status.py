@@ -7,8 +7,11 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from db.repositories.pauses import PausedRow
 from domain.failures import failure_class
+from domain.ledger import start_of_utc_day
 from workers.observability import snapshot
+from workers.observability.snapshot import WorkRows
 from workers.settings import Settings
 
 
@@ -33,39 +36,37 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "failures_last_hour": dict(failures.most_common()),
         "intake_sessions": rows.intake,
         "read_at": datetime.fromtimestamp(snap.taken_at, UTC).isoformat(timespec="seconds"),
-        "redis_failover": _last_failover(settings),  # issue 22.1
-        "paused_queues": _paused_queues(),  # issue 24.3
-        "paid_calls_today": _paid_calls_today(settings),  # issue 23.3
+        "redis_failover": snap.redis_failover,  # issue 22.1
+        "paused_queues": [_paused(row) for row in rows.paused_queues],  # issue 24.3
+        "paid_calls_today": _paid_calls_today(settings, rows, snap.taken_at),  # issue 23.3
     }
 
 
-def _paid_calls_today(settings: Settings) -> dict[str, Any]:
-    """Today's paid calls and spend, and the rows waiting on a daily budget
-    (workers/operations/usage.py)."""
-    from workers.operations.usage import spend_today
+def _paid_calls_today(settings: Settings, rows: WorkRows, taken_at: float) -> dict[str, Any]:
+    """Today's (UTC) paid calls, their cost and the people who made them, and the rows
+    waiting for the next day because their person's budget ran out."""
+    day = rows.spend_today
+    budget = settings.user_daily_budget_usd
+    since = start_of_utc_day(datetime.fromtimestamp(taken_at, UTC))
+    return {
+        "since": since.isoformat(timespec="seconds"),
+        "calls": 0 if day is None else day.calls,
+        "cost_usd": "0" if day is None else str(day.cost_usd),
+        "people": 0 if day is None else day.people,
+        "user_daily_budget_usd": None if budget is None else str(budget),
+        "waiting_on_budget": rows.budget_waits,
+    }
 
-    return spend_today(settings)
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
-def _paused_queues() -> list[dict[str, Any]]:
-    """The paused queues with since and by (workers/operations/pauses.py)."""
-    from workers.operations.pauses import paused_queues
-
-    return [pause.as_dict() for pause in paused_queues()]
-
-
-def _last_failover(settings: Settings) -> dict[str, Any] | None:
-    """The last Redis Sentinel failover seen and its reconcile (None: none, or one
-    server); unreadable Redis shows in the broker's own error above."""
-    import redis
-
-    from domain.sentinel_url import is_sentinel_url
-    from workers import bootstrap
-    from workers.messaging import failover
-
-    if not is_sentinel_url(bootstrap.redis_url(settings)):
-        return None
-    try:
-        return failover.last(bootstrap.redis_client(), settings.redis_namespace)
-    except redis.RedisError:
-        return None
+def _paused(row: PausedRow) -> dict[str, Any]:
+    return {
+        "queue": row.name,
+        "paused_at": row.paused_at.isoformat(timespec="seconds"),
+        "paused_by": row.paused_by,
+        "reason": row.reason,
+        "paused_s": round(max(0.0, (_now() - row.paused_at).total_seconds()), 1),
+    }
