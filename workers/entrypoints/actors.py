@@ -17,6 +17,7 @@ import dramatiq
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from domain.errors import InvalidMessageError, JobTimeLimitError, LeaseHeldError, PermanentError
+from domain.ledger import BudgetExceededError
 from domain.messages import (
     AnalyticsRecompute,
     EntryCreated,
@@ -151,6 +152,16 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
             if isinstance(exc, TimeLimitExceeded):
                 exc = JobTimeLimitError(settings.job_time_limit_s)
             reason = stored_reason(exc)
+            if isinstance(exc, BudgetExceededError):
+                # Its person's daily budget: a wait, not a failure (as failure_policy's
+                # defer for a message's own entry). No retry spent, the row not failed,
+                # whatever MAX_RETRIES: its message comes back after the wait, a first
+                # delivery again (retries=0; Dramatiq's Retries would give up a deferred
+                # retry when MAX_RETRIES=0).
+                delay_ms = int((exc.retry_after_s or 0.0) * 1000)
+                entry_created.send_with_options(args=(turn.to_payload(),), delay=delay_ms)
+                log.info("entry taken in turn deferred: daily budget reached", reason=reason)
+                return
             if isinstance(exc, PermanentError) or settings.max_retries == 0:
                 if not isinstance(exc, PermanentError):
                     reason = stored_reason(exc, prefix="gave up after 1 attempts; last error: ")
