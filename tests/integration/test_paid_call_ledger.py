@@ -17,6 +17,7 @@ from db.engine import make_session_factory
 from db.repositories.ledger import ledger_of
 from db.uow import UnitOfWork
 from domain.analysis import EntrySnapshot
+from domain.errors import DatabaseUnavailableError
 from domain.ledger import (
     Attempt,
     BudgetExceededError,
@@ -177,3 +178,26 @@ def test_a_call_of_a_person_erased_meanwhile_keeps_its_cost_but_names_nobody(
     )
     assert rows[1]["user_id"] == kept and rows[1]["entry_id"] is not None
     assert rows[2]["user_id"] is None and rows[2]["entry_id"] is not None
+
+
+def test_an_attempt_the_ledger_cannot_write_is_counted(engine: Engine) -> None:
+    """The write's failure was a warning only: now a counter too, by model."""
+    from prometheus_client import REGISTRY
+
+    def unreachable() -> UnitOfWork:
+        raise DatabaseUnavailableError("database unavailable")
+
+    def refused() -> UnitOfWork:
+        raise RuntimeError("the insert was refused")
+
+    name, labels = "emotionviz_paid_calls_unrecorded_total", {"model": "text-model"}
+    before = REGISTRY.get_sample_value(name, labels) or 0.0
+    for factory in (unreachable, refused):
+        ledger = PaidCallLedger(factory, PRICES, None)
+        cost = ledger.record("analysis", CallOwner(), Attempt("text-model", input_tokens=1000))
+        assert cost == Decimal("0.001000")  # the call's cost still counts for the providers
+    assert REGISTRY.get_sample_value(name, labels) == before + 2
+    # A written row is not counted.
+    _ledger(engine, None).record("analysis", CallOwner(), Attempt("text-model"))
+    assert REGISTRY.get_sample_value(name, labels) == before + 2
+    assert len(_rows(engine)) == 1

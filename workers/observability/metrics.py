@@ -244,3 +244,22 @@ def _redis_failovers() -> Any:
 
 def count_redis_failover() -> None:
     _safely(lambda: _redis_failovers().inc())
+
+
+# --- Paid-call ledger: attempts not recorded (issue 23.3 review) --------------------
+
+
+@lru_cache(maxsize=1)
+def _paid_calls_unrecorded() -> Any:
+    from prometheus_client import Counter
+
+    return Counter(
+        "emotionviz_paid_calls_unrecorded_total",
+        "Model API attempts whose ledger row could not be written (the database was "
+        "unavailable or refused it): spent, but missing from model_calls and the budgets",
+        ["model"],
+    )
+
+
+def count_paid_call_unrecorded(model: str) -> None:
+    _safely(lambda: _paid_calls_unrecorded().labels(model).inc())

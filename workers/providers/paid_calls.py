@@ -75,6 +75,12 @@ def report(attempt: Attempt) -> None:
         metrics.count_model_call(attempt.model, scope.kind, attempt.outcome, float(cost))
 
 
+def count_unrecorded(model: str) -> None:
+    """An attempt the ledger could not write (workers/services/ledger.py): spent, but
+    missing from model_calls; counted, as the warning alone is easy to miss."""
+    metrics.count_paid_call_unrecorded(model)
+
+
 def estimated_tokens(text: str) -> int:
     """About four characters a token: what the offline providers report, which have no
     tokenizer (their calls cost nothing; the count shows the shape of the work)."""

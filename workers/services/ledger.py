@@ -3,8 +3,10 @@ the per-person daily budget they check before a call.
 
 - ``record``: one INSERT in autocommit per attempt, right after it (so the row survives
   the job's later failure), with its estimated cost from the price table (returned:
-  the providers count it, workers/providers/paid_calls.py). A failed write is logged,
-  never raised: the call happened and its result is worth keeping.
+  the providers count it, workers/providers/paid_calls.py). A failed write is logged
+  and counted (emotionviz_paid_calls_unrecorded_total), never raised: the call happened
+  and its result is worth keeping. A person erased while the call ran is not named by
+  its row (db/repositories/ledger.py: the cost is kept, with no person or entry).
 - ``check_budget``: with USER_DAILY_BUDGET_USD set, the person's spend since 00:00 UTC,
   cached per process for ``cache_s`` (plus what this process recorded since), so an
   entry's calls cost no extra round trip. The budget is a soft limit: calls already
@@ -33,6 +35,7 @@ from domain.ledger import (
     start_of_utc_day,
 )
 from workers.logging import get_logger
+from workers.providers.paid_calls import count_unrecorded
 
 log = get_logger("emotionviz.ledger")
 
@@ -68,8 +71,10 @@ class PaidCallLedger:
             except DatabaseUnavailableError:
                 if attempt_no == 2:
                     log.warning("paid call not recorded: the database is unavailable")
+                    count_unrecorded(attempt.model)
             except Exception as exc:  # noqa: BLE001 - the call matters more than its row
                 log.warning("paid call not recorded in the ledger", error=type(exc).__name__)
+                count_unrecorded(attempt.model)
                 break
         if cost and owner.user_id is not None and self.budget is not None:
             key = (owner.user_id, start_of_utc_day(self.clock()))
