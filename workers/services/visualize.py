@@ -22,7 +22,13 @@ import structlog
 from db.repositories import ClaimedVisualization, EntryRow
 from db.uow import UnitOfWork
 from domain.analysis import Analysis
-from domain.errors import CrashLoopError, LeaseHeldError, failure_reason, require_owned
+from domain.errors import (
+    CrashLoopError,
+    LeaseHeldError,
+    TransientError,
+    failure_reason,
+    require_owned,
+)
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.logging import get_logger
@@ -31,7 +37,7 @@ from workers.providers.ratelimit import releases_batched
 from workers.services.imaging import check_image, thumbnail
 from workers.services.isolation import SuspectLock
 from workers.services.leases import LeaseKeeper
-from workers.services.media import MediaLifecycle, image_key, thumbnail_key
+from workers.services.media import MediaLifecycle, all_keys, image_key, thumbnail_key
 
 log = get_logger("emotionviz.visualize")
 
@@ -176,12 +182,35 @@ class VisualizationService:
         with self.uow_factory() as uow:
             # One round trip: the completion's pipeline is one transaction of its own.
             uow.single_statement()
-            if not uow.entry_pipeline.complete(
+            completed = uow.entry_pipeline.complete(
                 claim, user_id=entry.user_id, entry_moment=entry.created_at, **picture
-            ):
-                return Outcome.LEASE_LOST
+            )
+        if not completed:
+            if picture:
+                self._drop_picture_if_row_gone(claim)
+            return Outcome.LEASE_LOST
         log.info("visualization completed", seconds=round(time.monotonic() - started, 3))
         return Outcome.COMPLETED
+
+    def _drop_picture_if_row_gone(self, claim: ClaimedVisualization) -> None:
+        """The completion found no row (its entry or person was deleted meanwhile): the
+        picture and thumbnail this job just stored belong to nobody, and the delete's
+        garbage outbox may have been collected before they were written. A row that
+        still exists (another worker took the lease over) keeps them: its keys are the
+        same, its job may be storing its own picture there."""
+        with self.uow_factory() as uow:
+            if uow.media.referenced([claim.id]):
+                return
+        for key in all_keys(claim.id):
+            try:
+                self.providers.store.delete(key)
+            except TransientError as exc:
+                log.warning(
+                    "a deleted row's picture could not be removed; media gc will",
+                    key=key,
+                    reason=str(exc),
+                )
+        log.info("row deleted while its job ran: its picture removed")
 
     # --- steps ---------------------------------------------------------------------
 
