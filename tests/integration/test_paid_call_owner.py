@@ -217,3 +217,16 @@ def test_a_lease_taken_over_keeps_the_rows_picture(
     _as_the_worker(message)
     assert service.process(message) is Outcome.LEASE_LOST
     assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 2  # picture, thumbnail
+
+
+def test_a_context_naming_another_entry_charges_nobody() -> None:
+    """Were a job to run an entry its log context does not name, the bound person is
+    another entry's: the call names no person rather than the wrong one."""
+    from workers.providers.paid_calls import current_owner
+
+    person, bound_entry, other_entry = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    structlog.contextvars.bind_contextvars(user_id=str(person), entry_id=str(bound_entry))
+    assert current_owner(str(bound_entry)).user_id == person
+    assert current_owner().entry_id == bound_entry
+    owner = current_owner(str(other_entry))
+    assert (owner.user_id, owner.entry_id) == (None, other_entry)

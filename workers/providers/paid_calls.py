@@ -9,7 +9,11 @@ provider used outside a scope (a test, a benchmark's floor) reports to nobody.
 Whose work: the ids the worker's log context binds from the message being processed
 (workers/messaging/middleware.py: LogContext), which the service has checked against the
 row before any call (a claim names the entry and its owner); an entry's id also comes
-with the entry itself.
+with the entry itself. A fair token that takes another person's entry binds that entry
+and its person before any call (workers/services/visualize.py), so the call is charged
+to, and budgeted as, the entry's person; a context that names another entry than the
+one called for names nobody (never the wrong person: tests/integration/
+test_paid_call_owner.py).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from dataclasses import dataclass
 import structlog
 
 from domain.ledger import Attempt, CallKind, CallOwner, Ledger
+from workers.logging import get_logger
 from workers.observability import metrics
+
+log = get_logger("emotionviz.paid_calls")
 
 
 @dataclass(frozen=True)
@@ -48,9 +55,16 @@ def _uuid(value: object) -> uuid.UUID | None:
 def current_owner(entry_id: str | None = None) -> CallOwner:
     """Whose work the current message is (see the module docstring)."""
     bound = structlog.contextvars.get_contextvars()
+    user_id = _uuid(bound.get("user_id"))
+    bound_entry = _uuid(bound.get("entry_id"))
+    entry = _uuid(entry_id) or bound_entry
+    if entry is not None and bound_entry is not None and entry != bound_entry:
+        # The bound person is another entry's: charging them would be wrong.
+        log.warning("paid call of an entry the log context does not name: no person")
+        user_id = None
     return CallOwner(
-        user_id=_uuid(bound.get("user_id")),
-        entry_id=_uuid(entry_id or bound.get("entry_id")),
+        user_id=user_id,
+        entry_id=entry,
         intake_session_id=_uuid(bound.get("session_id")),
     )
 
