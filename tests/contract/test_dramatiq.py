@@ -7,6 +7,7 @@ upgrade changes it; scripts/upgrade_check runs them on the newest released Drama
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ import pytest
 import redis
 from dramatiq.broker import Broker, Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 from dramatiq.common import dq_name, q_name, xq_name
 
 from tests.rabbitmq_support import rabbitmq_vhost
@@ -296,3 +297,174 @@ def test_dramatiqs_enqueue_declares_through_our_declare_queue() -> None:
                 assert channel.queue_declare(QUEUE, passive=True).method.message_count == 1
         finally:
             broker.close()
+
+
+# --- the fetch we rewrote (redis_keys._FETCH_UNLESS_PAUSED) and what ack_and_fetch calls --
+
+RECOPY = (
+    "re-copy dispatch.lua's fetch (the heartbeat's ZADD, the LPOP loop into the acks set, "
+    "the HMGET) into workers/messaging/redis_keys.py's _FETCH_UNLESS_PAUSED, check "
+    "RedisCommands._dispatch's arguments, then update the pinned text in this test"
+)
+# dispatch.lua as we copied it (dramatiq 2.2.1), comments dropped, whitespace collapsed:
+# the script's arguments in order, the keys the fetch touches, the fetch itself.
+UPSTREAM_ARGUMENTS = [
+    "command",
+    "timestamp",
+    "queue_name",
+    "worker_id",
+    "heartbeat_timeout",
+    "dead_message_ttl",
+    "do_maintenance",
+    "max_unpack_size",
+]
+UPSTREAM_KEYS = [
+    'local acks = namespace .. ":__acks__." .. worker_id',
+    'local heartbeats = namespace .. ":__heartbeats__"',
+    'redis.call("zadd", heartbeats, timestamp, worker_id)',
+    'local queue_acks = acks .. "." .. queue_name',
+    'local queue_full_name = namespace .. ":" .. queue_name',
+    'local queue_messages = queue_full_name .. ".msgs"',
+]
+UPSTREAM_FETCH = (
+    "local prefetch = math.min(ARGS[1], max_unpack_size) local message_ids = {} "
+    'for i=1,prefetch do local message_id = redis.call("lpop", queue_full_name) '
+    "if not message_id then break end message_ids[i] = message_id "
+    'redis.call("sadd", queue_acks, message_id) end if next(message_ids) ~= nil then '
+    'return redis.call("hmget", queue_messages, unpack(message_ids)) else return {} end'
+)
+
+
+def _lua(broker: RedisBroker) -> str:
+    """The dispatch script this Dramatiq runs, comments dropped, whitespace collapsed."""
+    script: Any = broker.scripts["dispatch"].script
+    text = script.decode() if isinstance(script, bytes) else str(script)
+    lines = [line.split("--", 1)[0] for line in text.splitlines()]
+    return " ".join(" ".join(lines).split())
+
+
+def test_dispatch_luas_fetch_is_what_our_fetch_copies(plain: RedisBroker) -> None:
+    lua = _lua(plain)
+    arguments = re.findall(r"local (\w+) = ARGV\[(\d+)\]", lua)
+    assert arguments == [(n, str(i)) for i, n in enumerate(UPSTREAM_ARGUMENTS, 1)], (
+        f"dispatch.lua's arguments changed ({arguments}): {RECOPY}"
+    )
+    for line in UPSTREAM_KEYS:
+        assert line in lua, f"dispatch.lua no longer has `{line}`: {RECOPY}"
+    found = re.search(r'elseif command == "fetch" then (.*?) elseif command ==', lua)
+    assert found is not None, f"dispatch.lua has no fetch command any more: {RECOPY}"
+    assert found.group(1) == UPSTREAM_FETCH, (
+        f"dispatch.lua's fetch changed:\n  now: {found.group(1)}\n  was: {UPSTREAM_FETCH}\n"
+        + RECOPY
+    )
+
+
+def test_the_underscore_methods_ack_and_fetch_calls_are_there() -> None:
+    """RedisCommands.ack_and_fetch calls them as RedisBroker._dispatch does."""
+    wanted = {"_should_do_maintenance": ["self", "command"], "_max_unpack_size": ["self"]}
+    for name, parameters in wanted.items():
+        method = getattr(RedisBroker, name, None)
+        assert callable(method), f"RedisBroker.{name} is gone: {RECOPY}"
+        got = list(inspect.signature(method).parameters)
+        assert got == parameters, f"RedisBroker.{name}{got} (was {parameters}): {RECOPY}"
+
+
+def _stored(client: Any, namespace: str, broker_id: str) -> dict[str, Any]:
+    """Every key of a namespace and its content, the namespace and the broker's id
+    replaced (two brokers compare equal when they left the same things); the
+    heartbeats' scores (timestamps) are left out."""
+
+    def name(raw: Any) -> str:
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return text.replace(namespace, "NS").replace(broker_id, "WORKER")
+
+    stored: dict[str, Any] = {}
+    for key in client.scan_iter(match=f"{namespace}:*"):
+        kind = client.type(key).decode()
+        content: Any
+        if kind == "list":
+            content = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            content = client.hgetall(key)
+        elif kind == "set":
+            content = sorted(client.smembers(key))
+        elif kind == "zset":
+            content = sorted(name(member) for member in client.zrange(key, 0, -1))
+        else:
+            content = kind
+        stored[name(key)] = content
+    return stored
+
+
+@pytest.mark.parametrize(
+    ("delay", "first", "second"),
+    [(None, 2, 5), (None, 5, 1), (60_000, 1, 3)],
+    ids=["fewer-then-more", "more-than-stored", "delay-queue"],
+)
+def test_our_fetch_leaves_what_dramatiqs_fetch_leaves(
+    redis_server_url: str, redis_namespace: str, delay: int | None, first: int, second: int
+) -> None:
+    """The same messages in two namespaces; Dramatiq's fetch, ack and fetch in one, our
+    ack_and_fetch in the other: same bodies back, same keys and contents left (acks
+    set, heartbeat, queue, bodies)."""
+    spaces = {side: f"{redis_namespace}.{side}" for side in ("theirs", "ours")}
+    brokers = {
+        side: RedisBroker(url=redis_server_url, namespace=ns, maintenance_chance=0)  # type: ignore[no-untyped-call]
+        for side, ns in spaces.items()
+    }
+    try:
+        theirs, ours_ = brokers["theirs"], brokers["ours"]
+        client: Any = theirs.client
+        sent = [theirs.enqueue(_message(), delay=delay) for _ in range(4)]
+        queue = sent[0].queue_name  # QUEUE, or its delay queue
+        for key in client.scan_iter(match=f"{spaces['theirs']}:*"):
+            copied = key.decode().replace(spaces["theirs"], spaces["ours"], 1)
+            client.restore(copied, 0, client.dump(key))
+        client.delete(heartbeats(spaces["theirs"]), heartbeats(spaces["ours"]))
+        commands = RedisCommands(ours_, queue)
+
+        def compare(step: str) -> None:
+            left = [_stored(client, spaces[s], brokers[s].broker_id) for s in ("theirs", "ours")]
+            assert left[0] == left[1], (
+                f"after {step}: Dramatiq's {left[0]} ours {left[1]}: {RECOPY}"
+            )
+
+        got_theirs: Any = theirs.do_fetch(queue, first)
+        got_ours = commands.ack_and_fetch([], first)
+        assert got_ours.state == "ok" and got_ours.bodies == list(got_theirs), RECOPY
+        assert got_ours.bodies, "nothing fetched: the test would compare nothing"
+        compare(f"a fetch of {first}")
+
+        done = sent[0].options["redis_message_id"]
+        theirs.do_ack(queue, done)
+        got_theirs = theirs.do_fetch(queue, second)
+        got_ours = commands.ack_and_fetch([done], second)
+        assert got_ours.bodies == list(got_theirs), RECOPY
+        compare(f"an ack and a fetch of {second}")
+    finally:
+        for broker in brokers.values():
+            broker.close()
+
+
+def test_ack_and_fetch_runs_dramatiqs_maintenance(
+    redis_server_url: str, redis_namespace: str
+) -> None:
+    """When Dramatiq would maintain on a fetch, our fetch runs its script for it: a
+    dead worker's message goes back to the queue (and is fetched)."""
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=redis_server_url, namespace=redis_namespace, maintenance_chance=MAINTENANCE_SCALE
+    )
+    try:
+        client = broker.client
+        keys = queue_keys(redis_namespace, QUEUE)
+        held = broker.enqueue(_message()).options["redis_message_id"]
+        assert client.lpop(keys.ready) == held.encode()
+        client.sadd(keys.acks("dead-worker"), held)
+        client.zadd(heartbeats(redis_namespace), {"dead-worker": 0})
+        got = RedisCommands(broker, QUEUE).ack_and_fetch([], 1)
+        assert got.bodies == [client.hget(keys.ready_bodies, held)], (
+            f"Dramatiq's maintenance did not give back a dead worker's message: {RECOPY}"
+        )
+        assert not client.exists(keys.acks("dead-worker"))
+    finally:
+        broker.close()
