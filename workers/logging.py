@@ -29,7 +29,7 @@ from workers.log_lines import BoundedJSONRenderer, LineHandler, LineLoggerFactor
 # of every CLI command's start, pygments included): we render tracebacks plainly
 # (format_exc_info; plain_traceback on a terminal), so rich stays out of structlog's
 # reach while it loads. structlog offers no setting for this: its optional import is
-# the contract, checked by tests/unit/test_structlog_without_rich.py. The CLI imports
+# the contract, checked by tests/contract/test_structlog.py. The CLI imports
 # rich itself where it draws a table.
 _hide_rich = "rich" not in sys.modules
 if _hide_rich:
