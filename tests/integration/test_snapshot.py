@@ -22,6 +22,7 @@ from sqlalchemy import Engine, text
 from db.engine import make_session_factory
 from db.uow import UnitOfWork
 from tests.integration.helpers import insert_entry, insert_user
+from tests.integration.test_periodic_plans import realistic  # noqa: F401 - a fixture
 from workers.messaging.broker_state import BrokerState, SharedBrokerState, read_broker_state
 from workers.observability import snapshot
 from workers.observability.collector import StateCollector
@@ -180,3 +181,45 @@ def test_a_machine_does_not_scan_while_another_holds_the_collector_role(
     time.sleep(0.45)
     b.get()
     assert machine_b.calls == 1 and machine_a.calls == 1
+
+
+def test_budget_waits_are_read_through_the_pending_dispatch_index(
+    realistic: Engine,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The snapshot's count of rows waiting on a daily budget read every pending row's
+    reason; now only the pending rows due in the future (idx_visualizations_pending_
+    dispatch), whatever the number of pending rows."""
+    from db.repositories.ledger import _BUDGET_WAITS
+
+    with realistic.begin() as conn:  # most pending rows are due; two wait on a budget
+        conn.execute(
+            text(
+                "UPDATE visualizations SET dispatched_at = now() - interval '1 hour' "
+                "WHERE status = 'pending'"
+            )
+        )
+        conn.execute(
+            text(
+                "UPDATE visualizations SET dispatched_at = now() + interval '5 hours', "
+                "error_message = 'will retry: daily budget of $1.00 reached' "
+                "WHERE id IN (SELECT id FROM visualizations WHERE status = 'pending' LIMIT 2)"
+            )
+        )
+    with realistic.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE visualizations"))
+    raw = realistic.raw_connection()
+    try:
+        with raw.cursor() as cursor:
+            sql = _BUDGET_WAITS.replace("%%", "%")
+            cursor.execute("EXPLAIN (FORMAT JSON) " + sql)
+            nodes = [cursor.fetchone()[0][0]["Plan"]]
+            while nodes[-1].get("Plans"):
+                nodes.append(nodes[-1]["Plans"][0])
+            cursor.execute(sql)
+            assert cursor.fetchone()[0] == 2
+    finally:
+        raw.close()
+    # A range of the index (the rows due in the future), not a walk of every pending row.
+    scan = nodes[-1]
+    assert scan.get("Index Name") == "idx_visualizations_pending_dispatch", nodes
+    assert "dispatched_at > now()" in scan.get("Index Cond", ""), scan
