@@ -44,6 +44,13 @@ class EntryCreated(MessageV1):
     style: VisualizationStyle | None = Field(
         default=None, description="abstract, diagram or metaphor; default abstract"
     )
+    redraw: bool | None = Field(
+        default=None,
+        description=(
+            "true: draw the completed entry again in ``style``, reusing its stored "
+            "analysis (no analysis call); the new picture replaces the old one when done"
+        ),
+    )
 
 
 class IntakeStep(MessageV1):

@@ -6,6 +6,7 @@ yet and a failed request publishes nothing::
 
     api = ProducerAPI(bootstrap.unit_of_work)      # or any UnitOfWork factory
     api.entry_created(entry_id, user_id)           # after the API committed the entry
+    api.redraw(entry_id, user_id, "metaphor")      # a completed entry, in another style
     session_id = api.start_intake(user_id, "What happened ...")
     api.submit_answer(session_id, user_id, step=1, answer="...")
 
@@ -27,11 +28,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from db.uow import UnitOfWork
-from domain.errors import ConflictError, PermanentError, PublishFailedError, require_owned
+from domain.errors import (
+    ConflictError,
+    NotFoundError,
+    PermanentError,
+    PublishFailedError,
+    require_owned,
+)
 from domain.intake import clean_answer, parse_history
 from domain.messages import EntryCreated, IntakeStep
 from domain.schemas import MAX_SITUATION_CHARS
-from domain.vocabulary import VisualizationStyle
+from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.messaging.producer import request_span
 
 DEFAULT_RECONCILE_GRACE_S = 300  # RECONCILE_GRACE_S' default
@@ -56,6 +63,30 @@ def require_published(
         "ahead of it in the queue has moved on",
         saved_id=saved_id,
     )
+
+
+def redraw_request(
+    uow: UnitOfWork,
+    entry_id: uuid.UUID,
+    user_id: uuid.UUID | None,
+    style: VisualizationStyle | None,
+) -> EntryCreated:
+    """The message asking to draw a completed entry again in ``style`` (None: its own),
+    reusing its analysis (docs/operations.md, "Redraw"). ``user_id`` None: the entry's
+    owner (an operator's request). Raises NotFoundError, OwnershipError, or
+    ConflictError when the entry's visualization is not completed (one under way or
+    failed is not redrawn: its own job, or a replay, finishes it first)."""
+    entry = uow.entries.get(entry_id)
+    if entry is None:
+        raise NotFoundError(f"entry {entry_id} does not exist")
+    require_owned(entry, "entry", entry_id, entry.user_id if user_id is None else user_id)
+    row = uow.visualizations.get_by_entry(entry_id)
+    if row is None or row.status != VisualizationStatus.COMPLETED:
+        state = "has no visualization" if row is None else f"is {row.status}"
+        raise ConflictError(
+            f"entry {entry_id} cannot be redrawn: its visualization {state}, not completed"
+        )
+    return EntryCreated(entry_id=entry_id, user_id=entry.user_id, style=style, redraw=True)
 
 
 def _duration(seconds: int) -> str:
@@ -89,6 +120,24 @@ class ProducerAPI:
                 uow.publish(EntryCreated(entry_id=entry_id, user_id=user_id, style=style))
                 uow.commit()
             self._published(uow, f"the request for entry {entry_id}", entry_id)
+
+    def redraw(
+        self,
+        entry_id: uuid.UUID,
+        user_id: uuid.UUID,
+        style: VisualizationStyle | str | None = None,
+    ) -> None:
+        """Draw the user's completed entry again in ``style``, reusing its stored
+        analysis (one image call, no analysis call); the new picture replaces the old
+        one when it is done, and the old files are removed. Raises NotFoundError,
+        OwnershipError (not the user's entry), ConflictError (not completed: pending,
+        under way or failed), PublishFailedError (the broker refused the message)."""
+        chosen = VisualizationStyle(style) if style is not None else None
+        with request_span("redraw", entry_id=entry_id):
+            with self.uow_factory() as uow:
+                uow.publish(redraw_request(uow, entry_id, user_id, chosen))
+                uow.commit()
+            self._published(uow, f"the redraw of entry {entry_id}", entry_id)
 
     def start_intake(self, user_id: uuid.UUID, initial_situation: str) -> uuid.UUID:
         """Create an intake session and, after commit, ask for its first question.

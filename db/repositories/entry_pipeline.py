@@ -55,6 +55,34 @@ SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created
 FROM entry e LEFT JOIN claimed c ON true
 """
 
+# A redraw (docs/operations.md, "Redraw") takes its own entry's row once it has an
+# analysis: completed (the request), or pending / with a lapsed lease (the redraw's own
+# retry after a release or a crash). The row keeps its style and picture until the
+# completion replaces them; the new style comes back as the claim's.
+_REDRAW_CLAIM = """
+WITH entry AS (
+    SELECT id, user_id, situation, emotions, intensity, notes, created_at
+    FROM emotion_entries WHERE id = %(entry_id)s
+), claimed AS (
+    UPDATE visualizations AS v
+    SET status = 'processing',
+        processing_started_at = clock_timestamp(),
+        lease_expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s),
+        claim_count = v.claim_count + 1
+    FROM entry
+    WHERE v.entry_id = entry.id AND entry.user_id = %(user_id)s
+      AND v.gemini_analysis IS NOT NULL
+      AND (v.status IN ('completed', 'pending')
+           OR (v.status = 'processing'
+               AND coalesce(v.lease_expires_at, v.processing_started_at) < now()))
+    RETURNING v.id, v.processing_started_at, coalesce(%(style)s::text, v.style) AS new_style,
+              v.gemini_analysis, v.image_url, v.claim_count
+)
+SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created_at,
+       c.id, c.processing_started_at, c.new_style, c.gemini_analysis, c.image_url, c.claim_count
+FROM entry e LEFT JOIN claimed c ON true
+"""
+
 # The fair claim (migration 0008: fair_claim): the fairest entry waiting in the pool,
 # claimed in the same statement, with its entry (else the message's own entry). No row:
 # nothing could be taken; ``_CLAIM_ENTRY`` then says why (a duplicate, a held lease). A
@@ -108,7 +136,7 @@ SET summary = %(summary)s, insights = %(insights)s, visual_elements = %(visual_e
 _COMPLETE = f"""
 UPDATE visualizations
 SET status = 'completed', processing_completed_at = now(), lease_expires_at = NULL,
-    claim_count = 0, error_message = NULL,
+    claim_count = 0, error_message = NULL, style = coalesce(%(style)s, style),
     image_url = coalesce(%(image_url)s, image_url),
     thumbnail_url = coalesce(%(thumbnail_url)s, thumbnail_url),
     nanobanana_response = coalesce(%(nanobanana_response)s, nanobanana_response)
@@ -163,6 +191,20 @@ class EntryPipelineRepository:
             "lease_s": lease_s,
         }
         row = self.conn.execute(_CLAIM_ENTRY, params).fetchone()
+        if row is None:
+            return None, None
+        entry = _entry(row)
+        if row[7] is None:
+            return entry, None
+        return entry, ClaimedVisualization(row[7], row[8], row[9], row[10], row[11], row[12])
+
+    def redraw_claim(
+        self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None, lease_s: int
+    ) -> tuple[EntryRow | None, ClaimedVisualization | None]:
+        """The entry, and the lease on its analysed row for a redraw in ``style`` (None:
+        the row's; the claim's style, the row keeps its own until ``complete(style=)``)."""
+        params = {"entry_id": entry_id, "user_id": user_id, "style": style, "lease_s": lease_s}
+        row = self.conn.execute(_REDRAW_CLAIM, params).fetchone()
         if row is None:
             return None, None
         entry = _entry(row)
@@ -245,10 +287,12 @@ class EntryPipelineRepository:
         image_url: str | None = None,
         thumbnail_url: str | None = None,
         nanobanana_response: dict[str, Any] | None = None,
+        style: str | None = None,
     ) -> bool:
         """Mark completed (with the picture when given: the last step and the completion
         in one write) and refresh the person's analytics for the entry's periods, all in
-        one round trip (psycopg's pipeline mode). False if the lease was taken over;
+        one round trip (psycopg's pipeline mode); ``style``: a redraw's new style.
+        False if the lease was taken over;
         the refresh is then harmless (it recomputes from the entries).
 
         In a unit of work's transaction the caller commits (or not). On a connection in
@@ -263,6 +307,7 @@ class EntryPipelineRepository:
             "nanobanana_response": (
                 None if nanobanana_response is None else Jsonb(nanobanana_response)
             ),
+            "style": style,
             "id": claim.id,
             "lease": claim.lease,
         }

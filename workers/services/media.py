@@ -6,6 +6,11 @@
   person who leaves leaves nothing on disk.
 - A replay that draws a picture again overwrites the same keys (made from the row id);
   a different format's old file is removed when the new one is stored.
+- A redraw (docs/operations.md, "Redraw") stores its picture under the row's other
+  slot (``{id}_v2.png`` when the row points at ``{id}.png``, and back): the row keeps
+  naming a file that exists until its completion names the new one; the old slot's
+  files are removed after that commit (a crash between leaves an orphan for `media gc`,
+  never a row naming a missing file). ``all_keys`` covers both slots.
 - ``find_orphans`` compares the files with the rows, for what happened outside these
   paths (files from a restored backup, rows deleted before the trigger existed):
   ``emotionviz media gc`` (a dry run unless --apply). A row whose URL the store does
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from db.uow import UnitOfWork
@@ -33,21 +38,33 @@ log = get_logger("emotionviz.media")
 FOLDER = "visualizations"
 IMAGE_EXTENSIONS = ("png", "jpg", "webp")
 ORPHAN_MIN_AGE_S = 3600.0
-_KEY = re.compile(rf"^{FOLDER}/([0-9a-f-]{{36}})(_thumb)?\.(png|jpg|webp)$")
+# Slot 0 is the first picture's keys, slot 1 a redraw's; redraws alternate between them.
+SLOTS = ("", "_v2")
+_KEY = re.compile(rf"^{FOLDER}/([0-9a-f-]{{36}})(_v2)?(_thumb)?\.(png|jpg|webp)$")
 
 
-def image_key(visualization_id: uuid.UUID, extension: str) -> str:
-    return f"{FOLDER}/{visualization_id}.{extension}"
+def image_key(visualization_id: uuid.UUID, extension: str, slot: int = 0) -> str:
+    return f"{FOLDER}/{visualization_id}{SLOTS[slot]}.{extension}"
 
 
-def thumbnail_key(visualization_id: uuid.UUID) -> str:
-    return f"{FOLDER}/{visualization_id}_thumb.webp"
+def thumbnail_key(visualization_id: uuid.UUID, slot: int = 0) -> str:
+    return f"{FOLDER}/{visualization_id}{SLOTS[slot]}_thumb.webp"
+
+
+def slot_keys(visualization_id: uuid.UUID, slot: int) -> list[str]:
+    return [image_key(visualization_id, ext, slot) for ext in IMAGE_EXTENSIONS] + [
+        thumbnail_key(visualization_id, slot)
+    ]
 
 
 def all_keys(visualization_id: uuid.UUID) -> list[str]:
-    return [image_key(visualization_id, ext) for ext in IMAGE_EXTENSIONS] + [
-        thumbnail_key(visualization_id)
-    ]
+    return [key for slot in range(len(SLOTS)) for key in slot_keys(visualization_id, slot)]
+
+
+def slot_of(key: str | None) -> int | None:
+    """The slot of a picture key of ours; None for another key (or none)."""
+    match = _KEY.match(key) if key else None
+    return None if match is None else (1 if match.group(2) else 0)
 
 
 @dataclass(frozen=True)
@@ -71,15 +88,24 @@ class MediaLifecycle:
         self.uow_factory = uow_factory
         self.store = store
 
-    def replaced(self, visualization_id: uuid.UUID, kept_extension: str) -> None:
-        """After storing a picture: remove the same row's picture in another format.
-        Tidying only: a store that fails here (an S3 hiccup) is logged and the file left
-        to `media gc` (an orphan); raising would retry the job and pay for its picture
-        again."""
-        for extension in IMAGE_EXTENSIONS:
-            if extension == kept_extension:
-                continue
-            key = image_key(visualization_id, extension)
+    def replaced(self, visualization_id: uuid.UUID, kept_extension: str, slot: int = 0) -> None:
+        """After storing a picture: remove the same row's picture in another format (in
+        the same slot). Tidying only: a store that fails here (an S3 hiccup) is logged
+        and the file left to `media gc` (an orphan); raising would retry the job and pay
+        for its picture again."""
+        self._delete(
+            image_key(visualization_id, extension, slot)
+            for extension in IMAGE_EXTENSIONS
+            if extension != kept_extension
+        )
+
+    def retired(self, visualization_id: uuid.UUID, slot: int) -> None:
+        """After a redraw's completion committed: remove the slot it replaced (tidying
+        only, as ``replaced``)."""
+        self._delete(slot_keys(visualization_id, slot))
+
+    def _delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
             try:
                 self.store.delete(key)
             except TransientError as exc:

@@ -37,7 +37,13 @@ from workers.providers.ratelimit import releases_batched
 from workers.services.imaging import check_image, thumbnail
 from workers.services.isolation import SuspectLock
 from workers.services.leases import LeaseKeeper
-from workers.services.media import MediaLifecycle, all_keys, image_key, thumbnail_key
+from workers.services.media import (
+    MediaLifecycle,
+    all_keys,
+    image_key,
+    slot_of,
+    thumbnail_key,
+)
 
 log = get_logger("emotionviz.visualize")
 
@@ -49,6 +55,7 @@ class Outcome(StrEnum):
     LEASE_LOST = "lease_lost"
     AT_CAP = "at_cap"  # the person has USER_MAX_IN_FLIGHT jobs running: try again soon
     YIELDED = "yielded"  # back to the pool after its analysis: someone else waited
+    REDRAW_REFUSED = "redraw_refused"  # a redraw of an entry with no analysed row
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class _Job(threading.local):
     # another's token): a failure of its job is that entry's, not the message's.
     turn: EntryCreated | None = None
     may_yield: bool = False  # a token's job: may give its thread to a waiting person
+    redraw: bool = False  # draws its claimed row again (docs/operations.md, "Redraw")
 
 
 class VisualizationService:
@@ -92,7 +100,10 @@ class VisualizationService:
         entry waiting in the pool, maybe another person's (``turn_taken`` then names
         it), else its own. A retry claims its own entry only. A token's job may yield
         its thread after the analysis to a person waiting with nothing running; the
-        token then takes that person's entry."""
+        token then takes that person's entry. A redraw is never a token: it claims its
+        own completed row (``_claim``)."""
+        if message.redraw:
+            fair = False
         outcome = self._process(message, fair, max_in_flight, may_yield=fair)
         if outcome is Outcome.YIELDED:
             outcome = self._process(message, fair, max_in_flight, may_yield=False)
@@ -103,7 +114,8 @@ class VisualizationService:
     ) -> Outcome:
         self._job.held = None
         self._job.turn = None
-        self._job.may_yield = may_yield
+        self._job.may_yield = may_yield and not message.redraw
+        self._job.redraw = bool(message.redraw)
         # Claimed under an ordinary share of the suspect lock: a suspect of this
         # process runs alone (services/isolation.py).
         with self.suspects.ordinary():
@@ -113,7 +125,7 @@ class VisualizationService:
             entry, claim = taken
             entry_id = uuid.UUID(entry.snapshot.entry_id)
             if claim is None:
-                return self._not_claimed(entry_id)
+                return self._not_claimed(entry_id, redraw=bool(message.redraw))
             self._job.held = (entry_id, claim)  # mark_failed fails under it
             if entry_id != message.entry_id:
                 self._job.turn = EntryCreated(
@@ -177,8 +189,18 @@ class VisualizationService:
         if self._job.may_yield and not claim.image_url and self._yield_turn(entry, claim):
             log.info("gave the thread to a person waiting with nothing running")
             return Outcome.YIELDED
-        # The picture is saved with the completion, in one write.
-        picture = {} if claim.image_url else self._image_step(entry, claim, analysis, style)
+        # The picture is saved with the completion, in one write. A redraw draws into
+        # the row's other slot: the row names its old picture until this write.
+        redraw = self._job.redraw
+        old_slot = self._slot(claim.image_url) if redraw else None
+        new_slot = 1 - old_slot if old_slot is not None else 0
+        picture = (
+            {}
+            if claim.image_url and not redraw
+            else self._image_step(entry, claim, analysis, style, slot=new_slot)
+        )
+        if redraw:
+            picture["style"] = style.value
         with self.uow_factory() as uow:
             # One round trip: the completion's pipeline is one transaction of its own.
             uow.single_statement()
@@ -189,8 +211,14 @@ class VisualizationService:
             if picture:
                 self._drop_picture_if_row_gone(claim)
             return Outcome.LEASE_LOST
+        if old_slot is not None:
+            self.media.retired(claim.id, old_slot)  # committed: the old picture goes
         log.info("visualization completed", seconds=round(time.monotonic() - started, 3))
         return Outcome.COMPLETED
+
+    def _slot(self, url: str | None) -> int | None:
+        """The slot of the picture a row names; None: none, or not this store's."""
+        return slot_of(self.providers.store.key_for_url(url)) if url else None
 
     def _drop_picture_if_row_gone(self, claim: ClaimedVisualization) -> None:
         """The completion found no row (its entry or person was deleted meanwhile): the
@@ -225,6 +253,16 @@ class VisualizationService:
         at the cap."""
         with self.uow_factory() as uow:
             uow.single_statement()
+            if message.redraw:
+                found, claim = uow.entry_pipeline.redraw_claim(
+                    message.entry_id,
+                    message.user_id,
+                    message.style.value if message.style else None,
+                    self.limits.lease_s,
+                )
+                entry = require_owned(found, "entry", message.entry_id, message.user_id)
+                uow.commit()
+                return entry, claim
             if fair:
                 pick = uow.entry_pipeline.fair_claim(
                     message.entry_id,
@@ -261,9 +299,13 @@ class VisualizationService:
             uow.commit()
         return held
 
-    def _not_claimed(self, entry_id: uuid.UUID) -> Outcome:
+    def _not_claimed(self, entry_id: uuid.UUID, *, redraw: bool = False) -> Outcome:
         with self.uow_factory() as uow:
             row = uow.visualizations.get_by_entry(entry_id)
+        if redraw and (row is None or row.summary is None):  # saved with the analysis
+            # Nothing to draw again (never analysed): refused, the row left as it is.
+            log.warning("redraw refused: the entry has no analysed visualization")
+            return Outcome.REDRAW_REFUSED
         assert row is not None  # the claim made sure it exists
         status, error = row.status, row.error_message
         if status == VisualizationStatus.COMPLETED:
@@ -304,8 +346,11 @@ class VisualizationService:
         claim: ClaimedVisualization,
         analysis: Analysis,
         style: VisualizationStyle,
+        *,
+        slot: int = 0,
     ) -> dict[str, Any]:
-        """Draw, check and store the picture and its thumbnail; the columns to save."""
+        """Draw, check and store the picture and its thumbnail (under ``slot``'s keys,
+        services/media.py); the columns to save."""
         drawn = self.providers.images.draw(entry.snapshot, analysis, style)
         image = check_image(
             drawn.data,
@@ -313,15 +358,19 @@ class VisualizationService:
             max_pixels=self.limits.max_image_pixels,
         )
         store = self.providers.store
-        image_url = store.put(image_key(claim.id, image.extension), image.data, image.mime_type)
+        image_url = store.put(
+            image_key(claim.id, image.extension, slot), image.data, image.mime_type
+        )
         thumb_url = store.put(
-            thumbnail_key(claim.id), thumbnail(image.data, self.limits.thumbnail_px), "image/webp"
+            thumbnail_key(claim.id, slot),
+            thumbnail(image.data, self.limits.thumbnail_px),
+            "image/webp",
         )
         if claim.gemini_analysis is not None:
             # An earlier run got past the analysis: it may have stored a picture in
             # another format before it stopped. Without that checkpoint no run of this
             # row has drawn (the picture comes after it), and there is nothing to remove.
-            self.media.replaced(claim.id, image.extension)
+            self.media.replaced(claim.id, image.extension, slot)
         raw = {
             **drawn.raw_response,
             "width": image.width,

@@ -122,6 +122,11 @@ def _jobs(add: Add) -> None:
         type=positive_int,
         help="intake turn to produce (default: the one the session is waiting for)",
     )
+    p.add_argument(
+        "--redraw",
+        action="store_true",
+        help="draw a completed entry again (in --style), reusing its analysis",
+    )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = add(

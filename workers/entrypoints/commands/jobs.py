@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from db.repositories.job_search import JobFilter
-from domain.errors import NotFoundError
+from domain.errors import ConflictError, NotFoundError
 from domain.intake import next_step, parse_history
 from domain.messages import EntryCreated, IntakeStep, MessageV1
 from domain.vocabulary import VisualizationStyle
@@ -29,8 +29,17 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from workers import producer_api  # the producer (pika, Dramatiq): not for `job`
 
     message: MessageV1
+    redraw = bool(getattr(args, "redraw", False))
+    if redraw and args.kind != "entry":
+        raise InputError("--redraw is for an entry")
     with bootstrap.unit_of_work() as uow:
-        if args.kind == "entry":
+        if redraw:
+            style = VisualizationStyle(args.style) if args.style else None
+            try:
+                message = producer_api.redraw_request(uow, args.id, None, style)
+            except ConflictError as exc:  # not completed: a wrong request, not a failure
+                raise InputError(str(exc)) from None
+        elif args.kind == "entry":
             entry = uow.entries.get(args.id)
             if entry is None:
                 raise NotFoundError(f"entry {args.id} does not exist")
@@ -46,12 +55,14 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             step = args.step or next_step(parse_history(session.conversation_history))
             message = IntakeStep(session_id=args.id, user_id=session.user_id, step=step)
         uow.publish(message)
-        record(uow, "enqueue", target=f"{args.kind}:{args.id}", count=1)  # operators' trail
+        detail = {"redraw": True, "style": args.style} if redraw else None
+        # The operators' trail.
+        record(uow, "enqueue", target=f"{args.kind}:{args.id}", count=1, detail=detail)
         uow.commit()
     what = (
         f"intake step {message.step} of session {args.id}"
         if isinstance(message, IntakeStep)
-        else f"the request for entry {args.id}"
+        else f"the {'redraw' if redraw else 'request'} for entry {args.id}"
     )
     # The producer API's error (exit 1, one line): what is saved, and when the
     # reconciler publishes it again.
