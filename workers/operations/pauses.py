@@ -45,7 +45,8 @@ class Pause:
         }
 
 
-def _pause(row: PausedRow) -> Pause:
+def pause_of(row: PausedRow) -> Pause:
+    """A row as shown (status reads the rows from its snapshot)."""
     return Pause(row.name, row.paused_at, row.paused_by, row.reason)
 
 
@@ -92,7 +93,7 @@ def pause_queue(
         )
         _write_mirror(repo, mirror)  # under the lock: mirrors follow the commits' order
         uow.commit()
-    return _pause(row)
+    return pause_of(row)
 
 
 def resume_queue(queue: str, *, operator: str | None = None, source: Source = "cli") -> Pause:
@@ -107,7 +108,7 @@ def resume_queue(queue: str, *, operator: str | None = None, source: Source = "c
         row = repo.resume(queue)
         if row is None:
             raise ConflictError(f"queue {queue} is not paused")
-        paused = _pause(row)
+        paused = pause_of(row)
         record(
             uow,
             "queue.resume",
@@ -125,9 +126,9 @@ def resume_queue(queue: str, *, operator: str | None = None, source: Source = "c
 def paused_queues(uow: UnitOfWork | None = None) -> list[Pause]:
     """The paused queues, as PostgreSQL says."""
     if uow is not None:
-        return [_pause(row) for row in pause_repository(uow).paused()]
+        return [pause_of(row) for row in pause_repository(uow).paused()]
     with bootstrap.unit_of_work() as own:
-        return [_pause(row) for row in pause_repository(own).paused()]
+        return [pause_of(row) for row in pause_repository(own).paused()]
 
 
 def restore_mirror() -> None:

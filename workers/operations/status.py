@@ -58,15 +58,7 @@ def _paid_calls_today(settings: Settings, rows: WorkRows, taken_at: float) -> di
     }
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _paused(row: PausedRow) -> dict[str, Any]:
-    return {
-        "queue": row.name,
-        "paused_at": row.paused_at.isoformat(timespec="seconds"),
-        "paused_by": row.paused_by,
-        "reason": row.reason,
-        "paused_s": round(max(0.0, (_now() - row.paused_at).total_seconds()), 1),
-    }
+    from workers.operations.pauses import pause_of  # as `queue list` shows it
+
+    return pause_of(row).as_dict()
