@@ -82,10 +82,8 @@ def redraw_request(
     require_owned(entry, "entry", entry_id, entry.user_id if user_id is None else user_id)
     row = uow.visualizations.get_by_entry(entry_id)
     if row is None or row.status != VisualizationStatus.COMPLETED:
-        state = "has no visualization" if row is None else f"is {row.status}"
-        raise ConflictError(
-            f"entry {entry_id} cannot be redrawn: its visualization {state}, not completed"
-        )
+        state = "it has no visualization yet" if row is None else f"its picture is {row.status}"
+        raise ConflictError(f"entry {entry_id} cannot be redrawn: {state}, not completed")
     return EntryCreated(entry_id=entry_id, user_id=entry.user_id, style=style, redraw=True)
 
 
