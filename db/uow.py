@@ -123,12 +123,20 @@ class UnitOfWork:
         try:
             self._close(exc)
         except BaseException as raised:
-            self._span_tracer.close(self._span, "error", raised)
+            self._close_span("error", raised)
             raise
         outcome = (
             "committed" if self._committed else "autocommit" if self._autocommit else "rolled back"
         )
-        self._span_tracer.close(self._span, "error" if exc else outcome, exc)
+        self._close_span("error" if exc else outcome, exc)
+
+    def _close_span(self, outcome: str, exc: BaseException | None) -> None:
+        """End the unit's span; a failure there never replaces the unit's outcome."""
+        assert self._span_tracer is not None
+        try:
+            self._span_tracer.close(self._span, outcome, exc)
+        except Exception as failed:  # noqa: BLE001 - tracing never fails a unit of work
+            log.warning("the unit's span could not be ended (%s)", type(failed).__name__)
 
     def _close(self, exc: BaseException | None) -> None:
         if self._session is not None:

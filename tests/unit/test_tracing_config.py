@@ -164,3 +164,66 @@ def test_the_producer_apis_span_names_references_and_the_step_as_it_is() -> None
         "emotionviz.session_ref": log_ref(session_id),
         "emotionviz.step": 2,
     }
+
+
+_PROPAGATOR_MISSING = """
+import json, uuid
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from domain.messages import EntryCreated
+from workers.messaging.producer import Producer
+from workers.observability import tracing
+broker = StubBroker()
+broker.declare_queue("visualizations")
+producer = Producer(broker)  # resolves: tracing must be off, not half on
+message = EntryCreated(entry_id=uuid.uuid4(), user_id=uuid.uuid4())
+sent = producer.publish(message)
+(queued,) = broker.queues["visualizations"].queue
+body = dramatiq.Message.decode(queued)
+print(json.dumps({"tracer": repr(tracing.tracer()), "sent": sent == body.message_id,
+                  "options": sorted(body.options)}))
+"""
+
+
+def test_a_propagator_that_is_not_installed_turns_tracing_off_and_publishes() -> None:
+    """OTEL_PROPAGATORS=b3 without its package: OpenTelemetry raises when its propagate
+    module is imported; that must leave tracing off with one line, not fail publishes."""
+    done = _run(_PROPAGATOR_MISSING, OTEL_TRACES_EXPORTER="console", OTEL_PROPAGATORS="b3")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "tracer": "None",
+        "sent": True,
+        "options": [],
+    }
+    assert "tracing is off: the OTEL_* variables cannot be honoured" in done.stdout + done.stderr
+    assert "b3" in done.stdout + done.stderr
+
+
+def test_a_publish_span_that_cannot_start_publishes_untraced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dramatiq.brokers.stub import StubBroker
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from domain.messages import EntryCreated
+    from workers.messaging.producer import Producer
+    from workers.observability import tracing
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("Propagator b3 not found")
+
+    broker = StubBroker()
+    broker.declare_queue("visualizations")
+    tracing.use(TracerProvider())
+    try:
+        producer = Producer(broker)
+        monkeypatch.setattr(tracing, "start_publish", refuse)
+        sent = producer.publish(EntryCreated(entry_id=uuid.uuid4(), user_id=uuid.uuid4()))
+    finally:
+        tracing.use(None)
+    (queued,) = broker.queues["visualizations"].queue
+    import dramatiq
+
+    body = dramatiq.Message.decode(queued)
+    assert body.message_id == sent
+    assert tracing.OPTION not in body.options

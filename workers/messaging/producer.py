@@ -112,6 +112,20 @@ def _span_ids(message: MessageV1) -> dict[str, str]:
     return {key: str(getattr(message, key)) for key in _SPAN_IDS if hasattr(message, key)}
 
 
+def _start_publish(message: MessageV1) -> tuple[Any, dict[str, Any]] | None:
+    """The publish span and its options, or None when tracing fails here: the message
+    is then published untraced (tracing never refuses a publish; one warning line)."""
+    try:
+        return tracing.start_publish(message.actor_name, message.queue_name, _span_ids(message))
+    except Exception as exc:  # noqa: BLE001 - a publish follows a commit: it must not fail
+        log.warning(
+            "publish untraced: the publish span could not be started",
+            actor=message.actor_name,
+            reason=type(exc).__name__,
+        )
+        return None
+
+
 @contextlib.contextmanager
 def request_span(operation: str, *, step: int | None = None, **ids: object) -> Iterator[None]:
     """The producer API's span around one request (its unit of work and the publish
@@ -135,9 +149,10 @@ class Producer:
     def publish(self, message: MessageV1, *, delay_ms: int | None = None) -> str:
         if tracing.tracer() is None:
             return self._publish(message, delay_ms, None)
-        opened, options = tracing.start_publish(
-            message.actor_name, message.queue_name, _span_ids(message)
-        )
+        started = _start_publish(message)
+        if started is None:
+            return self._publish(message, delay_ms, None)
+        opened, options = started
         try:
             sent_id = self._publish(message, delay_ms, options)
         except BaseException as exc:
@@ -167,13 +182,16 @@ class Producer:
 
     def _publish_many_traced(self, items: list[MessageV1]) -> list[str]:
         """A publish span per message, each message carrying its own."""
-        spans, options = [], []
+        spans: list[Any] = []
+        options: list[dict[str, Any] | None] = []
         for item in items:
-            opened, carried = tracing.start_publish(
-                item.actor_name, item.queue_name, _span_ids(item)
-            )
-            spans.append(opened)
-            options.append(carried)
+            started = _start_publish(item)
+            if started is None:  # untraced, all of them: end the spans already opened
+                for opened in spans:
+                    tracing.end(opened)
+                return self._publish_rows(items, [None] * len(items))
+            spans.append(started[0])
+            options.append(started[1])
         try:
             ids = self._publish_rows(items, options)
         except BaseException as exc:

@@ -82,7 +82,8 @@ def exporter_wanted(environ: Mapping[str, str]) -> str | None:
 def resolve(environ: Mapping[str, str] | None = None) -> Any:
     """Decide once per process whether to trace (module docstring); the tracer or None.
     A configuration the SDK cannot honour (an unknown exporter, OTLP over gRPC, which is
-    not installed) leaves tracing off with one error line: a worker still works."""
+    not installed, an ``OTEL_PROPAGATORS`` entry that is not installed) leaves tracing
+    off with one error line: a worker still works, and a publish is never refused."""
     global _resolved, _tracer, _owned_provider
     with _lock:
         if _resolved:
@@ -92,6 +93,7 @@ def resolve(environ: Mapping[str, str] | None = None) -> Any:
         provider: Any = None
         if wanted is not None:
             try:
+                _load_propagators()
                 provider = _provider_from(wanted, environ)
             except Exception as exc:  # noqa: BLE001 - tracing must never stop a worker
                 log.error(
@@ -105,6 +107,15 @@ def resolve(environ: Mapping[str, str] | None = None) -> Any:
                 log.info("tracing on", exporter=wanted)
         else:
             provider = _host_provider()
+            if provider is not None:
+                try:
+                    _load_propagators()
+                except Exception as exc:  # noqa: BLE001 - as above
+                    log.error(
+                        "tracing is off: the OTEL_* variables cannot be honoured",
+                        reason=f"{type(exc).__name__}: {str(exc)[:200]}",
+                    )
+                    provider = None
         _install(provider)
         return _tracer
 
@@ -136,6 +147,14 @@ def _install(provider: Any) -> None:
         _tracer = provider.get_tracer(TRACER_NAME)
         uow.trace_units(UnitSpans(_tracer))
     _resolved = True
+
+
+def _load_propagators() -> None:
+    """Load the propagators ``OTEL_PROPAGATORS`` names now: OpenTelemetry resolves them
+    when ``opentelemetry.propagate`` is first imported and raises there for one that is
+    not installed (``b3`` without its package), which must turn tracing off here rather
+    than fail every publish later."""
+    import opentelemetry.propagate  # noqa: F401 - the import is the check
 
 
 def _provider_from(exporter_name: str, environ: Mapping[str, str]) -> Any:

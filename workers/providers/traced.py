@@ -52,8 +52,8 @@ def _traced(
     ) as opened:
         try:
             result = call()
-        except Exception as exc:
-            kind = provider_error_class(exc)
+        except BaseException as exc:  # a time limit (a BaseException) ends it too
+            kind = provider_error_class(exc) if isinstance(exc, Exception) else type(exc).__name__
             opened.set_attribute("emotionviz.outcome", kind)
             tracing.failed(opened, exc, kind)
             raise
