@@ -1,6 +1,6 @@
 """Pausing a queue (issue 24.3) with real worker processes: a paused queue takes no
-message while another queue keeps going; the pause survives a worker restart and a
-Redis that lost its mirror; ``resume`` drains it. No sleep orders anything: each step
+message while another queue keeps going; the pause survives a worker restart, a
+Redis that lost its mirror and a stale mirror; ``resume`` drains it. No sleep orders anything: each step
 waits for what the worker says or does (its log, a queue's stored bodies)."""
 
 from __future__ import annotations
@@ -90,6 +90,18 @@ def test_a_paused_queue_takes_nothing_the_others_go_on_and_resume_drains(harness
     assert paused_cmd.returncode == 0, paused_cmd.stderr
     assert json.loads(paused_cmd.stdout)["paused_by"] == "pause-tester"
     _until(lambda: _paused_lines(h) > 0, "no worker saw the pause", h)
+
+    # A mirror present but stale (a promoted replica without the last write, Redis
+    # restarted from an older snapshot): the worker's sync rewrites it within its period
+    # (SYNC_EVERY_S); done while the queue is empty, so the stale moment takes nothing.
+    key = paused(h.namespace)
+    with h.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.hset(key, "~mirrored", "1")
+        pipe.execute()
+    assert not h.redis.hexists(key, "visualizations")
+    _until(lambda: h.redis.hexists(key, "visualizations"), "the stale mirror not rewritten", h)
+    assert "mirror in Redis differed from the database" in h.log_path.read_text(errors="replace")
 
     entries = [h.make_entry(f"pause-{uuid.uuid4().hex[:6]}") for _ in range(ENTRIES)]
     for entry_id, user_id in entries:

@@ -14,7 +14,7 @@ from workers.entrypoints.failover_watch import FailoverWatchMiddleware
 from workers.messaging.broker import declare_queues_now, watch_pauses
 from workers.messaging.middleware import WarmUp
 from workers.messaging.watchdog import Watchdog
-from workers.operations.pauses import mirrored, restore_mirror
+from workers.operations.pauses import SYNC_EVERY_S, mirrored, restore_mirror, sync_mirror
 from workers.providers.factory import announce_choice, choose_providers
 from workers.settings import get_settings
 
@@ -29,7 +29,8 @@ except ConfigurationError as exc:
     sys.stderr.flush()
     raise SystemExit(2) from None
 broker = bootstrap.broker()
-watch_pauses(broker, restore_mirror, mirrored)  # paused queues (emotionviz queue pause)
+# Paused queues (emotionviz queue pause), and their Redis mirror kept to PostgreSQL.
+watch_pauses(broker, restore_mirror, mirrored, sync_mirror, SYNC_EVERY_S)
 actors = declare_actors(broker, settings, bootstrap.actor_dependencies())
 try:
     declare_queues_now(broker)  # RabbitMQ: a queue of the other type stops us here

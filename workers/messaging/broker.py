@@ -324,11 +324,19 @@ def watch_pauses(
     broker: dramatiq.Broker,
     restore: Callable[[], object],
     read: Callable[[], Mapping[str, str] | None],
+    sync: Callable[[], object] | None = None,
+    sync_every_s: float = 5.0,
 ) -> None:
     """Make this worker hold to the paused queues (workers/messaging/pauses.py):
     ``restore`` rebuilds the Redis mirror from PostgreSQL (at the first consume and
     whenever it is found missing); ``read`` reads the mirror (RabbitMQ's consumers,
-    which look every half second; on Redis the fetch script reads it itself)."""
+    which look every half second; on Redis the fetch script reads it itself); ``sync``
+    compares the mirror with PostgreSQL and rewrites a stale one, every
+    ``sync_every_s`` and after a Redis failover (workers/messaging/pause_sync.py)."""
+    if sync is not None:
+        from workers.messaging.pause_sync import PauseSync
+
+        broker.add_middleware(PauseSync(sync, sync_every_s))
     if isinstance(broker, SafeRedisBroker):
         broker.pause_source = restore
         return

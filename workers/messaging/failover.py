@@ -119,10 +119,31 @@ class FailoverWatch:
             try:
                 seen = self.check()
                 if seen is not None:
+                    _tell_listeners(seen)
                     self._on_failover(seen)
             except Exception:  # the watch must outlive any one failure
                 log.exception("redis failover watch step failed")
             self._stop.wait(self._poll_s)
+
+
+# Called (in the watch's thread, before the failover's own handling) when a failover is
+# seen: what a new primary may hold stale is re-checked at once (the paused queues'
+# mirror: workers/messaging/pause_sync.py).
+_listeners: list[Callable[[FailoverSeen], None]] = []
+
+
+def on_failover(listener: Callable[[FailoverSeen], None]) -> None:
+    """Call ``listener`` on every failover this process sees (once per listener)."""
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
+def _tell_listeners(seen: FailoverSeen) -> None:
+    for listener in list(_listeners):
+        try:
+            listener(seen)
+        except Exception:  # one listener never stops the failover's handling
+            log.exception("redis failover listener failed")
 
 
 def urls_to_watch(redis_url: str | None, broker_url: str | None) -> list[str]:

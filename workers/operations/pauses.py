@@ -2,11 +2,17 @@
 
 PostgreSQL's ``paused_queues`` is the truth; the workers read a mirror of it in Redis
 inside their fetch (workers/messaging/pauses.py, redis_keys._FETCH_UNLESS_PAUSED). A
-pause or resume changes the row, rewrites the whole mirror from the table and commits,
-all under one advisory lock (db/repositories/pauses.py), so mirrors are written in the
-order of the commits. A worker rebuilds the mirror the same way at its start and
-whenever it finds it missing (``restore_mirror``). The change is in the operators'
-trail, in its transaction.
+pause or resume changes the row (with its trail row) and commits first; then the whole
+mirror is rewritten from the table under the advisory lock (db/repositories/pauses.py),
+each rewrite reading the table after the commits before it, so the last rewrite is the
+last commit's state. Never the reverse: a mirror written before a commit that then
+failed would stop (or run) a queue PostgreSQL says runs (is paused). A rewrite that
+fails after the commit is one line (exit 1): the change holds, and the workers' next
+sync writes the mirror. The workers rebuild it at their start and whenever it is
+missing (``restore_mirror``), and compare it with the table every few seconds and after
+a Redis failover (``sync_mirror``, workers/messaging/pause_sync.py): a mirror present
+but stale (a promoted replica that missed the last write, a restart from an older
+snapshot) is rewritten.
 """
 
 from __future__ import annotations
@@ -15,15 +21,20 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
+
 from db.repositories.audit import Source
 from db.repositories.pauses import PausedRow, PauseRepository, pause_repository
 from db.uow import UnitOfWork
-from domain.errors import ConfigurationError, ConflictError
+from domain.errors import ConfigurationError, ConflictError, EmotionVizError
 from domain.messages import QUEUES
 from workers import bootstrap
+from workers.logging import get_logger
 from workers.messaging.pauses import PauseMirror
 from workers.operations.audit import cli_operator, record
 from workers.settings import get_settings
+
+log = get_logger("emotionviz.pauses")
 
 
 @dataclass(frozen=True)
@@ -91,8 +102,8 @@ def pause_queue(
             target=queue,
             detail={"reason": reason} if reason else None,
         )
-        _write_mirror(repo, mirror)  # under the lock: mirrors follow the commits' order
         uow.commit()
+    _mirror_after_commit(mirror, f"queue {queue} is paused")
     return pause_of(row)
 
 
@@ -117,8 +128,8 @@ def resume_queue(queue: str, *, operator: str | None = None, source: Source = "c
             target=queue,
             detail={"paused_s": round(paused.paused_s, 1), "paused_by": row.paused_by},
         )
-        _write_mirror(repo, mirror)
         uow.commit()
+    _mirror_after_commit(mirror, f"queue {queue} is resumed")
     mirror.wake(queue)  # consumers idling on it fetch now, not after their backoff
     return paused
 
@@ -131,14 +142,57 @@ def paused_queues(uow: UnitOfWork | None = None) -> list[Pause]:
         return [pause_of(row) for row in pause_repository(own).paused()]
 
 
-def restore_mirror() -> None:
-    """Rebuild the workers' mirror from PostgreSQL (a worker's start; a lost mirror)."""
-    mirror = _mirror()
+def _mirror_after_commit(mirror: PauseMirror, done: str) -> None:
+    """Rewrite the mirror after a committed change; its failure is one line (exit 1)
+    that says the change holds in PostgreSQL and the workers' next sync repairs it."""
+    try:
+        _rewrite(mirror)
+    except (EmotionVizError, redis.RedisError) as exc:
+        raise EmotionVizError(
+            f"{done} in the database, but the workers' copy in Redis could not be "
+            f"written ({type(exc).__name__}); the workers' next sync (every "
+            f"{SYNC_EVERY_S:g} s) applies it"
+        ) from exc
+
+
+def _rewrite(mirror: PauseMirror) -> None:
+    """The mirror from the table, under the lock: rewrites happen one at a time, each
+    reading the table after the commits before it (READ COMMITTED)."""
     with bootstrap.unit_of_work() as uow:
         repo = pause_repository(uow)
         repo.lock()
         _write_mirror(repo, mirror)
         uow.commit()
+
+
+def restore_mirror() -> None:
+    """Rebuild the workers' mirror from PostgreSQL (a worker's start; a lost mirror)."""
+    _rewrite(_mirror())
+
+
+# How often each worker process compares the mirror with the table (sync_mirror).
+SYNC_EVERY_S = 5.0
+
+
+def sync_mirror() -> bool:
+    """Compare the mirror with the table and rewrite it when they differ (missing, or
+    present but stale: a promoted replica, a restart from an older snapshot); True when
+    it was rewritten. A look costs one SELECT and one HGETALL, no lock."""
+    mirror = _mirror()
+    with bootstrap.unit_of_work() as uow:
+        truth = {row.name: row.paused_at.isoformat() for row in pause_repository(uow).paused()}
+    seen = mirror.read()
+    if seen == truth:
+        return False
+    # (A change committed but not yet mirrored looks stale too: rewriting it is harmless.)
+    _rewrite(mirror)
+    log.warning(
+        "paused queues' mirror in Redis differed from the database; rewritten",
+        missing=seen is None,
+        paused=sorted(truth),
+        mirrored=None if seen is None else sorted(seen),
+    )
+    return True
 
 
 def mirrored() -> dict[str, str] | None:
