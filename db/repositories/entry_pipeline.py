@@ -22,23 +22,41 @@ from db.repositories.entries import EntryRow
 from db.repositories.visualizations import DEFAULT_STYLE, ClaimedVisualization
 from domain.analysis import EntrySnapshot
 
+# A live job of a person: processing under a lease that has not run out.
+_LIVE = "status = 'processing' AND coalesce(lease_expires_at, processing_started_at) >= now()"
+# The advisory locks of the cap (migration 0008's LOCK_SPACE): one claim per person.
+_CAP_LOCK_SPACE = 0x46414952
+
 # One round trip: read the entry, create the row if upstream did not, and take the lease
 # (on a new row, a pending one, or one whose lease ran out). The entry comes back even
 # when the claim does not (a duplicate, a held lease), so the caller can tell "missing",
-# "someone else's" and "not claimable" apart.
-_CLAIM_ENTRY = """
+# "someone else's" and "not claimable" apart. The arrival goes first (the InitPlan in
+# the insert's WHERE runs it before the row is written): the reconciler's order, which
+# locks the arrival and then inserts the row. What is claimed leaves the fair pool (a
+# stale pool row keeps its person in the ring). ``cap`` > 0: the person's live jobs
+# are counted under their advisory lock (as fair_claim), and the last column says
+# whether the row was claimable when the cap held it back.
+_CLAIM_ENTRY = f"""
 WITH arrived AS (  -- the entry has a row now: the reconciler need not adopt it
     DELETE FROM entry_arrivals WHERE entry_id = %(entry_id)s AND user_id = %(user_id)s
+    RETURNING 1
 ), entry AS (
     SELECT id, user_id, situation, emotions, intensity, notes, created_at
     FROM emotion_entries WHERE id = %(entry_id)s
+), room AS (
+    SELECT CASE WHEN %(cap)s <= 0 THEN true
+           ELSE pg_try_advisory_xact_lock({_CAP_LOCK_SPACE}, hashtext(%(user_id)s::text))
+                AND (SELECT count(*) FROM visualizations l
+                     WHERE l.user_id = %(user_id)s AND {_LIVE}) < %(cap)s
+           END AS ok
 ), claimed AS (
     INSERT INTO visualizations AS v
         (entry_id, user_id, style, status, processing_started_at, lease_expires_at,
          claim_count)
     SELECT id, user_id, %(style)s, 'processing', clock_timestamp(),
            clock_timestamp() + make_interval(secs => %(lease_s)s), 1
-    FROM entry WHERE user_id = %(user_id)s
+    FROM entry WHERE user_id = %(user_id)s AND (SELECT count(*) FROM arrived) >= 0
+      AND (SELECT ok FROM room)
     ON CONFLICT (entry_id) DO UPDATE
         SET status = 'processing',
             processing_started_at = clock_timestamp(),
@@ -48,10 +66,19 @@ WITH arrived AS (  -- the entry has a row now: the reconciler need not adopt it
            OR (v.status = 'processing'
                AND coalesce(v.lease_expires_at, v.processing_started_at) < now())
     RETURNING v.id, v.processing_started_at, v.style, v.gemini_analysis, v.image_url,
-              v.claim_count
+              v.claim_count, v.entry_id
+), unpooled AS (
+    DELETE FROM fair_waiting w WHERE w.entry_id = (SELECT entry_id FROM claimed)
 )
 SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created_at,
-       c.id, c.processing_started_at, c.style, c.gemini_analysis, c.image_url, c.claim_count
+       c.id, c.processing_started_at, c.style, c.gemini_analysis, c.image_url, c.claim_count,
+       CASE WHEN (SELECT ok FROM room) THEN false
+            ELSE EXISTS (SELECT 1 FROM visualizations x WHERE x.entry_id = e.id
+                         AND (x.status = 'pending'
+                              OR (x.status = 'processing'
+                                  AND coalesce(x.lease_expires_at, x.processing_started_at)
+                                      < now())))
+       END AS capped
 FROM entry e LEFT JOIN claimed c ON true
 """
 
@@ -76,12 +103,20 @@ WITH entry AS (
            OR (v.status = 'processing'
                AND coalesce(v.lease_expires_at, v.processing_started_at) < now()))
     RETURNING v.id, v.processing_started_at, coalesce(%(style)s::text, v.style) AS new_style,
-              v.gemini_analysis, v.image_url, v.claim_count
+              v.gemini_analysis, v.image_url, v.claim_count, v.entry_id
+), unpooled AS (  -- a redraw is never a token: a pool row of its entry is stale
+    DELETE FROM fair_waiting w WHERE w.entry_id = (SELECT entry_id FROM claimed)
 )
 SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created_at,
        c.id, c.processing_started_at, c.new_style, c.gemini_analysis, c.image_url, c.claim_count
 FROM entry e LEFT JOIN claimed c ON true
 """
+
+# A low-lane entry (a crashed worker's row, a replay, an adopted arrival) that has waited
+# this long goes before the fresh lane: lower, never starved by somebody's import
+# (docs/reliability.md, "Fairness"). Longer than a claim's usual wait in the low lane
+# when the fresh lane is empty, short against a lease.
+LOW_LANE_AFTER_S = 10.0
 
 # The fair claim (migration 0008: fair_claim): the fairest entry waiting in the pool,
 # claimed in the same statement, with its entry (else the message's own entry). No row:
@@ -91,7 +126,8 @@ _FAIR_CLAIM = """
 SELECT e.id, e.user_id, e.situation, e.emotions, e.intensity, e.notes, e.created_at,
        f.f_id, f.f_lease, f.f_style, f.f_gemini_analysis, f.f_image_url, f.f_claim_count,
        f.f_capped
-FROM fair_claim(%(entry_id)s, %(user_id)s, %(style)s, %(lease_s)s, %(cap)s) f
+FROM fair_claim(%(entry_id)s, %(user_id)s, %(style)s, %(lease_s)s, %(cap)s,
+                %(low_after_s)s) f
 LEFT JOIN emotion_entries e ON e.id = f.f_entry_id
 """
 
@@ -100,14 +136,13 @@ LEFT JOIN emotion_entries e ON e.id = f.f_entry_id
 # other jobs running: its row goes back to the pool, first of its person's entries, and
 # the thread takes the waiting one (docs/reliability.md, "Fairness"). The person's ring
 # row is held (SKIP LOCKED: no wait) so that the ring cannot drop them meanwhile.
-_LIVE = "status = 'processing' AND coalesce(lease_expires_at, processing_started_at) >= now()"
 _YIELD_TURN = f"""
 WITH ring AS (
     SELECT user_id FROM fair_turns WHERE user_id = %(user_id)s FOR UPDATE SKIP LOCKED
 ), released AS (
     UPDATE visualizations
     SET status = 'pending', processing_started_at = NULL, lease_expires_at = NULL,
-        claim_count = greatest(claim_count - 1, 0)
+        claim_count = greatest(claim_count - 1, 0), dispatched_at = now()
     WHERE id = %(id)s AND status = 'processing' AND processing_started_at = %(lease)s
       AND EXISTS (SELECT 1 FROM ring)
       AND EXISTS (
@@ -133,7 +168,10 @@ SET summary = %(summary)s, insights = %(insights)s, visual_elements = %(visual_e
 """
 
 # The picture's columns keep what a checkpoint saved when this run drew nothing (NULL).
+# A finished entry leaves the fair pool (a republish of a row still running may have
+# pooled it); the count is the update's.
 _COMPLETE = f"""
+WITH done AS (
 UPDATE visualizations
 SET status = 'completed', processing_completed_at = now(), lease_expires_at = NULL,
     claim_count = 0, error_message = NULL, style = coalesce(%(style)s, style),
@@ -141,7 +179,14 @@ SET status = 'completed', processing_completed_at = now(), lease_expires_at = NU
     thumbnail_url = coalesce(%(thumbnail_url)s, thumbnail_url),
     nanobanana_response = coalesce(%(nanobanana_response)s, nanobanana_response)
 {_HELD}
+RETURNING entry_id
+), unpooled AS (
+    DELETE FROM fair_waiting w WHERE w.entry_id = (SELECT entry_id FROM done)
+)
+SELECT count(*) FROM done
 """
+
+_UNPOOL = "DELETE FROM fair_waiting WHERE entry_id = %(entry_id)s"
 
 # A suspect's claim is uncounted while it waits to run alone and counted again when it
 # runs (workers/services/visualize.py): a crash is blamed only on the rows running.
@@ -184,19 +229,39 @@ class EntryPipelineRepository:
         """The entry, and the lease on its visualization if it could be taken (the row
         is created first if missing, with ``style`` or the default). A row is only
         created or claimed for ``user_id``'s own entry."""
+        entry, claim, _ = self.claim_own(entry_id, user_id, style, lease_s)
+        return entry, claim
+
+    def claim_own(
+        self,
+        entry_id: uuid.UUID,
+        user_id: uuid.UUID,
+        style: str | None,
+        lease_s: int,
+        max_in_flight: int = 0,
+    ) -> tuple[EntryRow | None, ClaimedVisualization | None, bool]:
+        """``claim_entry`` under the cap (``max_in_flight`` > 0: the person's live jobs
+        counted under their advisory lock, as fair_claim); the last item: the row could
+        be taken but the person is at the cap."""
         params = {
             "entry_id": entry_id,
             "user_id": user_id,
             "style": style or DEFAULT_STYLE,
             "lease_s": lease_s,
+            "cap": max_in_flight,
         }
         row = self.conn.execute(_CLAIM_ENTRY, params).fetchone()
         if row is None:
-            return None, None
+            return None, None, False
         entry = _entry(row)
         if row[7] is None:
-            return entry, None
-        return entry, ClaimedVisualization(row[7], row[8], row[9], row[10], row[11], row[12])
+            return entry, None, bool(row[13])
+        claim = ClaimedVisualization(row[7], row[8], row[9], row[10], row[11], row[12])
+        return entry, claim, False
+
+    def unpool(self, entry_id: uuid.UUID) -> None:
+        """Take a finished entry out of the fair pool (by its key)."""
+        self.conn.execute(_UNPOOL, {"entry_id": entry_id})
 
     def redraw_claim(
         self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None, lease_s: int
@@ -219,18 +284,21 @@ class EntryPipelineRepository:
         style: str | None,
         lease_s: int,
         max_in_flight: int,
+        low_after_s: float = LOW_LANE_AFTER_S,
     ) -> FairClaim:
         """Claim the fairest entry waiting in the pool (maybe another person's), after
         enrolling the message's own entry if nothing pooled it (docs/reliability.md,
         "Fairness"), else the own entry. ``taken`` None: nothing could be taken
         (``claim_entry`` says why), or ``capped``: the person has ``max_in_flight``
-        jobs running (0: no cap) and their entry waits."""
+        jobs running (0: no cap) and their entry waits. ``low_after_s``: a low-lane
+        entry that has waited this long goes before the fresh lane."""
         params = {
             "entry_id": entry_id,
             "user_id": user_id,
             "style": style or DEFAULT_STYLE,
             "lease_s": lease_s,
             "cap": max_in_flight,
+            "low_after_s": low_after_s,
         }
         row = self.conn.execute(_FAIR_CLAIM, params).fetchone()
         if row is None:
@@ -318,6 +386,7 @@ class EntryPipelineRepository:
             with self.conn.pipeline():
                 update.execute(_COMPLETE, params)
                 refresh_entry_periods(self.conn, user_id, entry_moment, removed=False)
-            return update.rowcount > 0
+            done = update.fetchone()
+            return done is not None and done[0] > 0
         finally:
             update.close()

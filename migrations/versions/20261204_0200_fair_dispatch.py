@@ -17,9 +17,10 @@ waiting in the pool, not necessarily its own (docs/reliability.md, "Fairness").
 - ``fair_claim(...)``: in one statement, enrol the message's own entry if nothing else
   pooled it, then claim a fresh entry of the waiting person with the fewest jobs in
   flight (none first, then the longest since their turn), else the oldest low-lane
-  entry, else the message's own. No row: nothing could be taken (the caller's claim
-  says why: a duplicate, a held lease). A row with ``capped``: the caller's person is
-  at the cap and their entry waits.
+  entry (first, when it has waited ``p_low_after_s``: lower, never starved), else the
+  message's own. The cap (``p_cap``) holds on every lane. No row: nothing could be
+  taken (the caller's claim says why: a duplicate, a held lease). A row with
+  ``capped``: the caller's person is at the cap and their entry waits.
 """
 
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ LOCK_SPACE = 0x46414952  # "FAIR"
 _LIVE = "v.status = 'processing' AND coalesce(v.lease_expires_at, v.processing_started_at) >= now()"
 
 # Claim one pooled entry's row if it can be taken now (pending, or its lease ran out);
-# a row locked by another claim is left to it.
+# a row locked by another claim is left to it. What it takes leaves the pool.
 _TAKE = """
         RETURN QUERY
         WITH taken AS (
@@ -58,13 +59,32 @@ _TAKE = """
                   v.gemini_analysis, v.image_url, v.claim_count, false)
         SELECT * FROM taken;
         IF FOUND THEN
+            DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;  -- by its key: stale if left
             RETURN;
         END IF;
 """
 
+_LOW_LANE = f"""
+    FOR v_entry, v_person IN
+        SELECT w.entry_id, w.user_id FROM fair_waiting w WHERE w.lane = 1
+        ORDER BY w.queued_at LIMIT 8
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        IF p_cap > 0 AND NOT (
+            pg_try_advisory_xact_lock({LOCK_SPACE}, hashtext(v_person::text))
+            AND (SELECT count(*) FROM visualizations v WHERE v.user_id = v_person AND {_LIVE})
+                < p_cap) THEN
+            CONTINUE;  -- their person is at the cap (or being served): the row waits
+        END IF;
+        DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;
+        {_TAKE}
+    END LOOP;
+"""
+
 FAIR_CLAIM = f"""
 CREATE OR REPLACE FUNCTION fair_claim(
-    p_entry uuid, p_user uuid, p_style text, p_lease_s double precision, p_cap integer)
+    p_entry uuid, p_user uuid, p_style text, p_lease_s double precision, p_cap integer,
+    p_low_after_s double precision)
 RETURNS TABLE (
     f_entry_id uuid, f_id uuid, f_lease timestamptz, f_style text,
     f_gemini_analysis jsonb, f_image_url text, f_claim_count integer, f_capped boolean)
@@ -85,12 +105,14 @@ BEGIN
     --    its row is missing (a producer that wrote only the message) or pending and
     --    never failed (a row upstream inserted). The caller's entry only.
     IF NOT EXISTS (SELECT 1 FROM fair_waiting w WHERE w.entry_id = p_entry) THEN
+        -- The arrival first, then the row: the reconciler's order (ADOPT_ARRIVALS locks
+        -- the arrival, then inserts the row), so the two never wait on each other.
+        DELETE FROM entry_arrivals a WHERE a.entry_id = p_entry;
         INSERT INTO visualizations (entry_id, user_id, style, dispatched_at)
         SELECT e.id, e.user_id, p_style, now() FROM emotion_entries e
         WHERE e.id = p_entry AND e.user_id = p_user
         ON CONFLICT (entry_id) DO NOTHING;
         IF FOUND THEN
-            DELETE FROM entry_arrivals a WHERE a.entry_id = p_entry;
             v_enrol := true;
         ELSE
             v_enrol := EXISTS (
@@ -104,6 +126,14 @@ BEGIN
             INSERT INTO fair_waiting (entry_id, user_id, lane) VALUES (p_entry, p_user, 0)
             ON CONFLICT (entry_id) DO NOTHING;
         END IF;
+    END IF;
+
+    -- 2a. The low lane goes first when its oldest entry has waited p_low_after_s: it is
+    --     lower than the fresh lane, never starved by it (a crashed worker's row, a
+    --     replay, an adopted arrival behind somebody's import).
+    IF EXISTS (SELECT 1 FROM fair_waiting w WHERE w.lane = 1
+               AND w.queued_at < now() - make_interval(secs => p_low_after_s)) THEN
+        {_LOW_LANE}
     END IF;
 
     -- 2. Fresh lane: the waiting person with nothing in flight who waited longest since
@@ -163,15 +193,9 @@ BEGIN
         {_TAKE}
     END LOOP;
 
-    -- 3. Low lane: the oldest republished entry (a reconcile, a replay).
-    FOR v_entry IN
-        SELECT w.entry_id FROM fair_waiting w WHERE w.lane = 1
-        ORDER BY w.queued_at LIMIT 4
-        FOR UPDATE SKIP LOCKED
-    LOOP
-        DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;
-        {_TAKE}
-    END LOOP;
+    -- 3. Low lane: the oldest republished entry (a reconcile, a replay), under the cap
+    --    as the fresh lane.
+    {_LOW_LANE}
 
     -- 4. Nothing pooled could be taken: the message's own entry, in this statement (a
     --    claim after it would race the other messages for the entry this statement may
@@ -188,10 +212,16 @@ BEGIN
         v_entry := p_entry;
         {_TAKE}
     END IF;
+    --    Waiting: as _TAKE's predicate (pending, or its lease ran out), so an own row
+    --    at the cap is never left to the caller's uncapped claim.
     IF p_cap > 0
        AND (EXISTS (SELECT 1 FROM fair_waiting w WHERE w.lane = 0)
             OR EXISTS (SELECT 1 FROM visualizations v
-                       WHERE v.entry_id = p_entry AND v.status = 'pending')) THEN
+                       WHERE v.entry_id = p_entry
+                         AND (v.status = 'pending'
+                              OR (v.status = 'processing'
+                                  AND coalesce(v.lease_expires_at, v.processing_started_at)
+                                      < now())))) THEN
         RETURN QUERY SELECT NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::text,
                             NULL::jsonb, NULL::text, NULL::integer, true;
         RETURN;
@@ -231,6 +261,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION IF EXISTS fair_claim(uuid, uuid, text, double precision, integer)")
+    op.execute(
+        "DROP FUNCTION IF EXISTS"
+        " fair_claim(uuid, uuid, text, double precision, integer, double precision)"
+    )
     op.execute("DROP TABLE IF EXISTS fair_waiting")
     op.execute("DROP TABLE IF EXISTS fair_turns")

@@ -30,6 +30,7 @@ from domain.messages import (
 from workers.logging import get_logger
 from workers.messaging.failure_policy import (
     Count,
+    current_own_entry,
     current_retries,
     reject,
     run_classified,
@@ -117,8 +118,9 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
 
         def work() -> None:
             # A first delivery is a token: it takes the fairest waiting entry (maybe
-            # another person's). A retry keeps to its own entry (its count is its own).
-            fair = current_retries() == 0
+            # another person's). A retry keeps to its own entry (its count is its own),
+            # and so does a deferral of its own entry (OWN_ENTRY: a budget's wait).
+            fair = current_retries() == 0 and not current_own_entry()
             try:
                 outcome = service.process(
                     message, fair=fair, max_in_flight=settings.user_max_in_flight
@@ -157,9 +159,12 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, deps: ActorDepen
                 # defer for a message's own entry). No retry spent, the row not failed,
                 # whatever MAX_RETRIES: its message comes back after the wait, a first
                 # delivery again (retries=0; Dramatiq's Retries would give up a deferred
-                # retry when MAX_RETRIES=0).
+                # retry when MAX_RETRIES=0), that claims this entry, not a token's turn
+                # (OWN_ENTRY: the released row is not in the pool).
                 delay_ms = int((exc.retry_after_s or 0.0) * 1000)
-                entry_created.send_with_options(args=(turn.to_payload(),), delay=delay_ms)
+                entry_created.send_with_options(
+                    args=(turn.to_payload(),), delay=delay_ms, own_entry=True
+                )
                 log.info("entry taken in turn deferred: daily budget reached", reason=reason)
                 return
             if isinstance(exc, PermanentError) or settings.max_retries == 0:

@@ -69,9 +69,21 @@ def reject(exc: Exception, count: Count) -> None:
     count("rejected")
 
 
+# A message option (not a contract field: docs/messages.md is unchanged) that keeps a
+# first delivery to its own entry: a deferred entry comes back to itself, not as a
+# fair token (docs/reliability.md, "Fairness").
+OWN_ENTRY = "own_entry"
+
+
 def current_retries() -> int:
     message = CurrentMessage.get_current_message()
     return int(message.options.get("retries", 0)) if message else 0
+
+
+def current_own_entry() -> bool:
+    """The current message is a deferral of its own entry (``OWN_ENTRY``)."""
+    message = CurrentMessage.get_current_message()
+    return bool(message.options.get(OWN_ENTRY)) if message else False
 
 
 def run_classified(
@@ -129,10 +141,14 @@ def run_classified(
 
 def defer(exc: BudgetExceededError) -> NoReturn:
     """Retry after the error's wait without spending a retry: Dramatiq's Retries adds
-    one to the message's count when it enqueues the retry, taken back here first."""
+    one to the message's count when it enqueues the retry, taken back here first. The
+    message comes back as a first delivery (retries 0) marked ``OWN_ENTRY``: it claims
+    its own entry, whose row the release left pending outside the fair pool, and is
+    not a token (that would take another entry and leave this one to the reconciler)."""
     message = CurrentMessage.get_current_message()
     if message is not None:
         message.options["retries"] = int(message.options.get("retries", 0)) - 1
+        message.options[OWN_ENTRY] = True
     wait_s = exc.retry_after_s or 0.0
     log.info("deferred: daily budget reached", reason=stored_reason(exc), wait_s=round(wait_s))
     raise dramatiq.Retry(stored_reason(exc), delay=int(wait_s * 1000)) from exc

@@ -127,17 +127,21 @@ class VisualizationService:
             if claim is None:
                 return self._not_claimed(entry_id, redraw=bool(message.redraw))
             self._job.held = (entry_id, claim)  # mark_failed fails under it
+            # The job's lines and its paid calls' owner (the ledger reads the context)
+            # name the entry it runs, on every claim: a second pass after a yield may
+            # run the message's own entry after the first ran another in turn.
+            structlog.contextvars.bind_contextvars(
+                entry_id=str(entry_id), user_id=str(entry.user_id)
+            )
             if entry_id != message.entry_id:
                 self._job.turn = EntryCreated(
                     entry_id=entry_id, user_id=entry.user_id, style=VisualizationStyle(claim.style)
                 )
-                # The job's lines name the entry it runs; the message's, as in_turn_for.
-                structlog.contextvars.bind_contextvars(
-                    entry_id=str(entry_id),
-                    user_id=str(entry.user_id),
-                    in_turn_for=str(message.entry_id),
-                )
+                # The message's own entry, as in_turn_for.
+                structlog.contextvars.bind_contextvars(in_turn_for=str(message.entry_id))
                 log.info("took a waiting entry in turn")
+            else:
+                structlog.contextvars.unbind_contextvars("in_turn_for")
             crashes = claim.claim_count - 1  # earlier claims of this row that never finished
             if crashes >= self.limits.max_claims:
                 raise CrashLoopError(
@@ -275,14 +279,21 @@ class VisualizationService:
                     return pick.taken
                 if pick.capped:
                     return None
-            found, claim = uow.entry_pipeline.claim_entry(
+            # A first delivery's own claim is under the cap too (fair_claim found nothing
+            # to take: a row that became claimable since must not pass it). A retry's is
+            # not: it finishes a job the cap admitted when its first delivery claimed it
+            # (docs/reliability.md, "Fairness").
+            found, claim, capped = uow.entry_pipeline.claim_own(
                 message.entry_id,
                 message.user_id,
                 message.style.value if message.style else None,
                 self.limits.lease_s,
+                max_in_flight if fair else 0,
             )
             entry = require_owned(found, "entry", message.entry_id, message.user_id)
             uow.commit()
+        if capped:
+            return None
         return entry, claim
 
     def _yield_turn(self, entry: EntryRow, claim: ClaimedVisualization) -> bool:
@@ -414,6 +425,9 @@ class VisualizationService:
             failed = uow.visualizations.fail(entry_id, reason[:2000], lease=lease)
             uow.commit()
         if failed:
+            with self.uow_factory() as uow:  # a failed entry leaves the fair pool
+                uow.single_statement()
+                uow.entry_pipeline.unpool(entry_id)
             log.warning("visualization failed", reason=reason)
         else:
             log.info("not failed: the row is finished or held live elsewhere", reason=reason)
