@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 
 from db.engine import normalise_url
 from tests.conftest import RUN_ID, DatabaseFactory
-from tests.integration.helpers import insert_entry, insert_user
+from tests.integration.helpers import insert_entry, insert_user, insert_visualization
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -383,3 +383,43 @@ def test_the_form_signs_an_operator_in_by_name_and_the_shared_token_still_works(
             "GET", "/queues", headers={"Cookie": signed, "Accept": "text/html"}
         )
         assert status == 200 and f'<span class="operator muted">{name}</span>' in page
+
+
+def test_the_failures_page_is_a_recorded_read_and_its_replay_is_in_the_trail(
+    env: dict[str, str], console: Console
+) -> None:
+    token = _add(env, "fern", "write")
+    engine = create_engine(normalise_url(env["DATABASE_URL"]))
+    with engine.begin() as conn:
+        user = insert_user(conn)
+        entry = insert_entry(conn, user, situation="a situation shown as an excerpt")
+        insert_visualization(conn, entry, user)
+        conn.execute(
+            text(
+                "UPDATE visualizations SET status = 'failed', error_message = 'drill' "
+                "WHERE entry_id = :e"
+            ),
+            {"e": entry},
+        )
+    engine.dispose()
+    status, _, page = console.request(
+        "GET", "/failures", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert status == 200 and "a situation shown as an excerpt" in page
+    (read,) = _trail(env, "--operator", "fern", "--action", "read_entry")
+    assert (read["target"], read["source"], read["count"]) == ("failures page", "console", 1)
+    assert str(entry) in json.dumps(read)  # the ids it showed
+
+    status, _, _ = console.request(
+        "POST", "/failures/replay", form={"one": str(entry)}, headers=_bearer(token)
+    )
+    assert status == 303
+    (replay,) = _trail(env, "--operator", "fern", "--action", "replay")
+    assert (replay["target"], replay["source"], replay["count"]) == (
+        "failed visualizations",
+        "console",
+        1,
+    )
+    assert _sql(env, "SELECT status FROM visualizations WHERE entry_id = :e", e=entry) == [
+        ("pending",)
+    ]

@@ -2,7 +2,8 @@
 operator): replay failed rows, retry and purge dead letters. Each is the use case the
 CLI runs too (workers/operations/: jobs.replay_failed, dead_letters.retry_dead_letters;
 DeadLetters.purge), logged and recorded in the operators' trail under the signed-in
-operator's name (``audited``), then a redirect with a one-line flash message
+operator's name (a replay in its own transaction; the dead letters, which live in
+Redis, after, with ``audited``), then a redirect with a one-line flash message
 (post/redirect/get)."""
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ async def replay(request: Request) -> Response:
     if not entry_ids:
         flash(request, "select at least one failed row to replay")
         return _back(request, "/failures")
-    replayed = await run_in_threadpool(replay_failed, entry_ids)
-    await record(request, "replay", target="failed visualizations", count=len(replayed))
+    who = operator_of(request).name
+    # Recorded in the replay's own transaction (a publish failing after its commit
+    # still leaves the trail row of the rows it set back to pending).
+    replayed = await run_in_threadpool(
+        lambda: replay_failed(entry_ids, source="console", operator=who)
+    )
     log.info("console replayed failed visualizations", rows=len(replayed), client=_client(request))
     skipped = len(entry_ids) - len(replayed)
     note = f" ({skipped} no longer failed)" if skipped else ""

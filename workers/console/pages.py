@@ -55,6 +55,18 @@ async def failures(request: Request) -> Response:
     page = request.query_params.get("page", "1")
     number = int(page) if page.isdigit() and 0 < int(page) < 100_000 else 1
     view = await run_in_threadpool(data.failures, cls, number)
+    shown = [str(item["row"].entry_id) for item in view["rows"]]
+    if shown:  # each row shows an excerpt of the person's situation: one trail row
+        await run_in_threadpool(
+            lambda: audited(
+                "read_entry",
+                operator=operator_of(request).name,
+                source="console",
+                target="failures page",
+                count=len(shown),
+                detail={"entries": shown},
+            )
+        )
     return render(request, "failures.html", view)
 
 

@@ -89,6 +89,8 @@ class ConsoleOperator:
 
 
 SHARED = ConsoleOperator(SHARED_OPERATOR, "write")
+# Nobody signed in (a public page): no scope, so whatever reads it fails closed.
+NOBODY = ConsoleOperator("nobody", "none")
 # token hash -> the live operator (None: unknown or revoked); a sign-in looks it up.
 Lookup = Callable[[str], ConsoleOperator | None]
 
@@ -121,9 +123,10 @@ def token_sha256(token: str) -> str:
 
 
 def operator_of(request: Request) -> ConsoleOperator:
-    """Who made this request (set by the Guard on every signed-in request)."""
+    """Who made this request (set by the Guard on every signed-in request); NOBODY,
+    who may not write, when nobody is signed in (never the shared token's write scope)."""
     found = request.scope.get(OPERATOR_SCOPE_KEY)
-    return found if isinstance(found, ConsoleOperator) else SHARED
+    return found if isinstance(found, ConsoleOperator) else NOBODY
 
 
 @dataclass(frozen=True)
