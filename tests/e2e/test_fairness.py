@@ -20,6 +20,7 @@ from tests.conftest import DatabaseFactory
 from tests.e2e.conftest import Harness, running_harness
 from workers.messaging.broker import build_broker
 from workers.messaging.producer import Producer
+from workers.messaging.redis_keys import queue_keys
 from workers.settings import Settings
 
 pytestmark = [pytest.mark.e2e]
@@ -153,4 +154,61 @@ def test_an_entry_taken_in_turn_that_fails_is_retried_with_its_own_message(
     assert "entry taken in turn failed, will retry" in events
     assert h.calls("turnB") == {"analysis": 1, "image": 2}  # the analysis was kept
     assert h.calls("turnA") == {"analysis": 3, "image": 3}
+    assert h.dead_letters() == []
+
+
+@pytest.mark.slow
+def test_an_entry_deferred_by_the_daily_budget_comes_back_to_itself(
+    fair_harness: Harness,
+) -> None:
+    """The budget's deferral comes back as its own entry's message (option own_entry),
+    not as a token: with another person's entry pooled meanwhile, the deferred entry is
+    the one processed when the wait ends ("the next day": the budget raised and the
+    delayed message's eta brought forward)."""
+    h = fair_harness
+    a_user, [a_first, a_second] = _person(h, "budgetA", 2)
+    # ~$0.04 an entry: a budget of $0.03 lets A's first finish and stops the second.
+    tight = {"USER_DAILY_BUDGET_USD": "0.03", "BUDGET_CACHE_S": "0"}
+    h.start_worker(threads=1, extra_env=tight)
+    _publish(h, a_user, [a_first])
+    _wait_completed(h, [a_first], seconds=30)
+    _publish(h, a_user, [a_second])
+    deadline = time.monotonic() + 30
+    while "daily budget" not in ((h.visualization(a_second) or {}).get("error_message") or ""):
+        assert time.monotonic() < deadline, h.log_path.read_text(errors="replace")[-3000:]
+        time.sleep(0.05)
+    h.stop_workers()  # its delayed message goes back to the delay queue
+    # Another person's entry waits in the pool, its token still to come (as behind a
+    # backlog): a token would take it; the deferred message must take its own entry.
+    q_user, [q_entry] = _person(h, "budgetQ", 1)
+    with h.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO visualizations (entry_id, user_id, dispatched_at) "
+                "VALUES (:e, :u, now() + interval '1 day')"
+            ),
+            {"e": q_entry, "u": q_user},
+        )
+        conn.execute(text("INSERT INTO fair_turns (user_id) VALUES (:u)"), {"u": q_user})
+        conn.execute(
+            text("INSERT INTO fair_waiting (entry_id, user_id, lane) VALUES (:e, :u, 0)"),
+            {"e": q_entry, "u": q_user},
+        )
+    keys = queue_keys(h.namespace, "visualizations")
+    deferred = {
+        key: json.loads(body)
+        for key, body in h.redis.hgetall(keys.delayed_bodies).items()
+        if json.loads(body)["args"][0]["entry_id"] == str(a_second)
+    }
+    ((key, message),) = deferred.items()
+    assert message["options"]["own_entry"] is True and message["options"]["retries"] == 0
+    message["options"]["eta"] = int(time.time() * 1000)  # the next day, now
+    h.redis.hset(keys.delayed_bodies, key, json.dumps(message))
+    h.start_worker(threads=1, extra_env={**tight, "USER_DAILY_BUDGET_USD": "100"})
+    _wait_completed(h, [a_second], seconds=30)
+    assert h.visualization(q_entry)["status"] == "pending"  # type: ignore[index]
+    with h.engine.connect() as conn:
+        pooled = conn.execute(text("SELECT entry_id FROM fair_waiting")).scalars().all()
+    assert pooled == [q_entry]
+    assert h.calls("budgetA") == {"analysis": 2, "image": 2}
     assert h.dead_letters() == []
