@@ -215,7 +215,7 @@ BEGIN
     --    Waiting: as _TAKE's predicate (pending, or its lease ran out), so an own row
     --    at the cap is never left to the caller's uncapped claim.
     IF p_cap > 0
-       AND (EXISTS (SELECT 1 FROM fair_waiting w WHERE w.lane = 0)
+       AND (EXISTS (SELECT 1 FROM fair_waiting w)  -- either lane: both are capped
             OR EXISTS (SELECT 1 FROM visualizations v
                        WHERE v.entry_id = p_entry
                          AND (v.status = 'pending'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import dramatiq
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import Engine, text
 
 from db.engine import make_session_factory
 from db.repositories import ClaimedVisualization
-from db.repositories.entry_pipeline import FairClaim
+from db.repositories.entry_pipeline import LOW_LANE_AFTER_S, FairClaim
 from db.uow import UnitOfWork
 from domain.messages import EntryCreated
 from tests.integration.helpers import insert_entry, insert_user
@@ -182,3 +183,98 @@ def test_a_job_yields_its_thread_to_a_person_waiting_with_nothing_running(
     assert _taken(_claim(uow_factory, a_entries[2], a)) == b_entry
     # The yielded entry is A's next, before A's later entries.
     assert _taken(_claim(uow_factory, a_entries[2], a)) == a_entries[0]
+
+
+def _expire(engine: Engine, entry: uuid.UUID) -> None:
+    """The worker holding the entry died: its lease ran out."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE visualizations SET lease_expires_at = now() - interval '1 hour', "
+                "processing_started_at = now() - interval '2 hours', "
+                "dispatched_at = now() - interval '2 hours' WHERE entry_id = :e"
+            ),
+            {"e": entry},
+        )
+
+
+def test_the_low_lane_is_lower_but_never_starved_by_a_steady_fresh_lane(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    b, [b_entry] = _person(engine, 1)
+    _publish(uow_factory, b, [b_entry])
+    _taken(_claim(uow_factory, b_entry, b))
+    _expire(engine, b_entry)  # B's worker was killed
+    assert reconcile(uow_factory, grace_s=300).stuck == 1
+    assert _pool(engine)[b_entry] == 1
+    a, a_entries = _person(engine, 4)
+    _publish(uow_factory, a, a_entries)  # A's import: the fresh lane never runs dry
+    # Newly republished: the fresh lane first.
+    assert _taken(_claim(uow_factory, a_entries[0], a)) == a_entries[0]
+    with engine.begin() as conn:  # B's row has waited longer than LOW_LANE_AFTER_S
+        conn.execute(
+            text("UPDATE fair_waiting SET queued_at = now() - make_interval(secs => :s)"),
+            {"s": LOW_LANE_AFTER_S + 1},
+        )
+    pick = _claim(uow_factory, a_entries[1], a)
+    assert _taken(pick) == b_entry and pick.taken is not None
+    assert pick.taken[1].claim_count == 2  # the dead worker's claim still counts
+    assert set(_pool(engine)) == set(a_entries[1:])  # A's entries all still waiting
+
+
+def test_the_cap_holds_on_the_low_lane_and_on_a_row_whose_lease_ran_out(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    a, (running, dead) = _person(engine, 2)
+    _publish(uow_factory, a, [running, dead])
+    _taken(_claim(uow_factory, running, a))
+    _taken(_claim(uow_factory, dead, a))
+    _expire(engine, dead)  # one job live, one whose worker died: A runs 1, at cap 1
+    # The dead row's own message: its row can be taken, but A is at the cap.
+    assert _claim(uow_factory, dead, a, cap=1) == FairClaim(None, capped=True)
+    with uow_factory() as uow:  # a first delivery's own claim (visualize._claim)
+        uow.single_statement()
+        _, claim, capped = uow.entry_pipeline.claim_own(dead, a, None, LEASE_S, 1)
+    assert claim is None and capped
+    assert reconcile(uow_factory, grace_s=300).stuck == 1
+    assert _pool(engine) == {dead: 1}
+    # Another person's token passes over A's low-lane row (aged: it would go first).
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE fair_waiting SET queued_at = now() - interval '1 hour'"))
+    b, [b_entry] = _person(engine, 1)
+    _publish(uow_factory, b, [b_entry])
+    assert _taken(_claim(uow_factory, b_entry, b, cap=1)) == b_entry
+    assert _claim(uow_factory, b_entry, b, cap=1) == FairClaim(None, capped=True)
+    assert _pool(engine) == {dead: 1}
+    with engine.begin() as conn:  # A's live job ends: A has room again
+        conn.execute(
+            text("UPDATE visualizations SET status = 'completed' WHERE entry_id = :e"),
+            {"e": running},
+        )
+    assert _taken(_claim(uow_factory, b_entry, b, cap=1)) == dead
+    assert _pool(engine) == {}
+
+
+def test_an_entry_claimed_or_finished_leaves_the_pool(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    a, entries = _person(engine, 3)
+    _publish(uow_factory, a, entries)
+    with uow_factory() as uow:  # its retry's claim (its own entry, not a token)
+        uow.single_statement()
+        _, claim = uow.entry_pipeline.claim_entry(entries[0], a, None, LEASE_S)
+    assert claim is not None and entries[0] not in _pool(engine)
+    _taken(_claim(uow_factory, entries[1], a))
+    _expire(engine, entries[1])
+    reconcile(uow_factory, grace_s=300)  # republished while its slow worker still runs
+    assert _pool(engine)[entries[1]] == 1
+    with engine.connect() as conn:
+        row_id, lease = conn.execute(
+            text("SELECT id, processing_started_at FROM visualizations WHERE entry_id = :e"),
+            {"e": entries[1]},
+        ).one()
+    done = ClaimedVisualization(row_id, lease, "abstract", None, None, 2)
+    with uow_factory() as uow:  # the slow worker completes under its lease
+        uow.single_statement()
+        assert uow.entry_pipeline.complete(done, user_id=a, entry_moment=datetime.now(UTC))
+    assert set(_pool(engine)) == {entries[2]}
