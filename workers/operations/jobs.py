@@ -29,8 +29,8 @@ def replay_failed(
 ) -> list[uuid.UUID]:
     """Failed visualizations (all, or these entries') back to pending, and published
     again after the commit. With ``source``, recorded in the operators' trail in the
-    same transaction (the CLI); without, the caller records it (the console's
-    actions.py, after, under the signed-in name). Returns the entries replayed. The
+    same transaction (the CLI: "cli"; the console's actions.py: "console" and the
+    signed-in name); without, nothing is recorded. Returns the entries replayed. The
     bulk replay by filters, in batches: workers/operations/job_search.py."""
     with bootstrap.unit_of_work() as uow:
         rows = uow.visualizations.replay_failed(entry_ids)
