@@ -6,19 +6,31 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dramatiq
 import pytest
+import structlog
 from sqlalchemy import Engine, text
 
 from db.engine import make_session_factory
-from db.repositories import ClaimedVisualization
+from db.repositories import ClaimedVisualization, EntryRow
 from db.repositories.entry_pipeline import LOW_LANE_AFTER_S, FairClaim
 from db.uow import UnitOfWork
+from domain.analysis import AnalysisResult, EntrySnapshot
+from domain.ledger import price_table
 from domain.messages import EntryCreated
+from domain.vocabulary import VisualizationStyle
 from tests.integration.helpers import insert_entry, insert_user
 from workers.messaging.producer import Producer
+from workers.providers.factory import Providers
+from workers.providers.instrumented import CountedAnalysis, CountedImages
+from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
+from workers.providers.local_intake import LocalIntakeProvider
+from workers.providers.storage import LocalImageStore
+from workers.services.ledger import PaidCallLedger
 from workers.services.reconcile import reconcile
+from workers.services.visualize import Outcome, VisualizationService, VisualizeLimits
 
 pytestmark = pytest.mark.integration
 LEASE_S = 60
@@ -278,3 +290,71 @@ def test_an_entry_claimed_or_finished_leaves_the_pool(
         uow.single_statement()
         assert uow.entry_pipeline.complete(done, user_id=a, entry_moment=datetime.now(UTC))
     assert set(_pool(engine)) == {entries[2]}
+
+
+class _AnalysisThen(LocalAnalysisProvider):
+    """Runs ``then`` before its first analysis (another person publishes meanwhile)."""
+
+    def __init__(self, then: Callable[[], None]) -> None:
+        self.then: Callable[[], None] | None = then
+
+    def analyse(self, entry: EntrySnapshot, style: VisualizationStyle) -> AnalysisResult:
+        if self.then is not None:
+            then, self.then = self.then, None
+            then()
+        return super().analyse(entry, style)
+
+
+def test_after_a_yield_the_own_entrys_job_is_named_and_charged_as_its_own(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork], tmp_path: Path
+) -> None:
+    """The first pass runs another entry in turn and yields; the second claims the
+    message's own: its log context and its paid calls' owner name the own entry and
+    its person, with no in_turn_for left from the first pass."""
+    a, (a_live, a_turn, a_own) = _person(engine, 3)
+    b, [b_entry] = _person(engine, 1)
+    _publish(uow_factory, a, [a_live, a_turn, a_own])
+    assert _taken(_claim(uow_factory, a_live, a)) == a_live  # A runs one job
+    ledger = PaidCallLedger(uow_factory, price_table({}), None, 0)
+    providers = Providers(
+        CountedAnalysis(_AnalysisThen(lambda: _publish(uow_factory, b, [b_entry])), "x", ledger),
+        CountedImages(LocalImageProvider(size_px=64), "x", ledger),
+        LocalImageStore(tmp_path, "http://m.test"),
+        LocalIntakeProvider(),
+    )
+    service = VisualizationService(
+        uow_factory, providers, VisualizeLimits(LEASE_S, 32, 10_000_000, 10_000_000)
+    )
+    yield_turn = service._yield_turn
+
+    def yield_then_others_claim(entry: EntryRow, claim: ClaimedVisualization) -> bool:
+        yielded = yield_turn(entry, claim)
+        if yielded:  # other threads take B's entry, then the yielded one, first of A's
+            assert [_taken(_claim(uow_factory, b_entry, b)) for _ in range(2)] == [
+                b_entry,
+                a_turn,
+            ]
+        return yielded
+
+    service._yield_turn = yield_then_others_claim  # type: ignore[method-assign]
+    message = EntryCreated(entry_id=a_own, user_id=a)
+    structlog.contextvars.bind_contextvars(user_id=str(a), entry_id=str(a_own))  # middleware
+    try:
+        assert service.process(message, fair=True) is Outcome.COMPLETED
+        bound = structlog.contextvars.get_contextvars()
+    finally:
+        structlog.contextvars.clear_contextvars()
+    assert service.turn_taken() is None  # the second pass ran the message's own entry
+    assert bound["entry_id"] == str(a_own) and bound["user_id"] == str(a)
+    assert "in_turn_for" not in bound
+    with engine.connect() as conn:
+        calls = conn.execute(
+            text("SELECT user_id, entry_id, kind FROM model_calls ORDER BY id")
+        ).all()
+    # The first pass's analysis of the entry taken in turn, then the own entry's calls,
+    # charged to A (a context naming the turn's entry would charge nobody).
+    assert [tuple(c) for c in calls] == [
+        (a, a_turn, "analysis"),
+        (a, a_own, "analysis"),
+        (a, a_own, "image"),
+    ]
