@@ -222,6 +222,15 @@ BEGIN
                               OR (v.status = 'processing'
                                   AND coalesce(v.lease_expires_at, v.processing_started_at)
                                       < now())))) THEN
+        -- The message is queued again (at_cap): its own entry's token is alive, so a
+        -- pooled row of it is dispatched now, and the reconciler does not republish the
+        -- capped backlog every grace window (a row whose message was lost is not
+        -- bumped by anything, and is republished as before).
+        UPDATE visualizations v SET dispatched_at = greatest(v.dispatched_at, now())
+        WHERE v.id = (SELECT x.id FROM visualizations x
+                      WHERE x.entry_id = p_entry AND x.status = 'pending'
+                        AND EXISTS (SELECT 1 FROM fair_waiting w WHERE w.entry_id = p_entry)
+                      FOR UPDATE SKIP LOCKED);
         RETURN QUERY SELECT NULL::uuid, NULL::uuid, NULL::timestamptz, NULL::text,
                             NULL::jsonb, NULL::text, NULL::integer, true;
         RETURN;

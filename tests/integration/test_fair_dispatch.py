@@ -358,3 +358,36 @@ def test_after_a_yield_the_own_entrys_job_is_named_and_charged_as_its_own(
         (a, a_own, "analysis"),
         (a, a_own, "image"),
     ]
+
+
+def test_a_capped_backlog_is_not_republished_while_its_tokens_circulate(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    a, (running, waiting, lost) = _person(engine, 3)
+    _publish(uow_factory, a, [running, waiting, lost])
+    _taken(_claim(uow_factory, running, a, cap=1))
+    with engine.begin() as conn:  # published long ago, behind the cap since
+        conn.execute(
+            text(
+                "UPDATE visualizations SET dispatched_at = now() - interval '1 hour' "
+                "WHERE status = 'pending'"
+            )
+        )
+    # ``waiting``'s message comes back at the cap (and is queued again): its row is
+    # dispatched now. ``lost``'s message never comes: its row is republished.
+    assert _claim(uow_factory, waiting, a, cap=1) == FairClaim(None, capped=True)
+    report = reconcile(uow_factory, grace_s=300)
+    assert report.unfinished == 1
+    with engine.connect() as conn:
+        recent = (
+            conn.execute(
+                text(
+                    "SELECT entry_id FROM visualizations WHERE status = 'pending' "
+                    "AND dispatched_at > now() - interval '1 minute' ORDER BY entry_id"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert sorted(recent) == sorted([waiting, lost])
+    assert reconcile(uow_factory, grace_s=300).unfinished == 0
