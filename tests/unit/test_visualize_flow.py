@@ -59,6 +59,9 @@ class FakeVisualizations:
         row = next(r for r in self.db.rows.values() if r.id == claim.id)
         return row if row.status == "processing" and row.lease == claim.lease else None
 
+    def unpool(self, entry_id: uuid.UUID) -> None:
+        """As entry_pipeline.unpool: no fair pool here."""
+
     def claim_entry(
         self, entry_id: uuid.UUID, user_id: uuid.UUID, style: str | None, lease_s: int
     ) -> tuple[EntryRow | None, ClaimedVisualization | None]:

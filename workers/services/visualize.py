@@ -283,13 +283,16 @@ class VisualizationService:
             # to take: a row that became claimable since must not pass it). A retry's is
             # not: it finishes a job the cap admitted when its first delivery claimed it
             # (docs/reliability.md, "Fairness").
-            found, claim, capped = uow.entry_pipeline.claim_own(
-                message.entry_id,
-                message.user_id,
-                message.style.value if message.style else None,
-                self.limits.lease_s,
-                max_in_flight if fair else 0,
-            )
+            style = message.style.value if message.style else None
+            capped = False
+            if fair and max_in_flight > 0:
+                found, claim, capped = uow.entry_pipeline.claim_own(
+                    message.entry_id, message.user_id, style, self.limits.lease_s, max_in_flight
+                )
+            else:
+                found, claim = uow.entry_pipeline.claim_entry(
+                    message.entry_id, message.user_id, style, self.limits.lease_s
+                )
             entry = require_owned(found, "entry", message.entry_id, message.user_id)
             uow.commit()
         if capped:
