@@ -668,9 +668,10 @@ class FairWaiting(Base):
             "idx_fair_waiting_fresh",
             "user_id",
             "queued_at",
+            "seq",
             postgresql_where=text("lane = 0"),
         ),
-        Index("idx_fair_waiting_low", "queued_at", postgresql_where=text("lane = 1")),
+        Index("idx_fair_waiting_low", "queued_at", "seq", postgresql_where=text("lane = 1")),
     )
 
     entry_id: Mapped[uuid.UUID] = mapped_column(
@@ -683,3 +684,6 @@ class FairWaiting(Base):
     queued_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # Publish order among rows of one transaction (the same queued_at): oldest first
+    # must not depend on a sort's order of ties.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), nullable=False)

@@ -184,6 +184,10 @@ def record_dispatches(conn: Any, dispatches: Sequence[Dispatch]) -> None:
                 cursor.execute(POOL_PEOPLE, {"user_ids": [u for _, u, _ in fresh]})
             pooled += fresh
         if pooled:
+            # In publish order (RETURNING follows the plan's join, not the array): the
+            # pool's seq is that order, and a person's oldest entry is taken first.
+            order = {d.entry_id: i for i, d in enumerate(dispatches)}
+            pooled.sort(key=lambda row: order.get(row[0], len(order)))
             cursor.execute(
                 POOL_ENTRIES,
                 {

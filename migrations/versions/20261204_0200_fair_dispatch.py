@@ -67,7 +67,7 @@ _TAKE = """
 _LOW_LANE = f"""
     FOR v_entry, v_person IN
         SELECT w.entry_id, w.user_id FROM fair_waiting w WHERE w.lane = 1
-        ORDER BY w.queued_at LIMIT 8
+        ORDER BY w.queued_at, w.seq LIMIT 8
         FOR UPDATE SKIP LOCKED
     LOOP
         IF p_cap > 0 AND NOT (
@@ -171,7 +171,7 @@ BEGIN
         v_entry := NULL;
         SELECT w.entry_id INTO v_entry FROM fair_waiting w
         WHERE w.user_id = v_person AND w.lane = 0
-        ORDER BY w.queued_at LIMIT 1
+        ORDER BY w.queued_at, w.seq LIMIT 1
         FOR UPDATE SKIP LOCKED;
         IF v_entry IS NULL THEN
             v_passed := v_passed || v_person;
@@ -253,13 +253,17 @@ STEPS = [
     " user_id uuid NOT NULL,"
     " lane integer DEFAULT 0 NOT NULL,"
     " queued_at timestamp with time zone DEFAULT now() NOT NULL,"
+    # Publish order among rows of one transaction (their queued_at is the same now()):
+    # "oldest first" must not depend on the plan (a sort's ties are in no order).
+    " seq bigint GENERATED ALWAYS AS IDENTITY,"
     " CONSTRAINT fair_waiting_pkey PRIMARY KEY (entry_id),"
     " CONSTRAINT fair_waiting_entry_id_fkey FOREIGN KEY (entry_id)"
     " REFERENCES emotion_entries (id) ON DELETE CASCADE,"
     " CONSTRAINT fair_waiting_lane_check CHECK (lane IN (0, 1)))",
-    "CREATE INDEX IF NOT EXISTS idx_fair_waiting_fresh ON fair_waiting (user_id, queued_at)"
+    "CREATE INDEX IF NOT EXISTS idx_fair_waiting_fresh ON fair_waiting (user_id, queued_at, seq)"
     " WHERE lane = 0",
-    "CREATE INDEX IF NOT EXISTS idx_fair_waiting_low ON fair_waiting (queued_at) WHERE lane = 1",
+    "CREATE INDEX IF NOT EXISTS idx_fair_waiting_low ON fair_waiting (queued_at, seq)"
+    " WHERE lane = 1",
     FAIR_CLAIM,
 ]
 
