@@ -64,12 +64,12 @@ def test_default_settings_per_machine_and_fleet() -> None:
     assert by_name["scheduler"].postgres_total == Load(1, 2)
     assert by_name["console"].postgres_total == Load(1, 16)
     assert by_name["cli"].postgres_total == Load(0, 1)
-    # Redis per worker process: rest queues + 2 (5), peak 2 pools of min(64, 32 + 2x3 + 1)
-    # + the subscriber (79); then the metrics server (1..3) and health (0..1).
-    assert by_name["worker"].redis == Load(2 * 5 + 1, 2 * 79 + 3 + 1)
+    # Redis per worker process: rest queues + 2 (5), peak 2 pools of min(64, 32 + 2x3 + 2)
+    # + the subscriber (81); then the metrics server (1..3) and health (0..1).
+    assert by_name["worker"].redis == Load(2 * 5 + 1, 2 * 81 + 3 + 1)
     pg, redis = totals(services(settings, 3))
     assert pg == Load(22 * 3 + 2, 46 * 3 + 19)
-    assert redis == Load(15 * 3 + 2, 205 * 3 + 43)
+    assert redis == Load(15 * 3 + 2, 211 * 3 + 43)
 
 
 def test_verdict_against_the_servers_limits() -> None:
@@ -83,7 +83,7 @@ def test_verdict_against_the_servers_limits() -> None:
     # Behind PgBouncer, PostgreSQL sees the direct sessions; Redis bounds the fleet.
     pooled = verdict(settings, 10, limits, pooled=True)
     assert pooled.fits and pooled.postgres_peak == 2
-    assert pooled.max_machines == (10_000 - 43) // 205
+    assert pooled.max_machines == (10_000 - 43) // 211
     thousand = verdict(settings, 1000, limits, pooled=True)
     assert not thousand.fits and not thousand.redis_fits
     # PgBouncer's limits known: PostgreSQL sees its pool + the direct sessions, and its

@@ -107,8 +107,10 @@ class Verdict:
 
 
 def _redis_pool(settings: Settings, threads: int, queues: int) -> int:
-    """Connections one blocking Redis pool of a worker process can hold at once."""
-    holders = threads + 2 * queues + 1
+    """Connections one blocking Redis pool of a worker process can hold at once: the
+    threads, two per queue, the wake-ups, and the pause sync's look (every 5 s, its own
+    thread: workers/messaging/pause_sync.py)."""
+    holders = threads + 2 * queues + 2
     return min(settings.redis_max_connections, holders)
 
 
