@@ -26,7 +26,6 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotif
 from dramatiq.middleware.callbacks import Callbacks
 from dramatiq.middleware.pipelines import Pipelines
 
-from domain.errors import EmotionVizError
 from domain.messages import IntakeStep
 from workers.logging import get_logger
 from workers.messaging.announced import AnnouncedEnqueue, Row
@@ -112,17 +111,9 @@ class SafeRedisBroker(RedisBroker):
     def restore_pauses(self) -> bool:
         """Rebuild the paused queues' mirror from PostgreSQL; False (logged) when it
         could not (the consumers keep fetching nothing while the mirror is missing)."""
-        if self.pause_source is None:
-            return False
-        try:
-            self.pause_source()
-        except (EmotionVizError, redis.RedisError) as exc:
-            log.warning(
-                "paused queues not restored from the database; retrying",
-                reason=f"{type(exc).__name__}: {str(exc)[:200]}",
-            )
-            return False
-        return True
+        from workers.messaging.pause_sync import restore_mirror
+
+        return restore_mirror(self.pause_source)
 
     def actor_queues(self) -> Mapping[str, str]:
         """Each declared actor's queue (what the consumer admits)."""

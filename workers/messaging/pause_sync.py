@@ -12,8 +12,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from dramatiq.middleware import Middleware
 
+from domain.errors import EmotionVizError
 from workers.logging import get_logger
 from workers.messaging import failover
 
@@ -59,3 +61,19 @@ class PauseSync(Middleware):
                     "paused queues' mirror not compared with the database; retrying",
                     reason=f"{type(exc).__name__}: {str(exc)[:200]}",
                 )
+
+
+def restore_mirror(pause_source: Callable[[], object] | None) -> bool:
+    """Rebuild the paused queues' mirror from PostgreSQL (both brokers, when a fetch finds
+    it missing); False (logged) when it could not: the consumers then take nothing."""
+    if pause_source is None:
+        return False
+    try:
+        pause_source()
+    except (EmotionVizError, redis.RedisError) as exc:
+        log.warning(
+            "paused queues not restored from the database; retrying",
+            reason=f"{type(exc).__name__}: {str(exc)[:200]}",
+        )
+        return False
+    return True

@@ -42,7 +42,6 @@ from dramatiq.common import q_name, xq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
-from domain.errors import EmotionVizError
 from workers.logging import get_logger
 from workers.messaging.delivery import (
     RabbitmqDelivery,
@@ -146,14 +145,10 @@ class SafeRabbitmqBroker(RabbitmqBroker):
         if pauses is None:
             if self.pause_source is None:
                 return False
-            try:
-                self.pause_source()
-            except (EmotionVizError, redis.RedisError) as exc:
-                log.warning(
-                    "paused queues not restored from the database; retrying",
-                    reason=f"{type(exc).__name__}: {str(exc)[:200]}",
-                )
-                return True
+            from workers.messaging.pause_sync import restore_mirror
+
+            if not restore_mirror(self.pause_source):
+                return True  # paused until the mirror is back
             pauses = self.pause_reader() or {}
         return q_name(queue_name) in pauses
 
