@@ -57,6 +57,17 @@ class CallOwner:
 
 
 @dataclass(frozen=True)
+class PaidCall:
+    """An attempt's ledger row, priced: what a job holds until its next write carries
+    it (workers/services/ledger.py: ``holding``)."""
+
+    kind: CallKind
+    owner: CallOwner
+    attempt: Attempt
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True)
 class Price:
     """USD per million input tokens, per million output tokens of a text answer, and
     per image answered (an image answer's output is priced per image, not per token)."""
@@ -177,6 +188,7 @@ class Ledger(Protocol):
         ...
 
     def record(self, kind: CallKind, owner: CallOwner, attempt: Attempt) -> Decimal:
-        """Write one attempt's row now (its own transaction); its estimated cost.
+        """Write one attempt's row now (its own transaction), or hold it for the job's
+        next write on this thread when the job holds its rows; its estimated cost.
         Never raises."""
         ...

@@ -288,6 +288,7 @@ def visualization_service() -> VisualizationService:
             max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
         ),
+        ledger=paid_call_ledger(),
     )
 
 

@@ -10,6 +10,7 @@ plain SQL, built once. Writes under a lease are compare-and-set on (id, status
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,8 +20,10 @@ from psycopg.types.json import Jsonb
 
 from db.repositories.analytics import refresh_entry_periods
 from db.repositories.entries import EntryRow
+from db.repositories.ledger import LedgerRepository
 from db.repositories.visualizations import DEFAULT_STYLE, ClaimedVisualization
 from domain.analysis import EntrySnapshot
+from domain.ledger import PaidCall
 
 # A live job of a person: processing under a lease that has not run out.
 _LIVE = "status = 'processing' AND coalesce(lease_expires_at, processing_started_at) >= now()"
@@ -197,6 +200,15 @@ UPDATE visualizations SET claim_count = greatest(claim_count + %(delta)s, 0)
 
 
 @dataclass(frozen=True)
+class AnalysisCheckpoint:
+    """The checkpoint's write: ``saved`` False if the lease was taken over; ``yielded``
+    True if the row went back to the pool in the same round trip (``yield_turn``)."""
+
+    saved: bool
+    yielded: bool
+
+
+@dataclass(frozen=True)
 class FairClaim:
     """What the fair claim took: an entry and its lease, or nothing (``capped``: the
     message's person is at the cap and its entry waits)."""
@@ -333,18 +345,50 @@ class EntryPipelineRepository:
         raw: dict[str, Any],
     ) -> bool:
         """The analysis checkpoint; False if the lease was taken over."""
-        cursor = self.conn.execute(
-            _SAVE_ANALYSIS,
-            {
-                "summary": summary,
-                "insights": insights,
-                "visual_elements": Jsonb(visual_elements),
-                "raw": Jsonb(raw),
-                "id": claim.id,
-                "lease": claim.lease,
-            },
-        )
-        return cursor.rowcount > 0
+        return self.checkpoint_analysis(
+            claim, summary=summary, insights=insights, visual_elements=visual_elements, raw=raw
+        ).saved
+
+    def checkpoint_analysis(
+        self,
+        claim: ClaimedVisualization,
+        *,
+        summary: str,
+        insights: list[str],
+        visual_elements: dict[str, Any],
+        raw: dict[str, Any],
+        yield_for: uuid.UUID | None = None,
+        paid_calls: Sequence[PaidCall] = (),
+    ) -> AnalysisCheckpoint:
+        """The analysis checkpoint, then (``yield_for``: the row's person) the yield of
+        ``yield_turn`` and the held ledger rows of ``paid_calls``, in one round trip
+        (psycopg's pipeline mode; in autocommit, one transaction: ``complete``)."""
+        params = {
+            "summary": summary,
+            "insights": insights,
+            "visual_elements": Jsonb(visual_elements),
+            "raw": Jsonb(raw),
+            "id": claim.id,
+            "lease": claim.lease,
+        }
+        if yield_for is None and not paid_calls:
+            cursor = self.conn.execute(_SAVE_ANALYSIS, params)
+            return AnalysisCheckpoint(saved=cursor.rowcount > 0, yielded=False)
+        save, turn = self.conn.cursor(), self.conn.cursor()
+        try:
+            with self.conn.pipeline():
+                save.execute(_SAVE_ANALYSIS, params)
+                if yield_for is not None:
+                    turn.execute(
+                        _YIELD_TURN, {"user_id": yield_for, "id": claim.id, "lease": claim.lease}
+                    )
+                LedgerRepository(self.conn).record_all(paid_calls)
+            return AnalysisCheckpoint(
+                saved=save.rowcount > 0, yielded=yield_for is not None and turn.rowcount > 0
+            )
+        finally:
+            save.close()
+            turn.close()
 
     def complete(
         self,
@@ -356,10 +400,12 @@ class EntryPipelineRepository:
         thumbnail_url: str | None = None,
         nanobanana_response: dict[str, Any] | None = None,
         style: str | None = None,
+        paid_calls: Sequence[PaidCall] = (),
     ) -> bool:
         """Mark completed (with the picture when given: the last step and the completion
         in one write) and refresh the person's analytics for the entry's periods, all in
-        one round trip (psycopg's pipeline mode); ``style``: a redraw's new style.
+        one round trip (psycopg's pipeline mode), with the held ledger rows of
+        ``paid_calls``; ``style``: a redraw's new style.
         False if the lease was taken over;
         the refresh is then harmless (it recomputes from the entries).
 
@@ -386,6 +432,7 @@ class EntryPipelineRepository:
             with self.conn.pipeline():
                 update.execute(_COMPLETE, params)
                 refresh_entry_periods(self.conn, user_id, entry_moment, removed=False)
+                LedgerRepository(self.conn).record_all(paid_calls)
             done = update.fetchone()
             return done is not None and done[0] > 0
         finally:

@@ -3,12 +3,15 @@ attempt the model API received (domain/ledger.py), on the pooled connection as
 psycopg's own (``ledger_of(uow)``).
 
 The worker's insert is one statement in autocommit (``uow.single_statement()``), one
-round trip per call; the budget's read is one index range scan on ``(user_id, at)``.
+round trip per call, or rides in the pipeline of the entry's next write (``record_all``,
+db/repositories/entry_pipeline.py); the budget's read is one index range scan on
+``(user_id, at)``.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
-from domain.ledger import Attempt, CallKind, CallOwner
+from domain.ledger import Attempt, CallKind, CallOwner, PaidCall
 
 if TYPE_CHECKING:
     from db.uow import UnitOfWork
@@ -128,6 +131,12 @@ class LedgerRepository:
             },
             prepare=True,
         )
+
+    def record_all(self, calls: Sequence[PaidCall]) -> None:
+        """Held rows (workers/services/ledger.py: ``holding``), inside the caller's
+        transaction or pipeline: they commit with the job's write that carries them."""
+        for call in calls:
+            self.record(call.kind, call.owner, call.attempt, call.cost_usd)
 
     def spent_since(self, user_id: uuid.UUID, since: datetime) -> Decimal:
         row = self.driver.execute(

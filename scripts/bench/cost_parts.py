@@ -83,7 +83,7 @@ def measure_parts(ids: list[tuple[str, str]]) -> tuple[dict[str, float], int]:
     _patch(timer, service.media, "replaced", "media files")
     repository = entry_pipeline.EntryPipelineRepository
     _patch(timer, repository, "claim_entry", "SQL: claim")
-    _patch(timer, repository, "save_analysis", "SQL: analysis checkpoint")
+    _patch(timer, repository, "checkpoint_analysis", "SQL: analysis checkpoint")
     _patch(timer, repository, "complete", "SQL: completion + analytics refresh")
     unit = uow_module.UnitOfWork
     _patch(timer, unit, "__enter__", "units of work (pool, commit, return)")

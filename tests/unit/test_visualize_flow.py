@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from db.repositories import ClaimedVisualization, EntryRow
+from db.repositories.entry_pipeline import AnalysisCheckpoint
 from domain.analysis import Analysis, AnalysisResult, EntrySnapshot, ImageResult
 from domain.errors import LeaseHeldError, NotFoundError, OwnershipError, ProviderUnavailableError
 from domain.messages import EntryCreated
@@ -78,11 +79,20 @@ class FakeVisualizations:
             row.id, row.lease, row.style, row.analysis, row.image_url
         )
 
-    def save_analysis(self, claim: ClaimedVisualization, **values: Any) -> bool:
+    def checkpoint_analysis(
+        self,
+        claim: ClaimedVisualization,
+        *,
+        yield_for: Any = None,
+        paid_calls: Any = (),
+        **values: Any,
+    ) -> AnalysisCheckpoint:
+        # No fair pool and no ledger here (real PostgreSQL: tests/integration).
+        assert yield_for is None and not paid_calls
         row = self._held(claim)
         if row is not None:
             self.pending.append(lambda: setattr(row, "analysis", values["raw"]))
-        return row is not None
+        return AnalysisCheckpoint(saved=row is not None, yielded=False)
 
     def save_image(self, claim: ClaimedVisualization, **values: Any) -> bool:
         row = self._held(claim)
@@ -91,8 +101,15 @@ class FakeVisualizations:
         return row is not None
 
     def complete(
-        self, claim: ClaimedVisualization, *, user_id: uuid.UUID, entry_moment: Any, **image: Any
+        self,
+        claim: ClaimedVisualization,
+        *,
+        user_id: uuid.UUID,
+        entry_moment: Any,
+        paid_calls: Any = (),
+        **image: Any,
     ) -> bool:
+        assert not paid_calls  # no ledger here
         # The real one refreshes the analytics in the same round trip.
         self.pending.append(lambda: self.db.analytics_refreshed.append(user_id))
         row = self._held(claim)

@@ -7,6 +7,13 @@ the per-person daily budget they check before a call.
   and counted (emotionviz_paid_calls_unrecorded_total), never raised: the call happened
   and its result is worth keeping. A person erased while the call ran is not named by
   its row (db/repositories/ledger.py: the cost is kept, with no person or entry).
+- ``holding``: inside it (an entry's job, workers/services/visualize.py) the rows wait
+  on the thread instead, and the job's next write carries them in its own round trip
+  (``riding``: the analysis checkpoint, the completion), which saves an entry two units
+  of work and two round trips (docs/benchmarks.md). What no write carried (a failed
+  call, a refused picture, a failed write) is written at the end of the block, each
+  row as ``record`` writes it. The price: a process killed between a call and the
+  job's next write (the picture's check and storage, ~10 ms) loses that call's row.
 - ``check_budget``: with USER_DAILY_BUDGET_USD set, the person's spend since 00:00 UTC,
   cached per process for ``cache_s`` (plus what this process recorded since), so an
   entry's calls cost no extra round trip. The budget is a soft limit: calls already
@@ -15,10 +22,11 @@ the per-person daily budget they check before a call.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -29,6 +37,7 @@ from domain.ledger import (
     Attempt,
     CallKind,
     CallOwner,
+    PaidCall,
     PriceTable,
     attempt_cost,
     budget_exceeded,
@@ -57,25 +66,16 @@ class PaidCallLedger:
         # (person, UTC day) -> (spend, when read): read from the database at most once
         # per cache_s; what this process records meanwhile is added to it.
         self._spent: dict[tuple[uuid.UUID, datetime], tuple[Decimal, float]] = {}
+        self._held = threading.local()  # .calls: this thread's held rows (``holding``)
 
     def record(self, kind: CallKind, owner: CallOwner, attempt: Attempt) -> Decimal:
         cost = attempt_cost(attempt, self.prices.of(attempt.model))
-        # Twice at most: a pooled connection the server closed (a restart, a killed
-        # backend) fails once and is replaced; the row is worth the second round trip.
-        for attempt_no in (1, 2):
-            try:
-                with self.uow_factory() as uow:
-                    uow.single_statement()
-                    ledger_of(uow).record(kind, owner, attempt, cost)
-                break
-            except DatabaseUnavailableError:
-                if attempt_no == 2:
-                    log.warning("paid call not recorded: the database is unavailable")
-                    count_unrecorded(attempt.model)
-            except Exception as exc:  # noqa: BLE001 - the call matters more than its row
-                log.warning("paid call not recorded in the ledger", error=type(exc).__name__)
-                count_unrecorded(attempt.model)
-                break
+        call = PaidCall(kind, owner, attempt, cost)
+        held: list[PaidCall] | None = getattr(self._held, "calls", None)
+        if held is not None:
+            held.append(call)
+        else:
+            self._write(call)
         if cost and owner.user_id is not None and self.budget is not None:
             key = (owner.user_id, start_of_utc_day(self.clock()))
             with self._lock:
@@ -83,6 +83,51 @@ class PaidCallLedger:
                     spent, at = self._spent[key]
                     self._spent[key] = (spent + cost, at)
         return cost
+
+    def _write(self, call: PaidCall) -> None:
+        # Twice at most: a pooled connection the server closed (a restart, a killed
+        # backend) fails once and is replaced; the row is worth the second round trip.
+        for attempt_no in (1, 2):
+            try:
+                with self.uow_factory() as uow:
+                    uow.single_statement()
+                    ledger_of(uow).record_all([call])
+                return
+            except DatabaseUnavailableError:
+                if attempt_no == 2:
+                    log.warning("paid call not recorded: the database is unavailable")
+                    count_unrecorded(call.attempt.model)
+            except Exception as exc:  # noqa: BLE001 - the call matters more than its row
+                log.warning("paid call not recorded in the ledger", error=type(exc).__name__)
+                count_unrecorded(call.attempt.model)
+                return
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """The rows of this thread's attempts inside the block wait for a write to carry
+        them (``riding``); those still waiting at its end are written then, one by one.
+        Nested, the outermost block writes."""
+        if getattr(self._held, "calls", None) is not None:
+            yield
+            return
+        self._held.calls = []
+        try:
+            yield
+        finally:
+            calls, self._held.calls = self._held.calls, None
+            for call in calls:
+                self._write(call)
+
+    @contextlib.contextmanager
+    def riding(self) -> Iterator[list[PaidCall]]:
+        """The rows waiting on this thread, for the write made inside the block to carry
+        in its transaction: they stop waiting once the block ends without an error (a
+        write that failed leaves them to ``holding``'s end)."""
+        held: list[PaidCall] | None = getattr(self._held, "calls", None)
+        taken = list(held or ())
+        yield taken
+        if held is not None:
+            del held[: len(taken)]
 
     def check_budget(self, owner: CallOwner) -> None:
         if self.budget is None or owner.user_id is None:

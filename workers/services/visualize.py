@@ -9,10 +9,11 @@ was reclaimed can no longer change the row.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -29,6 +30,7 @@ from domain.errors import (
     failure_reason,
     require_owned,
 )
+from domain.ledger import PaidCall
 from domain.messages import EntryCreated
 from domain.vocabulary import VisualizationStatus, VisualizationStyle
 from workers.logging import get_logger
@@ -37,6 +39,7 @@ from workers.providers.ratelimit import releases_batched
 from workers.services.imaging import check_image, thumbnail
 from workers.services.isolation import SuspectLock
 from workers.services.leases import LeaseKeeper
+from workers.services.ledger import PaidCallLedger
 from workers.services.media import (
     MediaLifecycle,
     all_keys,
@@ -73,6 +76,7 @@ class _Job(threading.local):
     # another's token): a failure of its job is that entry's, not the message's.
     turn: EntryCreated | None = None
     may_yield: bool = False  # a token's job: may give its thread to a waiting person
+    yielded: bool | None = None  # what the analysis checkpoint's yield did (None: none ran)
     redraw: bool = False  # draws its claimed row again (docs/operations.md, "Redraw")
 
 
@@ -83,10 +87,13 @@ class VisualizationService:
         providers: Providers,
         limits: VisualizeLimits,
         leases: LeaseKeeper | None = None,
+        ledger: PaidCallLedger | None = None,
     ) -> None:
         self.uow_factory = uow_factory
         self.providers = providers
         self.limits = limits
+        # The ledger the providers record to: the job's rows ride with its writes.
+        self.ledger = ledger
         self.leases = leases or LeaseKeeper(uow_factory, limits.lease_s)
         self.media = MediaLifecycle(uow_factory, providers.store)
         self.suspects = SuspectLock()
@@ -114,6 +121,7 @@ class VisualizationService:
     ) -> Outcome:
         self._job.held = None
         self._job.turn = None
+        self._job.yielded = None
         self._job.may_yield = may_yield and not message.redraw
         self._job.redraw = bool(message.redraw)
         # Claimed under an ordinary share of the suspect lock: a suspect of this
@@ -180,9 +188,22 @@ class VisualizationService:
     def _run(self, entry: EntryRow, claim: ClaimedVisualization) -> Outcome:
         """The steps under the lease; the caller holds it, renews it and gives it back
         if this raises. A rate gate's release is not waited for: its reply is read with
-        the next gate command or at the end (workers/providers/ratelimit.py)."""
-        with releases_batched():
+        the next gate command or at the end (workers/providers/ratelimit.py). The paid
+        calls' ledger rows ride with the job's next write (the checkpoint, the
+        completion), and what none carried is written at the end
+        (workers/services/ledger.py: ``holding``)."""
+        holding = self.ledger.holding() if self.ledger is not None else contextlib.nullcontext()
+        with releases_batched(), holding:
             return self._steps(entry, claim)
+
+    @contextlib.contextmanager
+    def _riding_calls(self) -> Iterator[list[PaidCall]]:
+        """The ledger rows held for the write made inside the block."""
+        if self.ledger is None:
+            yield []
+            return
+        with self.ledger.riding() as calls:
+            yield calls
 
     def _steps(self, entry: EntryRow, claim: ClaimedVisualization) -> Outcome:
         style = VisualizationStyle(claim.style)
@@ -205,11 +226,15 @@ class VisualizationService:
         )
         if redraw:
             picture["style"] = style.value
-        with self.uow_factory() as uow:
+        with self._riding_calls() as paid_calls, self.uow_factory() as uow:
             # One round trip: the completion's pipeline is one transaction of its own.
             uow.single_statement()
             completed = uow.entry_pipeline.complete(
-                claim, user_id=entry.user_id, entry_moment=entry.created_at, **picture
+                claim,
+                user_id=entry.user_id,
+                entry_moment=entry.created_at,
+                paid_calls=paid_calls,
+                **picture,
             )
         if not completed:
             if picture:
@@ -300,6 +325,10 @@ class VisualizationService:
         return entry, claim
 
     def _yield_turn(self, entry: EntryRow, claim: ClaimedVisualization) -> bool:
+        """Whether the job gave its row back to the pool: decided with the analysis
+        checkpoint in its round trip, else (a checkpoint found) asked now."""
+        if self._job.yielded is not None:
+            return self._job.yielded
         with self.uow_factory() as uow:
             uow.single_statement()
             return uow.entry_pipeline.yield_turn(claim, entry.user_id)
@@ -342,17 +371,23 @@ class VisualizationService:
             return Analysis.model_validate(claim.gemini_analysis["analysis"])
         result = self.providers.analysis.analyse(entry.snapshot, style)
         analysis = result.analysis
-        with self.uow_factory() as uow:
+        # A token's job asks, in the checkpoint's round trip, whether to yield its thread.
+        yield_for = entry.user_id if self._job.may_yield and not claim.image_url else None
+        with self._riding_calls() as paid_calls, self.uow_factory() as uow:
             uow.single_statement()
-            saved = uow.entry_pipeline.save_analysis(
+            checkpoint = uow.entry_pipeline.checkpoint_analysis(
                 claim,
                 summary=analysis.summary,
                 insights=analysis.insights,
                 visual_elements=analysis.visual_elements.model_dump(),
                 raw={**result.raw_response, "analysis": analysis.model_dump()},
+                yield_for=yield_for,
+                paid_calls=paid_calls,
             )
             uow.commit()
-        return analysis if saved else None
+        if yield_for is not None:
+            self._job.yielded = checkpoint.yielded
+        return analysis if checkpoint.saved else None
 
     def _image_step(
         self,
