@@ -148,3 +148,18 @@ def test_outside_a_holding_block_a_row_is_written_at_once(engine: Engine) -> Non
     ledger = PaidCallLedger(_CountedUnits(engine), PRICES, None)
     ledger.record("image", CallOwner(), Attempt("local", image=True))
     assert _calls(engine) == [(None, None, "image")]
+
+
+def test_a_failed_attempts_row_is_written_at_once_even_inside_a_holding_block(
+    engine: Engine,
+) -> None:
+    """A failed attempt may be followed by another call (a repair, a retry): its row is
+    not held, so a thread never holds a row while a call is in flight (a kill -9 cuts
+    at most one row per thread: scripts/chaos.py's bound)."""
+    ledger = PaidCallLedger(_CountedUnits(engine), PRICES, None)
+    with ledger.holding():
+        ledger.record("analysis", CallOwner(), Attempt("local", outcome="invalid_output"))
+        assert _calls(engine) == [(None, None, "analysis")]
+        ledger.record("analysis", CallOwner(), Attempt("local", input_tokens=5))
+        assert len(_calls(engine)) == 1  # the used answer's row waits
+    assert len(_calls(engine)) == 2

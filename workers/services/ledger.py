@@ -7,8 +7,9 @@ the per-person daily budget they check before a call.
   and counted (emotionviz_paid_calls_unrecorded_total), never raised: the call happened
   and its result is worth keeping. A person erased while the call ran is not named by
   its row (db/repositories/ledger.py: the cost is kept, with no person or entry).
-- ``holding``: inside it (an entry's job, workers/services/visualize.py) the rows wait
-  on the thread instead, and the job's next write carries them in its own round trip
+- ``holding``: inside it (an entry's job, workers/services/visualize.py) the rows of
+  answers the job used wait on the thread instead (a failed attempt's row is written
+  at once), and the job's next write carries them in its own round trip
   (``riding``: the analysis checkpoint, the completion), which saves an entry two units
   of work and two round trips (docs/benchmarks.md). What no write carried (a failed
   call, a refused picture, a failed write) is written at the end of the block, each
@@ -34,6 +35,7 @@ from db.repositories.ledger import ledger_of
 from db.uow import UnitOfWork
 from domain.errors import DatabaseUnavailableError
 from domain.ledger import (
+    OK,
     Attempt,
     CallKind,
     CallOwner,
@@ -72,7 +74,11 @@ class PaidCallLedger:
         cost = attempt_cost(attempt, self.prices.of(attempt.model))
         call = PaidCall(kind, owner, attempt, cost)
         held: list[PaidCall] | None = getattr(self._held, "calls", None)
-        if held is not None:
+        # Only an answer that was used waits: its job's next write follows at once (a
+        # failed attempt may be followed by another call: a repair, a retry). So a
+        # thread holds a row or has a call in flight, never both, and a kill -9 cuts
+        # at most one row per thread, as before (scripts/chaos.py's bound).
+        if held is not None and attempt.outcome == OK:
             held.append(call)
         else:
             self._write(call)
