@@ -1,8 +1,9 @@
 """An entry's CPU split by part, from each part's own thread CPU time.
 
 The real VisualizationService (bootstrap's, gemini provider, PostgreSQL, Redis, the
-emulator) runs entries one after the other in this process, on one thread; every part
-is wrapped in a timer of the thread's CPU clock that counts its time exclusive of the
+emulator) runs entries one after the other in this process, on one thread, each as a
+first delivery runs it (a token: the fair claim, the yield asked with the checkpoint);
+every part is wrapped in a timer of the thread's CPU clock that counts its time exclusive of the
 parts nested in it (the rate gate inside an SDK call is the gate's, not the SDK's). A
 sampling profiler could not split this honestly: sampled without ``--gil`` it counts a
 thread blocked in a socket read as running, with ``--gil`` it misses C code that lets
@@ -69,7 +70,7 @@ def measure_parts(ids: list[tuple[str, str]]) -> tuple[dict[str, float], int]:
     service = bootstrap.visualization_service()
     messages = [EntryCreated.model_validate({"entry_id": e, "user_id": u}) for e, u in ids]
     for message in messages[:WARM_UP]:
-        service.process(message)
+        service.process(message, fair=True)  # as a first delivery runs
     timer = PartTimer()
     sdk = service.providers.analysis.inner.client.sdk.models  # type: ignore[attr-defined]
     _patch(timer, sdk, "generate_content", "SDK calls (the floor's)")
@@ -83,6 +84,7 @@ def measure_parts(ids: list[tuple[str, str]]) -> tuple[dict[str, float], int]:
     _patch(timer, service.media, "replaced", "media files")
     repository = entry_pipeline.EntryPipelineRepository
     _patch(timer, repository, "claim_entry", "SQL: claim")
+    _patch(timer, repository, "fair_claim", "SQL: claim")
     _patch(timer, repository, "checkpoint_analysis", "SQL: analysis checkpoint")
     _patch(timer, repository, "complete", "SQL: completion + analytics refresh")
     unit = uow_module.UnitOfWork
@@ -95,7 +97,7 @@ def measure_parts(ids: list[tuple[str, str]]) -> tuple[dict[str, float], int]:
     try:
         for message in measured:
             with timer.part("the service's own (leases, logging, flow)"):
-                service.process(message)
+                service.process(message, fair=True)  # as a first delivery runs
     finally:  # undo the patches: the class attributes are shared
         unit.driver = driver  # type: ignore[method-assign]
         for owner in (ratelimit.RateGate, repository, unit, visualize):
