@@ -14,7 +14,8 @@ Prints figures measured in one run; it asserts nothing.
 The figure: worker CPU per entry / floor (target <= 1.5, moonshot <= 1.2), the floor
 being the mean of its measures before and after the pipeline (the machine drifts).
 Beside it, like for like: the floor alone on the workers' processes x threads (what
-that many threads cost each other, without any of our code).
+that many threads cost each other, without any of our code), also the mean of its
+measures before and after the pipeline.
 The servers' CPU on our behalf (PostgreSQL, Redis) and the emulator's are printed
 beside it.
 
@@ -97,18 +98,20 @@ def main() -> int:
         for part, ms in floor.items():
             print(f"    {part:28s} {ms:7.2f} ms")
         print(f"    {'floor':28s} {sum(floor.values()):7.2f} ms")
+        # On the workers' processes x threads: what the same concurrency costs the floor
+        # alone (threads handing the GIL to each other), like for like; before and after
+        # the pipeline, as the one-thread floor.
+        alike = [_alike_ms(args, emulator)]
         with bench_database() as db_url:
             per_entry = run_pipeline(args, db_url, emulator)
         # Measured again after the pipeline: this machine's speed drifts by 10-20 % over
         # minutes, and the ratio must compare like with like.
         floors = [sum(floor.values()), sum(measure_floor(emulator.url, args.floor_calls).values())]
-        # And on the workers' processes x threads: what the same concurrency costs the
-        # floor alone (threads handing the GIL to each other), like for like.
-        _, floor_cpu = run_processes(emulator.url, args.processes, args.threads, args.entries)
+        alike.append(_alike_ms(args, emulator))
     finally:
         emulator.stop()
     floor_ms = sum(floors) / 2
-    alike_ms = floor_cpu * 1000 / args.entries
+    alike_ms = sum(alike) / 2
     workers_ms = per_entry["workers"]
     all_in = sum(per_entry.values()) - per_entry["emulator"]
     print(
@@ -117,9 +120,16 @@ def main() -> int:
         f"{workers_ms / floor_ms:.2f} x (target <= 1.5, moonshot <= 1.2); with "
         f"PostgreSQL and Redis {all_in:.2f} ms = {all_in / floor_ms:.2f} x"
         f"\n    like for like: the floor alone on {args.processes} processes x {args.threads} "
-        f"threads {alike_ms:.2f} ms; worker CPU / that = {workers_ms / alike_ms:.2f} x"
+        f"threads, before {alike[0]:.2f} ms, after {alike[1]:.2f} ms; mean {alike_ms:.2f} ms; "
+        f"worker CPU / that = {workers_ms / alike_ms:.2f} x"
     )
     return 0
+
+
+def _alike_ms(args: argparse.Namespace, emulator: Emulator) -> float:
+    """CPU ms per entry of the floor alone on the workers' processes x threads."""
+    _, floor_cpu = run_processes(emulator.url, args.processes, args.threads, args.entries)
+    return floor_cpu * 1000 / args.entries
 
 
 def run_pipeline(args: argparse.Namespace, db_url: str, emulator: Emulator) -> dict[str, float]:
