@@ -14,13 +14,14 @@ Prints figures measured in one run; it asserts nothing.
 The figure: worker CPU per entry / floor (target <= 1.5, moonshot <= 1.2), the floor
 being the mean of its measures before and after the pipeline (the machine drifts).
 Beside it, like for like: the floor alone on the workers' processes x threads (what
-that many threads cost each other, without any of our code), also the mean of its
-measures before and after the pipeline.
+that many threads cost each other, without any of our code), run in ``--rounds``
+rounds in turn with the workers, each on as many entries, so that both see the same
+drift of the machine's speed.
 The servers' CPU on our behalf (PostgreSQL, Redis) and the emulator's are printed
 beside it.
 
 Usage: .venv/bin/python scripts/bench_cost.py [--entries 2000] [--processes 2]
-       [--threads 16] [--floor-calls 200] [--parts-entries 300]
+       [--threads 16] [--floor-calls 200] [--parts-entries 300] [--rounds 4]
 Uses DATABASE_URL / REDIS_URL when set, else the embedded servers.
 """
 
