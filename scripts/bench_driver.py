@@ -69,7 +69,7 @@ def on_driver(factory: sessionmaker[Session], entry: uuid.UUID, user: uuid.UUID)
     assert claim is not None
     marks.append(time.thread_time())
     with UnitOfWork(factory) as uow:
-        assert uow.entry_pipeline.save_analysis(claim, **ANALYSIS)
+        assert uow.entry_pipeline.checkpoint_analysis(claim, **ANALYSIS).saved
         uow.commit()
     marks.append(time.thread_time())
     with UnitOfWork(factory) as uow:

@@ -335,20 +335,6 @@ class EntryPipelineRepository:
         )
         return cursor.rowcount > 0
 
-    def save_analysis(
-        self,
-        claim: ClaimedVisualization,
-        *,
-        summary: str,
-        insights: list[str],
-        visual_elements: dict[str, Any],
-        raw: dict[str, Any],
-    ) -> bool:
-        """The analysis checkpoint; False if the lease was taken over."""
-        return self.checkpoint_analysis(
-            claim, summary=summary, insights=insights, visual_elements=visual_elements, raw=raw
-        ).saved
-
     def checkpoint_analysis(
         self,
         claim: ClaimedVisualization,
@@ -360,7 +346,8 @@ class EntryPipelineRepository:
         yield_for: uuid.UUID | None = None,
         paid_calls: Sequence[PaidCall] = (),
     ) -> AnalysisCheckpoint:
-        """The analysis checkpoint, then (``yield_for``: the row's person) the yield of
+        """The analysis checkpoint (``saved`` False if the lease was taken over), then
+        (``yield_for``: the row's person) the yield of
         ``yield_turn`` and the held ledger rows of ``paid_calls``, in one round trip
         (psycopg's pipeline mode; in autocommit, one transaction: ``complete``)."""
         params = {

@@ -140,13 +140,13 @@ def test_completion_saves_the_picture_and_refreshes_the_analytics_in_one_unit(
     user_id, claim = _claimed(engine)
     factory = make_session_factory(engine)
     with UnitOfWork(factory) as uow:
-        assert uow.entry_pipeline.save_analysis(
+        assert uow.entry_pipeline.checkpoint_analysis(
             claim,
             summary="A calm day",
             insights=["one", "two"],
             visual_elements={"colors": ["blue"]},
             raw={"analysis": {"summary": "A calm day"}},
-        )
+        ).saved
         uow.commit()
     with UnitOfWork(factory) as uow:
         done = uow.entry_pipeline.complete(
@@ -244,7 +244,7 @@ def test_a_driver_unit_wraps_errors_and_gives_back_a_working_connection(
     _, claim = _claimed(engine)
     factory = make_session_factory(engine)
     with pytest.raises(DataRejectedError, match="refused the data"), UnitOfWork(factory) as uow:
-        uow.entry_pipeline.save_analysis(
+        uow.entry_pipeline.checkpoint_analysis(
             claim, summary="nul \x00 inside", insights=[], visual_elements={}, raw={}
         )
     with UnitOfWork(factory) as uow:  # a transaction left open would be rolled back
