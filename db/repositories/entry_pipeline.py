@@ -364,12 +364,15 @@ class EntryPipelineRepository:
         save, turn = self.conn.cursor(), self.conn.cursor()
         try:
             with self.conn.pipeline():
+                # The ledger rows first: their check of the person (FOR KEY SHARE on
+                # users) then comes before the row's lock, in an erase's order (users,
+                # then its cascade to the rows), so the two cannot deadlock.
+                LedgerRepository(self.conn).record_all(paid_calls)
                 save.execute(_SAVE_ANALYSIS, params)
                 if yield_for is not None:
                     turn.execute(
                         _YIELD_TURN, {"user_id": yield_for, "id": claim.id, "lease": claim.lease}
                     )
-                LedgerRepository(self.conn).record_all(paid_calls)
             return AnalysisCheckpoint(
                 saved=save.rowcount > 0, yielded=yield_for is not None and turn.rowcount > 0
             )
@@ -417,9 +420,9 @@ class EntryPipelineRepository:
         update = self.conn.cursor()
         try:
             with self.conn.pipeline():
+                LedgerRepository(self.conn).record_all(paid_calls)  # first: as above
                 update.execute(_COMPLETE, params)
                 refresh_entry_periods(self.conn, user_id, entry_moment, removed=False)
-                LedgerRepository(self.conn).record_all(paid_calls)
             done = update.fetchone()
             return done is not None and done[0] > 0
         finally:

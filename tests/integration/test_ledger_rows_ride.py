@@ -163,3 +163,40 @@ def test_a_failed_attempts_row_is_written_at_once_even_inside_a_holding_block(
         ledger.record("analysis", CallOwner(), Attempt("local", input_tokens=5))
         assert len(_calls(engine)) == 1  # the used answer's row waits
     assert len(_calls(engine)) == 2
+
+
+class _Interrupt(BaseException):
+    """As Dramatiq's time limit: raised into the thread, no Exception."""
+
+
+def test_an_interruption_after_the_carrying_write_never_writes_a_row_twice(
+    engine: Engine,
+) -> None:
+    """psycopg's pipeline commits at its Sync even when its block raised: an
+    interruption that lands after the write may find the rows committed, so they count
+    as carried (lost at worst, as a cut call's row, never written twice)."""
+    units = _CountedUnits(engine)
+    ledger = PaidCallLedger(units, PRICES, None)
+    with ledger.holding():
+        ledger.record("image", CallOwner(), Attempt("local", image=True))
+        with pytest.raises(_Interrupt), ledger.riding() as calls, units() as uow:
+            uow.single_statement()
+            ledger_of(uow).record_all(calls)  # committed (autocommit)
+            raise _Interrupt
+    assert _calls(engine) == [(None, None, "image")]
+
+
+def test_rows_an_interruption_keeps_from_being_written_are_counted(engine: Engine) -> None:
+    from prometheus_client import REGISTRY
+
+    name, labels = "emotionviz_paid_calls_unrecorded_total", {"model": "local"}
+    before = REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def interrupted() -> UnitOfWork:
+        raise _Interrupt
+
+    ledger = PaidCallLedger(interrupted, PRICES, None)
+    with pytest.raises(_Interrupt), ledger.holding():
+        ledger.record("analysis", CallOwner(), Attempt("local", input_tokens=5))
+        ledger.record("image", CallOwner(), Attempt("local", image=True))
+    assert REGISTRY.get_sample_value(name, labels) == before + 2

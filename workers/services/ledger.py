@@ -14,7 +14,9 @@ the per-person daily budget they check before a call.
   of work and two round trips (docs/benchmarks.md). What no write carried (a failed
   call, a refused picture, a failed write) is written at the end of the block, each
   row as ``record`` writes it. The price: a process killed between a call and the
-  job's next write (the picture's check and storage, ~10 ms) loses that call's row.
+  job's next write (the picture's check and storage: ~10 ms on a disk, longer to an
+  object store), or a time limit landing in that write, loses that call's row (lost,
+  never written twice: ``riding``).
 - ``check_budget``: with USER_DAILY_BUDGET_USD set, the person's spend since 00:00 UTC,
   cached per process for ``cache_s`` (plus what this process recorded since), so an
   entry's calls cost no extra round trip. The budget is a soft limit: calls already
@@ -121,17 +123,39 @@ class PaidCallLedger:
             yield
         finally:
             calls, self._held.calls = self._held.calls, None
-            for call in calls:
-                self._write(call)
+            self._write_left(calls)
+
+    def _write_left(self, calls: list[PaidCall]) -> None:
+        for done, call in enumerate(calls):
+            try:
+                self._write(call)  # never raises an Exception
+            except BaseException:
+                # An interruption (the time limit, a shutdown) landed in a write: the
+                # rows not written yet are counted, as any row that could not be.
+                for lost in calls[done:]:
+                    count_unrecorded(lost.attempt.model)
+                log.warning("paid calls not recorded: interrupted", rows=len(calls) - done)
+                raise
 
     @contextlib.contextmanager
     def riding(self) -> Iterator[list[PaidCall]]:
         """The rows waiting on this thread, for the write made inside the block to carry
-        in its transaction: they stop waiting once the block ends without an error (a
-        write that failed leaves them to ``holding``'s end)."""
+        in its transaction. They stop waiting when the block ends, unless it raised an
+        Exception: the write failed and rolled back (or never sent them), and they are
+        left to ``holding``'s end. An interruption that is no Exception (the time limit,
+        a shutdown) may land after the write committed (psycopg's pipeline sends its
+        Sync even when its block raised): its rows count as carried. So a row may be
+        lost, as a call cut by a kill is, but never written twice."""
         held: list[PaidCall] | None = getattr(self._held, "calls", None)
         taken = list(held or ())
-        yield taken
+        try:
+            yield taken
+        except Exception:
+            raise
+        except BaseException:
+            if held is not None:
+                del held[: len(taken)]
+            raise
         if held is not None:
             del held[: len(taken)]
 
