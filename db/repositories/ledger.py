@@ -15,14 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import psycopg
 
 from domain.ledger import Attempt, CallKind, CallOwner, PaidCall
-
-if TYPE_CHECKING:
-    from db.uow import UnitOfWork
 
 UsageBy = Literal["user", "day", "model"]
 
@@ -165,6 +162,14 @@ class LedgerRepository:
         return DaySpend(int(row[0]), Decimal(row[1]), int(row[2]))
 
 
-def ledger_of(uow: UnitOfWork) -> LedgerRepository:
+class _DriverUnit(Protocol):
+    """A unit of work lending its driver connection (db/uow.py), named structurally:
+    the per-entry pipeline imports this module, and db/uow.py imports that one."""
+
+    @property
+    def driver(self) -> psycopg.Connection[Any]: ...
+
+
+def ledger_of(uow: _DriverUnit) -> LedgerRepository:
     """The ledger on the unit's driver connection (db/uow.py lends it to repositories)."""
     return LedgerRepository(uow.driver)
