@@ -148,16 +148,15 @@ class PaidCallLedger:
         lost, as a call cut by a kill is, but never written twice."""
         held: list[PaidCall] | None = getattr(self._held, "calls", None)
         taken = list(held or ())
+        carried = True
         try:
             yield taken
         except Exception:
+            carried = False
             raise
-        except BaseException:
-            if held is not None:
+        finally:
+            if carried and held is not None:
                 del held[: len(taken)]
-            raise
-        if held is not None:
-            del held[: len(taken)]
 
     def check_budget(self, owner: CallOwner) -> None:
         if self.budget is None or owner.user_id is None:

@@ -211,7 +211,7 @@ class VisualizationService:
         analysis = self._analysis_step(entry, claim, style)
         if analysis is None:
             return Outcome.LEASE_LOST
-        if self._job.may_yield and not claim.image_url and self._yield_turn(entry, claim):
+        if self._yield_turn(entry, claim):
             log.info("gave the thread to a person waiting with nothing running")
             return Outcome.YIELDED
         # The picture is saved with the completion, in one write. A redraw draws into
@@ -324,9 +324,15 @@ class VisualizationService:
             return None
         return entry, claim
 
+    def _may_yield(self, claim: ClaimedVisualization) -> bool:
+        return self._job.may_yield and not claim.image_url
+
     def _yield_turn(self, entry: EntryRow, claim: ClaimedVisualization) -> bool:
-        """Whether the job gave its row back to the pool: decided with the analysis
-        checkpoint in its round trip, else (a checkpoint found) asked now."""
+        """Whether the job gave its row back to the pool (only a token's job, before its
+        picture, may): decided with the analysis checkpoint in its round trip, else (a
+        checkpoint found) asked now."""
+        if not self._may_yield(claim):
+            return False
         if self._job.yielded is not None:
             return self._job.yielded
         with self.uow_factory() as uow:
@@ -372,7 +378,7 @@ class VisualizationService:
         result = self.providers.analysis.analyse(entry.snapshot, style)
         analysis = result.analysis
         # A token's job asks, in the checkpoint's round trip, whether to yield its thread.
-        yield_for = entry.user_id if self._job.may_yield and not claim.image_url else None
+        yield_for = entry.user_id if self._may_yield(claim) else None
         with self._riding_calls() as paid_calls, self.uow_factory() as uow:
             uow.single_statement()
             checkpoint = uow.entry_pipeline.checkpoint_analysis(
