@@ -90,9 +90,18 @@ def main() -> int:
     parser.add_argument("--floor-calls", type=int, default=200)
     parser.add_argument("--parts-entries", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--cpu-affinity",
+        choices=["spread", "none"],
+        default="spread",
+        help="WORKER_CPU_AFFINITY of the workers, and the like-for-like floor's the same",
+    )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    print(
+        f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+        f"WORKER_CPU_AFFINITY={args.cpu_affinity}"
+    )
     emulator = Emulator(0, 0)
     try:
         floor = measure_floor(emulator.url, args.floor_calls)
@@ -124,7 +133,9 @@ def main() -> int:
 
 def _alike_cpu_s(args: argparse.Namespace, emulator: Emulator, entries: int) -> float:
     """CPU seconds of the floor alone on the workers' processes x threads."""
-    _, floor_cpu = run_processes(emulator.url, args.processes, args.threads, entries)
+    _, floor_cpu = run_processes(
+        emulator.url, args.processes, args.threads, entries, cpu_affinity=args.cpu_affinity
+    )
     return float(floor_cpu)
 
 
@@ -138,6 +149,7 @@ def run_pipeline(
         "PROVIDER": "gemini",
         "GEMINI_API_KEY": "bench-key",
         "GEMINI_BASE_URL": emulator.url,
+        "WORKER_CPU_AFFINITY": args.cpu_affinity,
     }
     make_entries(db_url, args.entries + args.parts_entries + WARM_UP)
     ids = entry_ids(db_url)

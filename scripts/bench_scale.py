@@ -92,7 +92,12 @@ def run_floor(args: argparse.Namespace, model: str) -> None:
     try:
         emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)])
         elapsed, cpu = floor.run_processes(
-            emulator.url, args.processes, threads, count, use_asyncio=model == "floor-asyncio"
+            emulator.url,
+            args.processes,
+            threads,
+            count,
+            use_asyncio=model == "floor-asyncio",
+            cpu_affinity=args.cpu_affinity,
         )
         emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)]) - emulator_cpu
     finally:
@@ -125,6 +130,7 @@ def run(args: argparse.Namespace, db_url: str, model: str) -> None:
         "ANALYSIS_MAX_CONCURRENT": str(in_flight),
         "IMAGE_MAX_CONCURRENT": str(in_flight),
         "WORKER_THREADS": str(threads),
+        "WORKER_CPU_AFFINITY": args.cpu_affinity,
     }
     make_entries(db_url, count)
     ids = entry_ids(db_url)
@@ -183,9 +189,18 @@ def main() -> int:
         choices=["threads", "gevent", "floor", "floor-asyncio"],
         default=["threads", "floor", "floor-asyncio"],
     )
+    parser.add_argument(
+        "--cpu-affinity",
+        choices=["spread", "none"],
+        default="spread",
+        help="WORKER_CPU_AFFINITY of the workers, and the floor's processes the same",
+    )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
+    print(
+        f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+        f"WORKER_CPU_AFFINITY={args.cpu_affinity}"
+    )
     if "gevent" in args.models and importlib.util.find_spec("gevent") is None:
         print("gevent is not installed (pip install gevent): that model is skipped")
         args.models = [m for m in args.models if m != "gevent"]

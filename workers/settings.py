@@ -188,6 +188,10 @@ class Settings(BaseSettings):
     # Worker runtime.
     worker_processes: int = Field(default=2, ge=1, le=64)
     worker_threads: int = Field(default=32, ge=1, le=1024)
+    # "spread": each worker process keeps its threads on its share of the machine's CPUs
+    # (workers/entrypoints/cpu_affinity.py); only where one worker group has the machine
+    # or container to itself, with WORKER_PROCESSES its processes.
+    worker_cpu_affinity: Literal["none", "spread"] = "none"
     max_retries: int = Field(default=5, ge=0, le=100)
     min_backoff_ms: int = Field(default=2_000, ge=1)
     max_backoff_ms: int = Field(default=300_000, ge=1)

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from db.repositories.analytics import refresh_entry_periods
 from db.repositories.entries import EntryRow
-from db.repositories.ledger import LedgerRepository
+from db.repositories.ledger import RIDING_ROWS_CTE, riding_rows
 from db.repositories.visualizations import DEFAULT_STYLE, ClaimedVisualization
 from domain.analysis import EntrySnapshot
 from domain.ledger import PaidCall
@@ -134,11 +134,52 @@ FROM fair_claim(%(entry_id)s, %(user_id)s, %(style)s, %(lease_s)s, %(cap)s,
 LEFT JOIN emotion_entries e ON e.id = f.f_entry_id
 """
 
+# The analysis checkpoint, in one statement: the held ledger rows (RIDING_ROWS_CTE),
+# the analysis saved under the lease, and (``yield_for``: the row's person) the yield.
 # A job yields its thread between its steps (after the analysis, checkpointed) when
 # another person has a fresh entry waiting and nothing running, and its own person has
 # other jobs running: its row goes back to the pool, first of its person's entries, and
 # the thread takes the waiting one (docs/reliability.md, "Fairness"). The person's ring
-# row is held (SKIP LOCKED: no wait) so that the ring cannot drop them meanwhile.
+# row is held (SKIP LOCKED: no wait) so that the ring cannot drop them meanwhile. The
+# save and the yield are one UPDATE of the row (a statement cannot change a row twice);
+# the yield's conditions read the snapshot the save's lease check reads. The ledger
+# rows come first (the InitPlan in the WHERE), in an erase's lock order.
+_CHECKPOINT = f"""
+WITH {RIDING_ROWS_CTE}, turn AS (
+    SELECT %(yield_for)s::uuid IS NOT NULL
+       AND EXISTS (SELECT 1 FROM fair_turns WHERE user_id = %(yield_for)s::uuid
+                   FOR UPDATE SKIP LOCKED)
+       AND EXISTS (
+           SELECT 1 FROM fair_turns t
+           WHERE t.user_id <> %(yield_for)s::uuid
+             AND EXISTS (SELECT 1 FROM fair_waiting w
+                         WHERE w.user_id = t.user_id AND w.lane = 0)
+             AND NOT EXISTS (SELECT 1 FROM visualizations o
+                             WHERE o.user_id = t.user_id AND {_LIVE}))
+       AND (SELECT count(*) FROM visualizations m
+            WHERE m.user_id = %(yield_for)s::uuid AND {_LIVE}) >= 2 AS go
+), saved AS (
+    UPDATE visualizations AS v
+    SET summary = %(summary)s, insights = %(insights)s, visual_elements = %(visual_elements)s,
+        gemini_analysis = %(raw)s,
+        status = CASE WHEN t.go THEN 'pending' ELSE v.status END,
+        processing_started_at = CASE WHEN t.go THEN NULL ELSE v.processing_started_at END,
+        lease_expires_at = CASE WHEN t.go THEN NULL ELSE v.lease_expires_at END,
+        claim_count = CASE WHEN t.go THEN greatest(v.claim_count - 1, 0) ELSE v.claim_count END,
+        dispatched_at = CASE WHEN t.go THEN now() ELSE v.dispatched_at END
+    FROM turn t
+    WHERE v.id = %(id)s AND v.status = 'processing' AND v.processing_started_at = %(lease)s
+      AND (SELECT count(*) FROM ledger) >= 0
+    RETURNING v.entry_id, v.user_id, t.go AS yielded
+), pooled AS (
+    INSERT INTO fair_waiting (entry_id, user_id, lane, queued_at)
+    SELECT entry_id, user_id, 0, '-infinity' FROM saved WHERE yielded
+    ON CONFLICT (entry_id) DO NOTHING
+)
+SELECT count(*), coalesce(bool_or(yielded), false) FROM saved
+"""
+
+# The yield asked alone: a job whose analysis an earlier run checkpointed.
 _YIELD_TURN = f"""
 WITH ring AS (
     SELECT user_id FROM fair_turns WHERE user_id = %(user_id)s FOR UPDATE SKIP LOCKED
@@ -163,18 +204,11 @@ ON CONFLICT (entry_id) DO NOTHING
 
 _HELD = "WHERE id = %(id)s AND status = 'processing' AND processing_started_at = %(lease)s"
 
-_SAVE_ANALYSIS = f"""
-UPDATE visualizations
-SET summary = %(summary)s, insights = %(insights)s, visual_elements = %(visual_elements)s,
-    gemini_analysis = %(raw)s
-{_HELD}
-"""
-
-# The picture's columns keep what a checkpoint saved when this run drew nothing (NULL).
-# A finished entry leaves the fair pool (a republish of a row still running may have
-# pooled it); the count is the update's.
+# The picture's columns keep what a checkpoint saved when this run drew nothing (NULL),
+# with the held ledger rows (RIDING_ROWS_CTE). A finished entry leaves the fair pool (a
+# republish of a row still running may have pooled it); the count is the update's.
 _COMPLETE = f"""
-WITH done AS (
+WITH {RIDING_ROWS_CTE}, done AS (
 UPDATE visualizations
 SET status = 'completed', processing_completed_at = now(), lease_expires_at = NULL,
     claim_count = 0, error_message = NULL, style = coalesce(%(style)s, style),
@@ -182,6 +216,7 @@ SET status = 'completed', processing_completed_at = now(), lease_expires_at = NU
     thumbnail_url = coalesce(%(thumbnail_url)s, thumbnail_url),
     nanobanana_response = coalesce(%(nanobanana_response)s, nanobanana_response)
 {_HELD}
+  AND (SELECT count(*) FROM ledger) >= 0  -- the held ledger rows first, as _CHECKPOINT
 RETURNING entry_id
 ), unpooled AS (
     DELETE FROM fair_waiting w WHERE w.entry_id = (SELECT entry_id FROM done)
@@ -346,10 +381,9 @@ class EntryPipelineRepository:
         yield_for: uuid.UUID | None = None,
         paid_calls: Sequence[PaidCall] = (),
     ) -> AnalysisCheckpoint:
-        """The analysis checkpoint (``saved`` False if the lease was taken over), then
-        (``yield_for``: the row's person) the yield of
-        ``yield_turn`` and the held ledger rows of ``paid_calls``, in one round trip
-        (psycopg's pipeline mode; in autocommit, one transaction: ``complete``)."""
+        """The analysis checkpoint (``saved`` False if the lease was taken over), with
+        the held ledger rows of ``paid_calls`` and (``yield_for``: the row's person) the
+        yield of ``yield_turn``, in one statement: one round trip, one transaction."""
         params = {
             "summary": summary,
             "insights": insights,
@@ -357,28 +391,12 @@ class EntryPipelineRepository:
             "raw": Jsonb(raw),
             "id": claim.id,
             "lease": claim.lease,
+            "yield_for": yield_for,
+            **riding_rows(paid_calls),
         }
-        if yield_for is None and not paid_calls:
-            cursor = self.conn.execute(_SAVE_ANALYSIS, params)
-            return AnalysisCheckpoint(saved=cursor.rowcount > 0, yielded=False)
-        save, turn = self.conn.cursor(), self.conn.cursor()
-        try:
-            with self.conn.pipeline():
-                # The ledger rows first: their check of the person (FOR KEY SHARE on
-                # users) then comes before the row's lock, in an erase's order (users,
-                # then its cascade to the rows), so the two cannot deadlock.
-                LedgerRepository(self.conn).record_all(paid_calls)
-                save.execute(_SAVE_ANALYSIS, params)
-                if yield_for is not None:
-                    turn.execute(
-                        _YIELD_TURN, {"user_id": yield_for, "id": claim.id, "lease": claim.lease}
-                    )
-            return AnalysisCheckpoint(
-                saved=save.rowcount > 0, yielded=yield_for is not None and turn.rowcount > 0
-            )
-        finally:
-            save.close()
-            turn.close()
+        row = self.conn.execute(_CHECKPOINT, params).fetchone()
+        assert row is not None  # an aggregate: always one row
+        return AnalysisCheckpoint(saved=row[0] > 0, yielded=bool(row[1]))
 
     def complete(
         self,
@@ -414,13 +432,13 @@ class EntryPipelineRepository:
             "style": style,
             "id": claim.id,
             "lease": claim.lease,
+            **riding_rows(paid_calls),
         }
         # (psycopg's transaction() would sync after its BEGIN and before its COMMIT:
         # three round trips; an explicit BEGIN and COMMIT here, two more statements.)
         update = self.conn.cursor()
         try:
             with self.conn.pipeline():
-                LedgerRepository(self.conn).record_all(paid_calls)  # first: as above
                 update.execute(_COMPLETE, params)
                 refresh_entry_periods(self.conn, user_id, entry_moment, removed=False)
             done = update.fetchone()

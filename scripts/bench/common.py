@@ -122,7 +122,12 @@ class Workers:
         gevent: bool = False,
         modules: Sequence[str] = ("noop_actors",),
         log_prefix: str = "worker",
+        root: Path = ROOT,
     ) -> None:
+        """``root``: the checkout whose code the workers run (scripts/bench_ab.py)."""
+        # What `emotionviz worker` tells its processes (WORKER_CPU_AFFINITY shares the
+        # CPUs among WORKER_PROCESSES).
+        env = {**env, "WORKER_PROCESSES": str(processes), "WORKER_THREADS": str(threads)}
         self.env, self.processes = env, processes
         self.log_path = OUT / f"{log_prefix}-{uuid.uuid4().hex[:6]}.log"
         self.log = self.log_path.open("wb")
@@ -135,7 +140,7 @@ class Workers:
                 "workers.entrypoints.worker",
                 *modules,
                 "--path",
-                str(ROOT / "scripts" / "bench"),
+                str(root / "scripts" / "bench"),
                 "--processes",
                 str(processes),
                 "--threads",
@@ -147,7 +152,7 @@ class Workers:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=root,
         )
         client = redis.Redis.from_url(env["REDIS_URL"])
         heartbeats = redis_keys.heartbeats(env["REDIS_NAMESPACE"])

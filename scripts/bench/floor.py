@@ -28,6 +28,7 @@ from google import genai
 
 from domain.analysis import EntrySnapshot, analysis_prompt, image_prompt
 from domain.vocabulary import VisualizationStyle
+from workers.entrypoints.cpu_affinity import AffinityMode, cpu_share
 from workers.providers.gemini import (
     FIRST_TOKENS,
     GeminiAnalysisProvider,
@@ -147,18 +148,31 @@ async def run_tasks(url: str, entries: int, tasks: int) -> None:
 
 
 def run_processes(
-    url: str, processes: int, threads: int, entries: int, *, use_asyncio: bool = False
+    url: str,
+    processes: int,
+    threads: int,
+    entries: int,
+    *,
+    use_asyncio: bool = False,
+    cpu_affinity: AffinityMode = "none",
 ) -> tuple[float, float]:
     """``entries`` floor entries over ``processes`` processes x ``threads`` threads (or
     tasks), started together once every process has warmed up: the wall seconds and
-    the processes' CPU seconds from the start."""
+    the processes' CPU seconds from the start. ``cpu_affinity`` "spread": each process
+    on its share of the CPUs, as the workers with WORKER_CPU_AFFINITY=spread."""
     command = [sys.executable, __file__, "--url", url, "--threads", str(threads)]
     command += ["--entries", str(entries // processes)]
     command += ["--asyncio"] if use_asyncio else []
-    procs = [
-        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for _ in range(processes)
-    ]
+    allowed = sorted(os.sched_getaffinity(0))
+    procs = []
+    for rank in range(processes):
+        cpus = cpu_share(allowed, rank, processes) if cpu_affinity == "spread" else set()
+        pinning = ["--cpus", ",".join(map(str, sorted(cpus)))] if cpus else []
+        procs.append(
+            subprocess.Popen(
+                command + pinning, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+        )
     try:
         cpu = 0.0
         for proc in procs:
@@ -194,7 +208,10 @@ def main() -> int:
     parser.add_argument("--entries", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True, help="threads, or tasks")
     parser.add_argument("--asyncio", action="store_true", help="tasks on one event loop")
+    parser.add_argument("--cpus", help="keep this process on these CPUs (comma-separated)")
     args = parser.parse_args()
+    if args.cpus:  # before any thread starts: they all inherit it
+        os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
     if args.asyncio:
         asyncio.run(run_tasks(args.url, args.entries, args.threads))
         print("done", _cpu_so_far(), flush=True)

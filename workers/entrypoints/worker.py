@@ -9,6 +9,7 @@ import sys
 from domain.errors import ConfigurationError
 from workers import bootstrap
 from workers.entrypoints.actors import declare_actors
+from workers.entrypoints.cpu_affinity import CpuAffinity
 from workers.entrypoints.event_delivery import EventDelivery
 from workers.entrypoints.failover_watch import FailoverWatchMiddleware
 from workers.messaging.broker import declare_queues_now, watch_pauses
@@ -38,6 +39,8 @@ except ConfigurationError as exc:
     sys.stderr.write(f"emotionviz worker: {exc}\n")
     sys.stderr.flush()
     raise SystemExit(2) from None
+# Before the warm-up and the threads: every thread the process starts shares its CPUs.
+broker.add_middleware(CpuAffinity(settings.worker_cpu_affinity, settings.worker_processes))
 broker.add_middleware(
     WarmUp(
         bootstrap.visualization_service,

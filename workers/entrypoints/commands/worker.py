@@ -86,11 +86,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
         prepare_metrics_dir(settings.metrics_port, env)
     threads = args.threads or settings.worker_threads
-    # Each process sizes its database pool to its threads (bootstrap.database_pool).
+    processes = args.processes or settings.worker_processes
+    # Each process sizes its database pool to its threads (bootstrap.database_pool), and
+    # takes its share of the CPUs among its processes (WORKER_CPU_AFFINITY=spread).
     env["WORKER_THREADS"] = str(threads)
+    env["WORKER_PROCESSES"] = str(processes)
     command = worker_command(
         settings,
-        processes=args.processes or settings.worker_processes,
+        processes=processes,
         threads=threads,
         queues=args.queues,
     )

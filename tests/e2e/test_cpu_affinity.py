@@ -1,0 +1,91 @@
+"""WORKER_CPU_AFFINITY=spread with the real `emotionviz worker`: each of its processes
+keeps all its threads on its own share of the CPUs, and the work still completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Harness
+
+pytestmark = [pytest.mark.e2e]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cpus_of_threads(pid: int) -> set[str]:
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        found.add(next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list")))
+    return {line.split()[-1] for line in found}
+
+
+def _cpus(listed: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in listed.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to share")
+def test_each_worker_process_runs_on_its_own_share_of_the_cpus(
+    harness: Harness, tmp_path: Path
+) -> None:
+    log = tmp_path / "pinned.log"
+    env = {
+        **harness.env,
+        "PYTHONPATH": str(Path.cwd()),
+        "WORKER_CPU_AFFINITY": "spread",
+        "LOG_LEVEL": "INFO",
+    }
+    command = [sys.executable, "-m", "workers.entrypoints.cli", "worker"]
+    command += ["--processes", "2", "--threads", "3"]
+    with log.open("ab") as out:
+        worker = subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while log.read_text(errors="replace").count("worker process pinned to its CPUs") < 2:
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        processes = [p for p in _children(worker.pid) if _cpus_of_threads(p) != set()]
+        shares = []
+        for pid in processes:
+            listed = _cpus_of_threads(pid)
+            if len(listed) == 1 and _cpus(next(iter(listed))) != os.sched_getaffinity(0):
+                shares.append(_cpus(next(iter(listed))))  # every thread on one share
+        assert len(shares) == 2, {p: _cpus_of_threads(p) for p in processes}
+        assert shares[0].isdisjoint(shares[1])
+        assert shares[0] | shares[1] <= os.sched_getaffinity(0)
+
+        # Pinned, the work goes on as before.
+        harness.stop_workers()
+        marker = "p" + uuid.uuid4().hex[:8]
+        entry_id, user_id = harness.make_entry(marker)
+        harness.publish(entry_id, user_id)
+        assert harness.wait_for(entry_id, timeout=60)["status"] == "completed"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        harness.start_worker()
