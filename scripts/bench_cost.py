@@ -18,10 +18,13 @@ that many threads cost each other, without any of our code), run in ``--rounds``
 rounds in turn with the workers, each on as many entries, so that both see the same
 drift of the machine's speed.
 The servers' CPU on our behalf (PostgreSQL, Redis) and the emulator's are printed
-beside it.
+beside it. ``--cpu-affinity`` (spread by default: what docs/operations.md recommends
+for a machine one worker group has to itself) is the workers' WORKER_CPU_AFFINITY; the
+like-for-like floor's processes are pinned the same way.
 
 Usage: .venv/bin/python scripts/bench_cost.py [--entries 2000] [--processes 2]
        [--threads 16] [--floor-calls 200] [--parts-entries 300] [--rounds 4]
+       [--cpu-affinity spread|none]
 Uses DATABASE_URL / REDIS_URL when set, else the embedded servers.
 """
 

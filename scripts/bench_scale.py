@@ -21,8 +21,15 @@ The entries all arrive at once, so each wave's answers come back together and th
 work runs in bursts between the waits: wall ~ ideal + the bursts, which no number of
 threads or processes on 2 cores can hide. The floor model measures that bound.
 
+Each model runs once, or ``--rounds N`` times in turn (the order flipped every round,
+as this machine's speed drifts by 10-40 % within minutes): then each round's workers /
+floor and their mean. ``--cpu-affinity`` (spread by default, what
+docs/operations.md recommends for a machine one worker group has to itself) is the
+workers' WORKER_CPU_AFFINITY; the floor's processes are pinned the same way.
+
 Usage: .venv/bin/python scripts/bench_scale.py [--in-flight 512] [--entries 1024]
        [--processes 2] [--models threads floor floor-asyncio] [--analysis-s 2] [--image-s 8]
+       [--rounds 1] [--cpu-affinity spread|none]
 Uses DATABASE_URL / REDIS_URL when set, else the embedded servers.
 """
 
@@ -32,6 +39,7 @@ import argparse
 import importlib.util
 import math
 import os
+import statistics
 import sys
 import threading
 import time
@@ -83,8 +91,9 @@ class Sampler:
         return {name: cpu_seconds(procs) - self._cpu0[name] for name, procs in self.groups.items()}
 
 
-def run_floor(args: argparse.Namespace, model: str) -> None:
-    """The floor alone in ``processes`` processes x threads (or tasks), started together."""
+def run_floor(args: argparse.Namespace, model: str) -> float:
+    """The floor alone in ``processes`` processes x threads (or tasks), started together;
+    its wall / ideal."""
     count, in_flight = args.entries, args.in_flight
     ideal = math.ceil(count / in_flight) * (args.analysis_s + args.image_s)
     threads = in_flight // args.processes
@@ -114,9 +123,11 @@ def run_floor(args: argparse.Namespace, model: str) -> None:
         f"    CPU floor processes {cpu:.1f} s ({cpu * 1000 / count:.1f} ms/entry), "
         f"emulator {emulator_cpu:.1f} s"
     )
+    return elapsed / ideal
 
 
-def run(args: argparse.Namespace, db_url: str, model: str) -> None:
+def run(args: argparse.Namespace, db_url: str, model: str) -> float:
+    """The workers of ``model`` on ``entries`` entries; their wall / ideal."""
     count, in_flight = args.entries, args.in_flight
     per_entry = args.analysis_s + args.image_s
     ideal = math.ceil(count / in_flight) * per_entry
@@ -172,6 +183,7 @@ def run(args: argparse.Namespace, db_url: str, model: str) -> None:
     )
     cpu_line = ", ".join(f"{k} {v:.1f} s ({v * 1000 / count:.1f} ms/entry)" for k, v in cpu.items())
     print(f"    CPU {cpu_line}; total {sum(cpu.values()) / elapsed:.2f} cores busy")
+    return elapsed / ideal
 
 
 def main() -> int:
@@ -195,6 +207,9 @@ def main() -> int:
         default="spread",
         help="WORKER_CPU_AFFINITY of the workers, and the floor's processes the same",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the models this many times, in turn"
+    )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     print(
@@ -204,13 +219,37 @@ def main() -> int:
     if "gevent" in args.models and importlib.util.find_spec("gevent") is None:
         print("gevent is not installed (pip install gevent): that model is skipped")
         args.models = [m for m in args.models if m != "gevent"]
+    ratios: dict[str, list[float]] = {model: [] for model in args.models}
     with bench_database() as db_url:
-        for model in args.models:
-            if model.startswith("floor"):
-                run_floor(args, model)
-            else:
-                run(args, db_url, model)
+        for round_no in range(args.rounds):
+            if args.rounds > 1:
+                print(f"\n--- round {round_no + 1} of {args.rounds}")
+            # In turn, the order flipped every round: both see the machine's drift.
+            for model in args.models if round_no % 2 == 0 else args.models[::-1]:
+                if model.startswith("floor"):
+                    ratios[model].append(run_floor(args, model))
+                else:
+                    ratios[model].append(run(args, db_url, model))
+    if args.rounds > 1:
+        print_rounds(ratios)
     return 0
+
+
+def print_rounds(ratios: dict[str, list[float]]) -> None:
+    """Each model's wall / ideal per round and their mean; the workers over the floor
+    alone, each round's own pair, and the mean of those."""
+    print("\nwall / ideal by round:")
+    for model, values in ratios.items():
+        listed = " ".join(f"{v:.3f}" for v in values)
+        print(f"    {model:14s} {listed}   mean {statistics.mean(values):.3f}")
+    for workers in ("threads", "gevent"):
+        if workers in ratios and "floor" in ratios:
+            pairs = [w / f for w, f in zip(ratios[workers], ratios["floor"], strict=True)]
+            listed = " ".join(f"{p:.3f}" for p in pairs)
+            print(
+                f"    {workers} / floor, same round: {listed}   mean "
+                f"{statistics.mean(pairs):.3f} (target <= 1.05)"
+            )
 
 
 if __name__ == "__main__":

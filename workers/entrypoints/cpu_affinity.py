@@ -1,15 +1,15 @@
 """WORKER_CPU_AFFINITY=spread: each worker process keeps its threads on its own share of
-the machine's CPUs (docs/operations.md, "CPU affinity").
+the machine's CPUs (docs/operations.md, "Scale").
 
 A process's threads take turns holding its one GIL, and a job hands it over each time it
 waits: the claim, the two calls, their rate gates, the checkpoint, the files, the
 completion, some 150 hand-overs per entry. Between threads on different cores each one
 is a cross-core wake-up on cold caches; on one core it is not. On the 2-core reference
-machine (2 processes) that is 8 % less worker CPU per entry at 16 threads and 20 % less
-at 256, where the floor alone (two calls per entry) gains nothing measurable
-(docs/benchmarks.md, "CPU affinity"). What a share gives up: C code that lets the GIL go
-(the WebP encoder, the PNG decoder) no longer runs beside the process's Python on
-another core.
+machine (2 processes) that is 6-8 % less worker CPU per entry at 16 threads and up to
+20 % less at 256, where the floor alone (two calls per entry) gains nothing measurable
+(docs/benchmarks.md, "Per-entry CPU, 2026-12-03"). What a share gives up: C code that
+lets the GIL go (the WebP encoder, the PNG decoder) no longer runs beside the process's
+Python on another core.
 
 Off by default: a process knows only its rank among its own ``emotionviz worker``'s
 processes, so two worker groups on one machine would both pin their first process to
