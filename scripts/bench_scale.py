@@ -43,6 +43,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,10 +69,13 @@ from quiet import wait_quiet
 
 @dataclass
 class Sampler:
-    """Peak RSS of the workers and CPU seconds of each group of processes, sampled."""
+    """Peak RSS of the workers and CPU seconds of each group of processes, sampled.
+    ``servers``: groups looked up again at the end (a server's backends opened during
+    the run, PostgreSQL's for the workers' pools, count all their CPU)."""
 
     workers: Workers
     groups: dict[str, list[psutil.Process]]
+    servers: dict[str, Callable[[], list[psutil.Process]]] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
     _cpu0: dict[str, float] = field(default_factory=dict)
@@ -88,7 +92,18 @@ class Sampler:
     def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
-        return {name: cpu_seconds(procs) - self._cpu0[name] for name, procs in self.groups.items()}
+        spent = {name: cpu_seconds(procs) - self._cpu0[name] for name, procs in self.groups.items()}
+        for name, find in self.servers.items():
+            known = {(p.pid, _started(p)) for p in self.groups[name]}
+            spent[name] += cpu_seconds([p for p in find() if (p.pid, _started(p)) not in known])
+        return spent
+
+
+def _started(proc: psutil.Process) -> float:
+    try:
+        return proc.create_time()
+    except psutil.Error:
+        return 0.0
 
 
 def run_floor(args: argparse.Namespace, model: str) -> float:
@@ -156,6 +171,10 @@ def run(args: argparse.Namespace, db_url: str, model: str) -> float:
                 "emulator": [psutil.Process(emulator.proc.pid)],
                 "postgres": server_processes("postgres"),
                 "redis": server_processes("redis-server"),
+            },
+            servers={
+                "postgres": lambda: server_processes("postgres"),
+                "redis": lambda: server_processes("redis-server"),
             },
         )
         started = time.perf_counter()
