@@ -30,6 +30,8 @@ from domain.errors import ConfigurationError
 from domain.ledger import PriceTable, price_table_from_json
 
 ProviderChoice = Literal["auto", "local", "gemini"]
+# WORKER_CPU_AFFINITY (workers/entrypoints/cpu_affinity.py).
+CpuAffinity = Literal["none", "spread"]
 _URL_SCHEMES = {
     "database_url": ("postgres", "postgresql", "postgresql+psycopg"),
     "database_direct_url": ("postgres", "postgresql", "postgresql+psycopg"),
@@ -191,7 +193,7 @@ class Settings(BaseSettings):
     # "spread": each worker process keeps its threads on its share of the machine's CPUs
     # (workers/entrypoints/cpu_affinity.py); only where one worker group has the machine
     # or container to itself, with WORKER_PROCESSES its processes.
-    worker_cpu_affinity: Literal["none", "spread"] = "none"
+    worker_cpu_affinity: CpuAffinity = "none"
     max_retries: int = Field(default=5, ge=0, le=100)
     min_backoff_ms: int = Field(default=2_000, ge=1)
     max_backoff_ms: int = Field(default=300_000, ge=1)

@@ -3,9 +3,9 @@ attempt the model API received (domain/ledger.py), on the pooled connection as
 psycopg's own (``ledger_of(uow)``).
 
 The worker's insert is one statement in autocommit (``uow.single_statement()``), one
-round trip per call, or rides in the statement of the entry's next write (``RIDING_ROWS_CTE``,
-db/repositories/entry_pipeline.py); the budget's read is one index range scan on
-``(user_id, at)``.
+round trip per call, or rides in the statement of the entry's next write
+(``RIDING_ROWS_CTE``, db/repositories/entry_pipeline.py); the budget's read is one
+index range scan on ``(user_id, at)``.
 """
 
 from __future__ import annotations
@@ -19,39 +19,26 @@ from typing import Any, Literal, Protocol
 
 import psycopg
 
-from domain.ledger import Attempt, CallKind, CallOwner, PaidCall
+from domain.ledger import PaidCall
 
 UsageBy = Literal["user", "day", "model"]
-
-# model_calls has no FK (a row outlives its person): a person erased while their job
-# ran must not be named by a row written after the erase committed. Then the cost is
-# still recorded (the money was spent), with no person, entry or session. FOR KEY SHARE:
-# an erase that deleted the person but has not committed yet is waited for (a few ms).
-_RECORD = """
-INSERT INTO model_calls (user_id, entry_id, intake_session_id, model, kind,
-                         input_tokens, output_tokens, image, outcome, cost_usd)
-SELECT CASE WHEN known.present THEN %(user_id)s::uuid END,
-       CASE WHEN known.present THEN %(entry_id)s::uuid END,
-       CASE WHEN known.present THEN %(intake_session_id)s::uuid END,
-       %(model)s, %(kind)s, %(input_tokens)s, %(output_tokens)s, %(image)s, %(outcome)s,
-       %(cost_usd)s
-FROM (SELECT %(user_id)s::uuid IS NULL
-             OR EXISTS (SELECT 1 FROM users WHERE id = %(user_id)s::uuid FOR KEY SHARE)
-             AS present) AS known
-"""
 
 _SPENT_SINCE = """
 SELECT coalesce(sum(cost_usd), 0) FROM model_calls WHERE user_id = %(user_id)s AND at >= %(since)s
 """
 
-# A job's held rows (workers/services/ledger.py: ``holding``) as the CTE ``ledger`` of the
-# statement that carries them (the analysis checkpoint, the completion:
-# db/repositories/entry_pipeline.py): one statement with the job's write, where an INSERT
-# each in a pipeline cost ~0.15 ms of client CPU for the pipeline and ~0.1 ms per row.
-# The same rows as _RECORD, each with its own check of the person. The carrying
-# statement reads the CTE in an InitPlan of its WHERE, so these rows and their FOR KEY
-# SHARE on users come before its own row's lock: an erase's lock order (users, then its
-# cascade to the rows), so the two cannot deadlock.
+# The rows of paid calls, as the CTE ``ledger``: alone (``record_all``, a row written
+# at once) or in the statement of the job's write that carries them (its held rows,
+# workers/services/ledger.py: ``holding``; the analysis checkpoint and the completion,
+# db/repositories/entry_pipeline.py), where an INSERT each in a pipeline cost ~0.15 ms
+# of client CPU for the pipeline and ~0.1 ms per row.
+# model_calls has no FK (a row outlives its person): a person erased while their job
+# ran must not be named by a row written after the erase committed. Then the cost is
+# still recorded (the money was spent), with no person, entry or session. FOR KEY SHARE:
+# an erase that deleted the person but has not committed yet is waited for (a few ms).
+# A carrying statement reads the CTE in an InitPlan of its WHERE, so these rows and
+# their FOR KEY SHARE on users come before its own row's lock: an erase's lock order
+# (users, then its cascade to the rows), so the two cannot deadlock.
 RIDING_ROWS_CTE = """ledger AS (
     INSERT INTO model_calls (user_id, entry_id, intake_session_id, model, kind,
                              input_tokens, output_tokens, image, outcome, cost_usd)
@@ -88,6 +75,9 @@ def riding_rows(calls: Sequence[PaidCall]) -> dict[str, list[Any]]:
         "ledger_outcome": [c.attempt.outcome[:100] for c in calls],
         "ledger_cost_usd": [c.cost_usd for c in calls],
     }
+
+
+_RECORD_ALL = f"WITH {RIDING_ROWS_CTE}\nSELECT count(*) FROM ledger"
 
 
 # The group key of each ``--by``: the person (NULL: a call no person's work asked for),
@@ -157,29 +147,11 @@ class LedgerRepository:
     def __init__(self, driver: psycopg.Connection[Any]) -> None:
         self.driver = driver
 
-    def record(self, kind: CallKind, owner: CallOwner, attempt: Attempt, cost_usd: Decimal) -> None:
-        self.driver.execute(
-            _RECORD,
-            {
-                "user_id": owner.user_id,
-                "entry_id": owner.entry_id,
-                "intake_session_id": owner.intake_session_id,
-                "model": attempt.model[:200],
-                "kind": kind,
-                "input_tokens": attempt.input_tokens,
-                "output_tokens": attempt.output_tokens,
-                "image": attempt.image,
-                "outcome": attempt.outcome[:100],
-                "cost_usd": cost_usd,
-            },
-            prepare=True,
-        )
-
     def record_all(self, calls: Sequence[PaidCall]) -> None:
-        """Held rows (workers/services/ledger.py: ``holding``), inside the caller's
-        transaction or pipeline: they commit with the job's write that carries them."""
-        for call in calls:
-            self.record(call.kind, call.owner, call.attempt, call.cost_usd)
+        """Write ``calls``' rows now, in one statement (in the caller's transaction, or
+        committed by itself in autocommit)."""
+        if calls:
+            self.driver.execute(_RECORD_ALL, riding_rows(calls), prepare=True)
 
     def spent_since(self, user_id: uuid.UUID, since: datetime) -> Decimal:
         row = self.driver.execute(

@@ -163,7 +163,7 @@ def run_processes(
     command = [sys.executable, __file__, "--url", url, "--threads", str(threads)]
     command += ["--entries", str(entries // processes)]
     command += ["--asyncio"] if use_asyncio else []
-    allowed = sorted(os.sched_getaffinity(0))
+    allowed = list(os.sched_getaffinity(0))
     procs = []
     for rank in range(processes):
         cpus = cpu_share(allowed, rank, processes) if cpu_affinity == "spread" else set()

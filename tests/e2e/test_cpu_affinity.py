@@ -26,11 +26,13 @@ def _children(pid: int) -> list[int]:
 
 
 def _cpus_of_threads(pid: int) -> set[str]:
+    """The distinct Cpus_allowed_list of the process's threads."""
     found = set()
     for tid in os.listdir(f"/proc/{pid}/task"):
         status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        found.add(next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list")))
-    return {line.split()[-1] for line in found}
+        line = next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list"))
+        found.add(line.split()[-1])
+    return found
 
 
 def _cpus(listed: str) -> set[int]:
@@ -66,13 +68,14 @@ def test_each_worker_process_runs_on_its_own_share_of_the_cpus(
         while log.read_text(errors="replace").count("worker process pinned to its CPUs") < 2:
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
-        processes = [p for p in _children(worker.pid) if _cpus_of_threads(p) != set()]
-        shares = []
-        for pid in processes:
-            listed = _cpus_of_threads(pid)
-            if len(listed) == 1 and _cpus(next(iter(listed))) != os.sched_getaffinity(0):
-                shares.append(_cpus(next(iter(listed))))  # every thread on one share
-        assert len(shares) == 2, {p: _cpus_of_threads(p) for p in processes}
+        listed = {pid: _cpus_of_threads(pid) for pid in _children(worker.pid)}
+        # The pinned processes: every thread on one share, short of all the CPUs.
+        shares = [
+            _cpus(cpus)
+            for (cpus,) in (lists for lists in listed.values() if len(lists) == 1)
+            if _cpus(cpus) != os.sched_getaffinity(0)
+        ]
+        assert len(shares) == 2, listed
         assert shares[0].isdisjoint(shares[1])
         assert shares[0] | shares[1] <= os.sched_getaffinity(0)
 

@@ -22,15 +22,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from dramatiq import Middleware
 
 from workers.logging import get_logger
+from workers.settings import CpuAffinity as AffinityMode
 
 log = get_logger("emotionviz.worker")
-
-AffinityMode = Literal["none", "spread"]
 
 
 def cpu_share(allowed: Sequence[int], rank: int, processes: int) -> frozenset[int]:
@@ -86,8 +85,7 @@ class CpuAffinity(Middleware):
             log.warning("CPU affinity not set: not a worker process of emotionviz worker")
             return
         try:
-            allowed = sorted(os.sched_getaffinity(0))
-            share = cpu_share(allowed, rank, self.processes)
+            share = cpu_share(list(os.sched_getaffinity(0)), rank, self.processes)
             threads = pin_threads(share)
         except (AttributeError, OSError, ValueError) as exc:  # no sched_* (not Linux)
             log.warning("CPU affinity not set", reason=f"{type(exc).__name__}: {exc}")
