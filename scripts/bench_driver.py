@@ -2,11 +2,9 @@
 database"). Prints figures measured in one run; it asserts nothing.
 
 The per-entry path's three units (claim, analysis checkpoint, completion with the
-analytics refresh), as production runs them on psycopg's own connection
+queued analytics refresh), as production runs them on psycopg's own connection
 (``uow.entry_pipeline``), against the same SQL through SQLAlchemy's Session
-(``session.execute(text(...))``, the completion's refresh by
-``AnalyticsRepository.refresh_for_entry``), each unit from opening to returning its
-connection. Client CPU of this thread (``time.thread_time``), so the server's work and
+(``session.execute(text(...))``), each unit from opening to returning its connection. Client CPU of this thread (``time.thread_time``), so the server's work and
 neighbours' load count little; the two ways alternate entry by entry, after a warm-up.
 
 Usage: .venv/bin/python scripts/bench_driver.py [--entries 400]
@@ -37,9 +35,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.engine import make_engine, make_session_factory
 from db.repositories import entry_pipeline
+from db.repositories.ledger import riding_rows
 from db.uow import UnitOfWork
 
-UNITS = ("claim", "checkpoint", "completion + refresh")
+UNITS = ("claim", "checkpoint", "completion")
 WARM_UP = 20
 ANALYSIS: dict[str, Any] = {
     "summary": "s",
@@ -50,11 +49,11 @@ ANALYSIS: dict[str, Any] = {
 
 
 def _as_text(sql: str) -> TextClause:
-    return text(re.sub(r"%\((\w+)\)s", r":\1", sql))
+    return text(re.sub(r"%\((\w+)\)s", r"(:\1)", sql))  # (:x)::type parses; :x::type not
 
 
 CLAIM = _as_text(entry_pipeline._CLAIM_ENTRY)
-SAVE = _as_text(entry_pipeline._SAVE_ANALYSIS)
+SAVE = _as_text(entry_pipeline._CHECKPOINT)
 COMPLETE = _as_text(entry_pipeline._COMPLETE)
 
 Entry = Callable[[sessionmaker[Session], uuid.UUID, uuid.UUID], list[float]]
@@ -83,7 +82,7 @@ def on_session(factory: sessionmaker[Session], entry: uuid.UUID, user: uuid.UUID
     marks = [time.thread_time()]
     with UnitOfWork(factory) as uow:
         uow.single_statement()
-        params = {"entry_id": entry, "user_id": user, "style": "abstract", "lease_s": 60}
+        params = {"entry_id": entry, "user_id": user, "style": "abstract", "lease_s": 60, "cap": 0}
         row = uow.session.execute(CLAIM, params).one()
         uow.commit()
     held = {"id": row[7], "lease": row[8]}
@@ -91,13 +90,15 @@ def on_session(factory: sessionmaker[Session], entry: uuid.UUID, user: uuid.UUID
     with UnitOfWork(factory) as uow:
         values = {**ANALYSIS, "visual_elements": Jsonb(ANALYSIS["visual_elements"])}
         values["raw"] = Jsonb(ANALYSIS["raw"])
-        assert uow.session.execute(SAVE, {**values, **held}).rowcount == 1  # type: ignore[attr-defined]
+        params = {**values, **held, "yield_for": None, **riding_rows(())}
+        assert uow.session.execute(SAVE, params).one()[0] == 1
         uow.commit()
     marks.append(time.thread_time())
     with UnitOfWork(factory) as uow:
         picture = {"image_url": None, "thumbnail_url": None, "nanobanana_response": None}
-        assert uow.session.execute(COMPLETE, {**picture, **held}).rowcount == 1  # type: ignore[attr-defined]
-        uow.analytics.refresh_for_entry(user, datetime.now(UTC), removed=False)
+        queued = {"user_id": user, "day": datetime.now(UTC).date(), "style": None}
+        params = {**picture, **held, **queued, **riding_rows(())}
+        assert uow.session.execute(COMPLETE, params).scalar_one() == 1
         uow.commit()
     marks.append(time.thread_time())
     return [b - a for a, b in itertools.pairwise(marks)]

@@ -363,6 +363,13 @@ def run_reconcile() -> ReconcileReport:
     return dataclasses.replace(report, analytics_refreshed=refreshed)
 
 
+def drain_analytics_refreshes(limit: int) -> int:
+    """One pass of the worker's analytics refresher (workers/entrypoints/analytics_refresh.py)."""
+    from workers.services.analytics import drain_analytics_refresh_queue
+
+    return drain_analytics_refresh_queue(unit_of_work, limit=limit)
+
+
 def actor_dependencies() -> ActorDependencies:
     """The real services behind the actors (workers/entrypoints/worker.py)."""
     from workers.entrypoints.actors import ActorDependencies

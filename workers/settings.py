@@ -239,6 +239,10 @@ class Settings(BaseSettings):
     reconcile_every_s: int = Field(default=15, ge=0, le=3600)
     reconcile_grace_s: int = Field(default=300, ge=0)
     analytics_parallelism: int = Field(default=2, ge=1, le=32)
+    # Every worker process drains analytics_refresh_queue (completions, edits, deletes)
+    # this often, so a completed entry shows in its person's analytics about this much
+    # later (docs/analytics.md). 0: no refresher; the maintenance pass drains it then.
+    analytics_refresh_every_s: float = Field(default=1.0, ge=0, le=300)
 
     # Operator console (`emotionviz console`). Every page needs CONSOLE_TOKEN; unset, the
     # console makes one per run on loopback and refuses any other address.

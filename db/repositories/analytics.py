@@ -8,41 +8,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
 
-import psycopg
-from sqlalchemy import TextClause, delete, select, text
-from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from db import analytics_statement
 from db.models import EmotionAnalytics
-from domain.analytics import STREAK_CAP, shift_periods
-from domain.periods import PeriodKind, periods_containing
+from domain.periods import PeriodKind
 
 # Built once: text() parses the 10 KB statement for its parameters each time it is made,
-# a millisecond of CPU on every entry's refresh.
+# a millisecond of CPU on every recompute.
 _RECOMPUTE = text(analytics_statement.RECOMPUTE_SQL)
 _RECOMPUTE_AND_DROP_EMPTY = text(analytics_statement.RECOMPUTE_AND_DROP_EMPTY_SQL)
 
 
-# The same with PostgreSQL's own $n placeholders, and the parameters' names in order, for
-# the per-entry refresh on the driver connection (a RawCursor): psycopg caches its
-# conversion of %(name)s placeholders only for statements under 4 KB, and converting this
-# 11 KB one again cost 0.15 ms of CPU on every execute, three per entry.
-def _numbered(statement: TextClause) -> tuple[str, tuple[str, ...]]:
-    dialect = postgresql_psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
-    compiled = statement.compile(dialect=dialect)
-    return str(compiled), tuple(compiled.positiontup or ())
-
-
-_DRIVER_SQL = {
-    removed: _numbered(statement)
-    for removed, statement in ((False, _RECOMPUTE), (True, _RECOMPUTE_AND_DROP_EMPTY))
-}
-
 # One lock per (period kind, lane), held until the transaction ends.
 _LANE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('emotion_analytics:' || :k), :lane)")
+
+_LANE_LOCKS = text(
+    "SELECT count(pg_advisory_xact_lock(hashtext('emotion_analytics:' || l.k), l.lane)) "
+    "FROM unnest(CAST(:kinds AS text[]), CAST(:lanes AS int[])) AS l(k, lane)"
+)
 
 # The oldest queued refreshes not taken by another runner: a range scan of the primary
 # key, rows locked until the transaction ends (SKIP LOCKED: two runners never take the
@@ -55,24 +41,15 @@ _TAKE_QUEUED = text(
 # (keyset pagination; never a scan of emotion_entries).
 _USER_PAGE = text("SELECT id FROM users WHERE id > :after ORDER BY id LIMIT :n")
 _FIRST_USER_PAGE = text("SELECT id FROM users ORDER BY id LIMIT :n")
+# The refresher's backlog: rows queued (counted up to BACKLOG_COUNT_CAP, so a huge one
+# costs no more than that) and the oldest one's age (the first of the primary key).
+BACKLOG_COUNT_CAP = 100_000
+_BACKLOG = text(
+    "SELECT (SELECT count(*) FROM (SELECT FROM analytics_refresh_queue LIMIT :cap) q), "
+    "(SELECT extract(epoch FROM now() - created_at) FROM analytics_refresh_queue "
+    "ORDER BY id LIMIT 1)"
+)
 _DELETE_QUEUED = text("DELETE FROM analytics_refresh_queue WHERE id = ANY(CAST(:ids AS bigint[]))")
-
-
-def refresh_entry_periods(
-    driver: psycopg.Connection[Any], user_id: uuid.UUID, moment: datetime, *, removed: bool
-) -> None:
-    """The per-entry refresh's statements (``refresh_for_entry``) on the driver's own
-    connection, so a caller in pipeline mode sends them in one round trip with its own."""
-    sql, names = _DRIVER_SQL[removed]
-    batch = []
-    for period in periods_containing(moment):
-        end = shift_periods(period.kind, period.start, STREAK_CAP + 1)
-        params = analytics_statement.parameters(period.kind, [user_id], period.start, end)
-        batch.append([params[name] for name in names])
-    # One executemany, not three executes: psycopg prepares and sends the batch in one
-    # pass (0.44 against 0.53 ms of CPU per entry, scripts/bench_cost.py's split).
-    with psycopg.RawCursor(driver) as cursor:
-        cursor.executemany(sql, batch)
 
 
 @dataclass(frozen=True)
@@ -82,6 +59,15 @@ class QueuedRefresh:
     id: int
     user_id: uuid.UUID
     day: date
+
+
+@dataclass(frozen=True)
+class RefreshBacklog:
+    """analytics_refresh_queue at a glance: rows waiting (at most BACKLOG_COUNT_CAP) and
+    the oldest one's age in seconds (None: empty)."""
+
+    queued: int
+    oldest_age_s: float | None
 
 
 @dataclass(frozen=True)
@@ -121,11 +107,15 @@ class AnalyticsRepository:
         interleaving (workers/services/analytics.py)."""
         self.session.execute(_LANE_LOCK, {"k": kind, "lane": lane})
 
-    def lock_lanes(self, kind: PeriodKind, lanes: Iterable[int]) -> None:
-        """``lock_lane`` for several lanes, in ascending order (every holder of more
-        than one lane takes them in that order, so none waits on another in a cycle)."""
-        for lane in sorted(set(lanes)):
-            self.lock_lane(kind, lane)
+    def lock_lanes(self, lanes: Iterable[tuple[PeriodKind, int]]) -> None:
+        """``lock_lane`` for several (kind, lane) pairs in one statement, in the order
+        given: every holder of more than one lane takes them kind by kind in
+        PERIOD_KINDS order, lanes ascending (``ordered_lanes``), so none waits on
+        another in a cycle. (A function scan of unnest returns the arrays' order.)"""
+        pairs = list(lanes)
+        if pairs:
+            kinds, numbers = zip(*pairs, strict=True)
+            self.session.execute(_LANE_LOCKS, {"kinds": list(kinds), "lanes": list(numbers)})
 
     def user_ids_after(self, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
         """The next ``limit`` user ids in id order after ``after`` (from the first when
@@ -139,6 +129,10 @@ class AnalyticsRepository:
         (rows another runner holds are skipped)."""
         rows = self.session.execute(_TAKE_QUEUED, {"n": limit})
         return [QueuedRefresh(r.id, r.user_id, r.day) for r in rows]
+
+    def refresh_backlog(self) -> RefreshBacklog:
+        queued, oldest = self.session.execute(_BACKLOG, {"cap": BACKLOG_COUNT_CAP}).one()
+        return RefreshBacklog(int(queued), None if oldest is None else float(oldest))
 
     def delete_queued_refreshes(self, ids: Iterable[int]) -> None:
         self.session.execute(_DELETE_QUEUED, {"ids": list(ids)})
@@ -161,18 +155,6 @@ class AnalyticsRepository:
         # (JIT is off for our connections: db/engine.py.)
         statement = _RECOMPUTE_AND_DROP_EMPTY if drop_empty else _RECOMPUTE
         return int(self.session.execute(statement, params).scalar_one())
-
-    def refresh_for_entry(self, user_id: uuid.UUID, moment: datetime, *, removed: bool) -> None:
-        """The incremental path, after one entry of ``user_id`` at ``moment`` was added
-        (or removed): the same statement, for that user, for the entry's day, week and
-        month and the STREAK_CAP periods after each (their comparisons and streaks
-        depend on it). Only a removal can leave a period empty, so only then are empty
-        periods' rows deleted.
-        """
-        driver = self.session.connection().connection.dbapi_connection
-        assert isinstance(driver, psycopg.Connection)
-        with driver.pipeline():
-            refresh_entry_periods(driver, user_id, moment, removed=removed)
 
     def for_user(self, user_id: uuid.UUID) -> list[AnalyticsRow]:
         stmt = (

@@ -12,13 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from db.repositories.analytics import refresh_entry_periods
 from db.repositories.entries import EntryRow
 from db.repositories.ledger import RIDING_ROWS_CTE, riding_rows
 from db.repositories.visualizations import DEFAULT_STYLE, ClaimedVisualization
@@ -220,6 +219,9 @@ SET status = 'completed', processing_completed_at = now(), lease_expires_at = NU
 RETURNING entry_id
 ), unpooled AS (
     DELETE FROM fair_waiting w WHERE w.entry_id = (SELECT entry_id FROM done)
+), refresh AS (  -- the person's analytics for the entry's day: the refresher's queue
+    INSERT INTO analytics_refresh_queue (user_id, day)
+    SELECT %(user_id)s, %(day)s FROM done
 )
 SELECT count(*) FROM done
 """
@@ -411,18 +413,17 @@ class EntryPipelineRepository:
         paid_calls: Sequence[PaidCall] = (),
     ) -> bool:
         """Mark completed (with the picture when given: the last step and the completion
-        in one write) and refresh the person's analytics for the entry's periods, all in
-        one round trip (psycopg's pipeline mode), with the held ledger rows of
-        ``paid_calls``; ``style``: a redraw's new style.
-        False if the lease was taken over;
-        the refresh is then harmless (it recomputes from the entries).
+        in one write) and queue the person's analytics refresh for the entry's UTC day
+        (analytics_refresh_queue, drained within a second by every worker process's
+        refresher: workers/entrypoints/analytics_refresh.py), with the held ledger rows
+        of ``paid_calls``, all in one statement; ``style``: a redraw's new style.
+        False if the lease was taken over (nothing is written then).
 
-        In a unit of work's transaction the caller commits (or not). On a connection in
-        autocommit (``uow.single_statement()``) the pipeline's statements, sent before
-        one Sync, run in one implicit transaction that the Sync commits (PostgreSQL's
-        extended protocol; an error rolls all of them back): one round trip, and no
-        BEGIN or COMMIT to send. It then commits whatever the outcome, which the
-        refresh makes harmless."""
+        The refresh left the completion on 2026-12-03: recomputed per entry it cost
+        ~1.6 ms of PostgreSQL's CPU and ~0.4 ms of ours on every entry; a drained batch
+        of 10 or more people costs 0.3 and 0.06 ms per person, less when a person's
+        entries share a day (docs/benchmarks.md, "The analytics refresh off the hot
+        path")."""
         params = {
             "image_url": image_url,
             "thumbnail_url": thumbnail_url,
@@ -432,16 +433,10 @@ class EntryPipelineRepository:
             "style": style,
             "id": claim.id,
             "lease": claim.lease,
+            "user_id": user_id,
+            "day": entry_moment.astimezone(UTC).date(),
             **riding_rows(paid_calls),
         }
-        # (psycopg's transaction() would sync after its BEGIN and before its COMMIT:
-        # three round trips; an explicit BEGIN and COMMIT here, two more statements.)
-        update = self.conn.cursor()
-        try:
-            with self.conn.pipeline():
-                update.execute(_COMPLETE, params)
-                refresh_entry_periods(self.conn, user_id, entry_moment, removed=False)
-            done = update.fetchone()
-            return done is not None and done[0] > 0
-        finally:
-            update.close()
+        row = self.conn.execute(_COMPLETE, params).fetchone()
+        assert row is not None  # an aggregate: always one row
+        return bool(row[0] > 0)

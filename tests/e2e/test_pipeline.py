@@ -6,6 +6,7 @@ import io
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -83,17 +84,34 @@ def test_happy_path_writes_rows_files_and_analytics(harness: Harness, style: str
                 assert max(image.size) <= limit and image.format == "WEBP"
             else:
                 assert image.format == "PNG"
-    with harness.engine.connect() as conn:
-        periods = conn.execute(
-            text(
-                "SELECT period_end - period_start, total_entries, emotion_counts FROM emotion_analytics "
-                "WHERE user_id = :u ORDER BY 1"
-            ),
-            {"u": user_id},
-        ).all()
+    # The worker's refresher drains the completion's queued refresh about a second later.
+    periods = _analytics_within(harness, user_id, seconds=10)
     assert [p[0] for p in periods] == [0, 6, periods[2][0]] and periods[2][0] >= 27
     assert all(p[1] == 1 and p[2] == {"anxiety": 1, "joy": 1} for p in periods)
     assert harness.calls(marker) == {"analysis": 1, "image": 1}
+
+
+def _analytics_within(harness: Harness, user_id: uuid.UUID, seconds: float) -> list[Any]:
+    """The person's analytics rows once the three periods are there and nothing of theirs
+    is queued; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with harness.engine.connect() as conn:
+            periods = conn.execute(
+                text(
+                    "SELECT period_end - period_start, total_entries, emotion_counts "
+                    "FROM emotion_analytics WHERE user_id = :u ORDER BY 1"
+                ),
+                {"u": user_id},
+            ).all()
+            queued = conn.execute(
+                text("SELECT count(*) FROM analytics_refresh_queue WHERE user_id = :u"),
+                {"u": user_id},
+            ).scalar_one()
+        if len(periods) == 3 and queued == 0:
+            return list(periods)
+        assert time.monotonic() < deadline, f"analytics not refreshed: {periods}, {queued} queued"
+        time.sleep(0.1)
 
 
 def test_duplicate_message_calls_each_api_once(harness: Harness) -> None:

@@ -61,6 +61,24 @@ def insert_entry(
     ).scalar_one()
 
 
+def refresh_analytics(engine: Engine, user_id: uuid.UUID | None = None, moment: Any = None) -> int:
+    """Queue the (person, UTC day) of ``moment`` as a completion does (when given; the
+    triggers queue deletes and edits themselves) and drain the queue as the worker's
+    refresher does; returns the rows drained."""
+    from datetime import UTC
+
+    from workers.services.analytics import drain_analytics_refresh_queue
+
+    if user_id is not None and moment is not None:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO analytics_refresh_queue (user_id, day) VALUES (:u, :d)"),
+                {"u": user_id, "d": moment.astimezone(UTC).date()},
+            )
+    sessions = make_session_factory(engine)
+    return drain_analytics_refresh_queue(lambda: UnitOfWork(sessions), limit=10_000)
+
+
 def count(conn: Connection, table: str, where: str = "true", **params: Any) -> int:
     return int(
         conn.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one()

@@ -25,7 +25,7 @@ from db.uow import UnitOfWork
 from domain.analytics import STREAK_CAP, shift_periods
 from domain.periods import PERIOD_KINDS, period_containing
 from domain.vocabulary import EMOTIONS
-from tests.integration.helpers import insert_entry, insert_user
+from tests.integration.helpers import insert_entry, insert_user, refresh_analytics
 
 pytestmark = pytest.mark.integration
 
@@ -391,15 +391,12 @@ def test_incremental_equals_full_recomputation(
                     created_at=moment,
                 )
             live.append((entry, moment))
-            removed = False
+            refresh_analytics(engine, user, moment)  # queued as the entry's completion does
         else:
             entry, moment = live.pop(pick % len(live))
             with engine.begin() as conn:
                 conn.execute(text("DELETE FROM emotion_entries WHERE id = :e"), {"e": entry})
-            removed = True
-        with uow:
-            uow.analytics.refresh_for_entry(user, moment, removed=removed)
-            uow.commit()
+            assert refresh_analytics(engine) == 1  # queued by the delete trigger
     incremental = _rows(engine, user)
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM emotion_analytics WHERE user_id = :u"), {"u": user})

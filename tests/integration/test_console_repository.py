@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from db.uow import UnitOfWork
-from tests.integration.helpers import insert_entry, insert_user
+from tests.integration.helpers import insert_entry, insert_user, refresh_analytics
 
 pytestmark = pytest.mark.integration
 
@@ -106,12 +106,8 @@ def test_analytics_freshness_tells_the_period_kinds_apart(uow: UnitOfWork, engin
         first, second = insert_user(conn), insert_user(conn)
         insert_entry(conn, first, created_at=datetime(2026, 3, 4, 12, tzinfo=UTC))
         insert_entry(conn, second, created_at=datetime(2026, 3, 4, 13, tzinfo=UTC))
-    with uow:
-        for user_id in (first, second):
-            uow.analytics.refresh_for_entry(
-                user_id, datetime(2026, 3, 4, 12, tzinfo=UTC), removed=False
-            )
-        uow.commit()
+    for user_id in (first, second):
+        refresh_analytics(engine, user_id, datetime(2026, 3, 4, 12, tzinfo=UTC))
     with engine.begin() as conn:  # an old month row: counted, but not near the last write
         conn.execute(
             text(

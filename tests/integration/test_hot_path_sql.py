@@ -1,7 +1,7 @@
 """The per-entry hot path's SQL (db/repositories/entry_pipeline.py, on the driver
 connection): one statement reads the entry, creates the row if upstream did not, and
-takes the lease; the completion saves the picture and refreshes the analytics in one
-round trip; a driver-mode unit wraps errors as the Session's does and never pools a dead
+takes the lease; the completion saves the picture and queues the person's analytics
+refresh in one round trip; a driver-mode unit wraps errors as the Session's does and never pools a dead
 or autocommit connection. And the pool pings only connections that sat idle."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from db.repositories import ClaimedVisualization
 from db.uow import UnitOfWork
 from domain.errors import DatabaseUnavailableError, DataRejectedError
 from tests.integration.helpers import insert_entry, insert_user, insert_visualization
+from workers.services.analytics import drain_analytics_refresh_queue
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +135,7 @@ def _claimed(engine: Engine) -> tuple[uuid.UUID, ClaimedVisualization]:
     return user_id, claim
 
 
-def test_completion_saves_the_picture_and_refreshes_the_analytics_in_one_unit(
+def test_completion_saves_the_picture_and_queues_the_analytics_refresh_in_one_unit(
     engine: Engine,
 ) -> None:
     user_id, claim = _claimed(engine)
@@ -166,10 +167,7 @@ def test_completion_saves_the_picture_and_refreshes_the_analytics_in_one_unit(
                 " nanobanana_response, lease_expires_at, claim_count FROM visualizations"
             )
         ).one()
-        kinds = conn.execute(
-            text("SELECT count(*) FROM emotion_analytics WHERE user_id = :u AND total_entries = 1"),
-            {"u": user_id},
-        ).scalar_one()
+        queued = conn.execute(text("SELECT user_id, day FROM analytics_refresh_queue")).all()
     assert tuple(row) == (
         "completed",
         "A calm day",
@@ -181,7 +179,15 @@ def test_completion_saves_the_picture_and_refreshes_the_analytics_in_one_unit(
         None,
         0,
     )
-    assert kinds == 3  # the entry's day, week and month
+    assert [tuple(q) for q in queued] == [(user_id, datetime.now(UTC).date())]
+    # The worker's refresher drains it: the entry's day, week and month.
+    assert drain_analytics_refresh_queue(lambda: UnitOfWork(factory), 10) == 1
+    with engine.connect() as conn:
+        kinds = conn.execute(
+            text("SELECT count(*) FROM emotion_analytics WHERE user_id = :u AND total_entries = 1"),
+            {"u": user_id},
+        ).scalar_one()
+    assert kinds == 3
 
 
 def test_completion_keeps_a_checkpointed_picture_and_a_stale_holder_writes_nothing(
@@ -203,7 +209,9 @@ def test_completion_keeps_a_checkpointed_picture_and_a_stale_holder_writes_nothi
         uow.commit()
     with engine.connect() as conn:
         row = conn.execute(text("SELECT status, image_url FROM visualizations")).one()
+        queued = conn.execute(text("SELECT count(*) FROM analytics_refresh_queue")).scalar_one()
     assert tuple(row) == ("completed", "/media/old.png")
+    assert queued == 1  # the holder's completion only, not the stale one's
 
 
 def test_a_single_statement_completion_commits_in_one_round_trip_or_not_at_all(
@@ -225,17 +233,18 @@ def test_a_single_statement_completion_commits_in_one_round_trip_or_not_at_all(
         uow.driver.pgconn.trace(sink.fileno())
         assert uow.entry_pipeline.complete(claim, user_id=user_id, entry_moment=datetime.now(UTC))
         uow.driver.pgconn.untrace()
-        # no commit(): the pipeline committed itself
+        # no commit(): the statement committed itself
     # Each round trip ends with the server's ReadyForQuery (libpq's trace: B ... ReadyForQuery).
     messages = [line.split("\t")[1:4] for line in trace.read_text().splitlines()]
     trips = [m for m in messages if m[:1] == ["B"] and m[2:3] == ["ReadyForQuery"]]
-    assert len(trips) == 1  # BEGIN, the update, the refresh and COMMIT: one round trip
+    assert len(trips) == 1  # the update and the queued refresh: one round trip
     with engine.connect() as conn:
         status = conn.execute(text("SELECT status FROM visualizations")).scalar_one()
-        refreshed = conn.execute(
-            text("SELECT count(*) FROM emotion_analytics WHERE user_id = :u"), {"u": user_id}
+        queued = conn.execute(
+            text("SELECT count(*) FROM analytics_refresh_queue WHERE user_id = :u"),
+            {"u": user_id},
         ).scalar_one()
-    assert (status, refreshed) == ("completed", 3)
+    assert (status, queued) == ("completed", 1)  # the failed attempt queued nothing
 
 
 def test_a_driver_unit_wraps_errors_and_gives_back_a_working_connection(

@@ -36,6 +36,7 @@ from workers.providers.local import LocalAnalysisProvider, LocalImageProvider
 from workers.providers.local_intake import LocalIntakeProvider
 from workers.providers.ratelimit import RateGate
 from workers.providers.storage import LocalImageStore
+from workers.services.analytics import drain_analytics_refresh_queue
 from workers.services.leases import LeaseKeeper
 from workers.services.visualize import Outcome, VisualizationService, VisualizeLimits
 from workers.settings import Settings
@@ -96,10 +97,14 @@ def test_service_completes_with_local_providers(engine: Engine, tmp_path: Path) 
         row = conn.execute(
             text("SELECT status, style, image_url, summary FROM visualizations")
         ).one()
-        analytics = count(conn, "emotion_analytics", "user_id = :u", u=user_id)
+        queued = count(conn, "analytics_refresh_queue", "user_id = :u", u=user_id)
     assert row.status == "completed" and row.style == "metaphor" and "sadness" in row.summary
     assert (tmp_path / row.image_url.removeprefix("http://m.test/")).exists()
-    assert analytics == 3
+    assert queued == 1  # once: the duplicate completed nothing
+    sessions = make_session_factory(engine)
+    assert drain_analytics_refresh_queue(lambda: UnitOfWork(sessions), 10) == 1
+    with engine.connect() as conn:
+        assert count(conn, "emotion_analytics", "user_id = :u", u=user_id) == 3
 
 
 def test_image_failure_keeps_the_analysis_checkpoint(engine: Engine, tmp_path: Path) -> None:

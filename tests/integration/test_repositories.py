@@ -15,7 +15,12 @@ from sqlalchemy import Engine, text
 from db.listen import listen
 from db.uow import UnitOfWork
 from domain.intake import NOTIFY_CHANNEL
-from tests.integration.helpers import insert_entry, insert_user, insert_visualization
+from tests.integration.helpers import (
+    insert_entry,
+    insert_user,
+    insert_visualization,
+    refresh_analytics,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +43,8 @@ def test_reads_are_frozen_dataclasses_usable_after_the_unit_of_work(
         insert_visualization(conn, entry_id, user_id, "diagram")
     with uow:
         session_id = uow.intake.create(user_id, "A walk in the rain")
-        uow.analytics.refresh_for_entry(user_id, datetime.now(UTC), removed=False)
         uow.commit()
+    refresh_analytics(engine, user_id, datetime.now(UTC))
     with uow:
         user = uow.users.get_by_email("reader@example.com")
         viz = uow.visualizations.get_by_entry(entry_id)

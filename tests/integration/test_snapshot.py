@@ -107,18 +107,30 @@ def test_status_and_metrics_read_the_same_snapshot(
             ),
             {"e": entry, "u": user},
         )
+        # Two analytics refreshes waiting, the oldest for 200 s: no refresher drains.
+        conn.execute(
+            text(
+                "INSERT INTO analytics_refresh_queue (user_id, day, created_at) VALUES "
+                "(:u, current_date, now() - interval '200 seconds'), (:u, current_date, now())"
+            ),
+            {"u": user},
+        )
     cache = SnapshotCache(Counted(client, redis_namespace), _uow_factory(engine), max_age_s=60.0)
     monkeypatch.setattr(snapshot, "_shared", cache)
     status = collect_status(Settings(_env_file=None))  # type: ignore[call-arg]
     registry = CollectorRegistry()
     registry.register(StateCollector(snapshot.shared().get))
-    generate_latest(registry)
+    exposed = generate_latest(registry).decode()
     collect_status(Settings(_env_file=None))  # type: ignore[call-arg]
     assert cache.computations == 1
     assert status["visualizations"] == {"pending": 1, "processing": 0, "failed": 0}
     assert [p["queue"] for p in status["paused_queues"]] == ["visualizations"]
     paid = status["paid_calls_today"]
     assert (paid["calls"], paid["people"], paid["waiting_on_budget"]) == (1, 1, 1)
+    refresh = status["analytics_refresh"]
+    assert refresh["queued"] == 2 and refresh["behind"] and 199 < refresh["oldest_age_s"] < 260
+    assert "emotionviz_analytics_refresh_queued 2.0" in exposed
+    assert "emotionviz_analytics_refresh_oldest_age_seconds 2" in exposed  # 2xx seconds
 
 
 def test_completed_work_is_counted_exactly_after_analyze(

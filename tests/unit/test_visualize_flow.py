@@ -110,7 +110,7 @@ class FakeVisualizations:
         **image: Any,
     ) -> bool:
         assert not paid_calls  # no ledger here
-        # The real one refreshes the analytics in the same round trip.
+        # The real one queues the analytics refresh in the same statement.
         self.pending.append(lambda: self.db.analytics_refreshed.append(user_id))
         row = self._held(claim)
         if row is not None:

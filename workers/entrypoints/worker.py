@@ -9,6 +9,7 @@ import sys
 from domain.errors import ConfigurationError
 from workers import bootstrap
 from workers.entrypoints.actors import declare_actors
+from workers.entrypoints.analytics_refresh import AnalyticsRefresher
 from workers.entrypoints.cpu_affinity import CpuAffinity
 from workers.entrypoints.event_delivery import EventDelivery
 from workers.entrypoints.failover_watch import FailoverWatchMiddleware
@@ -51,6 +52,10 @@ broker.add_middleware(
 )
 broker.add_middleware(Watchdog(settings.watchdog_interval_s))
 broker.add_middleware(EventDelivery(settings))  # completion events to their subscribers
+# The analytics of completed, edited and deleted entries, a second later in batches.
+broker.add_middleware(
+    AnalyticsRefresher(settings.analytics_refresh_every_s, bootstrap.drain_analytics_refreshes)
+)
 broker.add_middleware(FailoverWatchMiddleware(settings))  # REDIS_URL=redis+sentinel://
 if settings.metrics_port:
     from workers.observability.middleware import worker_middleware

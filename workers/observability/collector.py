@@ -82,6 +82,20 @@ class StateCollector(Collector):
         for state, number in sorted(snap.rows.event_deliveries.items()):
             deliveries.add_metric([state], number)
         yield deliveries
+        backlog = snap.rows.analytics_backlog
+        if backlog is not None:
+            yield GaugeMetricFamily(
+                "emotionviz_analytics_refresh_queued",
+                "Analytics refreshes waiting (completed, edited or deleted entries' person "
+                "and day), exact up to 100,000",
+                value=backlog.queued,
+            )
+            yield GaugeMetricFamily(
+                "emotionviz_analytics_refresh_oldest_age_seconds",
+                "Age of the oldest waiting analytics refresh (0 when none): the worker "
+                "processes' refreshers drain it every second, so minutes mean none runs",
+                value=backlog.oldest_age_s or 0.0,
+            )
 
 
 def _broker_metrics(broker: BrokerState) -> Iterator[Any]:

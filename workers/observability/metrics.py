@@ -105,6 +105,16 @@ def _metrics() -> dict[str, Any]:
             "Estimated cost of the model API attempts (USD, from the price table)",
             ["model"],
         ),
+        # The analytics refresher (workers/entrypoints/analytics_refresh.py).
+        "analytics_refreshed": Counter(
+            "emotionviz_analytics_refreshed_total",
+            "Queued analytics refreshes (a person's entry completed, edited or deleted) "
+            "this process's refresher did",
+        ),
+        "analytics_refresh_failures": Counter(
+            "emotionviz_analytics_refresh_failures_total",
+            "Refresher passes that failed (the queue keeps its rows; the next pass retries them)",
+        ),
         "model_calls": Counter(
             "emotionviz_model_calls_total",
             "Attempts the model API received (the ledger's rows), by kind and outcome "
@@ -166,6 +176,15 @@ def count_model_call(model: str, kind: str, outcome: str, cost_usd: float) -> No
         found["model_cost"].labels(model).inc(cost_usd)
 
     _safely(record)
+
+
+def count_analytics_refreshed(number: int) -> None:
+    if number:
+        _safely(lambda: _metrics()["analytics_refreshed"].inc(number))
+
+
+def count_analytics_refresh_failure() -> None:
+    _safely(lambda: _metrics()["analytics_refresh_failures"].inc())
 
 
 def count_reconciled(kind: str, number: int) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from db.repositories.analytics import RefreshBacklog
 from db.repositories.events import event_repository
 from db.repositories.ledger import DaySpend, ledger_of
 from db.repositories.pauses import PausedRow, pause_repository
@@ -49,6 +50,8 @@ class WorkRows:
     # Issue 23.3: today's (UTC) paid calls, and the pending rows waiting on a budget.
     spend_today: DaySpend | None = None
     budget_waits: int = 0
+    # The analytics refresher's queue (workers/entrypoints/analytics_refresh.py).
+    analytics_backlog: RefreshBacklog | None = None
 
 
 def read_rows(uow: UnitOfWork) -> WorkRows:
@@ -116,9 +119,11 @@ class SnapshotCache:
             with self.uow_factory() as uow:
                 rows = read_rows(uow)
                 # Apart from read_rows (whose plans test_periodic_plans checks on the
-                # large tables): two counts through event_deliveries' partial indexes.
+                # large tables): two counts through event_deliveries' partial indexes,
+                # the paused queues, and the analytics refresher's (small) queue.
                 rows = replace(rows, event_deliveries=event_repository(uow).undelivered_counts())
                 rows = replace(rows, paused_queues=pause_repository(uow).paused())
+                rows = replace(rows, analytics_backlog=uow.analytics.refresh_backlog())
             with self.uow_factory() as uow:  # the ledger reads on the driver connection
                 rows = replace(rows, **_ledger_today(uow))
         except Exception as exc:  # noqa: BLE001 - as above

@@ -39,6 +39,27 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "redis_failover": snap.redis_failover,  # issue 22.1
         "paused_queues": [_paused(row) for row in rows.paused_queues],  # issue 24.3
         "paid_calls_today": _paid_calls_today(settings, rows, snap.taken_at),  # issue 23.3
+        "analytics_refresh": _analytics_refresh(rows),
+    }
+
+
+# Past this age the oldest queued analytics refresh means no refresher drains the queue
+# (each worker process drains it every ANALYTICS_REFRESH_EVERY_S, 1 s by default; the
+# maintenance pass every RECONCILE_EVERY_S, 15 s).
+ANALYTICS_BEHIND_S = 120.0
+
+
+def _analytics_refresh(rows: WorkRows) -> dict[str, Any]:
+    """The refresher's queue: rows waiting, the oldest one's age, and whether that age
+    says no refresher is draining it."""
+    backlog = rows.analytics_backlog
+    if backlog is None:
+        return {"queued": 0, "oldest_age_s": None, "behind": False}
+    oldest = None if backlog.oldest_age_s is None else round(backlog.oldest_age_s, 1)
+    return {
+        "queued": backlog.queued,
+        "oldest_age_s": oldest,
+        "behind": oldest is not None and oldest > ANALYTICS_BEHIND_S,
     }
 
 

@@ -147,6 +147,13 @@ def recompute(
     return RecomputeSummary(kind, first.start, end, len(users), rows, len(batches))
 
 
+def ordered_lanes(lanes: Iterable[int]) -> list[tuple[PeriodKind, int]]:
+    """The lane locks of ``lanes`` for every period kind, in the one order every holder
+    of several takes them: kind by kind (PERIOD_KINDS), lanes ascending."""
+    distinct = sorted(set(lanes))
+    return [(kind, lane) for kind in PERIOD_KINDS for lane in distinct]
+
+
 def refresh_ranges(
     days_by_user: dict[uuid.UUID, set[date]], kind: PeriodKind
 ) -> dict[tuple[date, date], list[uuid.UUID]]:
@@ -188,8 +195,9 @@ def drain_analytics_refresh_queue(uow_factory: Callable[[], UnitOfWork], limit: 
             days_by_user: dict[uuid.UUID, set[date]] = {}
             for item in taken:
                 days_by_user.setdefault(item.user_id, set()).add(item.day)
+            # Every lane the batch's people are in, of every kind, in one statement.
+            uow.analytics.lock_lanes(ordered_lanes(lane_of(u) for u in days_by_user))
             for kind in PERIOD_KINDS:
-                uow.analytics.lock_lanes(kind, (lane_of(u) for u in days_by_user))
                 ranges = refresh_ranges(days_by_user, kind)
                 if len(ranges) > DRAIN_MAX_STATEMENTS:
                     first = min(first for first, _ in ranges)

@@ -227,7 +227,7 @@ class VisualizationService:
         if redraw:
             picture["style"] = style.value
         with self._riding_calls() as paid_calls, self.uow_factory() as uow:
-            # One round trip: the completion's pipeline is one transaction of its own.
+            # One statement in autocommit: one round trip, its own transaction.
             uow.single_statement()
             completed = uow.entry_pipeline.complete(
                 claim,

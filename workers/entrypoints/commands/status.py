@@ -103,6 +103,18 @@ def render(status: dict[str, Any]) -> Group:
             str(paid["waiting_on_budget"]),
         )
         parts.append(table)
+    refresh = status.get("analytics_refresh")
+    if refresh:  # the worker processes' analytics refresher
+        table = Table(title="analytics refresh queue (drained every second by the workers)")
+        for column in ("queued", "oldest", "state"):
+            table.add_column(column, justify="right")
+        oldest = refresh["oldest_age_s"]
+        table.add_row(
+            str(refresh["queued"]),
+            "-" if oldest is None else age(oldest),
+            "BEHIND: is any worker running?" if refresh["behind"] else "ok",
+        )
+        parts.append(table)
     return Group(*parts)
 
 
