@@ -7,6 +7,7 @@ key in a query string or header echoed by a server, a password in a URL.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -17,7 +18,11 @@ _PATTERNS = [
     re.compile(r"([?&](?:api_?)?key=)[^&\s'\"]+", re.IGNORECASE),
     re.compile(r"(://[^:/@\s]*:)[^@\s]+(@)"),  # an empty user too: redis://:password@
 ]
+# Text every match of a pattern above contains (compared lower-case): a pattern added
+# there needs its own here (tests/unit/test_sanitize.py checks each has one).
+PATTERN_TRIGGERS = ("key", "://")
 _secrets: list[str] = []
+_secrets_in_json: list[str] = []  # each as JSON spells it inside a string
 
 
 def register_secret(value: str | None) -> None:
@@ -25,6 +30,7 @@ def register_secret(value: str | None) -> None:
     likely to occur by chance to be masked everywhere)."""
     if value and len(value) >= _MIN_SECRET_CHARS and value not in _secrets:
         _secrets.append(value)
+        _secrets_in_json.append(json.dumps(value, ensure_ascii=False)[1:-1])
 
 
 def redact(text: str) -> str:
@@ -36,6 +42,18 @@ def redact(text: str) -> str:
             lambda m: m.group(1) + MASK + (m.group(2) if m.lastindex == 2 else ""), text
         )
     return text
+
+
+def json_may_need_redaction(dumped: str) -> bool:
+    """Whether a JSON document (``json.dumps(value, ensure_ascii=False)``) may hold text
+    ``redact`` would mask in one of its strings. False only when none can: no
+    registered secret appears in it (as JSON spells it), and no text any pattern needs.
+    JSON's escapes never split a run of letters, ``://`` or a secret without quotes,
+    backslashes or control characters, so what a string holds the document holds."""
+    lowered = dumped.lower()
+    if any(trigger in lowered for trigger in PATTERN_TRIGGERS):
+        return True
+    return any(secret in dumped for secret in _secrets_in_json)
 
 
 def redact_value(value: Any) -> Any:

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from domain.ledger import PaidCall
 
@@ -46,13 +47,10 @@ RIDING_ROWS_CTE = """ledger AS (
            CASE WHEN known.present THEN c.entry_id END,
            CASE WHEN known.present THEN c.intake_session_id END,
            c.model, c.kind, c.input_tokens, c.output_tokens, c.image, c.outcome, c.cost_usd
-    FROM unnest(%(ledger_user_id)s::uuid[], %(ledger_entry_id)s::uuid[],
-                %(ledger_session_id)s::uuid[], %(ledger_model)s::text[],
-                %(ledger_kind)s::text[], %(ledger_input_tokens)s::integer[],
-                %(ledger_output_tokens)s::integer[], %(ledger_image)s::boolean[],
-                %(ledger_outcome)s::text[], %(ledger_cost_usd)s::numeric[])
-         AS c(user_id, entry_id, intake_session_id, model, kind, input_tokens,
-              output_tokens, image, outcome, cost_usd)
+    FROM jsonb_to_recordset(%(ledger_rows)s::jsonb)
+         AS c(user_id uuid, entry_id uuid, intake_session_id uuid, model text, kind text,
+              input_tokens integer, output_tokens integer, image boolean, outcome text,
+              cost_usd numeric)
     CROSS JOIN LATERAL (
         SELECT c.user_id IS NULL
                OR EXISTS (SELECT 1 FROM users WHERE id = c.user_id FOR KEY SHARE) AS present
@@ -61,20 +59,33 @@ RIDING_ROWS_CTE = """ledger AS (
 )"""
 
 
-def riding_rows(calls: Sequence[PaidCall]) -> dict[str, list[Any]]:
-    """RIDING_ROWS_CTE's parameters: one array per column, a row per call."""
+def riding_rows(calls: Sequence[PaidCall]) -> dict[str, Jsonb]:
+    """RIDING_ROWS_CTE's parameter: the rows as one JSON array (one dump in C, where
+    ten arrays cost ~0.08 ms more of client CPU per statement); ids and the cost as
+    text, which PostgreSQL reads exactly."""
     return {
-        "ledger_user_id": [c.owner.user_id for c in calls],
-        "ledger_entry_id": [c.owner.entry_id for c in calls],
-        "ledger_session_id": [c.owner.intake_session_id for c in calls],
-        "ledger_model": [c.attempt.model[:200] for c in calls],
-        "ledger_kind": [c.kind for c in calls],
-        "ledger_input_tokens": [c.attempt.input_tokens for c in calls],
-        "ledger_output_tokens": [c.attempt.output_tokens for c in calls],
-        "ledger_image": [c.attempt.image for c in calls],
-        "ledger_outcome": [c.attempt.outcome[:100] for c in calls],
-        "ledger_cost_usd": [c.cost_usd for c in calls],
+        "ledger_rows": Jsonb(
+            [
+                {
+                    "user_id": _text_or_none(c.owner.user_id),
+                    "entry_id": _text_or_none(c.owner.entry_id),
+                    "intake_session_id": _text_or_none(c.owner.intake_session_id),
+                    "model": c.attempt.model[:200],
+                    "kind": c.kind,
+                    "input_tokens": c.attempt.input_tokens,
+                    "output_tokens": c.attempt.output_tokens,
+                    "image": c.attempt.image,
+                    "outcome": c.attempt.outcome[:100],
+                    "cost_usd": _text_or_none(c.cost_usd),
+                }
+                for c in calls
+            ]
+        )
     }
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 _RECORD_ALL = f"WITH {RIDING_ROWS_CTE}\nSELECT count(*) FROM ledger"

@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.exc import DataError
 
 from domain.analysis import parse_analysis_text
 from domain.errors import InvalidModelOutputError, ProviderError, failure_reason
 from domain.intake import AskNext, parse_turn_text
-from domain.redaction import redact, redact_value, register_secret
+from domain.redaction import (
+    _PATTERNS,
+    PATTERN_TRIGGERS,
+    redact,
+    redact_value,
+    register_secret,
+)
 from domain.sanitize import from_model, one_line, storable, storable_text
 
 pytestmark = pytest.mark.unit
@@ -76,3 +84,34 @@ def test_model_output_is_made_storable_where_it_is_parsed() -> None:
     with pytest.raises(InvalidModelOutputError, match="not valid JSON"):
         parse_turn_text('{"action": "ask", "question": "raw \x00 NUL"}', must_complete=False)
     assert from_model({"t": "\x00"}) == {"t": ""}
+
+
+# JSON-like values with the text a slow walk would change: NUL, lone surrogates, the
+# registered secret (also beside a quote and a newline), URLs with passwords, key=...
+_PIECES = ["a", "K", "e", "y", "=", "?", ":", "/", "@", '"', "\\", "\n", " ", "\x00", "\ud800"]
+_PIECES += ["é", "planted-secret-0123", "x-goog-api-key", "://", "redis://:pw@h", "&key=v"]
+_TEXT = st.lists(st.sampled_from(_PIECES), max_size=8).map("".join)
+_JSON_LIKE = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=_JSON_LIKE)
+def test_from_model_equals_the_full_walk_whatever_the_value(value: object) -> None:
+    """The dump's shortcut never keeps what the walk would change."""
+    register_secret("planted-secret-0123")
+    assert from_model(value) == storable(redact_value(value))
+
+
+def test_every_redaction_pattern_needs_a_trigger() -> None:
+    """json_may_need_redaction relies on each pattern's match holding a trigger."""
+    samples = ["x-goog-api-key: abcdef", "https://h/p?key=abcdef", "redis://:pw@host"]
+    for pattern in _PATTERNS:
+        matched = [s for s in samples if pattern.search(s)]
+        assert matched, f"no sample for {pattern.pattern}: add one"
+        for sample in matched:
+            hit = pattern.search(sample)
+            assert hit is not None
+            assert any(t in hit.group(0).lower() for t in PATTERN_TRIGGERS), pattern.pattern
