@@ -102,11 +102,14 @@ class VisualizationRepository:
         row = self.session.scalar(select(Visualization).where(Visualization.entry_id == entry_id))
         return None if row is None else visualization_row(row)
 
-    def renew(self, claims: Sequence[ClaimedVisualization], lease_s: int) -> int:
-        """Extend the leases this process still holds (its heartbeat); returns how many
-        were renewed (a lease taken over meanwhile is not)."""
+    def renew(
+        self, claims: Sequence[ClaimedVisualization], lease_s: int
+    ) -> set[tuple[uuid.UUID, datetime | None]]:
+        """Extend the leases this process still holds (its heartbeat); returns the (id,
+        lease) of those renewed (a lease taken over meanwhile is not, nor a row its job
+        ended meanwhile)."""
         if not claims:
-            return 0
+            return set()
         v = Visualization
         held = tuple_(v.id, v.processing_started_at).in_([(c.id, c.lease) for c in claims])
         result = self.session.execute(
@@ -114,8 +117,9 @@ class VisualizationRepository:
             .where(held)
             .where(v.status == VisualizationStatus.PROCESSING.value)
             .values(lease_expires_at=func.clock_timestamp() + _seconds(lease_s))
+            .returning(v.id, v.processing_started_at)
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return {(row[0], row[1]) for row in result}
 
     def _held(self, claim: ClaimedVisualization) -> Any:
         c = _TABLE.c

@@ -180,6 +180,49 @@ def test_the_heartbeat_renews_the_lease_and_a_dead_holders_row_is_reclaimed(
         assert uow.visualizations.stuck_count() == 0
 
 
+def test_the_heartbeat_warns_of_a_lease_taken_over_not_of_a_job_that_ended(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that completes while the renewal's UPDATE runs drops its lease right after:
+    that is no news. A lease whose row another worker claimed is."""
+    from workers.services import leases
+
+    warnings: list[dict[str, object]] = []
+    monkeypatch.setattr(leases.log, "warning", lambda event, **kw: warnings.append(kw))
+    factory = make_session_factory(engine)
+    (first, user_a), (second, user_b) = _entry(engine), _entry(engine)
+    ended, kept = claim(engine, first, user_a), claim(engine, second, user_b)
+    assert ended is not None and kept is not None
+    keeper = LeaseKeeper(lambda: unit_that_drops(), lease_s=300)
+
+    def unit_that_drops() -> UnitOfWork:
+        unit = UnitOfWork(factory)
+        commit = unit.commit
+
+        def commit_then_drop() -> None:
+            commit()
+            keeper.drop(ended)  # the job's own drop, after its completion committed
+
+        unit.commit = commit_then_drop  # type: ignore[method-assign]
+        return unit
+
+    with engine.begin() as conn:  # the first job completed before the UPDATE
+        conn.execute(
+            text("UPDATE visualizations SET status = 'completed' WHERE id = :i"), {"i": ended.id}
+        )
+    keeper.hold(ended)
+    keeper.hold(kept)
+    assert keeper.renew_now() == 1
+    assert warnings == []
+    with engine.begin() as conn:  # another worker took the second row over
+        conn.execute(
+            text("UPDATE visualizations SET processing_started_at = now() WHERE id = :i"),
+            {"i": kept.id},
+        )
+    assert keeper.renew_now() == 0
+    assert [w["taken_over"] for w in warnings] == [[str(kept.id)]]
+
+
 def test_a_row_whose_worker_keeps_dying_fails_after_max_claims(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -50,15 +50,29 @@ class LeaseKeeper:
             return list(self._held.values())
 
     def renew_now(self) -> int:
+        """Renew every lease held; returns how many were renewed. A lease not renewed
+        whose job still holds it afterwards was taken over (logged); one whose job
+        ended while the UPDATE ran (completed, failed, given back) is no news."""
         claims = self.held()
         if not claims:
             return 0
         with self.uow_factory() as uow:
             renewed = uow.visualizations.renew(claims, self.lease_s)
             uow.commit()
-        if renewed < len(claims):
-            log.warning("leases taken over meanwhile", held=len(claims), renewed=renewed)
-        return renewed
+        with self._lock:
+            lost = [
+                c
+                for c in claims
+                if (c.id, c.lease) not in renewed and (c.id, c.lease) in self._held
+            ]
+        if lost:
+            log.warning(
+                "leases taken over meanwhile",
+                held=len(claims),
+                renewed=len(renewed),
+                taken_over=[str(c.id) for c in lost[:10]],
+            )
+        return len(renewed)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
