@@ -86,7 +86,7 @@ def measure_parts(ids: list[tuple[str, str]]) -> tuple[dict[str, float], int]:
     _patch(timer, repository, "claim_entry", "SQL: claim")
     _patch(timer, repository, "fair_claim", "SQL: claim")
     _patch(timer, repository, "checkpoint_analysis", "SQL: analysis checkpoint")
-    _patch(timer, repository, "complete", "SQL: completion + analytics refresh")
+    _patch(timer, repository, "complete", "SQL: completion (its analytics refresh queued)")
     unit = uow_module.UnitOfWork
     _patch(timer, unit, "__enter__", "units of work (pool, commit, return)")
     _patch(timer, unit, "__exit__", "units of work (pool, commit, return)")
