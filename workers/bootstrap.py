@@ -329,7 +329,6 @@ def run_reconcile() -> ReconcileReport:
     reconcile lost or stuck work, then the analytics of edited or deleted entries."""
     from workers.messaging.broker_state import broker_lost_data
     from workers.messaging.queue_head import holds_messages, queue_head_sent_at
-    from workers.services.analytics import drain_analytics_refresh_queue
     from workers.services.reconcile import reconcile
 
     settings = get_settings()
@@ -359,12 +358,13 @@ def run_reconcile() -> ReconcileReport:
     )
     # Analytics of entries upstream edited or deleted (queued by triggers) follow in the
     # same periodic pass, bounded like the rest of it.
-    refreshed = drain_analytics_refresh_queue(unit_of_work, limit=MAINTENANCE_REFRESH_LIMIT)
+    refreshed = drain_analytics_refreshes(MAINTENANCE_REFRESH_LIMIT)
     return dataclasses.replace(report, analytics_refreshed=refreshed)
 
 
 def drain_analytics_refreshes(limit: int) -> int:
-    """One pass of the worker's analytics refresher (workers/entrypoints/analytics_refresh.py)."""
+    """Refresh up to ``limit`` queued analytics refreshes: a pass of the worker's
+    refresher (workers/entrypoints/analytics_refresh.py) or of the maintenance pass."""
     from workers.services.analytics import drain_analytics_refresh_queue
 
     return drain_analytics_refresh_queue(unit_of_work, limit=limit)

@@ -105,7 +105,7 @@ def render(status: dict[str, Any]) -> Group:
         parts.append(table)
     refresh = status.get("analytics_refresh")
     if refresh:  # the worker processes' analytics refresher
-        table = Table(title="analytics refresh queue (drained every second by the workers)")
+        table = Table(title="analytics refresh queue (the workers drain it)")
         for column in ("queued", "oldest", "state"):
             table.add_column(column, justify="right")
         oldest = refresh["oldest_age_s"]
