@@ -81,61 +81,9 @@ _LOW_LANE = f"""
     END LOOP;
 """
 
-FAIR_CLAIM = f"""
-CREATE OR REPLACE FUNCTION fair_claim(
-    p_entry uuid, p_user uuid, p_style text, p_lease_s double precision, p_cap integer,
-    p_low_after_s double precision)
-RETURNS TABLE (
-    f_entry_id uuid, f_id uuid, f_lease timestamptz, f_style text,
-    f_gemini_analysis jsonb, f_image_url text, f_claim_count integer, f_capped boolean)
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_person uuid;
-    v_entry uuid;
-    v_enrol boolean := false;
-    v_tries integer := 0;
-    v_passed uuid[] := '{{}}';
-BEGIN
-    -- 0. A message naming no entry of its person takes nothing: the caller rejects it.
-    IF NOT EXISTS (SELECT 1 FROM emotion_entries e WHERE e.id = p_entry AND e.user_id = p_user)
-    THEN
-        RETURN;
-    END IF;
-    -- 1. The message's own entry joins the pool (fresh) unless something pooled it:
-    --    its row is missing (a producer that wrote only the message) or pending and
-    --    never failed (a row upstream inserted). The caller's entry only.
-    IF NOT EXISTS (SELECT 1 FROM fair_waiting w WHERE w.entry_id = p_entry) THEN
-        -- The arrival first, then the row: the reconciler's order (ADOPT_ARRIVALS locks
-        -- the arrival, then inserts the row), so the two never wait on each other.
-        DELETE FROM entry_arrivals a WHERE a.entry_id = p_entry;
-        INSERT INTO visualizations (entry_id, user_id, style, dispatched_at)
-        SELECT e.id, e.user_id, p_style, now() FROM emotion_entries e
-        WHERE e.id = p_entry AND e.user_id = p_user
-        ON CONFLICT (entry_id) DO NOTHING;
-        IF FOUND THEN
-            v_enrol := true;
-        ELSE
-            v_enrol := EXISTS (
-                SELECT 1 FROM visualizations v
-                WHERE v.entry_id = p_entry AND v.user_id = p_user
-                  AND v.status = 'pending' AND v.error_message IS NULL);
-        END IF;
-        IF v_enrol THEN
-            INSERT INTO fair_turns AS t (user_id) VALUES (p_user)
-            ON CONFLICT (user_id) DO UPDATE SET turn_at = t.turn_at;  -- locks the person
-            INSERT INTO fair_waiting (entry_id, user_id, lane) VALUES (p_entry, p_user, 0)
-            ON CONFLICT (entry_id) DO NOTHING;
-        END IF;
-    END IF;
-
-    -- 2a. The low lane goes first when its oldest entry has waited p_low_after_s: it is
-    --     lower than the fresh lane, never starved by it (a crashed worker's row, a
-    --     replay, an adopted arrival behind somebody's import).
-    IF EXISTS (SELECT 1 FROM fair_waiting w WHERE w.lane = 1
-               AND w.queued_at < now() - make_interval(secs => p_low_after_s)) THEN
-        {_LOW_LANE}
-    END IF;
-
+# 2. The fresh lane of 0008: rank the waiting people, take the first one's oldest
+# entry; rank again after each person found held (migration 0012 ranks once).
+_FRESH_LANE = f"""
     -- 2. Fresh lane: the waiting person with nothing in flight who waited longest since
     --    their last turn, else the one with the fewest jobs in flight (under the cap);
     --    their oldest entry that no concurrent claim holds. Nothing here waits for a
@@ -192,7 +140,66 @@ BEGIN
                            FOR UPDATE SKIP LOCKED);
         {_TAKE}
     END LOOP;
+"""
 
+
+def fair_claim_function(fresh_lane: str) -> str:
+    """``fair_claim`` with ``fresh_lane`` as its step 2 (0012 replaces only that step)."""
+    return f"""
+CREATE OR REPLACE FUNCTION fair_claim(
+    p_entry uuid, p_user uuid, p_style text, p_lease_s double precision, p_cap integer,
+    p_low_after_s double precision)
+RETURNS TABLE (
+    f_entry_id uuid, f_id uuid, f_lease timestamptz, f_style text,
+    f_gemini_analysis jsonb, f_image_url text, f_claim_count integer, f_capped boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_person uuid;
+    v_entry uuid;
+    v_enrol boolean := false;
+    v_tries integer := 0;
+    v_passed uuid[] := '{{}}';
+BEGIN
+    -- 0. A message naming no entry of its person takes nothing: the caller rejects it.
+    IF NOT EXISTS (SELECT 1 FROM emotion_entries e WHERE e.id = p_entry AND e.user_id = p_user)
+    THEN
+        RETURN;
+    END IF;
+    -- 1. The message's own entry joins the pool (fresh) unless something pooled it:
+    --    its row is missing (a producer that wrote only the message) or pending and
+    --    never failed (a row upstream inserted). The caller's entry only.
+    IF NOT EXISTS (SELECT 1 FROM fair_waiting w WHERE w.entry_id = p_entry) THEN
+        -- The arrival first, then the row: the reconciler's order (ADOPT_ARRIVALS locks
+        -- the arrival, then inserts the row), so the two never wait on each other.
+        DELETE FROM entry_arrivals a WHERE a.entry_id = p_entry;
+        INSERT INTO visualizations (entry_id, user_id, style, dispatched_at)
+        SELECT e.id, e.user_id, p_style, now() FROM emotion_entries e
+        WHERE e.id = p_entry AND e.user_id = p_user
+        ON CONFLICT (entry_id) DO NOTHING;
+        IF FOUND THEN
+            v_enrol := true;
+        ELSE
+            v_enrol := EXISTS (
+                SELECT 1 FROM visualizations v
+                WHERE v.entry_id = p_entry AND v.user_id = p_user
+                  AND v.status = 'pending' AND v.error_message IS NULL);
+        END IF;
+        IF v_enrol THEN
+            INSERT INTO fair_turns AS t (user_id) VALUES (p_user)
+            ON CONFLICT (user_id) DO UPDATE SET turn_at = t.turn_at;  -- locks the person
+            INSERT INTO fair_waiting (entry_id, user_id, lane) VALUES (p_entry, p_user, 0)
+            ON CONFLICT (entry_id) DO NOTHING;
+        END IF;
+    END IF;
+
+    -- 2a. The low lane goes first when its oldest entry has waited p_low_after_s: it is
+    --     lower than the fresh lane, never starved by it (a crashed worker's row, a
+    --     replay, an adopted arrival behind somebody's import).
+    IF EXISTS (SELECT 1 FROM fair_waiting w WHERE w.lane = 1
+               AND w.queued_at < now() - make_interval(secs => p_low_after_s)) THEN
+        {_LOW_LANE}
+    END IF;
+{fresh_lane}
     -- 3. Low lane: the oldest republished entry (a reconcile, a replay), under the cap
     --    as the fresh lane.
     {_LOW_LANE}
@@ -239,6 +246,9 @@ BEGIN
 END;
 $$
 """
+
+
+FAIR_CLAIM = fair_claim_function(_FRESH_LANE)
 
 STEPS = [
     "CREATE TABLE IF NOT EXISTS fair_turns ("

@@ -103,6 +103,26 @@ def test_tokens_take_people_in_turn_and_each_entry_once(
     assert _ring(engine) == set()
 
 
+def test_a_claim_walks_past_a_person_whose_entries_other_claims_hold(
+    engine: Engine, uow_factory: Callable[[], UnitOfWork]
+) -> None:
+    """One ranking per claim (migration 0012): the first person's only entry is held by a
+    concurrent claim (its statement has not ended), so the claim takes the next person's
+    oldest entry in the same statement; the held person stays in the ring."""
+    a, [a_entry] = _person(engine, 1)
+    b, b_entries = _person(engine, 2)
+    _publish(uow_factory, a, [a_entry])  # A first: A's turn is the older
+    _publish(uow_factory, b, b_entries)
+    with engine.connect() as other:  # a concurrent claim, mid-statement, holds A's entry
+        other.execute(
+            text("SELECT 1 FROM fair_waiting WHERE entry_id = :e FOR UPDATE"), {"e": a_entry}
+        )
+        assert _taken(_claim(uow_factory, b_entries[1], b)) == b_entries[0]
+        assert _ring(engine) == {a, b}
+        other.rollback()
+    assert _taken(_claim(uow_factory, b_entries[1], b)) == a_entry  # A: nothing running
+
+
 def test_fresh_entries_go_before_replays_and_republished_stuck_rows(
     engine: Engine, uow_factory: Callable[[], UnitOfWork], broker: dramatiq.Broker
 ) -> None:
