@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, select, text, tuple_, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import Visualization
@@ -101,25 +101,6 @@ class VisualizationRepository:
     def get_by_entry(self, entry_id: uuid.UUID) -> VisualizationRow | None:
         row = self.session.scalar(select(Visualization).where(Visualization.entry_id == entry_id))
         return None if row is None else visualization_row(row)
-
-    def renew(
-        self, claims: Sequence[ClaimedVisualization], lease_s: int
-    ) -> set[tuple[uuid.UUID, datetime | None]]:
-        """Extend the leases this process still holds (its heartbeat); returns the (id,
-        lease) of those renewed (a lease taken over meanwhile is not, nor a row its job
-        ended meanwhile)."""
-        if not claims:
-            return set()
-        v = Visualization
-        held = tuple_(v.id, v.processing_started_at).in_([(c.id, c.lease) for c in claims])
-        result = self.session.execute(
-            update(v)
-            .where(held)
-            .where(v.status == VisualizationStatus.PROCESSING.value)
-            .values(lease_expires_at=func.clock_timestamp() + _seconds(lease_s))
-            .returning(v.id, v.processing_started_at)
-        )
-        return {(row[0], row[1]) for row in result}
 
     def _held(self, claim: ClaimedVisualization) -> Any:
         c = _TABLE.c

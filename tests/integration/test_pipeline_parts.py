@@ -8,6 +8,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import pytest
@@ -193,18 +194,13 @@ def test_the_heartbeat_warns_of_a_lease_taken_over_not_of_a_job_that_ended(
     (first, user_a), (second, user_b) = _entry(engine), _entry(engine)
     ended, kept = claim(engine, first, user_a), claim(engine, second, user_b)
     assert ended is not None and kept is not None
-    keeper = LeaseKeeper(lambda: unit_that_drops(), lease_s=300)
 
-    def unit_that_drops() -> UnitOfWork:
-        unit = UnitOfWork(factory)
-        commit = unit.commit
-
-        def commit_then_drop() -> None:
-            commit()
+    class UnitThatDrops(UnitOfWork):
+        def __exit__(self, *exc: Any) -> None:
+            super().__exit__(*exc)  # the renewal's UPDATE has run (it commits by itself)
             keeper.drop(ended)  # the job's own drop, after its completion committed
 
-        unit.commit = commit_then_drop  # type: ignore[method-assign]
-        return unit
+    keeper = LeaseKeeper(lambda: UnitThatDrops(factory), lease_s=300)
 
     with engine.begin() as conn:  # the first job completed before the UPDATE
         conn.execute(

@@ -138,8 +138,10 @@ class FakeVisualizations:
     def count_claim(self, claim: ClaimedVisualization, delta: int) -> bool:
         return self._held(claim) is not None
 
-    def renew(self, claims: list[ClaimedVisualization], lease_s: int) -> int:
-        return sum(1 for c in claims if self._held(c) is not None)
+    def renew_leases(
+        self, claims: list[ClaimedVisualization], lease_s: int
+    ) -> set[tuple[uuid.UUID, datetime]]:
+        return {(c.id, c.lease) for c in claims if self._held(c) is not None}
 
     def get_by_entry(self, entry_id: uuid.UUID) -> Any:
         row = self.db.rows.get(entry_id)

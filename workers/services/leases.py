@@ -57,8 +57,7 @@ class LeaseKeeper:
         if not claims:
             return 0
         with self.uow_factory() as uow:
-            renewed = uow.visualizations.renew(claims, self.lease_s)
-            uow.commit()
+            renewed = uow.single_statement().entry_pipeline.renew_leases(claims, self.lease_s)
         with self._lock:
             lost = [
                 c
