@@ -16,6 +16,10 @@ Each ``--model`` is a separate run in this invocation, so their figures compare:
            x threads: the bound for any threaded implementation on this machine
   floor-asyncio  the same work as tasks on one event loop per process, through the
            SDK's async client: the bound for async providers
+  floor-db the floor with each entry's three writes (the fair claim, the checkpoint,
+           the completion: one statement each on the thread's own connection), and
+           nothing else of ours: the bound for any worker that writes an entry's steps
+           one statement each, whatever its Python costs
 
 The entries all arrive at once, so each wave's answers come back together and their CPU
 work runs in bursts between the waits: wall ~ ideal + the bursts, which no number of
@@ -59,6 +63,7 @@ from common import (
     bench_database,
     cpu_seconds,
     entry_ids,
+    libpq,
     make_entries,
     server_processes,
     status_counts,
@@ -106,12 +111,19 @@ def _started(proc: psutil.Process) -> float:
         return 0.0
 
 
-def run_floor(args: argparse.Namespace, model: str) -> float:
+def run_floor(args: argparse.Namespace, model: str, db_url: str) -> float:
     """The floor alone in ``processes`` processes x threads (or tasks), started together;
-    its wall / ideal."""
+    its wall / ideal. ``floor-db``: on fresh entries of ``db_url``, with their writes."""
     count, in_flight = args.entries, args.in_flight
     ideal = math.ceil(count / in_flight) * (args.analysis_s + args.image_s)
     threads = in_flight // args.processes
+    if model == "floor-db":
+        make_entries(db_url, count)
+    postgres_cpu: list[float] = []  # when the floor starts, when it is done
+
+    def read_postgres() -> None:  # every backend there, its connections still open
+        postgres_cpu.append(cpu_seconds(server_processes("postgres")))
+
     emulator = Emulator(args.analysis_s, args.image_s)
     try:
         emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)])
@@ -122,6 +134,9 @@ def run_floor(args: argparse.Namespace, model: str) -> float:
             count,
             use_asyncio=model == "floor-asyncio",
             cpu_affinity=args.cpu_affinity,
+            db=libpq(db_url) if model == "floor-db" else None,
+            on_ready=read_postgres,
+            on_done=read_postgres,
         )
         emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)]) - emulator_cpu
     finally:
@@ -138,6 +153,12 @@ def run_floor(args: argparse.Namespace, model: str) -> float:
         f"    CPU floor processes {cpu:.1f} s ({cpu * 1000 / count:.1f} ms/entry), "
         f"emulator {emulator_cpu:.1f} s"
     )
+    if model == "floor-db":
+        spent = postgres_cpu[-1] - postgres_cpu[0]
+        print(
+            f"    CPU postgres {spent:.1f} s ({spent * 1000 / count:.1f} ms/entry); "
+            f"rows {status_counts(db_url)}"
+        )
     return elapsed / ideal
 
 
@@ -217,7 +238,7 @@ def main() -> int:
     parser.add_argument(
         "--models",
         nargs="+",
-        choices=["threads", "gevent", "floor", "floor-asyncio"],
+        choices=["threads", "gevent", "floor", "floor-asyncio", "floor-db"],
         default=["threads", "floor", "floor-asyncio"],
     )
     parser.add_argument(
@@ -246,7 +267,7 @@ def main() -> int:
             # In turn, the order flipped every round: both see the machine's drift.
             for model in args.models if round_no % 2 == 0 else args.models[::-1]:
                 if model.startswith("floor"):
-                    ratios[model].append(run_floor(args, model))
+                    ratios[model].append(run_floor(args, model, db_url))
                 else:
                     ratios[model].append(run(args, db_url, model))
     if args.rounds > 1:
