@@ -76,13 +76,16 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(libpq_url(normalise_url(url)), **driver_options(), **kwargs)
 
 
-def pool_for_threads(threads: int, size: int = 0, overflow: int = -1) -> tuple[int, int]:
+def pool_for_threads(threads: int, size: int = 0, overflow: int = 0) -> tuple[int, int]:
     """(pool size, max overflow) for a process whose ``threads`` run SQL (the worker
     threads and the lease heartbeat). ``size`` 0 sizes it from the threads: a job holds
     a connection only while it runs SQL (a few ms per unit of work against seconds of
-    model calls), so a quarter of the threads at rest (at least 2) and as many again at
-    peak; never more than threads + 1, the most that can be used at once. ``overflow``
-    -1 means as many as the pool. Explicit values win (DB_POOL_SIZE, DB_MAX_OVERFLOW)."""
+    model calls), so a quarter of the threads (at least 2), kept open. ``overflow``:
+    connections opened beyond it at peak and closed once returned, 0 by default (at
+    each burst they were opened again, on new backends that met every statement cold:
+    docs/benchmarks.md, "The pool's overflow"); -1 means as many as the pool, never
+    more than threads + 1 in all, the most that can be used at once. Explicit values
+    win (DB_POOL_SIZE, DB_MAX_OVERFLOW)."""
     users = threads + 1  # + the lease heartbeat thread
     pool = size if size > 0 else min(users, max(2, math.ceil(threads / 4)))
     extra = pool if overflow < 0 else overflow

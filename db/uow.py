@@ -61,6 +61,7 @@ log = logging.getLogger("emotionviz.uow")
 _UNAVAILABLE = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
+    sa_exc.TimeoutError,  # no pooled connection came free in pool_timeout (30 s)
     psycopg.OperationalError,
     psycopg.InterfaceError,
 )

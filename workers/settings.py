@@ -131,8 +131,11 @@ class Settings(BaseSettings):
     # quarter, at least 2; a job holds one only while it runs SQL). db/engine.py
     # pool_for_threads; `emotionviz doctor` shows what a fleet opens.
     db_pool_size: int = Field(default=0, ge=0, le=200)
-    # Connections opened beyond the pool at peak (-1: as many as the pool).
-    db_max_overflow: int = Field(default=-1, ge=-1, le=200)
+    # Connections opened beyond the pool at peak and closed once returned (-1: as many
+    # as the pool). 0 by default: a burst opened and closed them again and again, each
+    # a new backend meeting every statement cold (docs/benchmarks.md, "The pool's
+    # overflow"); a job holds a connection only while it runs SQL, so it waits briefly.
+    db_max_overflow: int = Field(default=0, ge=-1, le=200)
     redis_max_connections: int = Field(default=64, ge=2, le=10_000)
     # The Redis server's maxclients, for `emotionviz doctor` where CONFIG GET is refused.
     redis_maxclients: int | None = Field(default=None, ge=1)

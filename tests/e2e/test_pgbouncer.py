@@ -73,7 +73,7 @@ def pooled(
                 "DATABASE_URL": pooled_url,
                 "DATABASE_DIRECT_URL": harness.db_url,
                 "DATABASE_POOLER": "pgbouncer",
-                "DB_POOL_SIZE": "0",  # sized to the threads: 8 -> 2 + 2 overflow
+                "DB_POOL_SIZE": "0",  # sized to the threads: 8 -> 2, no overflow
                 "WORKER_THREADS": "8",
             }
         )

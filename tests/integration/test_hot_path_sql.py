@@ -270,6 +270,28 @@ def test_a_driver_unit_wraps_errors_and_gives_back_a_working_connection(
         assert uow.driver.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_a_pool_with_no_connection_free_is_the_database_unavailable(db_url: str) -> None:
+    """No overflow by default (db/engine.py pool_for_threads): a unit that waits out the
+    pool's timeout fails as a transient DatabaseUnavailableError (its job is retried),
+    not as an error nobody classified."""
+    from sqlalchemy import create_engine
+
+    from db.engine import normalise_url
+
+    small = create_engine(normalise_url(db_url), pool_size=1, max_overflow=0, pool_timeout=0.2)
+    factory = make_session_factory(small)
+    try:
+        with UnitOfWork(factory) as holder:
+            holder.driver.execute("SELECT 1")  # the only connection, held
+            with pytest.raises(DatabaseUnavailableError, match="unavailable"):
+                with UnitOfWork(factory) as uow:
+                    uow.driver.execute("SELECT 1")
+        with UnitOfWork(factory) as uow:  # given back: the next unit has it
+            assert uow.driver.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        small.dispose()
+
+
 def test_a_unit_runs_on_a_session_or_on_the_driver_never_both(engine: Engine) -> None:
     factory = make_session_factory(engine)
     with UnitOfWork(factory) as uow:

@@ -43,7 +43,7 @@ def test_pool_follows_the_threads(
 
 def test_the_process_engine_is_built_with_the_pool_of_its_threads() -> None:
     # No connection is opened: SQLAlchemy connects on first use.
-    for threads, pool, overflow in ((32, 8, 8), (64, 16, 16), (4, 2, 2)):
+    for threads, pool, overflow in ((32, 8, 0), (64, 16, 0), (4, 2, 0)):
         size, extra = database_pool(_settings(worker_threads=threads))
         database = Database("postgresql://u@127.0.0.1:1/x", pool_size=size, max_overflow=extra)
         try:
@@ -56,19 +56,19 @@ def test_the_process_engine_is_built_with_the_pool_of_its_threads() -> None:
 def test_default_settings_per_machine_and_fleet() -> None:
     settings = _settings()
     by_name = {s.name: s for s in services(settings, 3)}
-    # worker: 2 processes x (pool 8, +8 overflow) + metrics server (1..2) + health (0..1)
-    assert by_name["worker"].postgres == Load(17, 35)
-    assert by_name["worker"].postgres_total == Load(51, 105)
-    # intake worker: 1 x 16 threads -> pool 4 + 4, + metrics server + health
-    assert by_name["intake-worker"].postgres == Load(5, 11)
+    # worker: 2 processes x (pool 8, no overflow) + metrics server (1..2) + health (0..1)
+    assert by_name["worker"].postgres == Load(17, 19)
+    assert by_name["worker"].postgres_total == Load(51, 57)
+    # intake worker: 1 x 16 threads -> pool 4, + metrics server + health
+    assert by_name["intake-worker"].postgres == Load(5, 7)
     assert by_name["scheduler"].postgres_total == Load(1, 2)
-    assert by_name["console"].postgres_total == Load(1, 16)
+    assert by_name["console"].postgres_total == Load(1, 8)
     assert by_name["cli"].postgres_total == Load(0, 1)
     # Redis per worker process: rest queues + 2 (5), peak 2 pools of min(64, 32 + 2x3 + 2)
     # + the subscriber (81); then the metrics server (1..3) and health (0..1).
     assert by_name["worker"].redis == Load(2 * 5 + 1, 2 * 81 + 3 + 1)
     pg, redis = totals(services(settings, 3))
-    assert pg == Load(22 * 3 + 2, 46 * 3 + 19)
+    assert pg == Load(22 * 3 + 2, 26 * 3 + 11)
     assert redis == Load(15 * 3 + 2, 211 * 3 + 43)
 
 
@@ -76,10 +76,11 @@ def test_verdict_against_the_servers_limits() -> None:
     settings = _settings()
     limits = Limits(postgres_max=100, postgres_reserved=3, redis_maxclients=10_000)
     one = verdict(settings, 1, limits)
-    assert one.fits and one.postgres_peak == 65 and one.max_machines == 1
-    three = verdict(settings, 3, limits)
-    assert not three.fits and not three.postgres_fits and three.redis_fits
-    assert three.postgres_peak == 157
+    assert one.fits and one.postgres_peak == 37 and one.max_machines == 3
+    assert verdict(settings, 3, limits).fits  # 89 of 97
+    four = verdict(settings, 4, limits)
+    assert not four.fits and not four.postgres_fits and four.redis_fits
+    assert four.postgres_peak == 115
     # Behind PgBouncer, PostgreSQL sees the direct sessions; Redis bounds the fleet.
     pooled = verdict(settings, 10, limits, pooled=True)
     assert pooled.fits and pooled.postgres_peak == 2
@@ -87,13 +88,13 @@ def test_verdict_against_the_servers_limits() -> None:
     thousand = verdict(settings, 1000, limits, pooled=True)
     assert not thousand.fits and not thousand.redis_fits
     # PgBouncer's limits known: PostgreSQL sees its pool + the direct sessions, and its
-    # clients (46 per machine + 19) must fit max_client_conn.
+    # clients (26 per machine + 11) must fit max_client_conn.
     bouncer = PoolerLimits(max_client_conn=500, server_connections=40)
     ten = verdict(settings, 10, limits, pooled=True, pooler=bouncer)
-    assert ten.fits and ten.postgres_peak == 42 and ten.pooler_clients_peak == 479
-    assert ten.max_machines == (500 - 19) // 46
-    eleven = verdict(settings, 11, limits, pooled=True, pooler=bouncer)
-    assert not eleven.fits and not eleven.pooler_fits and eleven.postgres_fits
+    assert ten.fits and ten.postgres_peak == 42 and ten.pooler_clients_peak == 271
+    assert ten.max_machines == (500 - 11) // 26
+    crowd = verdict(settings, 19, limits, pooled=True, pooler=bouncer)
+    assert not crowd.fits and not crowd.pooler_fits and crowd.postgres_fits
     big_pool = verdict(settings, 1, limits, pooled=True, pooler=PoolerLimits(500, 96))
     assert not big_pool.postgres_fits and big_pool.max_machines == 0
 
@@ -101,7 +102,7 @@ def test_verdict_against_the_servers_limits() -> None:
 def test_settings_change_the_figures() -> None:
     small = _settings(worker_processes=1, worker_threads=8, metrics_port=0)
     worker = {s.name: s for s in services(small, 1)}["worker"]
-    assert worker.postgres == Load(2, 2 + 2 + 1)  # pool 2 + 2, health 0..1
+    assert worker.postgres == Load(2, 2 + 1)  # pool 2, health 0..1
     capped = _settings(redis_max_connections=8, metrics_port=0)
     worker = {s.name: s for s in services(capped, 1)}["worker"]
     assert worker.redis.peak == 2 * (2 * 8 + 1) + 1
