@@ -9,6 +9,7 @@ plain SQL, built once. Writes under a lease are compare-and-set on (id, status
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,7 +160,10 @@ WITH {RIDING_ROWS_CTE}, turn AS (
             WHERE m.user_id = %(yield_for)s::uuid AND {_LIVE}) >= 2 AS go
 ), saved AS (
     UPDATE visualizations AS v
-    SET summary = %(summary)s, insights = %(insights)s, visual_elements = %(visual_elements)s,
+    SET summary = %(summary)s,
+        insights = ARRAY(SELECT i.text FROM jsonb_array_elements_text(%(insights)s::jsonb)
+                         WITH ORDINALITY AS i (text, n) ORDER BY i.n),
+        visual_elements = %(visual_elements)s,
         gemini_analysis = %(raw)s,
         status = CASE WHEN t.go THEN 'pending' ELSE v.status END,
         processing_started_at = CASE WHEN t.go THEN NULL ELSE v.processing_started_at END,
@@ -415,7 +419,9 @@ class EntryPipelineRepository:
         yield of ``yield_turn``, in one statement: one round trip, one transaction."""
         params = {
             "summary": summary,
-            "insights": insights,
+            # As JSON text: psycopg's list dumper walks a list in Python to find its
+            # element type (1.5 % of a worker's GIL time at 512 in flight, py-spy).
+            "insights": json.dumps(insights, ensure_ascii=False),
             "visual_elements": Jsonb(visual_elements),
             "raw": Jsonb(raw),
             "id": claim.id,

@@ -23,6 +23,9 @@ from tests.integration.helpers import insert_entry, insert_user, insert_visualiz
 from workers.services.analytics import drain_analytics_refresh_queue
 
 pytestmark = pytest.mark.integration
+# Kept in order, each as written: not sorted, non-ASCII, quotes, an array literal's
+# specials (the checkpoint sends them as JSON text: db/repositories/entry_pipeline.py).
+INSIGHTS = ["zwei", 'Ünïcode "quoted" \'single\'', "{brace}, a,b", "NULL", "one"]
 
 
 def _entry(engine: Engine) -> tuple[uuid.UUID, uuid.UUID]:
@@ -144,7 +147,7 @@ def test_completion_saves_the_picture_and_queues_the_analytics_refresh_in_one_un
         assert uow.entry_pipeline.checkpoint_analysis(
             claim,
             summary="A calm day",
-            insights=["one", "two"],
+            insights=INSIGHTS,
             visual_elements={"colors": ["blue"]},
             raw={"analysis": {"summary": "A calm day"}},
         ).saved
@@ -171,7 +174,7 @@ def test_completion_saves_the_picture_and_queues_the_analytics_refresh_in_one_un
     assert tuple(row) == (
         "completed",
         "A calm day",
-        ["one", "two"],
+        INSIGHTS,
         {"colors": ["blue"]},
         "/media/a.png",
         "/media/a_thumb.webp",
