@@ -286,9 +286,11 @@ def test_a_pool_with_no_connection_free_is_the_database_unavailable(db_url: str)
     try:
         with UnitOfWork(factory) as holder:
             holder.driver.execute("SELECT 1")  # the only connection, held
-            with pytest.raises(DatabaseUnavailableError, match="unavailable"):
-                with UnitOfWork(factory) as uow:
-                    uow.driver.execute("SELECT 1")
+            with (
+                pytest.raises(DatabaseUnavailableError, match="unavailable"),
+                UnitOfWork(factory) as uow,
+            ):
+                uow.driver.execute("SELECT 1")
         with UnitOfWork(factory) as uow:  # given back: the next unit has it
             assert uow.driver.execute("SELECT 1").fetchone() == (1,)
     finally:
