@@ -25,7 +25,7 @@ from workers.services.analytics import drain_analytics_refresh_queue
 pytestmark = pytest.mark.integration
 # Kept in order, each as written: not sorted, non-ASCII, quotes, an array literal's
 # specials (the checkpoint sends them as JSON text: db/repositories/entry_pipeline.py).
-INSIGHTS = ["zwei", 'Ünïcode "quoted" \'single\'', "{brace}, a,b", "NULL", "one"]
+INSIGHTS = ["zwei", "Ünïcode \"quoted\" 'single'", "{brace}, a,b", "NULL", "one"]
 
 
 def _entry(engine: Engine) -> tuple[uuid.UUID, uuid.UUID]:
