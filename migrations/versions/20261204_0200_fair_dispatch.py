@@ -81,6 +81,32 @@ _LOW_LANE = f"""
     END LOOP;
 """
 
+# The fresh lane's pieces (0012's fresh lane is made of them too). v_person's oldest
+# fresh entry that no concurrent claim holds, into v_entry (NULL: none):
+_OLDEST_FRESH_ENTRY = """
+        v_entry := NULL;
+        SELECT w.entry_id INTO v_entry FROM fair_waiting w
+        WHERE w.user_id = v_person AND w.lane = 0
+        ORDER BY w.queued_at, w.seq LIMIT 1
+        FOR UPDATE SKIP LOCKED;"""[1:]
+
+# v_person out of the ring if no fresh entry of theirs is left, held first:
+_DROP_FROM_RING = """
+            PERFORM 1 FROM fair_turns t WHERE t.user_id = v_person FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                DELETE FROM fair_turns t WHERE t.user_id = v_person
+                  AND NOT EXISTS (SELECT 1 FROM fair_waiting w
+                                  WHERE w.user_id = v_person AND w.lane = 0);
+            END IF;"""[1:]
+
+# v_entry taken from the pool, v_person's turn marked, the row claimed (RETURN if so):
+_TAKE_TURN = f"""
+        DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;
+        UPDATE fair_turns t SET turn_at = clock_timestamp()
+        WHERE t.user_id = (SELECT r.user_id FROM fair_turns r WHERE r.user_id = v_person
+                           FOR UPDATE SKIP LOCKED);
+        {_TAKE}"""[1:]
+
 # 2. The fresh lane of 0008: rank the waiting people, take the first one's oldest
 # entry; rank again after each person found held (migration 0012 ranks once).
 _FRESH_LANE = f"""
@@ -116,29 +142,16 @@ _FRESH_LANE = f"""
                 CONTINUE;
             END IF;
         END IF;
-        v_entry := NULL;
-        SELECT w.entry_id INTO v_entry FROM fair_waiting w
-        WHERE w.user_id = v_person AND w.lane = 0
-        ORDER BY w.queued_at, w.seq LIMIT 1
-        FOR UPDATE SKIP LOCKED;
+{_OLDEST_FRESH_ENTRY}
         IF v_entry IS NULL THEN
             v_passed := v_passed || v_person;
             -- Out of the ring if nothing is left. Held first: whoever adds to a person's
             -- pool holds their ring row, so the check (a statement after the lock, with
             -- its own snapshot) cannot miss an entry being added.
-            PERFORM 1 FROM fair_turns t WHERE t.user_id = v_person FOR UPDATE SKIP LOCKED;
-            IF FOUND THEN
-                DELETE FROM fair_turns t WHERE t.user_id = v_person
-                  AND NOT EXISTS (SELECT 1 FROM fair_waiting w
-                                  WHERE w.user_id = v_person AND w.lane = 0);
-            END IF;
+{_DROP_FROM_RING}
             CONTINUE;
         END IF;
-        DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;
-        UPDATE fair_turns t SET turn_at = clock_timestamp()
-        WHERE t.user_id = (SELECT r.user_id FROM fair_turns r WHERE r.user_id = v_person
-                           FOR UPDATE SKIP LOCKED);
-        {_TAKE}
+{_TAKE_TURN}
     END LOOP;
 """
 

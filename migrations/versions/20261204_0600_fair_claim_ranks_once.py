@@ -71,32 +71,17 @@ _FRESH_LANE = f"""
             CONTINUE WHEN (SELECT count(*) FROM visualizations v
                            WHERE v.user_id = v_person AND {_0008._LIVE}) >= p_cap;
         END IF;
-        v_entry := NULL;
-        SELECT w.entry_id INTO v_entry FROM fair_waiting w
-        WHERE w.user_id = v_person AND w.lane = 0
-        ORDER BY w.queued_at, w.seq LIMIT 1
-        FOR UPDATE SKIP LOCKED;
+{_0008._OLDEST_FRESH_ENTRY}
         IF v_entry IS NULL THEN
             -- Out of the ring if nothing is left (entries other claims hold are still
-            -- theirs to finish). Held first: whoever adds to a person's pool holds
-            -- their ring row, so the check (a statement after the lock, with its own
-            -- snapshot) cannot miss an entry being added.
+            -- theirs to finish), as 0008: held first, then checked.
             IF NOT EXISTS (SELECT 1 FROM fair_waiting w
                            WHERE w.user_id = v_person AND w.lane = 0) THEN
-                PERFORM 1 FROM fair_turns t WHERE t.user_id = v_person FOR UPDATE SKIP LOCKED;
-                IF FOUND THEN
-                    DELETE FROM fair_turns t WHERE t.user_id = v_person
-                      AND NOT EXISTS (SELECT 1 FROM fair_waiting w
-                                      WHERE w.user_id = v_person AND w.lane = 0);
-                END IF;
+{_0008._DROP_FROM_RING}
             END IF;
             CONTINUE;
         END IF;
-        DELETE FROM fair_waiting w WHERE w.entry_id = v_entry;
-        UPDATE fair_turns t SET turn_at = clock_timestamp()
-        WHERE t.user_id = (SELECT r.user_id FROM fair_turns r WHERE r.user_id = v_person
-                           FOR UPDATE SKIP LOCKED);
-        {_0008._TAKE}
+{_0008._TAKE_TURN}
     END LOOP;
 """
 
