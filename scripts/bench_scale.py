@@ -135,8 +135,8 @@ def run_floor(args: argparse.Namespace, model: str, db_url: str) -> float:
             use_asyncio=model == "floor-asyncio",
             cpu_affinity=args.cpu_affinity,
             db=libpq(db_url) if model == "floor-db" else None,
-            on_ready=read_postgres,
-            on_done=read_postgres,
+            on_ready=read_postgres if model == "floor-db" else None,
+            on_done=read_postgres if model == "floor-db" else None,
         )
         emulator_cpu = cpu_seconds([psutil.Process(emulator.proc.pid)]) - emulator_cpu
     finally:

@@ -190,9 +190,7 @@ class VisualizationRepository:
         stmt = (
             select(v.error_message)
             .where(v.status == VisualizationStatus.FAILED.value)
-            .where(
-                v.processing_completed_at > func.now() - text(f"interval '{int(seconds)} seconds'")
-            )
+            .where(v.processing_completed_at > func.now() - _seconds(seconds))
             .limit(limit)
         )
         return [reason or "" for reason in self.session.scalars(stmt)]
@@ -220,9 +218,7 @@ class VisualizationRepository:
         rows = self.session.execute(
             select(v.status, func.count())
             .where(v.status.in_(finished))
-            .where(
-                v.processing_completed_at > func.now() - text(f"interval '{int(seconds)} seconds'")
-            )
+            .where(v.processing_completed_at > func.now() - _seconds(seconds))
             .group_by(v.status)
         )
         counts.update({status: int(n) for status, n in rows})
